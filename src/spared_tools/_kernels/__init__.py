@@ -1,0 +1,1 @@
+"""Pure array kernels (numpy / numba / torch); never import AnnData."""

@@ -1,0 +1,124 @@
+"""Global settings: device, verbosity, seed and number of threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Literal
+
+import numpy as np
+
+from ._logging import logger
+
+_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class _Settings:
+    """Package-wide settings (``sp.settings``).
+
+    Attributes
+    ----------
+    device
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    verbosity
+        0 errors, 1 warnings, 2 info (default), 3 debug.
+    seed
+        Default seed used by every stochastic function when its ``seed`` argument is ``None``.
+    n_jobs
+        Threads for numba/torch kernels; ``None`` leaves the libraries' defaults.
+    progress
+        Show progress bars on loops a person waits for.
+    """
+
+    def __init__(self) -> None:
+        self._device: str = "auto"
+        self._verbosity: int = 2
+        self.seed: int = 0
+        self._n_jobs: int | None = None
+        self.progress: bool = True
+        logger.setLevel(_LEVELS[self._verbosity])
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        if not isinstance(value, str) or not (
+            value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")
+        ):
+            raise ValueError(f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}.")
+        self._device = value
+
+    @property
+    def verbosity(self) -> int:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if value not in _LEVELS:
+            raise ValueError(f"settings.verbosity must be one of 0, 1, 2, 3; got {value!r}.")
+        self._verbosity = int(value)
+        logger.setLevel(_LEVELS[self._verbosity])
+
+    @property
+    def n_jobs(self) -> int | None:
+        return self._n_jobs
+
+    @n_jobs.setter
+    def n_jobs(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"settings.n_jobs must be a positive integer or None, got {value!r}.")
+        self._n_jobs = value
+        if value is not None:
+            import numba
+            import torch
+
+            numba.set_num_threads(min(value, numba.config.NUMBA_NUM_THREADS))
+            torch.set_num_threads(value)
+
+    def __repr__(self) -> str:
+        return (
+            f"spared_tools settings: device={self.device!r}, verbosity={self.verbosity}, "
+            f"seed={self.seed}, n_jobs={self.n_jobs}, progress={self.progress}"
+        )
+
+
+settings = _Settings()
+
+
+def resolve_device(device: str | None = None):
+    """Return a :class:`torch.device` for ``device`` (``None`` → ``settings.device``; ``"auto"`` → CUDA if present)."""
+    import torch
+
+    device = settings.device if device is None else device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available on this machine.")
+    return dev
+
+
+def resolve_seed(seed: int | None) -> int:
+    """Return ``seed`` or, when ``None``, ``settings.seed``; checks it is a non-negative integer."""
+    seed = settings.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    return int(seed)
+
+
+def seed_everything(seed: int | None) -> int:
+    """Seed Python, NumPy and torch (all devices) from one integer and return it."""
+    import torch
+
+    seed = resolve_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PL_GLOBAL_SEED", str(seed))
+    return seed
+
+
+Device = Literal["auto", "cpu", "cuda"]

@@ -1,0 +1,105 @@
+"""Input checks shared by every public function. Each raises an error that names the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ._keys import Key
+
+
+def check_adata(adata: object, *, name: str = "adata") -> AnnData:
+    """Raise ``TypeError`` unless ``adata`` is an :class:`~anndata.AnnData` with at least one spot and gene."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"{name} must be an AnnData object, got {type(adata).__name__}.")
+    if adata.n_obs == 0:
+        raise ValueError(f"{name} has no observations (spots).")
+    if adata.n_vars == 0:
+        raise ValueError(f"{name} has no variables (genes).")
+    return adata
+
+
+def get_matrix(adata: AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when the layer is missing."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass layer= to choose the input matrix.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found in adata.layers; available: {sorted(adata.layers.keys())}.")
+    return adata.layers[layer]
+
+
+def check_finite_nonnegative(X, *, what: str = "the matrix", allow_negative: bool = False) -> None:
+    """Raise ``ValueError`` if ``X`` (dense or sparse) holds NaN/inf or, unless allowed, negative values."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_:
+        raise TypeError(f"{what} must be numeric, got dtype {data.dtype}.")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values.")
+    if not allow_negative and data.size and data.min() < 0:
+        raise ValueError(f"{what} contains {int((data < 0).sum())} negative values; counts must be >= 0.")
+
+
+def check_obs_key(adata: AnnData, key: str, *, what: str = "column") -> pd.Series:
+    """Return ``adata.obs[key]`` or raise ``KeyError`` naming the missing column."""
+    if key not in adata.obs.columns:
+        raise KeyError(f"adata.obs has no {what} {key!r}; available columns: {list(adata.obs.columns)}.")
+    col = adata.obs[key]
+    if col.isna().any():
+        raise ValueError(f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values.")
+    return col
+
+
+def slide_labels(adata: AnnData, library_key: str | None = Key.SLIDE) -> np.ndarray:
+    """Integer slide codes per spot (all zeros when ``library_key`` is None or absent and there is one slide)."""
+    if library_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    if library_key not in adata.obs.columns:
+        raise KeyError(
+            f"adata.obs has no slide column {library_key!r}. Pass library_key=None for a single slide, "
+            f"or the name of the column that identifies slides."
+        )
+    return pd.Categorical(check_obs_key(adata, library_key, what="slide column")).codes.astype(np.int64)
+
+
+def check_array_coords(adata: AnnData, row_key: str = Key.ARRAY_ROW, col_key: str = Key.ARRAY_COL) -> np.ndarray:
+    """Return integer array coordinates ``(n_obs, 2)`` = ``[row, col]`` with clear errors when absent or non-integer."""
+    missing = [k for k in (row_key, col_key) if k not in adata.obs.columns]
+    if missing:
+        raise KeyError(
+            f"Array coordinates {missing} are missing from adata.obs. Lattice graphs need integer "
+            f"{row_key!r}/{col_key!r}; use coord_type='generic' for pixel coordinates in obsm['spatial']."
+        )
+    rc = adata.obs[[row_key, col_key]].to_numpy()
+    try:
+        rcf = rc.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"adata.obs[{row_key!r}] and [{col_key!r}] must be numeric.") from err
+    if not np.isfinite(rcf).all():
+        raise ValueError(f"adata.obs[{row_key!r}]/[{col_key!r}] contain NaN or infinite values.")
+    if not np.allclose(rcf, np.round(rcf)):
+        raise ValueError(f"adata.obs[{row_key!r}]/[{col_key!r}] must hold integer array coordinates.")
+    return np.round(rcf).astype(np.int64)
+
+
+def check_genes(adata: AnnData, genes: Sequence[str] | str, *, what: str = "genes") -> list[str]:
+    """Return ``genes`` as a list, raising ``KeyError`` that lists the unknown ones."""
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    unknown = [g for g in genes if g not in adata.var_names]
+    if unknown:
+        show = ", ".join(map(repr, unknown[:10])) + (" …" if len(unknown) > 10 else "")
+        raise KeyError(f"{len(unknown)} {what} not in adata.var_names: {show}.")
+    return genes
+
+
+def check_new_key(container, key: str, *, where: str, overwrite: bool = True) -> None:
+    """Raise if ``key`` exists in ``container`` and ``overwrite`` is False."""
+    if not overwrite and key in container:
+        raise KeyError(f"{where}[{key!r}] already exists; pass another key_added= or overwrite=True.")

@@ -1,0 +1,1 @@
+"""Torch modules and Lightning training plans."""

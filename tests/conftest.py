@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, skipping the test cleanly when it is absent."""
+    p = DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def _her2st_c2_block():
+    return ad.read_h5ad(shared_path("fixtures", "her2st_C2_block.h5ad"))
+
+
+@pytest.fixture
+def her2st_c2_block(_her2st_c2_block):
+    """56 legacy-ST spots × 252 genes with an H&E crop (copy per test)."""
+    return _her2st_c2_block.copy()
+
+
+@pytest.fixture(scope="session")
+def _mob1():
+    return ad.read_h5ad(shared_path("fixtures", "mob1_st2k.h5ad"))
+
+
+@pytest.fixture
+def mob1(_mob1):
+    """379 spots × 200 genes, ST 2k checkerboard array (copy per test)."""
+    return _mob1.copy()
+
+
+@pytest.fixture(scope="session")
+def _visium_hex():
+    return ad.read_h5ad(shared_path("fixtures", "visium_hex_cytassist.h5ad"))
+
+
+@pytest.fixture
+def visium_hex(_visium_hex):
+    """400 hexagonal Visium spots × 200 genes (copy per test)."""
+    return _visium_hex.copy()
