@@ -1,0 +1,587 @@
+"""Shared base class for every model that predicts gene expression from spot images.
+
+:class:`Predictor` fixes the user-facing contract shared by the baselines
+(:class:`~spared_tools.tl.MeanPredictor`, :class:`~spared_tools.tl.RidgePredictor`,
+:class:`~spared_tools.tl.LinearHeadPredictor`) and :class:`~spared_tools.tl.GeneQueryModel`:
+
+* ``train(adata, ...)`` reads the targets from a log1p layer, fits a per-gene target scaling on the
+  training split only, and hands the scaled targets to the subclass's :meth:`Predictor._fit`;
+* ``predict(adata, genes)`` returns ``(n_obs, n_genes)`` predictions in log1p units;
+* ``evaluate(adata, ...)`` scores the test split with :func:`~spared_tools.tl.evaluate_prediction`;
+* ``save(dir)`` / ``load(dir, adata)`` round-trip hyper-parameters, gene list, target scaling, patch size
+  and the subclass's weights, and refuse data whose genes or patch size differ.
+
+Subclasses implement :meth:`Predictor._fit` and :meth:`Predictor._predict` (both in scaled target
+units) and, when they hold weights, :meth:`Predictor._save_state` / :meth:`Predictor._load_state`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from spared_tools._keys import Key
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_seed, seed_everything
+from spared_tools._validation import (
+    check_adata,
+    check_finite_nonnegative,
+    check_genes,
+    check_obs_key,
+    get_matrix,
+)
+
+__all__ = ["Predictor", "TargetScaler", "split_indices", "target_matrix"]
+
+_CONFIG_FILE = "predictor.json"
+_FORMAT_VERSION = 1
+
+Scaling = Literal["minmax", "standard", "none"]
+
+
+class TargetScaler:
+    """Per-gene affine scaling of log1p targets, fit on the training split.
+
+    ``z = (y - offset) / scale`` per gene. ``"minmax"`` (the GeneQuery paper's choice) maps the training
+    range of each gene to ``[0, 1]``; ``"standard"`` to zero mean and unit variance; ``"none"`` keeps
+    log1p units. Constant genes get ``scale = 1``, so they never divide by zero.
+
+    Genes that were not seen during fitting (the unseen genes GeneQuery predicts from text alone) are
+    mapped back with the median offset and the median scale over the fitted genes: the model predicts
+    a normalised level for them and this converts it to the log1p range of a typical training gene.
+
+    Parameters
+    ----------
+    method
+        ``"minmax"``, ``"standard"`` or ``"none"``.
+    """
+
+    def __init__(self, method: Scaling = "minmax") -> None:
+        if method not in ("minmax", "standard", "none"):
+            raise ValueError(f"scaling must be 'minmax', 'standard' or 'none', got {method!r}.")
+        self.method = method
+        self.genes: list[str] = []
+        self.offset = np.zeros(0, dtype=np.float64)
+        self.scale = np.ones(0, dtype=np.float64)
+
+    def fit(self, Y: np.ndarray, genes: Sequence[str]) -> TargetScaler:
+        """Fit the per-gene offset and scale on training targets.
+
+        Parameters
+        ----------
+        Y
+            Training targets ``(n_train, n_genes)`` in log1p units.
+        genes
+            Gene names of the columns of ``Y``.
+
+        Returns
+        -------
+        The fitted scaler (``self``).
+        """
+        Y = np.asarray(Y, dtype=np.float64)
+        genes = list(genes)
+        if Y.ndim != 2 or Y.shape[1] != len(genes):
+            raise ValueError(f"Targets have shape {Y.shape} but {len(genes)} gene names were given.")
+        if Y.shape[0] == 0:
+            raise ValueError("Cannot fit the target scaling on an empty training split.")
+        if self.method == "minmax":
+            offset = Y.min(axis=0)
+            scale = Y.max(axis=0) - offset
+        elif self.method == "standard":
+            offset = Y.mean(axis=0)
+            scale = Y.std(axis=0)
+        else:
+            offset = np.zeros(Y.shape[1])
+            scale = np.ones(Y.shape[1])
+        scale = np.where(scale > 0, scale, 1.0)
+        self.genes, self.offset, self.scale = genes, offset, scale
+        return self
+
+    def _params(self, genes: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        if genes is None:
+            return self.offset, self.scale
+        pos = {g: i for i, g in enumerate(self.genes)}
+        fallback_offset = float(np.median(self.offset)) if self.offset.size else 0.0
+        fallback_scale = float(np.median(self.scale)) if self.scale.size else 1.0
+        offset = np.array([self.offset[pos[g]] if g in pos else fallback_offset for g in genes])
+        scale = np.array([self.scale[pos[g]] if g in pos else fallback_scale for g in genes])
+        return offset, scale
+
+    def transform(self, Y: np.ndarray, genes: Sequence[str] | None = None) -> np.ndarray:
+        """Scale log1p targets; ``genes`` names the columns (default: the fitted genes, in order)."""
+        offset, scale = self._params(genes)
+        return ((np.asarray(Y, dtype=np.float64) - offset) / scale).astype(np.float32)
+
+    def inverse_transform(self, Z: np.ndarray, genes: Sequence[str] | None = None) -> np.ndarray:
+        """Map scaled predictions back to log1p units; ``genes`` names the columns of ``Z``."""
+        offset, scale = self._params(genes)
+        return (np.asarray(Z, dtype=np.float64) * scale + offset).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+        return {
+            "method": self.method,
+            "genes": list(self.genes),
+            "offset": self.offset.tolist(),
+            "scale": self.scale.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TargetScaler:
+        """Rebuild a scaler written by :meth:`to_dict`."""
+        obj = cls(d["method"])
+        obj.genes = list(d["genes"])
+        obj.offset = np.asarray(d["offset"], dtype=np.float64)
+        obj.scale = np.asarray(d["scale"], dtype=np.float64)
+        return obj
+
+
+def target_matrix(adata: AnnData, genes: Sequence[str], layer: str | None = Key.LOG) -> np.ndarray:
+    """Dense float32 ``(n_obs, len(genes))`` targets from ``adata.layers[layer]`` (``None``: ``X``).
+
+    Parameters
+    ----------
+    adata
+        Annotated data.
+    genes
+        Genes to extract, all in ``adata.var_names``.
+    layer
+        Layer holding log1p expression.
+
+    Returns
+    -------
+    The target matrix; raises ``ValueError`` for NaN, infinite or negative values.
+    """
+    genes = check_genes(adata, genes)
+    M = get_matrix(adata, layer)
+    idx = adata.var_names.get_indexer(genes)
+    sub = M[:, idx]
+    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+    what = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+    check_finite_nonnegative(sub, what=what)
+    return sub.astype(np.float32, copy=False)
+
+
+def split_indices(adata: AnnData, split_key: str | None, values: str | Sequence[str] | None) -> np.ndarray:
+    """Integer positions of the spots whose ``obs[split_key]`` is in ``values``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data.
+    split_key
+        ``obs`` column holding the split; ``None`` selects every spot.
+    values
+        One split value or several; ``None`` selects nothing.
+
+    Returns
+    -------
+    Sorted ``int64`` positions.
+    """
+    if split_key is None:
+        return np.arange(adata.n_obs, dtype=np.int64)
+    if values is None:
+        return np.zeros(0, dtype=np.int64)
+    col = check_obs_key(adata, split_key, what="split column")
+    values = [values] if isinstance(values, str) else list(values)
+    return np.flatnonzero(col.astype(str).isin([str(v) for v in values]).to_numpy()).astype(np.int64)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class Predictor(abc.ABC):
+    """Base class: predict log1p expression of genes from the spots' images.
+
+    Subclasses store every constructor argument as an attribute of the same name (scikit-learn
+    style), so :meth:`get_params` and :meth:`save` / :meth:`load` work without extra code.
+
+    Parameters
+    ----------
+    patches_key
+        Key of the patches written by :func:`spared_tools.pp.extract_patches` (``obsm`` for the memory
+        store, ``uns`` for the disk store). Ignored by models that do not look at images.
+    scaling
+        Per-gene target scaling fit on the training split: ``"minmax"`` (default, as in GeneQuery),
+        ``"standard"`` or ``"none"``. Predictions are always returned in log1p units.
+    seed
+        Seed for numpy, torch and Lightning (``None``: ``sp.settings.seed``). Recorded.
+
+    Attributes
+    ----------
+    genes_
+        Genes the model was trained on (``None`` before :meth:`train`).
+    scaler_
+        The fitted :class:`TargetScaler`.
+    image_size_
+        ``(height, width)`` of the training patches, or ``None`` for image-free models.
+    train_params_
+        Parameters of the last :meth:`train` call (layer, split, number of spots, seed...).
+    history_
+        Training history written by the subclass (losses, selected hyper-parameters...).
+    """
+
+    #: Whether the model reads image patches (and so checks the patch size on predict/load).
+    uses_images: ClassVar[bool] = True
+    #: Whether :meth:`predict` accepts genes absent from :attr:`genes_` (GeneQuery: from text alone).
+    can_predict_unseen: ClassVar[bool] = False
+
+    def __init__(self, *, patches_key: str = "patches", scaling: Scaling = "minmax", seed: int | None = None):
+        TargetScaler(scaling)  # validates
+        self.patches_key = patches_key
+        self.scaling = scaling
+        self.seed = resolve_seed(seed)
+        self.genes_: list[str] | None = None
+        self.scaler_: TargetScaler | None = None
+        self.image_size_: tuple[int, int] | None = None
+        self.train_params_: dict[str, Any] = {}
+        self.history_: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abc.abstractmethod
+    def _fit(
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **kwargs: Any
+    ) -> None:
+        """Fit the model.
+
+        Parameters
+        ----------
+        adata
+            The training data (all spots; use ``train_idx``/``val_idx`` to select).
+        Z
+            Scaled targets ``(n_obs, len(self.genes_))`` float32 for every spot of ``adata``.
+        train_idx
+            Positions of training spots.
+        val_idx
+            Positions of validation spots (may be empty).
+        **kwargs
+            Extra keyword arguments passed to :meth:`train`.
+        """
+
+    @abc.abstractmethod
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        """Predict scaled targets ``(adata.n_obs, len(genes))`` for every spot of ``adata``."""
+
+    def _save_state(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Write weights or arrays into the directory ``path`` (default: nothing)."""
+
+    def _load_state(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Read what :meth:`_save_state` wrote (default: nothing)."""
+
+    def _params_for_save(self) -> dict[str, Any]:
+        """Constructor parameters written to disk; subclasses replace non-JSON values (e.g. modules)."""
+        return self.get_params()
+
+    # ------------------------------------------------------------------ public API
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters, read back from the attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+
+    @property
+    def is_trained(self) -> bool:
+        """``True`` once :meth:`train` (or :meth:`load`) has run."""
+        return self.genes_ is not None
+
+    def _check_trained(self) -> list[str]:
+        if self.genes_ is None or self.scaler_ is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not trained; call .train(adata) or .load(dir) first."
+            )
+        return self.genes_
+
+    def _image_size(self, adata: AnnData) -> tuple[int, int]:
+        from spared_tools.pp._patches import patches_shape
+
+        shape = patches_shape(adata, self.patches_key)
+        return int(shape[1]), int(shape[2])
+
+    def check_compatible(self, adata: AnnData, *, require_genes: bool = True) -> None:
+        """Raise a clear error when ``adata`` does not match the trained model.
+
+        Parameters
+        ----------
+        adata
+            Data to predict or evaluate on.
+        require_genes
+            Also require every trained gene in ``adata.var_names`` (needed to evaluate, or when
+            loading a model "for" a dataset).
+
+        Returns
+        -------
+        Nothing; raises ``KeyError`` for missing genes or patches, ``ValueError`` for another patch size.
+        """
+        genes = self._check_trained()
+        if require_genes:
+            missing = [g for g in genes if g not in adata.var_names]
+            if missing:
+                show = ", ".join(map(repr, missing[:10])) + (" …" if len(missing) > 10 else "")
+                raise KeyError(
+                    f"The {type(self).__name__} was trained on {len(genes)} genes; {len(missing)} of them are "
+                    f"not in adata.var_names ({show}). Load it for data with the same genes, or pass genes=."
+                )
+        if self.uses_images and self.image_size_ is not None:
+            size = self._image_size(adata)
+            if tuple(size) != tuple(self.image_size_):
+                raise ValueError(
+                    f"The {type(self).__name__} was trained on {self.image_size_[0]}x{self.image_size_[1]} px "
+                    f"patches but adata's {self.patches_key!r} patches are {size[0]}x{size[1]} px; re-extract "
+                    f"them with sp.pp.extract_patches(adata, size={self.image_size_[0]})."
+                )
+
+    def train(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = Key.LOG,
+        genes: Sequence[str] | None = None,
+        split_key: str | None = Key.SPLIT,
+        train_value: str | Sequence[str] = Key.TRAIN,
+        val_value: str | Sequence[str] | None = Key.VAL,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Fit the model on the training spots of ``adata``.
+
+        Parameters
+        ----------
+        adata
+            Annotated data with log1p targets and (for image models) patches.
+        layer
+            Layer holding log1p expression (``None``: ``X``).
+        genes
+            Genes to train on (default: every gene of ``adata``).
+        split_key
+            ``obs`` column with the split; ``None`` trains on every spot with no validation.
+        train_value
+            Value(s) of ``obs[split_key]`` marking training spots.
+        val_value
+            Value(s) marking validation spots (``None``: no validation).
+        **kwargs
+            Model-specific training options (see the subclass).
+
+        Returns
+        -------
+        ``self``, trained; sets :attr:`genes_`, :attr:`scaler_`, :attr:`image_size_`,
+        :attr:`train_params_` and :attr:`history_`.
+        """
+        check_adata(adata)
+        genes = list(adata.var_names) if genes is None else check_genes(adata, genes)
+        if len(set(genes)) != len(genes):
+            raise ValueError("genes contains duplicates.")
+        if not adata.obs_names.is_unique:
+            raise ValueError("adata.obs_names must be unique; call adata.obs_names_make_unique().")
+        train_idx = split_indices(adata, split_key, train_value)
+        val_idx = split_indices(adata, split_key, val_value) if split_key is not None else train_idx[:0]
+        if train_idx.size == 0:
+            raise ValueError(f"No training spots: adata.obs[{split_key!r}] has no value {train_value!r}.")
+        if np.intersect1d(train_idx, val_idx).size:
+            raise ValueError("The training and validation splits overlap.")
+        Y = target_matrix(adata, genes, layer)
+        seed = seed_everything(self.seed)
+        self.image_size_ = self._image_size(adata) if self.uses_images else None
+        scaler = TargetScaler(self.scaling).fit(Y[train_idx], genes)
+        Z = scaler.transform(Y, genes)
+        self.genes_, self.scaler_ = genes, scaler
+        self.history_ = {}
+        self.train_params_ = {
+            "layer": layer,
+            "split_key": split_key,
+            "train_value": train_value if isinstance(train_value, str) else list(train_value),
+            "val_value": val_value if (val_value is None or isinstance(val_value, str)) else list(val_value),
+            "n_train": int(train_idx.size),
+            "n_val": int(val_idx.size),
+            "n_genes": len(genes),
+            "seed": seed,
+        }
+        logger.info(
+            f"{type(self).__name__}: training on {train_idx.size} spots ({val_idx.size} validation) × {len(genes)} genes."
+        )
+        try:
+            self._fit(adata, Z, train_idx, val_idx, **kwargs)
+        except BaseException:
+            self.genes_, self.scaler_ = None, None
+            raise
+        return self
+
+    def predict(self, adata: AnnData, genes: Sequence[str] | str | None = None) -> np.ndarray:
+        """Predict log1p expression for every spot of ``adata``.
+
+        Parameters
+        ----------
+        adata
+            Spots to predict (with patches for image models); its genes are not needed.
+        genes
+            Genes to predict (default: the training genes). Genes outside the training set are only
+            accepted by models with :attr:`can_predict_unseen`.
+
+        Returns
+        -------
+        ``float32`` array ``(adata.n_obs, len(genes))`` in log1p units, in the order of ``genes``.
+        """
+        trained = self._check_trained()
+        check_adata(adata)
+        genes = list(trained) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
+        if not genes:
+            raise ValueError("genes is empty.")
+        if not self.can_predict_unseen:
+            known = set(trained)
+            unseen = [g for g in genes if g not in known]
+            if unseen:
+                show = ", ".join(map(repr, unseen[:10])) + (" …" if len(unseen) > 10 else "")
+                raise KeyError(
+                    f"{type(self).__name__} cannot predict genes it was not trained on: {show}. "
+                    "Use GeneQueryModel to predict unseen genes from their text."
+                )
+        self.check_compatible(adata, require_genes=False)
+        Z = np.asarray(self._predict(adata, genes))
+        if Z.shape != (adata.n_obs, len(genes)):
+            raise RuntimeError(f"{type(self).__name__}._predict returned shape {Z.shape}.")
+        assert self.scaler_ is not None
+        return self.scaler_.inverse_transform(Z, genes)
+
+    def evaluate(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = Key.LOG,
+        genes: Sequence[str] | None = None,
+        split_key: str | None = Key.SPLIT,
+        test_value: str | Sequence[str] = Key.TEST,
+        n_top: int = 50,
+    ) -> dict[str, Any]:
+        """Score predictions on the test spots with :func:`~spared_tools.tl.evaluate_prediction`.
+
+        Parameters
+        ----------
+        adata
+            Data with the ground truth in ``layer`` and (for image models) patches.
+        layer
+            Layer with the log1p ground truth (``None``: ``X``).
+        genes
+            Genes to score (default: the training genes); all must be in ``adata.var_names``.
+        split_key
+            ``obs`` column with the split; ``None`` scores every spot.
+        test_value
+            Value(s) of ``obs[split_key]`` marking test spots.
+        n_top
+            Number of genes in the HEG and HVG sets.
+
+        Returns
+        -------
+        The dictionary returned by :func:`~spared_tools.tl.evaluate_prediction`.
+        """
+        from ._evaluate_prediction import evaluate_prediction
+
+        trained = self._check_trained()
+        genes = list(trained) if genes is None else check_genes(adata, genes)
+        check_genes(adata, genes)
+        idx = split_indices(adata, split_key, test_value)
+        if idx.size == 0:
+            raise ValueError(f"No test spots: adata.obs[{split_key!r}] has no value {test_value!r}.")
+        sub = adata[idx]
+        truth = target_matrix(sub, genes, layer)
+        pred = self.predict(sub, genes)
+        return evaluate_prediction(truth, pred, genes=genes, n_top=n_top)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Save hyper-parameters, genes, target scaling, patch size and weights to the directory ``path``.
+
+        Parameters
+        ----------
+        path
+            Directory to create (or reuse with ``overwrite=True``).
+        overwrite
+            Allow writing into an existing model directory.
+
+        Returns
+        -------
+        Nothing; writes ``predictor.json`` plus the subclass's state files.
+        """
+        genes = self._check_trained()
+        path = Path(path)
+        if (path / _CONFIG_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{path} already holds a saved model; pass overwrite=True.")
+        path.mkdir(parents=True, exist_ok=True)
+        params = self._params_for_save()
+        bad = [k for k, v in params.items() if not _jsonable(v)]
+        if bad:
+            raise TypeError(
+                f"{type(self).__name__} parameters {bad} cannot be saved as JSON; override _params_for_save."
+            )
+        assert self.scaler_ is not None
+        config = {
+            "format_version": _FORMAT_VERSION,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": params,
+            "genes": list(genes),
+            "scaler": self.scaler_.to_dict(),
+            "image_size": list(self.image_size_) if self.image_size_ is not None else None,
+            "train_params": self.train_params_,
+            "history": self.history_ if _jsonable(self.history_) else {},
+        }
+        self._save_state(path)
+        (path / _CONFIG_FILE).write_text(json.dumps(config, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData | None = None) -> Predictor:
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The directory given to :meth:`save`.
+        adata
+            Optional data the model will be used on: every trained gene must be in its ``var_names``
+            and its patches must have the training size, otherwise a clear error is raised.
+
+        Returns
+        -------
+        The trained model, of the class that was saved (``Predictor.load`` dispatches on it).
+        """
+        path = Path(path)
+        cfg_file = path / _CONFIG_FILE
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{path} does not hold a saved model (no {_CONFIG_FILE}).")
+        config = json.loads(cfg_file.read_text())
+        if config.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported model format version {config.get('format_version')!r} in {cfg_file}."
+            )
+        module_name, _, qualname = config["class"].rpartition(".")
+        klass = getattr(importlib.import_module(module_name), qualname)
+        if not (isinstance(klass, type) and issubclass(klass, cls)):
+            raise TypeError(f"{path} holds a {config['class']}, not a {cls.__name__}.")
+        obj = klass(**config["params"])
+        obj.genes_ = list(config["genes"])
+        obj.scaler_ = TargetScaler.from_dict(config["scaler"])
+        obj.image_size_ = tuple(config["image_size"]) if config["image_size"] is not None else None
+        obj.train_params_ = dict(config.get("train_params", {}))
+        obj.history_ = dict(config.get("history", {}))
+        obj._load_state(path)
+        if adata is not None:
+            check_adata(adata)
+            obj.check_compatible(adata, require_genes=True)
+        return obj
+
+    def __repr__(self) -> str:
+        state = f"trained on {len(self.genes_)} genes" if self.genes_ is not None else "untrained"
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if _jsonable(v))
+        return f"{type(self).__name__}({params}) [{state}]"
