@@ -1,0 +1,299 @@
+"""Adaptive median completion (SpaRED rule) on dense arrays. Never imports AnnData.
+
+For a missing entry ``(spot i, gene j)`` the completed value is the median of ``X[w, j]`` over the window
+``w`` = spot ``i`` and every neighbour within ``k`` lattice rings, for ``k = 1 … n_rings``, zeros (and other
+missing entries, with their current value) included; the first non-zero median wins. When all of them
+are zero the value is the median of the gene's non-zero values in the spot's slide, and 0 when the gene
+has no non-zero value in that slide. Observed entries are copied unchanged.
+
+Two backends compute exactly the same thing:
+
+* :func:`adaptive_median_numba` — one pass over the missing entries, parallel over spots, with an
+  incremental insertion sort per entry (windows grow ring by ring, so each value is inserted once).
+* :func:`adaptive_median_torch` — chunks of spots × genes gathered into ``(spots, window, genes)`` tensors
+  and sorted along the window axis; meant for GPUs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def ring_bounds(ring: np.ndarray, n_rings: int) -> np.ndarray:
+    """End column (exclusive) of each ring ``0 … n_rings`` in a neighbour table sorted by ring.
+
+    Parameters
+    ----------
+    ring
+        Ring of every table column, non-decreasing, ``ring[0] == 0`` (the spot itself).
+    n_rings
+        Largest ring used.
+
+    Returns
+    -------
+    ``int64`` array of length ``n_rings + 1``: columns ``[0, bounds[k])`` hold the window of ``k`` rings.
+    """
+    ring = np.asarray(ring)
+    if ring.ndim != 1 or ring.size == 0 or ring[0] != 0:
+        raise ValueError("ring must be a 1-D array whose first entry (the spot itself) is 0.")
+    if np.any(np.diff(ring) < 0):
+        raise ValueError("neighbour table columns must be ordered by ring.")
+    return np.searchsorted(ring, np.arange(n_rings + 1), side="right").astype(np.int64)
+
+
+def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(table, ring)`` with columns stably sorted by ring (no-op when already sorted).
+
+    Parameters
+    ----------
+    table
+        ``(n_obs, 1 + K)`` neighbour indices, ``-1`` where there is no spot.
+    ring
+        ``(1 + K,)`` ring of each column.
+
+    Returns
+    -------
+    The reordered table (``int64``, C-contiguous) and ring.
+    """
+    ring = np.asarray(ring, dtype=np.int64)
+    order = np.argsort(ring, kind="stable")
+    return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
+
+
+def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
+    """Median of the non-zero values of every column within every slide (0 where a column has none).
+
+    Parameters
+    ----------
+    X
+        ``(n_obs, n_genes)`` dense values.
+    slide_codes
+        ``(n_obs,)`` integer slide of each row, ``0 … n_slides - 1``.
+    n_slides
+        Number of slides.
+
+    Returns
+    -------
+    ``(n_slides, n_genes)`` array of the same dtype as ``X``.
+    """
+    out = np.zeros((n_slides, X.shape[1]), dtype=X.dtype)
+    for s in range(n_slides):
+        rows = np.flatnonzero(slide_codes == s)
+        if rows.size == 0:
+            continue
+        block = X[rows]
+        nz = block != 0
+        n = nz.sum(axis=0)
+        srt = np.sort(np.where(nz, block, np.inf), axis=0)
+        has = n > 0
+        lo = np.take_along_axis(srt, np.maximum(n - 1, 0)[None, :] // 2, axis=0)[0]
+        hi = np.take_along_axis(srt, np.minimum(n // 2, block.shape[0] - 1)[None, :], axis=0)[0]
+        med = np.where(has, (np.where(has, lo, 0) + np.where(has, hi, 0)) / 2, 0)
+        out[s] = med.astype(X.dtype, copy=False)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _adaptive_median_kernel(
+    X, missing, table, bounds, fallback, slide_codes, out
+):  # pragma: no cover - numba
+    n_obs, n_genes = X.shape
+    n_rings = bounds.shape[0] - 1
+    width = bounds[n_rings]
+    for i in prange(n_obs):
+        buf = np.empty(width, dtype=np.float64)
+        s = slide_codes[i]
+        for j in range(n_genes):
+            if not missing[i, j]:
+                out[i, j] = X[i, j]
+                continue
+            value = fallback[s, j]
+            n = 0
+            start = 0
+            for k in range(1, n_rings + 1):
+                for c in range(start, bounds[k]):
+                    nb = table[i, c]
+                    if nb < 0:
+                        continue
+                    v = np.float64(X[nb, j])
+                    p = n
+                    while p > 0 and buf[p - 1] > v:
+                        buf[p] = buf[p - 1]
+                        p -= 1
+                    buf[p] = v
+                    n += 1
+                start = bounds[k]
+                if n == 0:
+                    continue
+                h = n // 2
+                if n % 2 == 1:
+                    med = buf[h]
+                else:
+                    med = (buf[h - 1] + buf[h]) / 2.0
+                if med != 0.0:
+                    value = med
+                    break
+            out[i, j] = value
+
+
+def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {X.shape}.")
+    if missing.shape != X.shape:
+        raise ValueError(f"missing mask shape {missing.shape} differs from X shape {X.shape}.")
+    if table.ndim != 2 or table.shape[0] != X.shape[0]:
+        raise ValueError(f"neighbour table must have shape (n_obs={X.shape[0]}, 1 + K), got {table.shape}.")
+    if ring.shape != (table.shape[1],):
+        raise ValueError(f"ring must have one entry per table column ({table.shape[1]}), got {ring.shape}.")
+    if slide_codes.shape != (X.shape[0],):
+        raise ValueError("slide_codes must have one entry per row of X.")
+    if not isinstance(n_rings, int | np.integer) or n_rings < 1:
+        raise ValueError(f"n_rings must be a positive integer, got {n_rings!r}.")
+    if int(ring.max(initial=0)) < n_rings:
+        raise ValueError(
+            f"the neighbour table reaches ring {int(ring.max())} only; n_rings={n_rings} was requested."
+        )
+
+
+def adaptive_median_numba(
+    X: np.ndarray,
+    missing: np.ndarray,
+    table: np.ndarray,
+    ring: np.ndarray,
+    slide_codes: np.ndarray,
+    *,
+    n_rings: int = 4,
+    fallback: np.ndarray | None = None,
+) -> np.ndarray:
+    """Complete the missing entries of ``X`` with the SpaRED adaptive median (numba, CPU).
+
+    Parameters
+    ----------
+    X
+        ``(n_obs, n_genes)`` dense float values (e.g. log2(TPM + 1)).
+    missing
+        ``(n_obs, n_genes)`` bool, True where the entry must be completed.
+    table
+        ``(n_obs, 1 + K)`` neighbour indices (column 0 the spot itself, ``-1`` for no spot).
+    ring
+        ``(1 + K,)`` lattice ring of each column.
+    slide_codes
+        ``(n_obs,)`` integer slide of each row (``0 … n_slides - 1``), used for the slide-median fallback.
+    n_rings
+        Largest window, in rings.
+    fallback
+        Optional precomputed ``(n_slides, n_genes)`` slide medians of the non-zero values.
+
+    Returns
+    -------
+    Completed ``(n_obs, n_genes)`` array with the dtype of ``X``.
+    """
+    X = np.ascontiguousarray(X)
+    missing = np.ascontiguousarray(missing, dtype=np.bool_)
+    slide_codes = np.ascontiguousarray(slide_codes, dtype=np.int64)
+    table, ring = sort_table_by_ring(table, ring)
+    _check_inputs(X, missing, table, ring, slide_codes, n_rings)
+    bounds = ring_bounds(ring, n_rings)
+    n_slides = int(slide_codes.max()) + 1 if slide_codes.size else 0
+    if fallback is None:
+        fallback = slide_nonzero_median(X, slide_codes, n_slides)
+    out = np.empty_like(X)
+    _adaptive_median_kernel(X, missing, table, bounds, np.ascontiguousarray(fallback), slide_codes, out)
+    return out
+
+
+def adaptive_median_torch(
+    X: np.ndarray,
+    missing: np.ndarray,
+    table: np.ndarray,
+    ring: np.ndarray,
+    slide_codes: np.ndarray,
+    *,
+    n_rings: int = 4,
+    fallback: np.ndarray | None = None,
+    device=None,
+    max_elements: int = 2**25,
+) -> np.ndarray:
+    """Same result as :func:`adaptive_median_numba`, computed with torch (any device).
+
+    Parameters
+    ----------
+    X
+        ``(n_obs, n_genes)`` dense float values.
+    missing
+        ``(n_obs, n_genes)`` bool, True where the entry must be completed.
+    table
+        ``(n_obs, 1 + K)`` neighbour indices (``-1`` for no spot).
+    ring
+        ``(1 + K,)`` lattice ring of each column.
+    slide_codes
+        ``(n_obs,)`` integer slide of each row.
+    n_rings
+        Largest window, in rings.
+    fallback
+        Optional precomputed ``(n_slides, n_genes)`` slide medians of the non-zero values.
+    device
+        :class:`torch.device` (or string) to compute on; CPU when None.
+    max_elements
+        Upper bound on the size of one gathered ``(spots, window, genes)`` block (bounds memory).
+
+    Returns
+    -------
+    Completed ``(n_obs, n_genes)`` numpy array with the dtype of ``X``.
+    """
+    import torch
+
+    X = np.ascontiguousarray(X)
+    missing = np.ascontiguousarray(missing, dtype=np.bool_)
+    slide_codes = np.ascontiguousarray(slide_codes, dtype=np.int64)
+    table, ring = sort_table_by_ring(table, ring)
+    _check_inputs(X, missing, table, ring, slide_codes, n_rings)
+    bounds = ring_bounds(ring, n_rings)
+    width = int(bounds[n_rings])
+    table = table[:, :width]
+    n_obs, n_genes = X.shape
+    n_slides = int(slide_codes.max()) + 1 if n_obs else 0
+    if fallback is None:
+        fallback = slide_nonzero_median(X, slide_codes, n_slides)
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    # float64 on CPU/CUDA keeps the arithmetic identical to the numba kernel; MPS has no float64.
+    cdtype = torch.float32 if dev.type == "mps" else torch.float64
+    Xt = torch.as_tensor(X, device=dev).to(cdtype)
+    fb = torch.as_tensor(np.asarray(fallback), device=dev).to(cdtype)
+    sc = torch.as_tensor(slide_codes, device=dev)
+    out = np.empty_like(X)
+    rows_needed = np.flatnonzero(missing.any(axis=1))
+    out[:] = X
+    if rows_needed.size == 0:
+        return out
+    gene_chunk = max(1, min(n_genes, max_elements // max(width, 1)))
+    spot_chunk = max(1, max_elements // (width * gene_chunk))
+    for g0 in range(0, n_genes, gene_chunk):
+        g1 = min(n_genes, g0 + gene_chunk)
+        Xg = Xt[:, g0:g1]
+        for s0 in range(0, rows_needed.size, spot_chunk):
+            rows = rows_needed[s0 : s0 + spot_chunk]
+            tab = torch.as_tensor(table[rows], device=dev)
+            valid = tab >= 0
+            vals = Xg[tab.clamp_min(0)]  # (spots, width, genes)
+            vals = torch.where(valid[:, :, None], vals, torch.full_like(vals, float("inf")))
+            result = fb[sc[torch.as_tensor(rows, device=dev)], g0:g1].clone()
+            done = torch.zeros_like(result, dtype=torch.bool)
+            for k in range(1, n_rings + 1):
+                end = int(bounds[k])
+                srt = torch.sort(vals[:, :end, :], dim=1).values
+                n = valid[:, :end].sum(dim=1)  # (spots,)
+                lo = ((n - 1).clamp_min(0) // 2)[:, None, None].expand(-1, 1, g1 - g0)
+                hi = (n // 2).clamp_max(end - 1)[:, None, None].expand(-1, 1, g1 - g0)
+                med = (srt.gather(1, lo)[:, 0, :] + srt.gather(1, hi)[:, 0, :]) / 2
+                med = torch.where((n > 0)[:, None], med, torch.zeros_like(med))
+                take = (~done) & (med != 0)
+                result = torch.where(take, med, result)
+                done |= take
+            block = result.cpu().numpy().astype(X.dtype, copy=False)
+            miss = missing[rows, g0:g1]
+            sub = out[rows, g0:g1]
+            sub[miss] = block[miss]
+            out[rows, g0:g1] = sub
+    return out
