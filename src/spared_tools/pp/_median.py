@@ -9,16 +9,16 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._kernels.median import (
+from spared_tools._kernels.median import (
     adaptive_median_numba,
     adaptive_median_torch,
     slide_nonzero_median,
     sort_table_by_ring,
 )
-from .._keys import Key
-from .._logging import logger
-from .._settings import resolve_device
-from .._validation import check_adata, check_finite_nonnegative, get_matrix, slide_labels
+from spared_tools._keys import Key
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device
+from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix, slide_labels
 
 _CHUNK_BYTES = 256 * 2**20
 
