@@ -1,13 +1,282 @@
-"""Placeholder for tpm, gene_lengths (being implemented)."""
+"""TPM normalisation with gene lengths bundled in the package (GENCODE v43 human, vM33 mouse)."""
 
 from __future__ import annotations
 
+import functools
+import gzip
+import re
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Literal
 
-def tpm(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("tpm")
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from spared_tools._keys import Key
+from spared_tools._logging import logger
+from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix
+
+_ORGANISMS = {"human": "GENCODE v43 basic (GRCh38)", "mouse": "GENCODE vM33 basic (GRCm39)"}
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?(_PAR_Y)?$")
+_MAIN_CHROM = re.compile(r"^chr([0-9]+|X|Y|M)$")
 
 
-def gene_lengths(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("gene_lengths")
+def _check_organism(organism: str) -> str:
+    if not isinstance(organism, str) or organism.lower() not in _ORGANISMS:
+        raise ValueError(f"Unknown organism {organism!r}; gene lengths are bundled for {sorted(_ORGANISMS)}.")
+    return organism.lower()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_table(organism: str) -> pd.DataFrame:
+    res = files("spared_tools").joinpath("_data", f"gene_lengths_{organism}.tsv.gz")
+    with res.open("rb") as raw, gzip.open(raw, "rt") as fh:
+        df = pd.read_csv(
+            fh, sep="\t", dtype={"gene_id": str, "gene_name": str, "gene_type": str, "chrom": str}
+        )
+    df["length"] = df["length"].astype(np.int64)
+    return df
+
+
+@functools.lru_cache(maxsize=2)
+def _symbol_lengths(organism: str) -> pd.Series:
+    """One length per symbol: protein-coding first, then main chromosomes, then annotation order."""
+    df = _load_table(organism).reset_index(names="order")
+    df = df[df["gene_name"].notna() & (df["gene_name"] != "")]
+    df = df.assign(
+        _pc=(df["gene_type"] != "protein_coding").astype(int),
+        _main=(~df["chrom"].str.match(_MAIN_CHROM)).astype(int),
+    )
+    df = df.sort_values(["gene_name", "_pc", "_main", "order"], kind="stable")
+    first = df.drop_duplicates("gene_name", keep="first")
+    return pd.Series(first["length"].to_numpy(), index=first["gene_name"].to_numpy(), name="length")
+
+
+def _detect_id_type(names: Sequence[str]) -> Literal["ensembl", "symbol"]:
+    names = pd.Index(names).astype(str)
+    frac = names.str.match(_ENSEMBL).mean() if len(names) else 0.0
+    return "ensembl" if frac >= 0.5 else "symbol"
+
+
+def gene_lengths(
+    organism: str,
+    genes: Sequence[str] | None = None,
+    *,
+    id_type: Literal["auto", "ensembl", "symbol"] = "auto",
+) -> pd.DataFrame | pd.Series:
+    """Union-of-exon gene lengths bundled with the package.
+
+    The tables are built by ``scripts/build_gene_lengths.py`` from the GENCODE *basic* GTFs (v43 for human,
+    vM33 for mouse, the annotations SpaRED uses): the length of a gene is the size of the union of all its
+    exons (gtftools' ``merged`` length). Genes of the Y pseudo-autosomal region are represented by their
+    X copy.
+
+    Parameters
+    ----------
+    organism
+        ``"human"`` or ``"mouse"``.
+    genes
+        Gene names to look up. ``None`` returns the whole table.
+    id_type
+        Whether ``genes`` are Ensembl gene ids (the version suffix, e.g. ``.12``, is ignored) or gene symbols;
+        ``"auto"`` decides from the names (Ensembl when at least half look like Ensembl ids). A symbol that
+        names several genes resolves to the protein-coding one, then the one on a main chromosome, then the
+        first in annotation order.
+
+    Returns
+    -------
+    Without ``genes``: a DataFrame with columns ``gene_id`` (unversioned Ensembl id), ``gene_name``,
+    ``gene_type``, ``chrom`` and ``length`` (bp). With ``genes``: a float Series of lengths indexed by
+    ``genes`` (in their order), ``NaN`` where the gene is unknown.
+    """
+    organism = _check_organism(organism)
+    table = _load_table(organism)
+    if genes is None:
+        return table.copy()
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    if id_type == "auto":
+        id_type = _detect_id_type(genes)
+    if id_type == "ensembl":
+        keys = pd.Index(genes).astype(str).str.replace(r"(\.\d+)?(_PAR_Y)?$", "", regex=True)
+        lookup = pd.Series(table["length"].to_numpy(), index=table["gene_id"].to_numpy())
+    elif id_type == "symbol":
+        keys = pd.Index(genes).astype(str)
+        lookup = _symbol_lengths(organism)
+    else:
+        raise ValueError(f"id_type must be 'auto', 'ensembl' or 'symbol', got {id_type!r}.")
+    values = lookup.reindex(keys).to_numpy(dtype=np.float64)
+    return pd.Series(values, index=pd.Index(genes), name=Key.GENE_LENGTH)
+
+
+def _row_sums(X) -> np.ndarray:
+    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+
+
+def tpm(
+    adata: AnnData,
+    *,
+    organism: str,
+    layer: str | None = None,
+    key_added: str = Key.TPM,
+    missing: Literal["drop", "keep", "raise"] = "drop",
+    gene_id_key: str | None = None,
+    id_type: Literal["auto", "ensembl", "symbol"] = "auto",
+    lengths: pd.Series | None = None,
+    dtype: np.dtype | type = np.float32,
+    copy: bool = False,
+) -> AnnData | None:
+    r"""Transcripts per million from raw counts and bundled gene lengths.
+
+    ``tpm[i, j] = 1e6 · (c[i, j] / L_j) / Σ_k (c[i, k] / L_k)`` where ``L_j`` is the union-of-exon length of
+    gene ``j`` (see :func:`gene_lengths`). Every spot with at least one count sums to :math:`10^6` over
+    the genes kept; spots without counts get a row of zeros (and are reported).
+
+    Genes without a known length are always reported (count and first names) and handled by ``missing``:
+
+    * ``"drop"`` (default, SpaRED's behaviour, e.g. for genes renamed since the annotation release):
+      the genes are **removed from** ``adata`` (genes only; spots are never dropped), so that every layer
+      stays aligned with the TPM layer.
+    * ``"keep"``: the genes are kept and given the **median length of the genes whose length is known**
+      (flagged in ``var["gene_length_imputed"]``). This keeps every gene at the price of an approximate
+      length-normalisation for those genes; use it when the unknown genes matter to you.
+    * ``"raise"``: raise a ``KeyError`` listing them.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with raw counts (non-negative, finite).
+    organism
+        ``"human"`` (GENCODE v43) or ``"mouse"`` (GENCODE vM33).
+    layer
+        Layer with raw counts; ``None`` uses ``adata.X``.
+    key_added
+        Layer that receives the TPM values (sparse CSR when the counts are sparse, dense otherwise).
+    missing
+        What to do with genes that have no known length, see above.
+    gene_id_key
+        ``adata.var`` column holding the gene identifiers to look up; ``None`` uses ``adata.var_names``.
+    id_type
+        ``"ensembl"``, ``"symbol"`` or ``"auto"`` (detected from the identifiers).
+    lengths
+        Custom gene lengths (bp) indexed by the same identifiers; overrides the bundled tables
+        (``organism`` is then only recorded).
+    dtype
+        Floating dtype of the TPM layer.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` (or the copy when ``copy=True``); writes
+
+    ``adata.layers[key_added]``
+        TPM values.
+    ``adata.var["gene_length"]``
+        Length used for each gene (bp).
+    ``adata.var["gene_length_imputed"]``
+        True for genes whose length was set to the median (``missing="keep"`` only).
+    ``adata.uns["tpm"]["params"]``
+        Parameters, the annotation used, and the genes without a length.
+    """
+    check_adata(adata)
+    organism = _check_organism(organism)
+    if missing not in ("drop", "keep", "raise"):
+        raise ValueError(f"missing must be 'drop', 'keep' or 'raise', got {missing!r}.")
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype!r}.")
+    X = get_matrix(adata, layer)
+    what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite_nonnegative(X, what=what)
+    if copy:
+        adata = adata.copy()
+
+    if gene_id_key is None:
+        ids = pd.Index(adata.var_names).astype(str)
+    else:
+        if gene_id_key not in adata.var.columns:
+            raise KeyError(f"adata.var has no column {gene_id_key!r}; available: {list(adata.var.columns)}.")
+        ids = pd.Index(adata.var[gene_id_key].astype(str))
+    if lengths is not None:
+        lengths = pd.Series(lengths)
+        if lengths.index.has_duplicates:
+            raise ValueError("lengths has duplicated gene identifiers.")
+        glen = lengths.reindex(ids).to_numpy(dtype=np.float64)
+        source = "user-provided lengths"
+        resolved_id_type = "custom"
+    else:
+        resolved_id_type = _detect_id_type(ids) if id_type == "auto" else id_type
+        glen = gene_lengths(organism, list(ids), id_type=resolved_id_type).to_numpy()
+        source = _ORGANISMS[organism]
+    if np.any(glen[~np.isnan(glen)] <= 0):
+        raise ValueError("gene lengths must be positive.")
+    unknown = np.isnan(glen)
+    unknown_names = list(adata.var_names[unknown])
+    n_unknown = int(unknown.sum())
+    if n_unknown:
+        show = ", ".join(unknown_names[:10]) + (" …" if n_unknown > 10 else "")
+        msg = (
+            f"{n_unknown} of {adata.n_vars} genes ({100 * n_unknown / adata.n_vars:.1f}%) have no length in "
+            f"{source} (looked up as {resolved_id_type}): {show}"
+        )
+        if missing == "raise":
+            raise KeyError(msg + ". Pass missing='drop' or missing='keep', or lengths=.")
+        if n_unknown == adata.n_vars:
+            raise ValueError(
+                msg + ". No gene could be matched: check organism= and whether var_names are symbols or "
+                "Ensembl ids (gene_id_key=, id_type=)."
+            )
+        logger.warning(
+            "tpm: %s; %s.", msg, "dropping them" if missing == "drop" else "using the median length"
+        )
+
+    imputed = np.zeros(adata.n_vars, dtype=bool)
+    if n_unknown and missing == "drop":
+        keep = ~unknown
+        adata._inplace_subset_var(np.flatnonzero(keep))
+        glen = glen[keep]
+        X = get_matrix(adata, layer)
+        imputed = imputed[keep]
+    elif n_unknown and missing == "keep":
+        glen = glen.copy()
+        glen[unknown] = float(np.median(glen[~unknown]))
+        imputed = unknown
+
+    inv_len = 1.0 / glen
+    if sp.issparse(X):
+        rpk = sp.csr_matrix(X, dtype=np.float64) @ sp.diags(inv_len)
+        rpk = sp.csr_matrix(rpk)
+    else:
+        rpk = np.asarray(X, dtype=np.float64) * inv_len[None, :]
+    tot = _row_sums(rpk)
+    empty = tot == 0
+    scale = np.divide(1e6, tot, out=np.zeros_like(tot), where=~empty)
+    if sp.issparse(rpk):
+        out = sp.csr_matrix(sp.diags(scale) @ rpk, dtype=dtype)
+    else:
+        out = (rpk * scale[:, None]).astype(dtype, copy=False)
+    if empty.any():
+        logger.warning(
+            "tpm: %d spots have no counts in the kept genes; their TPM row is all zeros.", int(empty.sum())
+        )
+
+    adata.layers[key_added] = out
+    adata.var[Key.GENE_LENGTH] = glen
+    if missing == "keep":
+        adata.var["gene_length_imputed"] = imputed
+    adata.uns["tpm"] = {
+        "params": {
+            "organism": organism,
+            "layer": layer,
+            "key_added": key_added,
+            "missing": missing,
+            "gene_id_key": gene_id_key,
+            "id_type": resolved_id_type,
+            "annotation": source,
+            "dtype": np.dtype(dtype).name,
+        },
+        "genes_without_length": unknown_names,
+    }
+    logger.info("tpm: %d genes normalised to layers[%r] (%s).", adata.n_vars, key_added, source)
+    return adata if copy else None
