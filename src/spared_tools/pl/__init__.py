@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ._spatial import spatial
-from ._moran import moran
-from ._filtering import filtering
 from ._completion import completion
-from ._prediction import prediction
+from ._filtering import filtering
 from ._history import training_history
+from ._moran import moran
+from ._prediction import prediction
+from ._spatial import spatial
 
-__all__ = ['completion', 'filtering', 'moran', 'prediction', 'spatial', 'training_history']
+__all__ = ["completion", "filtering", "moran", "prediction", "spatial", "training_history"]

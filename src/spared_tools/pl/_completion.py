@@ -1,8 +1,205 @@
-"""Placeholder for completion (being implemented)."""
+"""``sp.pl.completion``: predicted vs true values on masked entries, and error vs mask fraction."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-def completion(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("completion")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.figure import Figure
+
+from spared_tools._settings import resolve_seed
+
+from ._utils import METHOD_COLORS, finish, frame_from, new_figure, style_axes
+
+_CURVE_KEYS = ("curve", "mse_curve", "by_mask_fraction", "mse")
+_VALUE_KEYS = ("values", "entries", "masked_values", "masked")
+_TRUE_NAMES = ("true", "truth", "y_true", "target")
+
+
+def _curve_frame(obj: Any, methods: Sequence[str], metric: str) -> pd.DataFrame:
+    """Long table ``mask_fraction, method, value[, std]`` from a long or wide curve table."""
+    df = frame_from(obj, what="the error curve").copy()
+    if "method" in df.columns:
+        frac_col = next((c for c in ("mask_fraction", "mask_prob", "fraction") if c in df.columns), None)
+        if frac_col is None:
+            raise KeyError(f"The error curve needs a 'mask_fraction' column; it has {list(df.columns)}.")
+        if metric not in df.columns:
+            raise KeyError(f"The error curve has no column {metric!r}; it has {list(df.columns)}.")
+        out = pd.DataFrame(
+            {
+                "mask_fraction": df[frac_col].astype(float),
+                "method": df["method"].astype(str),
+                "value": df[metric],
+            }
+        )
+        std_col = f"{metric}_std"
+        if std_col in df.columns:
+            out["std"] = df[std_col].to_numpy(dtype=float)
+    else:  # wide: index (or a column) = mask fraction, one column per method
+        if "mask_fraction" in df.columns:
+            df = df.set_index("mask_fraction")
+        cols = [m for m in methods if m in df.columns]
+        if not cols:
+            raise KeyError(
+                f"The error curve has none of the methods {list(methods)}; columns: {list(df.columns)}."
+            )
+        out = (
+            df[cols]
+            .rename_axis("mask_fraction")
+            .reset_index()
+            .melt(id_vars="mask_fraction", var_name="method", value_name="value")
+        )
+        out["mask_fraction"] = out["mask_fraction"].astype(float)
+    return out
+
+
+def _values_frame(obj: Any, methods: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    df = frame_from(obj, what="the masked values")
+    true_col = next((c for c in _TRUE_NAMES if c in df.columns), None)
+    if true_col is None:
+        raise KeyError(f"The masked values need a 'true' column; got columns {list(df.columns)}.")
+    preds = {m: df[m].to_numpy(dtype=np.float64) for m in methods if m in df.columns}
+    if not preds:
+        raise KeyError(
+            f"The masked values have none of the methods {list(methods)}; columns: {list(df.columns)}."
+        )
+    return df[true_col].to_numpy(dtype=np.float64), preds
+
+
+def _lookup(result: Mapping[str, Any], names: Sequence[str]) -> Any:
+    for n in names:
+        if n in result:
+            return result[n]
+    return None
+
+
+def completion(
+    result: Mapping[str, Any] | AnnData,
+    *,
+    key: str = "spackle_evaluation",
+    methods: Sequence[str] = ("spackle", "median"),
+    method_labels: Mapping[str, str] | None = None,
+    metric: str = "mse",
+    max_points: int = 20000,
+    seed: int | None = None,
+    figsize: tuple[float, float] | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    dpi: float | None = None,
+) -> Figure | None:
+    """Completion quality: predicted vs true values of masked entries, and the error vs the mask fraction.
+
+    Designed for the output of :func:`spared_tools.tl.evaluate_completion`: real (non-zero) entries are
+    hidden at random, completed by each method, and compared with their true values.
+
+    Parameters
+    ----------
+    result
+        Evaluation result: a mapping with (any of) an error curve under ``"curve"`` (also read from
+        ``"mse_curve"``, ``"by_mask_fraction"``, ``"mse"``) and masked entries under ``"values"`` (also
+        ``"entries"``, ``"masked_values"``, ``"masked"``). The curve is a long table with columns
+        ``mask_fraction``, ``method``, ``metric`` (optionally ``<metric>_std``) or a wide table indexed by
+        mask fraction with one column per method. The values are a table (or mapping of arrays) with a
+        ``true`` column and one column of predictions per method. An :class:`~anndata.AnnData` is read
+        from ``adata.uns[key]``.
+    key
+        Entry of ``adata.uns`` holding the result when ``result`` is an AnnData.
+    methods
+        Methods to draw, in this order (those absent from the result are skipped).
+    method_labels
+        Display names, e.g. ``{"spackle": "SpaCKLE", "median": "median"}``.
+    metric
+        Column of the curve to draw on the y axis (``"mse"``, ``"mae"``, ...).
+    max_points
+        Draw at most this many (randomly chosen) entries per scatter panel; the metrics in the titles
+        use every entry.
+    seed
+        Seed for choosing the drawn entries (``None``: ``sp.settings.seed``).
+    figsize
+        Figure size in inches; default 3.6 inches per panel.
+    show
+        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
+    save
+        File to save the figure to (format from the extension).
+    dpi
+        Resolution for ``save``.
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure` (``None`` when shown): one scatter panel per method (titles
+    give the MSE and Pearson correlation over all masked entries) followed by the error-curve panel.
+    """
+    if isinstance(result, AnnData):
+        if key not in result.uns:
+            raise KeyError(f"adata.uns has no completion evaluation {key!r}; run sp.tl.evaluate_completion.")
+        result = result.uns[key]
+    if not isinstance(result, Mapping):
+        raise TypeError(f"result must be a mapping or an AnnData, got {type(result).__name__}.")
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}.")
+    labels = dict(method_labels or {})
+    curve_obj, values_obj = _lookup(result, _CURVE_KEYS), _lookup(result, _VALUE_KEYS)
+    if curve_obj is None and values_obj is None:
+        raise KeyError(
+            f"The completion result has neither an error curve ({_CURVE_KEYS}) nor masked values "
+            f"({_VALUE_KEYS}); its keys are {list(result.keys())}."
+        )
+    scatter: dict[str, np.ndarray] = {}
+    truth = np.zeros(0)
+    if values_obj is not None:
+        truth, scatter = _values_frame(values_obj, methods)
+    curve = _curve_frame(curve_obj, methods, metric) if curve_obj is not None else None
+    n_panels = len(scatter) + (curve is not None)
+    fig = new_figure(figsize or (3.6 * n_panels, 3.6))
+    axes = np.atleast_1d(fig.subplots(1, n_panels))
+    rng = np.random.default_rng(resolve_seed(seed))
+    if scatter:
+        finite = np.isfinite(truth)
+        for m in scatter:
+            finite &= np.isfinite(scatter[m])
+        lo = min(truth[finite].min(), *(p[finite].min() for p in scatter.values())) if finite.any() else 0
+        hi = max(truth[finite].max(), *(p[finite].max() for p in scatter.values())) if finite.any() else 1
+        keep = np.flatnonzero(finite)
+        if len(keep) > max_points:
+            keep = np.sort(rng.choice(keep, size=max_points, replace=False))
+        for a, (m, pred) in zip(axes, scatter.items()):
+            t, p = truth[finite], pred[finite]
+            mse = float(np.mean((p - t) ** 2)) if t.size else float("nan")
+            pcc = (
+                float(np.corrcoef(t, p)[0, 1]) if t.size > 1 and t.std() > 0 and p.std() > 0 else float("nan")
+            )
+            a.scatter(
+                truth[keep], pred[keep], s=4, alpha=0.4, linewidths=0,
+                color=METHOD_COLORS.get(m, "C2"), rasterized=True,
+            )  # fmt: skip
+            a.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1)
+            a.set_xlim(lo, hi)
+            a.set_ylim(lo, hi)
+            a.set_aspect("equal")
+            a.set_xlabel("true value (masked entries)")
+            a.set_ylabel("completed value")
+            a.set_title(
+                f"{labels.get(m, m)}: MSE {mse:.3f}, PCC {pcc:.3f}\n(n = {t.size})", fontsize="medium"
+            )
+            style_axes(a)
+    if curve is not None:
+        a = axes[-1]
+        for m in [m for m in methods if m in set(curve["method"])]:
+            sub = curve[curve["method"] == m].sort_values("mask_fraction")
+            color = METHOD_COLORS.get(m)
+            a.plot(sub["mask_fraction"], sub["value"], marker="o", color=color, label=labels.get(m, m))
+            if "std" in sub.columns:
+                a.fill_between(
+                    sub["mask_fraction"], sub["value"] - sub["std"], sub["value"] + sub["std"],
+                    color=color, alpha=0.2, linewidth=0,
+                )  # fmt: skip
+        a.set_xlabel("fraction of real entries masked")
+        a.set_ylabel(metric.upper() if len(metric) <= 4 else metric)
+        a.set_title(f"{metric.upper() if len(metric) <= 4 else metric} vs mask fraction", fontsize="medium")
+        a.legend(frameon=False)
+        style_axes(a, grid=True)
+    return finish(fig, fig, show=show, save=save, dpi=dpi)

@@ -1,8 +1,140 @@
-"""Placeholder for moran (being implemented)."""
+"""``sp.pl.moran``: genes ranked by Moran's I with the selected cut-off."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def moran(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("moran")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from spared_tools._keys import Key
+from spared_tools._validation import check_adata
+
+from ._utils import finish, new_figure, style_axes
+
+
+def moran(
+    adata: AnnData,
+    *,
+    key: str = Key.MORAN_I,
+    selected_key: str | None = Key.SELECTED,
+    per_slide_key: str | None = "moran_I_per_slide",
+    n_labels: int = 10,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] = (6.0, 4.0),
+    show: bool | None = None,
+    save: str | Path | None = None,
+    dpi: float | None = None,
+) -> Axes | None:
+    """Rank genes by Moran's I and mark the genes selected by the SpaRED cut-off.
+
+    Genes are sorted by decreasing ``adata.var[key]`` (the slide-averaged Moran's I written by
+    :func:`spared_tools.pp.moran`). Selected genes are drawn in colour, the others in grey; a vertical line
+    marks the cut-off rank (number of selected genes) and a horizontal line the Moran's I of the last
+    selected gene. When per-slide values exist in ``adata.varm[per_slide_key]``, their range over slides is
+    shaded behind the curve.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with Moran's I in ``adata.var[key]``.
+    key
+        Column of ``adata.var`` holding Moran's I.
+    selected_key
+        Boolean column of ``adata.var`` marking the selected genes; ``None`` or an absent column draws no
+        cut-off.
+    per_slide_key
+        Key of ``adata.varm`` with one column per slide (DataFrame or array); ``None`` or absent: no band.
+    n_labels
+        Label the names of this many top-ranked genes (listed in a column, with a line to each gene).
+    ax
+        Axes to draw on; a new figure when ``None``.
+    figsize
+        Size of the new figure in inches (ignored with ``ax``).
+    show
+        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
+    save
+        File to save the figure to (format from the extension).
+    dpi
+        Resolution for ``save``.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` (``None`` when shown). The ranked curve is its first line
+    (``ax.lines[0]``; x = rank starting at 1, y = Moran's I).
+    """
+    check_adata(adata)
+    if key not in adata.var.columns:
+        raise KeyError(
+            f"adata.var has no Moran's I column {key!r}; run sp.pp.moran first "
+            f"(available columns: {list(adata.var.columns)})."
+        )
+    moran_i = pd.to_numeric(adata.var[key], errors="coerce").to_numpy(dtype=np.float64)
+    finite = np.isfinite(moran_i)
+    if not finite.any():
+        raise ValueError(f"adata.var[{key!r}] has no finite values to rank.")
+    order = np.argsort(-np.where(finite, moran_i, -np.inf), kind="stable")
+    order = order[finite[order]]
+    ranked = moran_i[order]
+    ranks = np.arange(1, len(order) + 1)
+    names = adata.var_names.to_numpy()[order]
+
+    selected = None
+    if selected_key is not None and selected_key in adata.var.columns:
+        sel = adata.var[selected_key]
+        if sel.dtype != bool:
+            raise TypeError(f"adata.var[{selected_key!r}] must be boolean, got dtype {sel.dtype}.")
+        selected = sel.to_numpy()[order]
+
+    if ax is None:
+        fig = new_figure(figsize)
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    ax.plot(ranks, ranked, color="0.25", linewidth=1.2, label="Moran's I (mean over slides)")
+    if per_slide_key is not None and per_slide_key in adata.varm:
+        per = adata.varm[per_slide_key]
+        per = per.to_numpy(dtype=np.float64) if isinstance(per, pd.DataFrame) else np.asarray(per, float)
+        per = per[order]
+        ax.fill_between(
+            ranks,
+            np.nanmin(per, axis=1),
+            np.nanmax(per, axis=1),
+            color="0.8",
+            linewidth=0,
+            label="range over slides",
+        )
+    if selected is not None:
+        ax.scatter(ranks[selected], ranked[selected], s=10, color="#1f77b4", zorder=3, label="selected")
+        n_sel = int(selected.sum())
+        if n_sel:
+            ax.axvline(n_sel + 0.5, color="#d62728", linestyle="--", linewidth=1)
+            cut = ranked[selected].min()
+            ax.axhline(cut, color="#d62728", linestyle=":", linewidth=1)
+            ax.annotate(
+                f"{n_sel} selected, I ≥ {cut:.3f}",
+                xy=(n_sel + 0.5, cut),
+                xytext=(6, 6),
+                textcoords="offset points",
+                color="#d62728",
+                fontsize="small",
+            )
+    n_lab = min(n_labels, len(order))
+    for i, (r, v, name) in enumerate(zip(ranks[:n_lab], ranked[:n_lab], names[:n_lab])):
+        ax.annotate(
+            str(name),
+            xy=(r, v),
+            xytext=(0.3, 0.93 - i * 0.85 / max(n_lab, 8)),
+            textcoords="axes fraction",
+            fontsize="x-small",
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5, "shrinkB": 2},
+        )
+    ax.set_xlabel("gene rank")
+    ax.set_ylabel("Moran's I")
+    ax.set_title(f"Moran's I ranking ({len(order)} genes)")
+    ax.legend(frameon=False, fontsize="small", loc="lower left")
+    style_axes(ax, grid=True)
+    return finish(fig, ax, show=show, save=save, dpi=dpi)

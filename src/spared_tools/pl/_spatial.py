@@ -1,8 +1,252 @@
-"""Placeholder for spatial (being implemented)."""
+"""``sp.pl.spatial``: genes × layers as spot maps over the H&E image, one shared colour scale per gene."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-def spatial(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("spatial")
+import matplotlib as mpl
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.figure import Figure, SubFigure
+
+from spared_tools._keys import Key
+from spared_tools._validation import check_adata, check_genes
+
+from ._geometry import SpotShape, draw_slide, slide_groups, slide_view
+from ._utils import as_list, finish, gene_values, new_figure, resolve_limit
+
+
+def spatial(
+    adata: AnnData,
+    genes: str | Sequence[str],
+    layers: str | Sequence[str | None] | None = None,
+    *,
+    library_key: str | None = Key.SLIDE,
+    slides: Any | Sequence[Any] | None = None,
+    library_id: str | Mapping[Any, str] | None = None,
+    spatial_key: str = Key.SPATIAL,
+    img_key: str | None = "hires",
+    img: bool | None = None,
+    shape: SpotShape = "auto",
+    size: float = 1.0,
+    cmap: str | Colormap = "viridis",
+    vmin: float | str | None = None,
+    vmax: float | str | None = None,
+    layer_titles: Mapping[str | None, str] | None = None,
+    na_color: Any = "lightgray",
+    alpha: float = 1.0,
+    alpha_img: float = 1.0,
+    crop: bool = True,
+    panel_size: float = 3.0,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    dpi: float | None = None,
+) -> Figure | None:
+    """Plot genes in one or more layers as spot maps over the tissue image.
+
+    One panel per slide × gene × layer: rows are ``(slide, gene)`` pairs, columns are layers, so that a
+    gene can be compared across e.g. raw, median-completed, SpaCKLE-completed, predicted and true values.
+    Every panel of a gene shares one colour scale (over all its layers and slides) and one colour bar.
+    Spots are drawn at their true size in image coordinates: hexagons on hexagonal lattices (Visium),
+    squares on square grids (legacy ST), edges facing the nearest neighbours, with the inscribed circle
+    equal to ``spot_diameter_fullres`` × ``size``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with spot coordinates in ``adata.obsm[spatial_key]`` (full-resolution pixels) and,
+        for the image, ``adata.uns["spatial"][library]["images"][img_key]`` with the scale factor
+        ``tissue_<img_key>_scalef`` and ``spot_diameter_fullres``.
+    genes
+        One gene or a list of genes (``adata.var_names``).
+    layers
+        Layer or list of layers to compare; ``None`` entries stand for ``adata.X``. Default: ``adata.X``.
+    library_key
+        Column of ``adata.obs`` identifying slides; one row of panels per slide. ``None`` treats all spots
+        as one slide. When the column is absent and ``adata.uns["spatial"]`` holds at most one library the
+        data are treated as one slide as well.
+    slides
+        Slide(s) to draw, in this order. Default: every slide.
+    library_id
+        Key of ``adata.uns["spatial"]`` to use for every slide, or a mapping slide → key. Default: the key
+        equal to the slide name, the only key when there is one slide, or the unique key of the form
+        ``"<prefix>_<slide>"``.
+    spatial_key
+        Key of the spot coordinates ``[x, y]`` in ``adata.obsm``.
+    img_key
+        Image resolution in ``adata.uns["spatial"][library]["images"]`` (``"hires"``, ``"lowres"``);
+        ``None`` draws no image.
+    img
+        ``True`` requires the image (error when missing), ``False`` never draws it, ``None`` draws it when
+        present. Without an image, spots are drawn in full-resolution coordinates.
+    shape
+        Spot shape: ``"auto"`` detects the lattice from the directions to the nearest spots (6-fold
+        symmetry → ``"hex"``, 4-fold → ``"square"``); ``"circle"`` draws the physical round spots.
+    size
+        Scale applied to the spot diameter (``1`` = true size; a hexagon then fills a Visium spot's disc).
+    cmap
+        Colour map for expression values.
+    vmin
+        Lower colour limit shared by each gene's panels: a number, a percentile such as ``"p1"`` of the
+        gene's values over all its panels, or ``None`` for the minimum.
+    vmax
+        Upper colour limit, as ``vmin`` (``None`` for the maximum, e.g. ``"p99"`` to clip outliers).
+    layer_titles
+        Display names for layers in panel titles, e.g. ``{"spackle": "SpaCKLE", None: "raw"}``.
+    na_color
+        Colour of spots whose value is NaN (e.g. entries a layer leaves undefined).
+    alpha
+        Opacity of the spots.
+    alpha_img
+        Opacity of the image.
+    crop
+        Zoom each panel onto its spots; ``False`` shows the whole image.
+    panel_size
+        Width and height of one panel in inches.
+    ax
+        Existing axes to draw on; only possible when there is exactly one panel.
+    show
+        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
+    save
+        File to save the figure to (format from the extension).
+    dpi
+        Resolution for ``save``.
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure` (``None`` when shown). Its axes are ``fig.axes`` in row-major
+    order (colour bars last); every panel is titled with the gene and the layer (``"<gene> | <layer>"``, on
+    two lines when long), prefixed by ``"<slide>: "`` when there are several slides.
+    """
+    fig = _spatial_grid(
+        None,
+        adata,
+        genes,
+        layers,
+        library_key=library_key,
+        slides=slides,
+        library_id=library_id,
+        spatial_key=spatial_key,
+        img_key=img_key,
+        img=img,
+        shape=shape,
+        size=size,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        layer_titles=layer_titles,
+        na_color=na_color,
+        alpha=alpha,
+        alpha_img=alpha_img,
+        crop=crop,
+        panel_size=panel_size,
+        ax=ax,
+    )
+    return finish(fig, fig, show=show, save=save, dpi=dpi)
+
+
+def _spatial_grid(
+    container: Figure | SubFigure | None,
+    adata: AnnData,
+    genes: str | Sequence[str],
+    layers: str | Sequence[str | None] | None,
+    *,
+    library_key: str | None,
+    slides: Any,
+    library_id: str | Mapping[Any, str] | None,
+    spatial_key: str,
+    img_key: str | None,
+    img: bool | None,
+    shape: SpotShape,
+    size: float,
+    cmap: str | Colormap,
+    vmin: float | str | None,
+    vmax: float | str | None,
+    layer_titles: Mapping[str | None, str] | None,
+    na_color: Any,
+    alpha: float,
+    alpha_img: float,
+    crop: bool,
+    panel_size: float,
+    ax: Axes | None = None,
+    gene_labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """Draw the panel grid of :func:`spatial` into ``container`` (a new figure when ``None``)."""
+    check_adata(adata)
+    genes = check_genes(adata, genes)
+    if len(genes) == 0:
+        raise ValueError("genes= is empty; pass at least one gene.")
+    layer_list = as_list(layers)
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size!r}.")
+    titles = {None: "X"} | dict(layer_titles or {})
+    groups = slide_groups(adata, library_key, slides)
+    n_slides = len(groups)
+    views = [
+        slide_view(
+            adata,
+            s,
+            idx,
+            n_slides=n_slides,
+            spatial_key=spatial_key,
+            img_key=img_key,
+            img=img,
+            library_id=library_id,
+            shape=shape,
+        )
+        for s, idx in groups
+    ]
+    values = {(g, lay): gene_values(adata, g, lay) for g in genes for lay in layer_list}
+    norms: dict[str, Normalize] = {}
+    for g in genes:
+        used = np.concatenate([values[(g, lay)][v.index] for lay in layer_list for v in views])
+        finite = used[np.isfinite(used)]
+        lo_default = float(finite.min()) if finite.size else 0.0
+        hi_default = float(finite.max()) if finite.size else 1.0
+        lo = resolve_limit(vmin, used, default=lo_default)
+        hi = resolve_limit(vmax, used, default=hi_default)
+        if hi < lo:
+            raise ValueError(f"vmax ({hi}) is below vmin ({lo}) for gene {g!r}.")
+        if hi == lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        norms[g] = Normalize(vmin=lo, vmax=hi)
+    cmap_obj = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
+    cmap_obj = cmap_obj.with_extremes(bad=na_color)
+
+    rows = [(v, g) for v in views for g in genes]
+    n_rows, n_cols = len(rows), len(layer_list)
+    if ax is not None:
+        if n_rows * n_cols != 1:
+            raise ValueError(f"ax= can only be used for a single panel; this call draws {n_rows * n_cols}.")
+        fig = ax.figure
+        grid = np.array([[ax]])
+    else:
+        fig = new_figure((panel_size * n_cols + 0.8, panel_size * n_rows)) if container is None else container
+        grid = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for r, (view, g) in enumerate(rows):
+        coll = None
+        for c, lay in enumerate(layer_list):
+            a = grid[r, c]
+            coll = draw_slide(
+                a,
+                view,
+                values[(g, lay)][view.index],
+                cmap=cmap_obj,
+                norm=norms[g],
+                size=size,
+                alpha=alpha,
+                alpha_img=alpha_img,
+                crop=crop,
+            )
+            head = f"{view.slide}: " if n_slides > 1 else ""
+            gene_label, layer_label = (gene_labels or {}).get(g, g), titles.get(lay, lay)
+            sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
+            a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
+        cb = fig.colorbar(coll, ax=list(grid[r, :]), shrink=0.8, pad=0.02, aspect=15)
+        cb.outline.set_visible(False)
+    return fig
