@@ -1,0 +1,83 @@
+"""Private helpers shared by the readers (file checks, count validation)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import scipy.sparse as sp
+
+_MAGIC = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open, b"\xfd7": lzma.open}
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path`, raising ``FileNotFoundError`` naming ``what`` when absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a plain, gzip, bzip2 or xz text file (detected from its first bytes) for reading."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    opener = _MAGIC.get(head)
+    if opener is None:
+        return open(path, encoding="utf-8", newline="")
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def read_header(path: Path, sep: str) -> list[str]:
+    """Return the fields of the first line of a delimited (possibly compressed) text file."""
+    with open_text(path) as fh:
+        line = fh.readline()
+    if not line:
+        raise ValueError(f"{path} is empty.")
+    return [field.strip().strip('"') for field in line.rstrip("\r\n").split(sep)]
+
+
+def check_counts(values: np.ndarray | sp.spmatrix, *, where: str) -> None:
+    """Raise ``ValueError`` for NaN/inf, negative or non-integer counts (``where`` names the source)."""
+    data = values.data if sp.issparse(values) else np.asarray(values)
+    if data.size == 0:
+        return
+    if not np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_:
+        raise TypeError(f"Counts in {where} must be numeric, got dtype {data.dtype}.")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise ValueError(f"Counts in {where} contain {int(bad.sum())} NaN, empty or infinite values.")
+        frac = data != np.round(data)
+        if frac.any():
+            raise ValueError(
+                f"Counts in {where} contain {int(frac.sum())} non-integer values (e.g. {data[frac][0]!r}); "
+                "the readers expect raw integer counts."
+            )
+    neg = data < 0
+    if neg.any():
+        raise ValueError(f"Counts in {where} contain {int(neg.sum())} negative values; counts must be >= 0.")
+
+
+def to_count_matrix(values: np.ndarray | sp.spmatrix, dtype: str | np.dtype, *, where: str) -> sp.csr_matrix:
+    """Validate raw counts and return them as a CSR matrix of ``dtype`` (``float32``/``float64``/``int32``/``int64``)."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64)):
+        raise ValueError(f"dtype must be float32, float64, int32 or int64, got {dtype}.")
+    check_counts(values, where=where)
+    mat = sp.csr_matrix(values)
+    if mat.nnz:
+        top = float(mat.data.max())
+        limit = {np.dtype(np.float32): 2**24, np.dtype(np.int32): 2**31 - 1}.get(dtype, 2**53)
+        if top > limit:
+            raise ValueError(
+                f"Counts in {where} reach {top:.0f}, which {dtype} cannot hold exactly; pass dtype='int64'."
+            )
+    mat = mat.astype(dtype)
+    mat.eliminate_zeros()
+    mat.sort_indices()
+    return mat

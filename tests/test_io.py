@@ -1,0 +1,438 @@
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from PIL import Image
+from tests.conftest import shared_path
+
+import spared_tools as st
+from spared_tools._logging import logger
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def log_messages():
+    h = _ListHandler()
+    logger.addHandler(h)
+    try:
+        yield h.messages
+    finally:
+        logger.removeHandler(h)
+
+
+def _write_st(
+    tmp: Path,
+    counts: np.ndarray,
+    ids: list[str],
+    genes: list[str],
+    positions: pd.DataFrame,
+    *,
+    name: str = "S1",
+    transpose: bool = False,
+    gz: bool = True,
+) -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(counts, index=ids, columns=genes)
+    if transpose:
+        df = df.T
+    cpath = tmp / (f"{name}.tsv.gz" if gz else f"{name}.tsv")
+    text = df.to_csv(sep="\t")
+    if gz:
+        with gzip.open(cpath, "wt") as fh:
+            fh.write(text)
+    else:
+        cpath.write_text(text)
+    spath = tmp / f"{name}_selection.tsv"
+    positions.to_csv(spath, sep="\t", index=False)
+    return cpath, spath
+
+
+def _positions(xy: np.ndarray, pitch: float = 100.0, offset: float = 50.0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "new_x": xy[:, 0].astype(float),
+            "new_y": xy[:, 1].astype(float),
+            "pixel_x": xy[:, 0] * pitch + offset,
+            "pixel_y": xy[:, 1] * pitch + offset,
+            "selected": 1,
+        }
+    )
+
+
+@pytest.fixture
+def st_section(tmp_path):
+    """A 4 x 3 grid of spots, 5 genes, one spot without a position and one position without counts."""
+    rng = np.random.default_rng(0)
+    xy = np.array([(x, y) for y in range(3, 6) for x in range(2, 6)])  # 12 spots
+    counts = rng.poisson(3.0, size=(12, 5)).astype(np.int64)
+    counts[0, 0] = 70000  # above 2**16: stored exactly
+    ids = [f"{x}x{y}" for x, y in xy]
+    genes = ["GA", "GB", "GC", "GD", "GE"]
+    pos = _positions(xy)
+    pos = pos.drop(index=4)  # spot ids[4] has no position
+    extra = _positions(np.array([[9, 9]]))
+    pos = pd.concat([pos, extra], ignore_index=True).iloc[::-1]  # order differs from counts
+    c, s = _write_st(tmp_path, counts, ids, genes, pos)
+    return c, s, counts, ids, genes, xy
+
+
+# --------------------------------------------------------------------------- read_st (synthetic)
+
+
+def test_read_st_values_and_layout(st_section, log_messages):
+    c, s, counts, ids, genes, xy = st_section
+    adata = st.io.read_st(c, s)
+    keep = [i for i in range(12) if i != 4]
+    assert list(adata.obs_names) == [ids[i] for i in keep]  # counts order, intersection
+    assert list(adata.var_names) == genes
+    assert sp.issparse(adata.X) and adata.X.dtype == np.float32
+    np.testing.assert_array_equal(adata.X.toarray(), counts[keep])
+    assert adata.X[0, 0] == 70000
+    np.testing.assert_array_equal(adata.obs["array_row"], xy[keep, 1])  # row = y
+    np.testing.assert_array_equal(adata.obs["array_col"], xy[keep, 0])  # col = x
+    assert adata.obs["array_row"].dtype == np.int64
+    np.testing.assert_allclose(adata.obsm["spatial"], xy[keep] * 100.0 + 50.0)
+    np.testing.assert_allclose(adata.obs["pxl_row_in_fullres"], xy[keep, 1] * 100.0 + 50.0)
+    assert isinstance(adata.obs["slide_id"].dtype, pd.CategoricalDtype)
+    assert set(adata.obs["slide_id"]) == {"S1"}
+    assert (adata.obs["in_tissue"] == 1).all()
+    lib = adata.uns["spatial"]["S1"]
+    sf = lib["scalefactors"]
+    # pitch 100 px per 200 µm -> 2 µm/px -> 100 µm spot = 50 px
+    assert sf["center_to_center_fullres"] == pytest.approx(100.0)
+    assert sf["microns_per_pixel"] == pytest.approx(2.0)
+    assert sf["spot_diameter_fullres"] == pytest.approx(50.0)
+    assert lib["images"] == {}
+    assert lib["metadata"]["n_spots_without_position"] == 1
+    assert lib["metadata"]["n_positions_without_counts"] == 1
+    assert any("dropped 1 spots" in m and "ignored 1 positions" in m for m in log_messages)
+
+
+def test_read_st_int_dtype_patient_and_library(st_section):
+    c, s, counts, *_ = st_section
+    adata = st.io.read_st(c, s, library_id="lib", patient="P7", dtype="int32", microns_per_pixel=0.5)
+    assert adata.X.dtype == np.int32
+    assert list(adata.obs["patient"].unique()) == ["P7"]
+    assert "lib" in adata.uns["spatial"]
+    assert adata.uns["spatial"]["lib"]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(200.0)
+
+
+def test_read_st_transposed_and_r_style_header(tmp_path):
+    xy = np.array([[1, 1], [2, 1], [1, 2]])
+    counts = np.array([[1, 0, 2], [0, 0, 5], [3, 1, 0]])
+    ids = ["1x1", "2x1", "1x2"]
+    genes = ["A", "B", "C"]
+    c, s = _write_st(tmp_path / "t", counts, ids, genes, _positions(xy), transpose=True)
+    a = st.io.read_st(c, s)
+    assert list(a.obs_names) == ids and list(a.var_names) == genes
+    np.testing.assert_array_equal(a.X.toarray(), counts)
+    # R write.table style: header without a field for the row names, plain text
+    r_dir = tmp_path / "r"
+    r_dir.mkdir()
+    lines = ["\t".join(genes)] + [f"{i}\t" + "\t".join(map(str, row)) for i, row in zip(ids, counts)]
+    (r_dir / "R.tsv").write_text("\n".join(lines) + "\n")
+    _positions(xy).to_csv(r_dir / "pos.tsv", sep="\t", index=False)
+    b = st.io.read_st(r_dir / "R.tsv", r_dir / "pos.tsv")
+    np.testing.assert_array_equal(b.X.toarray(), counts)
+    assert list(b.var_names) == genes
+    assert "R" in b.uns["spatial"]
+
+
+def test_read_st_duplicated_genes_made_unique(tmp_path, log_messages):
+    xy = np.array([[1, 1], [2, 1]])
+    path = tmp_path / "d.tsv"
+    path.write_text("\tA\tA\tB\n1x1\t1\t2\t3\n2x1\t4\t5\t6\n")
+    _positions(xy).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    a = st.io.read_st(path, tmp_path / "p.tsv")
+    assert list(a.var_names) == ["A", "A-1", "B"]
+    assert list(a.var["gene_name_in_file"]) == ["A", "A", "B"]
+    np.testing.assert_array_equal(a.X.toarray(), [[1, 2, 3], [4, 5, 6]])
+    assert any("duplicated gene names" in m for m in log_messages)
+
+
+def test_read_st_image(tmp_path):
+    xy = np.array([[1, 1], [2, 1], [1, 2], [2, 2]])
+    c, s = _write_st(tmp_path, np.ones((4, 2), int), ["1x1", "2x1", "1x2", "2x2"], ["A", "B"], _positions(xy))
+    yy, xx = np.mgrid[0:300, 0:400]
+    img = np.stack([xx * 255 // 399, yy * 255 // 299, (xx + yy) * 255 // 698], axis=2).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "full.jpg", quality=95)
+    a = st.io.read_st(c, s, tmp_path / "full.jpg", hires_max_side=200)
+    lib = a.uns["spatial"]["S1"]
+    hires, lowres = lib["images"]["hires"], lib["images"]["lowres"]
+    assert hires.dtype == np.uint8 and hires.shape == (150, 200, 3)
+    assert lowres.shape == (150, 200, 3)  # never larger than hires
+    assert lib["scalefactors"]["tissue_hires_scalef"] == pytest.approx(0.5)
+    assert lib["scalefactors"]["tissue_lowres_scalef"] == pytest.approx(0.5)
+    assert lib["metadata"]["fullres_path"] == str((tmp_path / "full.jpg").resolve())
+    assert (lib["metadata"]["fullres_width"], lib["metadata"]["fullres_height"]) == (400, 300)
+    # the hires copy is the full image downsampled (block means agree closely)
+    ref = img.reshape(150, 2, 200, 2, 3).mean(axis=(1, 3))
+    smooth = lambda z: z.reshape(15, 10, 20, 10, 3).mean(axis=(1, 3))  # noqa: E731
+    assert np.abs(smooth(hires.astype(float)) - smooth(ref)).max() < 6
+
+
+def test_read_st_large_image_no_bomb_warning(tmp_path):
+    # Pillow warns above ~89 Mpx; a her2st JPEG is ~92 Mpx. Must not warn (warnings are errors here).
+    from spared_tools.io._image import downscale_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (9500, 9500), (200, 100, 50)).save(path, quality=50)
+    out, scalef, size = downscale_image(path, 500)
+    assert size == (9500, 9500) and out.shape == (500, 500, 3)
+    assert scalef == pytest.approx(500 / 9500)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [200, 100, 50], atol=3)
+    from PIL import Image as _I
+
+    assert _I.MAX_IMAGE_PIXELS is not None  # the limit is restored
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("\tA\tB\n1x1\t1\t\n2x1\t1\t1\n", "NaN"),
+        ("\tA\tB\n1x1\t1\t-2\n2x1\t1\t1\n", "negative"),
+        ("\tA\tB\n1x1\t1\t0.5\n2x1\t1\t1\n", "non-integer"),
+        ("\tA\tB\n1x1\t1\tfoo\n2x1\t1\t1\n", "non-numeric"),
+        ("\tA\tB\n1x1\t1\t2\n1x1\t1\t1\n", "more than once"),
+        ("\tA\tB\nspotA\t1\t2\nspotB\t1\t1\n", "<x>x<y>"),
+        ("\tA\tB\n5x5\t1\t2\n6x6\t1\t1\n", "No spot id"),
+        ("\tA\tB\n", "no values"),
+    ],
+)
+def test_read_st_bad_counts(tmp_path, body, match):
+    (tmp_path / "c.tsv").write_text(body)
+    _positions(np.array([[1, 1], [2, 1]])).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    with pytest.raises((ValueError, TypeError), match=match):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv")
+
+
+def test_read_st_bad_spot_files(tmp_path):
+    (tmp_path / "c.tsv").write_text("\tA\n1x1\t1\n2x1\t2\n")
+    with pytest.raises(FileNotFoundError, match="Spot file not found"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "missing.tsv")
+    with pytest.raises(FileNotFoundError, match="Count file not found"):
+        st.io.read_st(tmp_path / "nope.tsv", tmp_path / "missing.tsv")
+    pos = _positions(np.array([[1, 1], [2, 1]]))
+    pos.drop(columns=["pixel_x"]).to_csv(tmp_path / "p1.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="lacks the columns \\['pixel_x'\\]"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p1.tsv")
+    pd.concat([pos, pos.iloc[:1]]).to_csv(tmp_path / "p2.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="more than once"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p2.tsv")
+    p3 = pos.copy()
+    p3["x"] = [1.5, 2.0]
+    p3.to_csv(tmp_path / "p3.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="integer array coordinates"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p3.tsv")
+    p4 = pos.copy()
+    p4.loc[0, "pixel_y"] = np.nan
+    p4.to_csv(tmp_path / "p4.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="'pixel_y' has 1 missing"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p4.tsv")
+    pos.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    with pytest.raises(FileNotFoundError, match="Image file not found"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv", tmp_path / "img.jpg")
+    with pytest.raises(ValueError, match="dtype must be"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv", dtype="uint8")
+    with pytest.raises(ValueError, match="microns_per_pixel must be"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv", microns_per_pixel=-1.0)
+
+
+def test_read_st_one_spot(tmp_path):
+    (tmp_path / "c.tsv").write_text("\tA\n1x1\t3\n")
+    _positions(np.array([[1, 1]])).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="Pass microns_per_pixel"):
+        st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv")
+    a = st.io.read_st(tmp_path / "c.tsv", tmp_path / "p.tsv", microns_per_pixel=1.0)
+    assert a.n_obs == 1 and a.X[0, 0] == 3
+
+
+# --------------------------------------------------------------------------- concat_slides
+
+
+def _slide(sid: str, genes: list[str], n: int, seed: int, dense: bool = False) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(1.0, size=(n, len(genes))).astype(np.float32)
+    a = ad.AnnData(X=X if dense else sp.csr_matrix(X))
+    a.var_names = genes
+    a.obs_names = [f"{i}x{i + 1}" for i in range(n)]
+    a.obs["slide_id"] = pd.Categorical([sid] * n)
+    a.obs["array_row"] = np.arange(n)
+    a.var["gene_symbol"] = [g.lower() for g in genes]
+    a.obsm["spatial"] = rng.random((n, 2))
+    a.layers["counts"] = a.X.copy()
+    a.uns["spatial"] = {sid: {"images": {}, "scalefactors": {"spot_diameter_fullres": 1.0}, "metadata": {}}}
+    return a
+
+
+def test_concat_slides_matches_anndata_concat():
+    a = _slide("s1", ["g1", "g2", "g3"], 4, 0)
+    b = _slide("s2", ["g3", "g4", "g1"], 3, 1)
+    c = _slide("s3", ["g5", "g2"], 2, 2, dense=True)
+    out = st.io.concat_slides([a, b, c], patients=["p1", "p1", "p2"])
+    assert list(out.var_names) == ["g1", "g2", "g3", "g4", "g5"]  # first-seen order
+    assert list(out.obs["slide_id"].cat.categories) == ["s1", "s2", "s3"]
+    assert list(out.obs["slide_id"]) == ["s1"] * 4 + ["s2"] * 3 + ["s3"] * 2
+    assert list(out.obs["patient"]) == ["p1"] * 7 + ["p2"] * 2
+    # obs names collide ("0x1" in every slide): prefixed
+    assert out.obs_names[0] == "s1_0x1" and out.obs_names[-1] == "s3_1x2"
+    ref = ad.concat([a, b, c], join="outer", fill_value=0, index_unique="_", keys=["s1", "s2", "s3"])
+    ref_X = ref[:, list(out.var_names)].X
+    ref_X = ref_X.toarray() if sp.issparse(ref_X) else ref_X
+    assert sp.issparse(out.X)
+    np.testing.assert_array_equal(out.X.toarray(), ref_X)
+    np.testing.assert_array_equal(out.layers["counts"].toarray(), ref_X)
+    np.testing.assert_array_equal(
+        out.obsm["spatial"], np.vstack([a.obsm["spatial"], b.obsm["spatial"], c.obsm["spatial"]])
+    )
+    assert list(out.var["gene_symbol"]) == ["g1", "g2", "g3", "g4", "g5"]
+    assert set(out.uns["spatial"]) == {"s1", "s2", "s3"}
+    np.testing.assert_array_equal(out.obs["array_row"], [0, 1, 2, 3, 0, 1, 2, 0, 1])
+
+
+def test_concat_slides_keeps_unique_names_and_mapping(log_messages):
+    a = _slide("s1", ["g1", "g2"], 3, 0)
+    b = _slide("s2", ["g2", "g1"], 2, 1)
+    b.obs_names = ["b1", "b2"]
+    out = st.io.concat_slides({"A": a, "B": b})
+    assert list(out.obs_names) == list(a.obs_names) + ["b1", "b2"]
+    assert list(out.obs["slide_id"]) == ["A"] * 3 + ["B"] * 2
+    np.testing.assert_array_equal(out.X[3:].toarray(), b.X.toarray()[:, [1, 0]])
+    assert not any("prefixed" in m for m in log_messages)
+    assert "patient" not in out.obs
+
+
+def test_concat_slides_dense_and_partial_obs():
+    a = _slide("s1", ["g1"], 2, 0, dense=True)
+    b = _slide("s2", ["g2"], 2, 1, dense=True)
+    a.obs["label"] = ["x", "y"]
+    del b.layers["counts"]
+    out = st.io.concat_slides([a, b])
+    assert isinstance(out.X, np.ndarray)
+    np.testing.assert_array_equal(out.X, [[a.X[0, 0], 0], [a.X[1, 0], 0], [0, b.X[0, 0]], [0, b.X[1, 0]]])
+    assert "counts" not in out.layers
+    assert list(out.obs["label"].iloc[:2]) == ["x", "y"] and out.obs["label"].iloc[2:].isna().all()
+
+
+def test_concat_slides_errors():
+    a = _slide("s1", ["g1"], 2, 0)
+    b = _slide("s1", ["g1"], 2, 1)
+    with pytest.raises(ValueError, match="unique across inputs"):
+        st.io.concat_slides([a, b])
+    with pytest.raises(ValueError, match="more than one input"):
+        st.io.concat_slides([a, b], slide_ids=["x", "y"])
+    with pytest.raises(ValueError, match="at least one"):
+        st.io.concat_slides([])
+    with pytest.raises(TypeError, match="must be an AnnData"):
+        st.io.concat_slides([a, np.zeros(3)])
+    two = st.io.concat_slides([a, _slide("s2", ["g1"], 2, 1)])
+    with pytest.raises(ValueError, match="one slide per AnnData"):
+        st.io.concat_slides([two, _slide("s3", ["g1"], 1, 3)])
+    with pytest.raises(ValueError, match="Got 1 slide_ids"):
+        st.io.concat_slides([a, b], slide_ids=["x"])
+    with pytest.raises(KeyError, match="no entry for slides"):
+        st.io.concat_slides({"a": a, "b": _slide("s2", ["g1"], 2, 1)}, patients={"a": "p"})
+    dup = ad.AnnData(np.ones((1, 2), np.float32))
+    dup.var_names = ["g", "g"]
+    with pytest.raises(ValueError, match="duplicated var_names"):
+        st.io.concat_slides([a, dup], slide_ids=["a", "b"])
+
+
+# --------------------------------------------------------------------------- her2st (real data)
+
+
+def _her2st_raw_counts(section: str) -> pd.DataFrame:
+    return pd.read_csv(shared_path("her2st_raw", "ST-cnts", f"{section}.tsv.gz"), sep="\t", index_col=0)
+
+
+def test_read_st_her2st_section_exact_counts():
+    root = shared_path("her2st_raw")
+    adata = st.io.read_st(
+        root / "ST-cnts" / "C3.tsv.gz", root / "ST-spotfiles" / "C3_selection.tsv", dtype="int32"
+    )
+    raw = _her2st_raw_counts("C3")
+    spots = pd.read_csv(root / "ST-spotfiles" / "C3_selection.tsv", sep="\t")
+    spot_ids = set(spots["x"].astype(str) + "x" + spots["y"].astype(str))
+    kept = [i for i in raw.index if i in spot_ids]
+    assert list(adata.obs_names) == kept
+    assert list(adata.var_names) == list(raw.columns)
+    np.testing.assert_array_equal(adata.X.toarray(), raw.loc[kept].to_numpy())
+
+
+def test_read_her2st_matches_fixture_block(her2st_c2_block):
+    root = shared_path("her2st_raw")
+    adata = st.io.read_her2st(root, "C2", hires_max_side=1000)
+    fx = her2st_c2_block
+    lib, fx_lib = adata.uns["spatial"]["C2"], fx.uns["spatial"]["her2st_C2"]
+    # spot ids "C2_<x>x<y>" in the fixture, "<x>x<y>" here (one section -> no prefix)
+    ids = [n.split("_", 1)[1] for n in fx.obs_names]
+    sub = adata[ids]
+    np.testing.assert_array_equal(sub[:, list(fx.var_names)].X.toarray(), fx.X.toarray())
+    np.testing.assert_array_equal(sub.obs["array_row"], fx.obs["array_row"])
+    np.testing.assert_array_equal(sub.obs["array_col"], fx.obs["array_col"])
+    origin = fx_lib["metadata"]["fixture_crop_origin_fullres_xy"]
+    np.testing.assert_allclose(sub.obsm["spatial"] - origin, fx.obsm["spatial"], atol=1e-6)
+    for k in ("spot_diameter_fullres", "center_to_center_fullres"):
+        assert lib["scalefactors"][k] == pytest.approx(fx_lib["scalefactors"][k], rel=1e-6)
+    assert lib["scalefactors"]["microns_per_pixel"] == pytest.approx(0.688, abs=1e-3)
+    assert lib["metadata"]["fullres_width"] == fx_lib["metadata"]["fullres_image_width"]
+    assert lib["metadata"]["fullres_height"] == fx_lib["metadata"]["fullres_image_height"]
+    hires = lib["images"]["hires"]
+    assert max(hires.shape[:2]) == 1000 and hires.dtype == np.uint8
+    assert list(adata.obs["patient"].unique()) == ["C"]
+
+
+def test_read_her2st_sections_and_labels():
+    root = shared_path("her2st_raw")
+    adata = st.io.read_her2st(root, ["C1", "C2"], images=False)
+    raw1, raw2 = _her2st_raw_counts("C1"), _her2st_raw_counts("C2")
+    assert list(adata.obs["slide_id"].cat.categories) == ["C1", "C2"]
+    assert set(adata.obs["patient"]) == {"C"}
+    genes = list(dict.fromkeys(list(raw1.columns) + list(raw2.columns)))
+    assert list(adata.var_names) == genes
+    c2 = adata[adata.obs["slide_id"] == "C2"]
+    kept = [n.split("_", 1)[1] for n in c2.obs_names]
+    ref = raw2.reindex(columns=genes, fill_value=0).loc[kept]
+    np.testing.assert_array_equal(c2.X.toarray(), ref.to_numpy())
+    # brute force: the label file's (x, y) are the spot file's adjusted (new_x, new_y) coordinates
+    lbl = pd.read_csv(root / "ST-pat-lbl" / "C1_labeled_coordinates.tsv", sep="\t")
+    spots = pd.read_csv(root / "ST-spotfiles" / "C1_selection.tsv", sep="\t")
+    expected = {}
+    for _, r in lbl.iterrows():
+        d = np.hypot(spots["new_x"] - r["x"], spots["new_y"] - r["y"])
+        j = int(np.argmin(d))
+        assert d[j] < 1e-6
+        expected[f"{spots['x'][j]}x{spots['y'][j]}"] = r["label"]
+    c1 = adata.obs[adata.obs["slide_id"] == "C1"]
+    got = {n.split("_", 1)[1]: v for n, v in c1["pathology_label"].items()}
+    assert {k: v for k, v in got.items() if not pd.isna(v)} == {k: v for k, v in expected.items() if k in got}
+    assert len(got) == 176 and c1["pathology_label"].notna().sum() == 176  # one labelled spot has no counts
+    assert adata.obs.loc[adata.obs["slide_id"] == "C2", "pathology_label"].isna().all()
+    assert adata.uns["spatial"]["C1"]["images"] == {}
+
+
+def test_read_her2st_errors(tmp_path):
+    root = shared_path("her2st_raw")
+    with pytest.raises(KeyError, match="Unknown her2st sections"):
+        st.io.read_her2st(root, ["Z9"])
+    with pytest.raises(FileNotFoundError, match="No 'ST-cnts' directory"):
+        st.io.read_her2st(tmp_path)
