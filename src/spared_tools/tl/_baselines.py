@@ -1,24 +1,605 @@
-"""Placeholder for MeanPredictor, RidgePredictor, LinearHeadPredictor (being implemented)."""
+"""Baselines for expression prediction from histology, with the :class:`Predictor` API of GeneQuery.
+
+* :class:`MeanPredictor` – every spot gets the training-split mean of each gene (no image).
+* :class:`RidgePredictor` – ridge regression on frozen image features (HEST's honest baseline), closed
+  form via one SVD, the penalty picked on the validation split (or by generalised cross-validation).
+* :class:`LinearHeadPredictor` – an image encoder with a linear multi-gene head (STNet-style), trained
+  with PyTorch Lightning, fine-tuning the encoder or on frozen features.
+"""
 
 from __future__ import annotations
 
+import copy
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-class MeanPredictor:
-    """Not implemented yet."""
+import numpy as np
+import torch
+from anndata import AnnData
+from torch import nn
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("MeanPredictor")
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device, settings
+from spared_tools.tl._evaluate_prediction import pearson_per_gene
+from spared_tools.tl._predictor import Predictor, Scaling
+
+__all__ = ["LinearHeadPredictor", "MeanPredictor", "RidgePredictor", "ridge_path"]
 
 
-class RidgePredictor:
-    """Not implemented yet."""
+# --------------------------------------------------------------------------------------------- mean
+class MeanPredictor(Predictor):
+    """Predict, for every spot, the mean of each gene over the training spots.
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("RidgePredictor")
+    The floor any image model must beat. It reads no image, so ``predict`` works on any AnnData.
+
+    Parameters
+    ----------
+    scaling
+        Per-gene target scaling (no effect on the result: the mean commutes with affine scaling).
+    seed
+        Recorded for reproducibility (the predictor is deterministic).
+    """
+
+    uses_images = False
+
+    def __init__(self, *, scaling: Scaling = "minmax", seed: int | None = None) -> None:
+        super().__init__(scaling=scaling, seed=seed)
+        self.mean_: np.ndarray | None = None
+
+    def _fit(
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **kwargs: Any
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"MeanPredictor.train got unexpected options {sorted(kwargs)}.")
+        self.mean_ = Z[train_idx].astype(np.float64).mean(axis=0)
+
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        assert self.mean_ is not None and self.genes_ is not None
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        row = self.mean_[[pos[g] for g in genes]]
+        return np.broadcast_to(row, (adata.n_obs, len(genes))).copy()
+
+    def _save_state(self, path: Path) -> None:
+        assert self.mean_ is not None
+        np.save(path / "mean.npy", self.mean_)
+
+    def _load_state(self, path: Path) -> None:
+        self.mean_ = np.load(path / "mean.npy")
 
 
-class LinearHeadPredictor:
-    """Not implemented yet."""
+# --------------------------------------------------------------------------------------------- ridge
+def ridge_path(
+    X: np.ndarray, Y: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge solutions for several penalties from one thin SVD (no intercept; centre inputs first).
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("LinearHeadPredictor")
+    ``W(α) = V diag(s / (s² + α)) Uᵀ Y`` minimises ``||Y - X W||² + α ||W||²``.
+
+    Parameters
+    ----------
+    X
+        ``(n, p)`` inputs.
+    Y
+        ``(n, g)`` targets.
+    alphas
+        Penalties ``α >= 0`` (``α = 0`` gives the minimum-norm least-squares solution).
+
+    Returns
+    -------
+    ``(U, s, Vt, UtY)`` such that ``W(α) = Vt.T @ ((s / (s² + α))[:, None] * UtY)``.
+    """
+    U, s, Vt = np.linalg.svd(np.asarray(X, dtype=np.float64), full_matrices=False)
+    keep = s > s.max(initial=0.0) * max(X.shape) * np.finfo(np.float64).eps
+    U, s, Vt = U[:, keep], s[keep], Vt[keep]
+    if any(a < 0 for a in alphas):
+        raise ValueError("Ridge penalties must be >= 0.")
+    return U, s, Vt, U.T @ np.asarray(Y, dtype=np.float64)
+
+
+def _ridge_weights(s: np.ndarray, Vt: np.ndarray, UtY: np.ndarray, alpha: float) -> np.ndarray:
+    return Vt.T @ ((s / (s**2 + alpha))[:, None] * UtY)
+
+
+def _encoder_param(encoder: Any) -> Any:
+    if encoder is None or isinstance(encoder, str):
+        return encoder
+    raise TypeError(
+        "A model with a custom image module cannot be saved as JSON parameters: compute the features yourself "
+        "(sp.models.image.image_features(adata, encoder=module)) and use encoder='precomputed', or save the "
+        "module's weights and pass them with load_image_encoder(..., weights=)."
+    )
+
+
+class RidgePredictor(Predictor):
+    """Ridge regression of every gene on frozen image features (HEST-style baseline).
+
+    Features are standardised with the training mean and standard deviation, targets centred (the
+    intercept is not penalised), and the weights obtained in closed form from one SVD of the training
+    features for every candidate penalty. The penalty maximising the mean per-gene Pearson correlation
+    (or minimising MSE) on the validation spots is kept; without validation spots it is chosen by
+    generalised cross-validation on the training spots.
+
+    Parameters
+    ----------
+    encoder
+        ``"efficientnet-lite0"`` (default ImageNet weights), a torch module (see
+        :func:`spared_tools.models.image.load_image_encoder`), or ``"precomputed"`` to use the features
+        already in ``adata.obsm[features_key]`` (e.g. a pathology foundation model's embeddings).
+    alphas
+        Candidate penalties, relative to the number of training spots: the penalty is ``alpha * n_train``.
+    select
+        Validation criterion: ``"pcc"`` (mean per-gene PCC, the benchmark metric) or ``"mse"``.
+    features_key
+        ``obsm`` key where image features are cached (or read, for ``encoder="precomputed"``).
+    tta
+        Average features over the 8 dihedral symmetries of each patch.
+    batch_size
+        Patches per forward pass of the encoder.
+    device
+        Torch device for feature extraction (``None``: ``sp.settings.device``).
+    patches_key
+        Key of the patches from :func:`spared_tools.pp.extract_patches`.
+    scaling
+        Per-gene target scaling (ridge predictions are equivariant to it).
+    seed
+        Recorded seed (the fit is deterministic).
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: str | nn.Module | None = "efficientnet-lite0",
+        alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4),
+        select: Literal["pcc", "mse"] = "pcc",
+        features_key: str = "X_image_features",
+        tta: bool = False,
+        batch_size: int = 64,
+        device: str | None = None,
+        patches_key: str = "patches",
+        scaling: Scaling = "minmax",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(patches_key=patches_key, scaling=scaling, seed=seed)
+        alphas = [float(a) for a in alphas]
+        if not alphas or any(not np.isfinite(a) or a < 0 for a in alphas):
+            raise ValueError(f"alphas must be a non-empty list of finite penalties >= 0, got {alphas!r}.")
+        if select not in ("pcc", "mse"):
+            raise ValueError(f"select must be 'pcc' or 'mse', got {select!r}.")
+        self.encoder = encoder
+        self.alphas = alphas
+        self.select = select
+        self.features_key = features_key
+        self.tta = bool(tta)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.uses_images = encoder != "precomputed"
+        self.coef_: np.ndarray | None = None
+        self.intercept_: np.ndarray | None = None
+        self.x_mean_: np.ndarray | None = None
+        self.x_scale_: np.ndarray | None = None
+        self.alpha_: float | None = None
+
+    def _params_for_save(self) -> dict[str, Any]:
+        params = self.get_params()
+        params["encoder"] = _encoder_param(self.encoder)
+        return params
+
+    def _features(self, adata: AnnData) -> np.ndarray:
+        if self.encoder == "precomputed":
+            if self.features_key not in adata.obsm:
+                raise KeyError(f"encoder='precomputed' needs features in adata.obsm[{self.features_key!r}].")
+            F = np.asarray(adata.obsm[self.features_key], dtype=np.float64)
+            if F.ndim != 2 or not np.isfinite(F).all():
+                raise ValueError(f"adata.obsm[{self.features_key!r}] must be a finite (n_obs, d) matrix.")
+            return F
+        from spared_tools.models.image import image_features
+
+        return np.asarray(
+            image_features(
+                adata,
+                patches_key=self.patches_key,
+                encoder=self.encoder,
+                batch_size=self.batch_size,
+                tta=self.tta,
+                device=self.device,
+                key_added=self.features_key,
+            ),
+            dtype=np.float64,
+        )
+
+    def _fit(
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **kwargs: Any
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"RidgePredictor.train got unexpected options {sorted(kwargs)}.")
+        F = self._features(adata)
+        Xtr = F[train_idx]
+        x_mean = Xtr.mean(axis=0)
+        x_scale = Xtr.std(axis=0)
+        x_scale = np.where(x_scale > 0, x_scale, 1.0)
+        Xtr = (Xtr - x_mean) / x_scale
+        Ytr = Z[train_idx].astype(np.float64)
+        y_mean = Ytr.mean(axis=0)
+        U, s, Vt, UtY = ridge_path(Xtr, Ytr - y_mean, self.alphas)
+        n = Xtr.shape[0]
+        scores = []
+        if val_idx.size:
+            Xva = (F[val_idx] - x_mean) / x_scale
+            Yva = Z[val_idx].astype(np.float64)
+            for a in self.alphas:
+                P = Xva @ _ridge_weights(s, Vt, UtY, a * n) + y_mean
+                if self.select == "pcc":
+                    r = pearson_per_gene(Yva, P)
+                    scores.append(float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf)
+                else:
+                    scores.append(-float(((Yva - P) ** 2).mean()))
+            criterion = f"validation {self.select}"
+        else:
+            # generalised cross-validation: n ||(I - H) y||² / (n - tr H)²
+            Yc = Ytr - y_mean
+            resid_out = (Yc**2).sum() - (UtY**2).sum()
+            for a in self.alphas:
+                shrink = s**2 / (s**2 + a * n)
+                rss = resid_out + (((1.0 - shrink)[:, None] * UtY) ** 2).sum()
+                dof = shrink.sum()
+                scores.append(-n * rss / max(n - dof, 1e-12) ** 2)
+            criterion = "GCV"
+        best = int(np.argmax(scores))
+        self.alpha_ = self.alphas[best]
+        W = _ridge_weights(s, Vt, UtY, self.alpha_ * n)
+        self.coef_, self.intercept_ = W, y_mean
+        self.x_mean_, self.x_scale_ = x_mean, x_scale
+        self.history_ = {
+            "alphas": list(self.alphas),
+            "scores": [float(v) for v in scores],
+            "criterion": criterion,
+            "alpha": self.alpha_,
+        }
+        logger.info(f"RidgePredictor: alpha={self.alpha_:g} selected by {criterion}.")
+
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        assert self.coef_ is not None and self.genes_ is not None
+        F = self._features(adata)
+        if F.shape[1] != self.coef_.shape[0]:
+            raise ValueError(
+                f"Image features have {F.shape[1]} dimensions; the model was fit on {self.coef_.shape[0]}."
+            )
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        cols = [pos[g] for g in genes]
+        X = (F - self.x_mean_) / self.x_scale_
+        return X @ self.coef_[:, cols] + self.intercept_[cols]  # type: ignore[index]
+
+    def _save_state(self, path: Path) -> None:
+        np.savez(
+            path / "ridge.npz",
+            coef=self.coef_,
+            intercept=self.intercept_,
+            x_mean=self.x_mean_,
+            x_scale=self.x_scale_,
+            alpha=np.float64(self.alpha_),
+        )
+
+    def _load_state(self, path: Path) -> None:
+        with np.load(path / "ridge.npz") as z:
+            self.coef_, self.intercept_ = z["coef"], z["intercept"]
+            self.x_mean_, self.x_scale_ = z["x_mean"], z["x_scale"]
+            self.alpha_ = float(z["alpha"])
+
+
+# --------------------------------------------------------------------------------------------- linear head
+class _LinearHeadNet(nn.Module):
+    """Image encoder (optional) followed by one linear layer to all genes."""
+
+    def __init__(self, encoder: nn.Module | None, in_dim: int, n_genes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(in_dim, n_genes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            x = self.encoder(x)
+        return self.head(x)
+
+
+def _lightning_module(net: _LinearHeadNet, lr: float, head_lr: float, weight_decay: float):
+    import pytorch_lightning as pl
+
+    class _Plan(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.best_state: dict[str, torch.Tensor] | None = None
+            self.best_val = float("inf")
+            self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+            self._train_losses: list[float] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x), y)
+            self.log(
+                "train_loss",
+                loss,
+                prog_bar=True,
+                on_epoch=True,
+                on_step=False,
+                sync_dist=True,
+                batch_size=len(y),
+            )
+            self._train_losses.append(float(loss.detach()))
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x), y, reduction="sum") / y.shape[1]
+            self.log(
+                "val_loss",
+                loss / len(y),
+                prog_bar=True,
+                on_epoch=True,
+                on_step=False,
+                sync_dist=True,
+                batch_size=len(y),
+            )
+
+        def on_train_epoch_end(self) -> None:
+            if self._train_losses:
+                self.history["train_loss"].append(float(np.mean(self._train_losses)))
+            self._train_losses = []
+
+        def on_validation_epoch_end(self) -> None:
+            if self.trainer.sanity_checking:
+                return
+            val = float(self.trainer.callback_metrics.get("val_loss", torch.tensor(float("nan"))))
+            self.history["val_loss"].append(val)
+            if val < self.best_val:
+                self.best_val = val
+                self.best_state = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+                )
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            groups = [{"params": self.net.head.parameters(), "lr": head_lr}]
+            if self.net.encoder is not None:
+                enc = [p for p in self.net.encoder.parameters() if p.requires_grad]
+                if enc:
+                    groups.append({"params": enc, "lr": lr})
+            return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+    return _Plan()
+
+
+class _PatchTargets(torch.utils.data.Dataset):
+    """(uint8 image, scaled targets) pairs from a :class:`~spared_tools.pp.PatchDataset`."""
+
+    def __init__(self, patches: Any, Z: np.ndarray) -> None:
+        self.patches = patches
+        self.Z = torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, img = self.patches[i]
+        return img, self.Z[pos]
+
+
+class LinearHeadPredictor(Predictor):
+    """Image encoder + linear head over all genes, trained end to end (STNet-style) or on frozen features.
+
+    Training minimises the MSE of the scaled targets with AdamW under PyTorch Lightning
+    (``accelerator``, ``devices`` and ``strategy`` are passed to the Trainer, so the same code runs on
+    CPU, one GPU or DDP). Training patches get random dihedral augmentation (fine-tune mode); the
+    weights of the epoch with the lowest validation loss are kept (the last epoch without validation).
+
+    Parameters
+    ----------
+    encoder
+        ``"efficientnet-lite0"`` or a torch module (see :func:`spared_tools.models.image.load_image_encoder`).
+    finetune
+        Train the encoder too (``True``) or a head on frozen, cached features (``False``).
+    max_epochs
+        Training epochs.
+    batch_size
+        Spots per batch.
+    lr
+        Learning rate of the encoder (fine-tune mode).
+    head_lr
+        Learning rate of the linear head.
+    weight_decay
+        AdamW weight decay.
+    augment
+        Random dihedral augmentation of training patches (fine-tune mode only; frozen features are not
+        augmented).
+    tta
+        Average predictions (fine-tune) or features (frozen) over the 8 dihedral symmetries at prediction.
+    accelerator
+        Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``...).
+    devices
+        Lightning devices.
+    strategy
+        Lightning strategy (e.g. ``"ddp"``).
+    num_workers
+        DataLoader workers.
+    features_key
+        ``obsm`` key of cached frozen features (frozen mode).
+    patches_key
+        Key of the patches from :func:`spared_tools.pp.extract_patches`.
+    scaling
+        Per-gene target scaling fit on the training split.
+    seed
+        Seed for initialisation, shuffling and augmentation.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: str | nn.Module = "efficientnet-lite0",
+        finetune: bool = True,
+        max_epochs: int = 10,
+        batch_size: int = 32,
+        lr: float = 1e-4,
+        head_lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        augment: bool = True,
+        tta: bool = False,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        strategy: str = "auto",
+        num_workers: int = 0,
+        features_key: str = "X_image_features",
+        patches_key: str = "patches",
+        scaling: Scaling = "minmax",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(patches_key=patches_key, scaling=scaling, seed=seed)
+        if max_epochs < 1 or batch_size < 1:
+            raise ValueError("max_epochs and batch_size must be positive.")
+        if lr <= 0 or head_lr <= 0 or weight_decay < 0:
+            raise ValueError("lr and head_lr must be positive and weight_decay >= 0.")
+        self.encoder = encoder
+        self.finetune = bool(finetune)
+        self.max_epochs = int(max_epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.head_lr = float(head_lr)
+        self.weight_decay = float(weight_decay)
+        self.augment = bool(augment)
+        self.tta = bool(tta)
+        self.accelerator = accelerator
+        self.devices = devices
+        self.strategy = strategy
+        self.num_workers = int(num_workers)
+        self.features_key = features_key
+        self.net_: _LinearHeadNet | None = None
+
+    def _params_for_save(self) -> dict[str, Any]:
+        params = self.get_params()
+        params["encoder"] = _encoder_param(self.encoder)
+        return params
+
+    def _image_encoder(self):
+        from spared_tools.models.image import ImageEncoder, load_image_encoder
+
+        if isinstance(self.encoder, ImageEncoder):
+            return self.encoder
+        return load_image_encoder(self.encoder)
+
+    def _frozen_features(self, adata: AnnData, tta: bool) -> np.ndarray:
+        from spared_tools.models.image import image_features
+
+        return image_features(
+            adata,
+            patches_key=self.patches_key,
+            encoder=self._image_encoder(),
+            batch_size=max(self.batch_size, 64),
+            tta=tta,
+            key_added=self.features_key,
+        )
+
+    def _build_net(self, n_genes: int) -> _LinearHeadNet:
+        enc = self._image_encoder()
+        if self.finetune:
+            return _LinearHeadNet(copy.deepcopy(enc), enc.out_dim, n_genes)
+        return _LinearHeadNet(None, enc.out_dim, n_genes)
+
+    def _fit(
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **kwargs: Any
+    ) -> None:
+        import pytorch_lightning as pl
+
+        from spared_tools.pp._patches import PatchDataset
+
+        if kwargs:
+            raise TypeError(f"LinearHeadPredictor.train got unexpected options {sorted(kwargs)}.")
+        torch.manual_seed(self.seed)
+        net = self._build_net(Z.shape[1])
+        if self.finetune:
+            train_ds: torch.utils.data.Dataset = _PatchTargets(
+                PatchDataset(adata, self.patches_key, augment=self.augment, indices=train_idx), Z
+            )
+            val_ds = _PatchTargets(PatchDataset(adata, self.patches_key, augment=False, indices=val_idx), Z)
+        else:
+            F = torch.from_numpy(
+                np.ascontiguousarray(self._frozen_features(adata, self.tta), dtype=np.float32)
+            )
+            Zt = torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))
+            train_ds = torch.utils.data.TensorDataset(F[train_idx], Zt[train_idx])
+            val_ds = torch.utils.data.TensorDataset(F[val_idx], Zt[val_idx])
+        gen = torch.Generator().manual_seed(self.seed)
+        train_dl = torch.utils.data.DataLoader(
+            train_ds, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers
+        )
+        val_dl = (
+            torch.utils.data.DataLoader(
+                val_ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+            )
+            if val_idx.size
+            else None
+        )
+        net.train()
+        plan = _lightning_module(net, self.lr, self.head_lr, self.weight_decay)
+        with tempfile.TemporaryDirectory(prefix="spared_tools_lh_") as root:
+            trainer = pl.Trainer(
+                accelerator=self.accelerator,
+                devices=self.devices,
+                strategy=self.strategy,
+                max_epochs=self.max_epochs,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=settings.progress and settings.verbosity >= 2,
+                enable_model_summary=False,
+                default_root_dir=root,
+                deterministic=True if not torch.cuda.is_available() else "warn",
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
+        if plan.best_state is not None:
+            net.load_state_dict(plan.best_state)
+        self.net_ = net.cpu().eval()
+        self.history_ = {
+            "train_loss": plan.history["train_loss"],
+            "val_loss": plan.history["val_loss"],
+            "best_val_loss": None if plan.best_state is None else plan.best_val,
+        }
+
+    @torch.no_grad()
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        from spared_tools.models.image import dihedral
+        from spared_tools.pp._patches import get_patches
+
+        assert self.net_ is not None and self.genes_ is not None
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        cols = [pos[g] for g in genes]
+        dev = resolve_device(None)
+        net = self.net_.to(dev).eval()
+        try:
+            if not self.finetune:
+                F = torch.from_numpy(
+                    np.ascontiguousarray(self._frozen_features(adata, self.tta), dtype=np.float32)
+                )
+                return net.head(F.to(dev)).cpu().numpy()[:, cols]
+            patches = get_patches(adata, self.patches_key)
+            out = np.empty((adata.n_obs, len(self.genes_)), dtype=np.float32)
+            for s in range(0, adata.n_obs, max(self.batch_size, 64)):
+                x = torch.from_numpy(np.array(patches[s : s + max(self.batch_size, 64)], dtype=np.uint8))
+                x = x.permute(0, 3, 1, 2).to(dev)
+                y = sum(net(dihedral(x, k)) for k in range(8)) / 8.0 if self.tta else net(x)
+                out[s : s + x.shape[0]] = y.cpu().numpy()
+            return out[:, cols]
+        finally:
+            self.net_ = net.cpu()
+
+    def _save_state(self, path: Path) -> None:
+        assert self.net_ is not None
+        torch.save(self.net_.state_dict(), path / "linear_head.pt")
+
+    def _load_state(self, path: Path) -> None:
+        assert self.genes_ is not None
+        net = self._build_net(len(self.genes_))
+        net.load_state_dict(torch.load(path / "linear_head.pt", map_location="cpu", weights_only=True))
+        self.net_ = net.eval()
