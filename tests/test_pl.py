@@ -388,6 +388,30 @@ def test_filter_qc_matches_brute_force():
     assert 0 < genes.sum() < 30 and 0 < spots.sum() < 80
 
 
+@pytest.mark.parametrize("with_split", [False, True])
+def test_filter_qc_matches_pp_filter_spared(with_split):
+    adata = make_adata(n_genes=30, seed=1)
+    adata.obs["split"] = np.where(np.arange(adata.n_obs) % 3 == 0, "test", "train")
+    p = {
+        "cell_min_counts": 60,
+        "cell_max_counts": 1e6,
+        "gene_min_counts": 10,
+        "gene_max_counts": 500,
+        "real_data_percentage": 0.96,
+    }
+    try:
+        kw = {"split_key": "split"} if with_split else {}
+        ref = sp.pp.filter_spared(adata, layer="counts", inplace=False, **p, **kw)
+    except NotImplementedError:
+        pytest.skip("sp.pp.filter_spared not implemented yet")
+    fit = (adata.obs["split"] == "train").to_numpy() if with_split else None
+    qc = filter_qc(adata.layers["counts"], adata.obs["slide_id"].cat.codes.to_numpy(), p, fit)
+    np.testing.assert_array_equal(qc.spot_kept, ref["obs_mask"])
+    np.testing.assert_array_equal(qc.gene_kept, ref["var_mask"])
+    fig = sp.pl.filtering(adata, **p, split_key="split" if with_split else None, show=False)
+    assert fig.axes[3].get_title().endswith(f"genes kept: {int(ref['var_mask'].sum())} of 30")
+
+
 def test_filtering_plot_uses_recorded_params(adata):
     adata.uns["spared"] = {"params": {"cell_min_counts": 20, "real_data_percentage": 0.9}}
     fig = sp.pl.filtering(adata, show=False)
@@ -416,6 +440,8 @@ def test_filtering_errors(adata):
         sp.pl.filtering(adata, layer="nope", show=False)
     with pytest.raises(ValueError, match="real_data_percentage"):
         sp.pl.filtering(adata, real_data_percentage=2, show=False)
+    with pytest.raises(KeyError, match="split column"):
+        sp.pl.filtering(adata, split_key="nope", show=False)
 
 
 # ---------------------------------------------------------------------------------------------------

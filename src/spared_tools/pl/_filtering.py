@@ -67,13 +67,18 @@ class FilterQC:
     params: dict[str, float]
 
 
-def filter_qc(X, slides: np.ndarray, params: Mapping[str, float]) -> FilterQC:
-    """Recompute the SpaRED filter (spots, then genes by counts and by the expression-fraction rule)."""
+def filter_qc(X, slides: np.ndarray, params: Mapping[str, float], fit: np.ndarray | None = None) -> FilterQC:
+    """Recompute the SpaRED filter (spots, then genes by counts and by the expression-fraction rule).
+
+    Gene statistics use the spots that pass the spot window and, when ``fit`` is given, are marked in it
+    (the training split), as :func:`spared_tools.pp.filter_spared` does.
+    """
     X = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
     spot_counts = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     spot_window = (spot_counts > params["cell_min_counts"]) & (spot_counts < params["cell_max_counts"])
-    Xs = X[spot_window]
-    s = slides[spot_window]
+    rows = spot_window if fit is None else spot_window & fit
+    Xs = X[rows]
+    s = slides[rows]
     expressed = (Xs > 0).astype(np.float64)
     n_genes = X.shape[1]
     gene_counts = np.asarray(Xs.sum(axis=0), dtype=np.float64).ravel()
@@ -99,11 +104,13 @@ def filter_qc(X, slides: np.ndarray, params: Mapping[str, float]) -> FilterQC:
     )
 
 
-def _params(adata: AnnData, given: dict[str, float | None], uns_key: str) -> dict[str, float]:
+def _params(adata: AnnData, given: dict[str, float | None], uns_key: str | None) -> dict[str, float]:
     stored: Mapping[str, Any] = {}
-    entry = adata.uns.get(uns_key)
-    if isinstance(entry, Mapping) and isinstance(entry.get("params"), Mapping):
-        stored = entry["params"]
+    for k in [uns_key] if uns_key is not None else ["filter_spared", Key.PIPELINE]:
+        entry = adata.uns.get(k)
+        if isinstance(entry, Mapping) and isinstance(entry.get("params"), Mapping):
+            stored = entry["params"]
+            break
     out = {}
     for name, default in _DEFAULTS.items():
         val = given[name]
@@ -125,7 +132,9 @@ def filtering(
     gene_min_counts: float | None = None,
     gene_max_counts: float | None = None,
     real_data_percentage: float | None = None,
-    uns_key: str = Key.PIPELINE,
+    split_key: str | None = None,
+    train_value: Any = Key.TRAIN,
+    uns_key: str | None = None,
     bins: int = 40,
     figsize: tuple[float, float] = (10.0, 7.0),
     show: bool | None = None,
@@ -157,8 +166,8 @@ def filtering(
         Column of ``adata.obs`` identifying slides (``exp_frac`` is a minimum over slides); ``None`` for
         one slide.
     cell_min_counts
-        Spots need more total counts than this. ``None``: the value recorded in
-        ``adata.uns[uns_key]["params"]``, else 10 (SpaRED default).
+        Spots need more total counts than this. ``None``: the value recorded in the ``"params"`` of
+        ``adata.uns[uns_key]``, else 10 (SpaRED default).
     cell_max_counts
         Spots need fewer total counts than this (default as above, else 1e6).
     gene_min_counts
@@ -167,8 +176,14 @@ def filtering(
         Genes need fewer total counts than this (default as above, else 1e6).
     real_data_percentage
         Threshold on the running mean of ``glob_exp_frac`` (default as above, else 0.7).
+    split_key
+        Column of ``adata.obs`` with the split; when given, gene statistics are computed on the training
+        spots only (as :func:`spared_tools.pp.filter_spared` does with a split). ``None``: all spots.
+    train_value
+        Value of ``adata.obs[split_key]`` marking training spots.
     uns_key
-        Entry of ``adata.uns`` whose ``"params"`` provide the default thresholds.
+        Entry of ``adata.uns`` whose ``"params"`` provide the default thresholds; ``None`` looks in
+        ``"filter_spared"`` (written by :func:`spared_tools.pp.filter_spared`), then ``"spared"``.
     bins
         Number of histogram bins.
     figsize
@@ -214,7 +229,14 @@ def filtering(
         },
         uns_key,
     )
-    qc = filter_qc(X, codes, params)
+    fit = None
+    if split_key is not None:
+        if split_key not in adata.obs.columns:
+            raise KeyError(f"adata.obs has no split column {split_key!r}.")
+        fit = (adata.obs[split_key] == train_value).to_numpy()
+        if not fit.any():
+            raise ValueError(f"No spot has adata.obs[{split_key!r}] == {train_value!r}.")
+    qc = filter_qc(X, codes, params, fit)
 
     fig = new_figure(figsize)
     ax_s, ax_g, ax_f, ax_b = fig.subplots(2, 2).ravel()
