@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 from pathlib import Path
 
@@ -436,3 +437,209 @@ def test_read_her2st_errors(tmp_path):
         st.io.read_her2st(root, ["Z9"])
     with pytest.raises(FileNotFoundError, match="No 'ST-cnts' directory"):
         st.io.read_her2st(tmp_path)
+
+
+# --------------------------------------------------------------------------- read_visium
+
+
+def _write_10x_h5(path: Path, X: sp.csr_matrix, barcodes, ids, names, types=None, library="lib1"):
+    import h5py
+
+    X = sp.csr_matrix(X)
+    with h5py.File(path, "w") as f:
+        f.attrs["library_ids"] = np.array([library.encode()])
+        f.attrs["software_version"] = b"spaceranger-2.1.0"
+        f.attrs["chemistry_description"] = np.array([b"Visium V1 Slide"])
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = X.data.astype(np.int32), X.indices, X.indptr
+        m["shape"] = np.array([X.shape[1], X.shape[0]], dtype=np.int32)
+        m["barcodes"] = np.array([b.encode() for b in barcodes])
+        g = m.create_group("features")
+        g["id"] = np.array([i.encode() for i in ids])
+        g["name"] = np.array([n.encode() for n in names])
+        types = types or ["Gene Expression"] * len(ids)
+        g["feature_type"] = np.array([t.encode() for t in types])
+        g["genome"] = np.array([b"GRCh38"] * len(ids))
+
+
+def _write_positions(spatial: Path, barcodes, rows, cols, *, header: bool):
+    df = pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": 1,
+            "array_row": rows,
+            "array_col": cols,
+            "pxl_row_in_fullres": np.asarray(rows) * 10.5 + 3,
+            "pxl_col_in_fullres": np.asarray(cols) * 6.0 + 7,
+        }
+    )
+    name = "tissue_positions.csv" if header else "tissue_positions_list.csv"
+    df.to_csv(spatial / name, index=False, header=header)
+    return df
+
+
+@pytest.fixture
+def visium_dir(tmp_path):
+    rng = np.random.default_rng(3)
+    n, g = 6, 4
+    X = sp.csr_matrix(rng.poisson(2.0, size=(n, g)))
+    bcs = [f"AAAC{i:04d}-1" for i in range(n)]
+    out = tmp_path / "sample1" / "outs"
+    (out / "spatial").mkdir(parents=True)
+    _write_10x_h5(
+        out / "filtered_feature_bc_matrix.h5", X, bcs, ["E1", "E2", "E3", "E4"], ["A", "B", "B", "C"]
+    )
+    rows, cols = [0, 0, 1, 1, 2, 2], [0, 2, 1, 3, 0, 2]
+    pos = _write_positions(out / "spatial", bcs[::-1] + ["EXTRA-1"] * 0, rows[::-1], cols[::-1], header=True)
+    (out / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({"spot_diameter_fullres": 11.0, "tissue_hires_scalef": 0.5, "tissue_lowres_scalef": 0.1})
+    )
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(out / "spatial" / "tissue_hires_image.png")
+    return out, X, bcs, pos
+
+
+def test_read_visium_synthetic(visium_dir):
+    out, X, bcs, pos = visium_dir
+    a = st.io.read_visium(out)
+    assert list(a.obs_names) == bcs  # matrix order kept
+    np.testing.assert_array_equal(a.X.toarray(), X.toarray())
+    assert list(a.var_names) == ["A", "B", "B-1", "C"]
+    assert list(a.var["gene_ids"]) == ["E1", "E2", "E3", "E4"]
+    p = pos.set_index("barcode").loc[bcs]
+    np.testing.assert_array_equal(a.obs["array_row"], p["array_row"])
+    np.testing.assert_allclose(a.obsm["spatial"], p[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy())
+    assert "lib1" in a.uns["spatial"] and set(a.obs["slide_id"]) == {"lib1"}
+    lib = a.uns["spatial"]["lib1"]
+    assert lib["images"]["hires"].shape == (20, 30, 3) and "lowres" not in lib["images"]
+    assert lib["scalefactors"]["microns_per_pixel"] == pytest.approx(5.0)
+    assert lib["metadata"]["software_version"] == "spaceranger-2.1.0"
+    assert lib["metadata"]["chemistry_description"] == "Visium V1 Slide"
+    b = st.io.read_visium(out, var_names="gene_ids", library_id="L", dtype="int32", load_images=False)
+    assert list(b.var_names) == ["E1", "E2", "E3", "E4"] and b.X.dtype == np.int32
+    assert b.uns["spatial"]["L"]["images"] == {}
+
+
+def test_read_visium_mtx_equals_h5_and_1x_layout(visium_dir, tmp_path):
+    from scipy.io import mmwrite
+
+    out, X, bcs, pos = visium_dir
+    mtx_dir = out / "filtered_feature_bc_matrix"
+    mtx_dir.mkdir()
+    mmwrite(str(mtx_dir / "matrix.mtx"), sp.coo_matrix(X.T).astype(np.int64), field="integer")
+    with open(mtx_dir / "matrix.mtx", "rb") as src, gzip.open(mtx_dir / "matrix.mtx.gz", "wb") as dst:
+        dst.write(src.read())
+    (mtx_dir / "matrix.mtx").unlink()
+    pd.DataFrame({0: ["E1", "E2", "E3", "E4"], 1: ["A", "B", "B", "C"], 2: "Gene Expression"}).to_csv(
+        mtx_dir / "features.tsv.gz", sep="\t", header=False, index=False
+    )
+    pd.Series(bcs).to_csv(mtx_dir / "barcodes.tsv.gz", sep="\t", header=False, index=False)
+    h5 = st.io.read_visium(out)
+    mtx = st.io.read_visium(out, count_file="filtered_feature_bc_matrix")
+    np.testing.assert_array_equal(h5.X.toarray(), mtx.X.toarray())
+    assert list(h5.var_names) == list(mtx.var_names)
+    assert "sample1" in mtx.uns["spatial"]  # library id from the folder name ('outs' skipped)
+    # Space Ranger 1.x: header-less tissue_positions_list.csv
+    (out / "spatial" / "tissue_positions.csv").unlink()
+    _write_positions(out / "spatial", pos["barcode"], pos["array_row"], pos["array_col"], header=False)
+    old = st.io.read_visium(out)
+    np.testing.assert_array_equal(old.obsm["spatial"], h5.obsm["spatial"])
+    np.testing.assert_array_equal(old.obs["array_col"], h5.obs["array_col"])
+
+
+def test_read_visium_errors(visium_dir, tmp_path):
+    import h5py
+
+    out, X, bcs, pos = visium_dir
+    with pytest.raises(FileNotFoundError, match="output folder not found"):
+        st.io.read_visium(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="No count matrix"):
+        st.io.read_visium(tmp_path)
+    with pytest.raises(FileNotFoundError, match="Count matrix not found"):
+        st.io.read_visium(out, count_file="raw.h5")
+    with pytest.raises(ValueError, match="var_names must be"):
+        st.io.read_visium(out, var_names="symbols")
+    with pytest.raises(FileNotFoundError, match="Full-resolution image not found"):
+        st.io.read_visium(out, fullres_image_path=tmp_path / "full.tif")
+    # barcodes without a position
+    pos.iloc[1:].to_csv(out / "spatial" / "tissue_positions.csv", index=False)
+    with pytest.raises(ValueError, match="1 barcodes .* have no row"):
+        st.io.read_visium(out)
+    pd.concat([pos, pos.iloc[:1]]).to_csv(out / "spatial" / "tissue_positions.csv", index=False)
+    with pytest.raises(ValueError, match="more than once"):
+        st.io.read_visium(out)
+    (out / "spatial" / "tissue_positions.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="No spot positions"):
+        st.io.read_visium(out)
+    pos.to_csv(out / "spatial" / "tissue_positions.csv", index=False)
+    (out / "spatial" / "scalefactors_json.json").unlink()
+    with pytest.raises(FileNotFoundError, match="Scale factor file not found"):
+        st.io.read_visium(out)
+    # negative counts and duplicated barcodes in the matrix
+    bad = X.copy().astype(np.int64)
+    bad.data[0] = -1
+    _write_10x_h5(out / "neg.h5", bad, bcs, ["E1", "E2", "E3", "E4"], ["A", "B", "B", "C"])
+    with pytest.raises(ValueError, match="negative"):
+        st.io.read_visium(out, count_file="neg.h5")
+    _write_10x_h5(out / "dup.h5", X, [bcs[0]] * len(bcs), ["E1", "E2", "E3", "E4"], ["A", "B", "B", "C"])
+    with pytest.raises(ValueError, match="barcodes more than once"):
+        st.io.read_visium(out, count_file="dup.h5")
+    with h5py.File(out / "empty.h5", "w") as f:
+        f.create_group("other")
+    with pytest.raises(ValueError, match="no 'matrix' group"):
+        st.io.read_visium(out, count_file="empty.h5")
+
+
+def test_read_visium_gex_only(visium_dir, log_messages):
+    out, X, bcs, pos = visium_dir
+    types = ["Gene Expression", "Antibody Capture", "Gene Expression", "Gene Expression"]
+    _write_10x_h5(out / "ab.h5", X, bcs, ["E1", "E2", "E3", "E4"], ["A", "B", "B", "C"], types=types)
+    a = st.io.read_visium(out, count_file="ab.h5")
+    assert list(a.var["gene_ids"]) == ["E1", "E3", "E4"] and list(a.var_names) == ["A", "B", "C"]
+    np.testing.assert_array_equal(a.X.toarray(), X.toarray()[:, [0, 2, 3]])
+    b = st.io.read_visium(out, count_file="ab.h5", gex_only=False)
+    assert b.n_vars == 4
+
+
+def test_read_visium_matches_scanpy_and_squidpy():
+    import scanpy as sc
+    import squidpy as sq
+
+    folder = shared_path("fixtures", "scanpy_visium_1.0.0_raw")
+    ours = st.io.read_visium(folder)
+    ref = sc.read_visium(folder)
+    assert list(ours.obs_names) == list(ref.obs_names) and list(ours.var_names) == list(ref.var_names)
+    np.testing.assert_array_equal(ours.X.toarray(), ref.X.toarray())
+    for c in ("in_tissue", "array_row", "array_col"):
+        np.testing.assert_array_equal(ours.obs[c], ref.obs[c])
+    np.testing.assert_array_equal(ours.obsm["spatial"], ref.obsm["spatial"].astype(float))
+    (lib,) = ref.uns["spatial"]
+    ours_lib, ref_lib = ours.uns["spatial"][lib], ref.uns["spatial"][lib]
+    for k, v in ref_lib["scalefactors"].items():
+        assert ours_lib["scalefactors"][k] == pytest.approx(v)
+    for res in ("hires", "lowres"):
+        ref_img = np.round(ref_lib["images"][res][..., :3] * 255)
+        np.testing.assert_array_equal(ours_lib["images"][res], ref_img.astype(np.uint8))
+    sq_ref = sq.read.visium(folder)
+    np.testing.assert_array_equal(ours.X.toarray(), sq_ref.X.toarray())
+    np.testing.assert_array_equal(ours.obsm["spatial"], np.asarray(sq_ref.obsm["spatial"], dtype=float))
+
+
+def test_read_visium_cytassist_mtx_exact():
+    import scanpy as sc
+
+    folder = shared_path("visium_cytassist_mouse_raw")
+    ours = st.io.read_visium(folder, var_names="gene_ids")
+    ref = sc.read_10x_mtx(folder / "filtered_feature_bc_matrix", var_names="gene_ids")
+    assert list(ours.obs_names) == list(ref.obs_names) and list(ours.var_names) == list(ref.var_names)
+    np.testing.assert_array_equal(ours.X.toarray(), ref.X.toarray())
+    assert ours.shape == (2898, 19465)
+    pos = pd.read_csv(folder / "spatial" / "tissue_positions.csv", index_col=0).loc[ours.obs_names]
+    np.testing.assert_array_equal(ours.obs["array_row"], pos["array_row"])
+    np.testing.assert_array_equal(
+        ours.obsm["spatial"], pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy()
+    )
+    lib = ours.uns["spatial"]["visium_cytassist_mouse_raw"]
+    assert lib["images"]["lowres"].shape == (600, 600, 3)
+    assert lib["metadata"]["software_version"] == "spaceranger-3.0.0"
+    # hexagonal lattice: array_row + array_col is even on every Visium spot
+    assert ((ours.obs["array_row"] + ours.obs["array_col"]) % 2 == 0).all()
