@@ -323,6 +323,21 @@ def test_moran_ranking(adata):
     assert [t.get_text() for t in ax.texts[1:4]] == ["G0", "G1", "G2"]
 
 
+def test_moran_reads_pipeline_gene_stats(adata):
+    """After the pipeline subsets to the selected genes, the ranking uses uns['spared']['gene_stats']."""
+    stats = pd.DataFrame({"moran_I": [0.9, 0.1, 0.5, 0.7], "spared_selected": [True, False, False, True]})
+    stats.index = ["G0", "X1", "X2", "G1"]
+    sub = adata[:, ["G0", "G1"]].copy()
+    sub.uns["spared"] = {"gene_stats": stats}
+    ax = sp.pl.moran(sub, n_labels=4, show=False)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.9, 0.7, 0.5, 0.1])
+    assert [t.get_text() for t in ax.texts[1:]] == ["G0", "G1", "X2", "X1"]
+    ax = sp.pl.moran(sub, stats_key=None, show=False)  # adata.var only
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), sub.var["moran_I"])
+    ax = sp.pl.moran(stats, show=False)  # a plain table
+    assert len(ax.lines[0].get_ydata()) == 4
+
+
 def test_moran_errors(adata):
     bad = adata.copy()
     del bad.var["moran_I"]
