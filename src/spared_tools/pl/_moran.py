@@ -152,7 +152,7 @@ def moran(
         ax.annotate(
             str(name),
             xy=(r, v),
-            xytext=(0.3, 0.93 - i * 0.85 / max(n_lab, 8)),
+            xytext=(0.28, 0.95 - i * 0.45 / max(n_lab - 1, 9)),
             textcoords="axes fraction",
             fontsize="x-small",
             va="center",
@@ -161,6 +161,6 @@ def moran(
     ax.set_xlabel("gene rank")
     ax.set_ylabel("Moran's I")
     ax.set_title(f"Moran's I ranking ({len(order)} genes)")
-    ax.legend(frameon=False, fontsize="small", loc="lower left")
+    ax.legend(frameon=False, fontsize="small", loc="upper right")
     style_axes(ax, grid=True)
     return finish(fig, ax, show=show, save=save, dpi=dpi)
