@@ -75,6 +75,15 @@ def _synthetic(
     return adata, table
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscription when pytest-xdist workers share the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     return _synthetic(n_slides=5)
