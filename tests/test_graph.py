@@ -157,3 +157,287 @@ def test_duplicate_positions_error():
     slide = np.zeros(2, dtype=np.int64)
     with pytest.raises(ValueError, match="share the array position"):
         _neighbor_lookup_sorted(slide, np.array([3, 3]), np.array([1, 1]), lattice_offsets("square", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# exact neighbour counts
+
+
+def test_hex_counts_interior_edges_corners_holes():
+    a = make_lattice("hex", 8, 16, holes={(4, 8)})
+    sp.pp.spatial_graph(a, geometry="hex")
+    deg = degree(a)
+    assert deg[spot(a, 0, 0)] == 2  # corner: (0, 2), (1, 1)
+    assert deg[spot(a, 0, 4)] == 4  # top edge: (0, ±2), (1, ±1)
+    assert deg[spot(a, 2, 0)] == 3  # left edge: (0, 2), (±1, 1)
+    assert deg[spot(a, 7, 15)] == 2  # opposite corner: (0, -2), (-1, -1)
+    assert deg[spot(a, 2, 6)] == 6  # interior
+    for dr, dc in ((0, 2), (0, -2), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+        assert deg[spot(a, 4 + dr, 8 + dc)] == 5  # around the hole
+    d = a.obsp["spatial_distances"]
+    assert set(np.unique(d.data)) == {1.0}
+    # two rings: 18 for an interior spot, squidpy-style distances 1 and 2
+    sp.pp.spatial_graph(a, geometry="hex", n_rings=2)
+    assert degree(a)[spot(a, 3, 9)] == 18 - 1  # the hole (4, 8) is ring 1 of (3, 9)
+    assert degree(a)[spot(a, 5, 5)] == 18 - 1  # (4, 8) is offset (-1, 3): ring 2 of (5, 5)
+    full = make_lattice("hex", 10, 20)
+    sp.pp.spatial_graph(full, geometry="hex", n_rings=2)
+    assert degree(full)[spot(full, 5, 9)] == 18
+    assert degree(full)[spot(full, 0, 0)] == 2 + 4  # corner: (0, 2), (1, 1) + (0, 4), (1, 3), (2, 2), (2, 0)
+    assert set(np.unique(a.obsp["spatial_distances"].data)) == {1.0, 2.0}
+    assert a.uns["spatial_neighbors"]["params"]["n_rings"] == 2
+
+
+def test_square_counts():
+    a = make_lattice("square", 5, 6, holes={(2, 3)})
+    sp.pp.spatial_graph(a, geometry="square")
+    deg = degree(a)
+    assert deg[spot(a, 0, 0)] == 2 and deg[spot(a, 4, 5)] == 2  # corners
+    assert deg[spot(a, 0, 2)] == 3 and deg[spot(a, 3, 0)] == 3  # edges
+    assert deg[spot(a, 1, 1)] == 4  # interior
+    for r, c in ((1, 3), (3, 3), (2, 2), (2, 4)):
+        assert deg[spot(a, r, c)] == 3  # next to the hole
+    sp.pp.spatial_graph(a, geometry="square", n_rings=2)
+    full = make_lattice("square", 7, 7)
+    sp.pp.spatial_graph(full, geometry="square", n_rings=2)
+    assert degree(full)[spot(full, 3, 3)] == 12
+
+
+def test_checkerboard_counts():
+    a = make_lattice("checkerboard", 6, 8)
+    sp.pp.spatial_graph(a, geometry="checkerboard")
+    deg = degree(a)
+    assert deg[spot(a, 0, 0)] == 1  # corner: (1, 1) only
+    assert deg[spot(a, 0, 2)] == 2  # top edge: (1, ±1)
+    assert deg[spot(a, 2, 0)] == 2  # left edge: (±1, 1)
+    assert deg[spot(a, 2, 4)] == 4  # interior: the four diagonals
+    conn = a.obsp["spatial_connectivities"]
+    i = spot(a, 2, 4)
+    nbrs = {(int(a.obs.array_row.iloc[j]), int(a.obs.array_col.iloc[j])) for j in conn[i].indices}
+    assert nbrs == {(1, 3), (1, 5), (3, 3), (3, 5)}
+    sp.pp.spatial_graph(a, geometry="checkerboard", n_rings=2)
+    assert degree(a)[spot(a, 2, 4)] == 12
+
+
+def test_two_slides_side_by_side_never_linked():
+    # identical coordinates on two slides, and a second pair of slides that abut in array space
+    a = make_lattice("hex", 6, 10, slides=2)
+    b = make_lattice("hex", 6, 10, slides=2, shift_col=10)
+    for adata in (a, b):
+        sp.pp.spatial_graph(adata, geometry="hex", n_rings=3)
+        conn = adata.obsp["spatial_connectivities"].tocoo()
+        codes = adata.obs.slide_id.cat.codes.to_numpy()
+        assert conn.nnz > 0 and np.all(codes[conn.row] == codes[conn.col])
+        one = make_lattice("hex", 6, 10)
+        sp.pp.spatial_graph(one, geometry="hex", n_rings=3)
+        np.testing.assert_array_equal(degree(adata)[codes == 0], degree(one))
+        np.testing.assert_array_equal(degree(adata)[codes == 1], degree(one))
+    # without library_key the abutting slides become one lattice (and link), as documented
+    sp.pp.spatial_graph(b, geometry="hex", library_key=None)
+    conn = b.obsp["spatial_connectivities"].tocoo()
+    codes = b.obs.slide_id.cat.codes.to_numpy()
+    assert np.any(codes[conn.row] != codes[conn.col])
+
+
+def test_graph_is_symmetric_sorted_without_self_loops():
+    rng = np.random.default_rng(5)
+    a = make_lattice("hex", 10, 20, slides=2)
+    a = a[rng.permutation(a.n_obs)[:250]].copy()
+    sp.pp.spatial_graph(a, n_rings=2)
+    c, d = a.obsp["spatial_connectivities"], a.obsp["spatial_distances"]
+    assert c.dtype == np.float32 and d.dtype == np.float32
+    assert (c != c.T).nnz == 0 and (d != d.T).nnz == 0
+    assert c.diagonal().sum() == 0 and c.has_sorted_indices
+    np.testing.assert_array_equal(c.indices, d.indices)
+    # matches the neighbour table
+    table, ring = sp.pp.neighbor_table(a, n_rings=2)
+    for i in range(0, a.n_obs, 17):
+        assert set(c[i].indices) == set(table[i, 1:][table[i, 1:] >= 0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# peers and real data
+
+
+def test_matches_squidpy_grid_on_visium_fixture(visium_hex):
+    import squidpy as sq
+
+    a = visium_hex
+    sp.pp.spatial_graph(a)
+    assert a.uns["spatial_neighbors"]["params"]["geometry"] == "hex"
+    ref = sq.gr.spatial_neighbors(a, coord_type="grid", n_neighs=6, copy=True, library_key="slide_id")
+    assert (a.obsp["spatial_connectivities"] != ref[0]).nnz == 0
+    assert (a.obsp["spatial_distances"] != ref[1]).nnz == 0
+    # two rings: squidpy walks the ring-1 graph, we use lattice distance. They agree except for spots at
+    # lattice distance 2 whose two connecting spots are both missing (squidpy misses those pairs).
+    ring1 = a.obsp["spatial_connectivities"].copy()
+    sp.pp.spatial_graph(a, n_rings=2)
+    ref2 = sq.gr.spatial_neighbors(
+        a, coord_type="grid", n_neighs=6, n_rings=2, copy=True, library_key="slide_id"
+    )
+    ours, theirs = a.obsp["spatial_connectivities"], ref2[0]
+    assert (theirs > ours).nnz == 0
+    extra = (ours > theirs).tocoo()
+    assert extra.nnz > 0  # this fixture has such holes
+    common = (ring1 @ ring1).tocsr()
+    for i, j in zip(extra.row, extra.col):
+        assert common[i, j] == 0 and a.obsp["spatial_distances"][i, j] == 2
+    shared = theirs.toarray() > 0
+    np.testing.assert_array_equal(a.obsp["spatial_distances"].toarray()[shared], ref2[1].toarray()[shared])
+
+
+def test_matches_squidpy_grid_on_square_fixture(her2st_c2_block):
+    import squidpy as sq
+
+    a = her2st_c2_block
+    sp.pp.spatial_graph(a)
+    assert a.uns["spatial_neighbors"]["params"]["geometry"] == "square"
+    ref = sq.gr.spatial_neighbors(a, coord_type="grid", n_neighs=4, copy=True, library_key="slide_id")
+    assert (a.obsp["spatial_connectivities"] != ref[0]).nnz == 0
+
+
+def test_checkerboard_detected_on_st2k_fixture(mob1):
+    sp.pp.spatial_graph(mob1)
+    params = mob1.uns["spatial_neighbors"]["params"]
+    assert params["geometry"] == "checkerboard" and params["n_neighbors"] == 4
+    # ring-1 neighbours are the nearest spots in pixels
+    coords = mob1.obsm["spatial"]
+    c = mob1.obsp["spatial_connectivities"].tocoo()
+    d1 = np.linalg.norm(coords[c.row] - coords[c.col], axis=1)
+    table, ring = sp.pp.neighbor_table(mob1, n_rings=2)
+    ok = table[:, ring == 2] >= 0
+    i = np.repeat(np.arange(mob1.n_obs)[:, None], ok.shape[1], axis=1)[ok]
+    d2 = np.linalg.norm(coords[i] - coords[table[:, ring == 2][ok]], axis=1)
+    assert d1.max() < d2.min()
+
+
+def test_detect_geometry_without_pixels():
+    a = make_lattice("hex", 4, 8)
+    del a.obsm["spatial"]
+    sp.pp.spatial_graph(a)
+    assert a.uns["spatial_neighbors"]["params"]["geometry"] == "hex"
+    b = make_lattice("checkerboard", 4, 8)
+    sp.pp.spatial_graph(b)
+    assert b.uns["spatial_neighbors"]["params"]["geometry"] == "checkerboard"
+    sq_ = make_lattice("square", 4, 4)
+    del sq_.obsm["spatial"]
+    sp.pp.spatial_graph(sq_)
+    assert sq_.uns["spatial_neighbors"]["params"]["geometry"] == "square"
+
+
+# ---------------------------------------------------------------------------------------------------
+# generic (pixel) graphs
+
+
+def brute_radius(coords, slide, radius):
+    n = len(coords)
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=2)
+    return (d <= radius) & (slide[:, None] == slide[None]) & ~np.eye(n, dtype=bool)
+
+
+def test_generic_radius_and_knn_against_brute_force():
+    rng = np.random.default_rng(0)
+    n = 120
+    coords = rng.uniform(0, 100, size=(n, 2))
+    coords[-1] = [1000.0, 1000.0]  # isolated spot
+    slide = rng.integers(0, 2, n)
+    obs = pd.DataFrame(
+        {"slide_id": pd.Categorical([f"s{s}" for s in slide])}, index=[f"c{i}" for i in range(n)]
+    )
+    a = ad.AnnData(np.ones((n, 2), dtype=np.float32), obs=obs)
+    a.obsm["spatial"] = coords
+    sp.pp.spatial_graph(a, radius=15.0)  # no array coords: generic
+    assert a.uns["spatial_neighbors"]["params"]["coord_type"] == "generic"
+    ref = brute_radius(coords, slide, 15.0)
+    c = a.obsp["spatial_connectivities"].toarray() > 0
+    np.testing.assert_array_equal(c, ref)
+    assert degree(a)[-1] == 0
+    dist = a.obsp["spatial_distances"].toarray()
+    full = np.linalg.norm(coords[:, None] - coords[None], axis=2)
+    np.testing.assert_allclose(dist[ref], full[ref], rtol=1e-6)
+    # kNN: symmetric union of each spot's k nearest in its own slide
+    sp.pp.spatial_graph(a, coord_type="generic", n_neighs=5)
+    c = a.obsp["spatial_connectivities"].toarray() > 0
+    ref = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        same = np.flatnonzero((slide == slide[i]) & (np.arange(n) != i))
+        nn = same[np.argsort(full[i, same], kind="stable")[:5]]
+        ref[i, nn] = True
+    ref |= ref.T
+    np.testing.assert_array_equal(c, ref)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_graph_errors():
+    a = make_lattice("square", 3, 3)
+    b = a.copy()
+    del b.obs["array_row"]
+    with pytest.raises(KeyError, match="array_row"):
+        sp.pp.spatial_graph(b, coord_type="grid")
+    with pytest.raises(KeyError, match="array_row"):
+        sp.pp.neighbor_table(b)
+    b = a.copy()
+    b.obs["array_row"] = b.obs["array_row"].astype(float)
+    b.obs.loc[b.obs_names[2], "array_row"] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sp.pp.spatial_graph(b)
+    b.obs["array_row"] = a.obs["array_row"] + 0.5
+    with pytest.raises(ValueError, match="integer"):
+        sp.pp.spatial_graph(b)
+    b = a.copy()
+    b.obs["array_row"] = "x"
+    with pytest.raises(TypeError, match="numeric"):
+        sp.pp.neighbor_table(b)
+    with pytest.raises(ValueError, match="geometry"):
+        sp.pp.spatial_graph(a, geometry="triangle")
+    with pytest.raises(ValueError, match="mix both parities"):
+        sp.pp.spatial_graph(a, geometry="hex")
+    with pytest.raises(ValueError, match="n_rings"):
+        sp.pp.spatial_graph(a, n_rings=0)
+    with pytest.raises(ValueError, match="coord_type"):
+        sp.pp.spatial_graph(a, coord_type="delaunay")
+    with pytest.raises(KeyError, match="slide column"):
+        sp.pp.spatial_graph(a, library_key="section")
+    b = a.copy()
+    del b.obsm["spatial"]
+    with pytest.raises(KeyError, match="pixel coordinates"):
+        sp.pp.spatial_graph(b, coord_type="generic")
+    b = a.copy()
+    b.obsm["spatial"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sp.pp.spatial_graph(b, coord_type="generic")
+    with pytest.raises(ValueError, match="radius"):
+        sp.pp.spatial_graph(a, coord_type="generic", radius=-1.0)
+    with pytest.raises(TypeError, match="AnnData"):
+        sp.pp.spatial_graph(np.zeros((3, 3)))
+
+
+def test_single_spot_slide_is_isolated_node(tmp_path):
+    a = make_lattice("hex", 4, 8, slides=2)
+    a.obs["slide_id"] = a.obs["slide_id"].cat.add_categories("lonely")
+    a.obs.loc[a.obs_names[0], "slide_id"] = "lonely"
+    sp.pp.spatial_graph(a)
+    assert degree(a)[0] == 0
+    table, _ = sp.pp.neighbor_table(a)
+    assert np.all(table[0, 1:] == -1)
+    # one spot in total: no crash either
+    one = a[:1].copy()
+    sp.pp.spatial_graph(one, geometry="hex")
+    assert one.obsp["spatial_connectivities"].nnz == 0
+    sp.pp.spatial_graph(one, coord_type="generic", n_neighs=3)
+    assert one.obsp["spatial_connectivities"].nnz == 0
+    # results round-trip through h5ad (uns params are serialisable)
+    a.write_h5ad(tmp_path / "g.h5ad")
+    back = ad.read_h5ad(tmp_path / "g.h5ad")
+    assert back.uns["spatial_neighbors"]["params"]["geometry"] == "hex"
+    assert (back.obsp["spatial_connectivities"] != a.obsp["spatial_connectivities"]).nnz == 0
+
+
+def test_copy_leaves_input_untouched():
+    a = make_lattice("square", 3, 4)
+    out = sp.pp.spatial_graph(a, copy=True, key_added="lattice")
+    assert "lattice_connectivities" in out.obsp and "lattice_connectivities" not in a.obsp
+    assert out.uns["lattice_neighbors"]["connectivities_key"] == "lattice_connectivities"
