@@ -153,7 +153,7 @@ def filtering(
 
     Four panels: (a) histogram of spot total counts (log10) with the thresholds, kept vs removed;
     (b) the same for genes; (c) ``exp_frac``, ``glob_exp_frac`` and the running mean along the sorted
-    genes with the ``real_data_percentage`` line and the cut-off; (d) spots and genes kept/removed per
+    genes with the ``real_data_percentage`` line and the cut-off (logarithmic gene axis beyond 200 genes); (d) spots and genes kept/removed per
     slide.
 
     Parameters
@@ -272,6 +272,8 @@ def filtering(
     ax_f.axhline(params["real_data_percentage"], color="0.2", linestyle=":", linewidth=1)
     ax_f.axvline(qc.n_prefix + 0.5, color=rem_c, linestyle="--", linewidth=1)
     ax_f.set_ylim(-0.02, 1.02)
+    if len(qc.candidates) > 200:  # thousands of genes: a log axis keeps the kept prefix visible
+        ax_f.set_xscale("log")
     ax_f.set_xlabel("genes passing the count filter, by decreasing exp_frac")
     ax_f.set_ylabel("fraction of spots expressing")
     ax_f.set_title(f"(c) expression-fraction rule: {qc.n_prefix} of {len(qc.candidates)} genes kept")
