@@ -79,7 +79,10 @@ def main() -> None:
         b = ad.AnnData(X=X, obs=obs, var=var)
         b.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
         meta = {k: str(v) for k, v in a.uns["spatial"][lib]["metadata"].items()}
-        sf = {k: (float(v) if isinstance(v, int | float | np.floating) else str(v)) for k, v in a.uns["spatial"][lib]["scalefactors"].items()}
+        sf = {
+            k: (float(v) if isinstance(v, int | float | np.floating) else str(v))
+            for k, v in a.uns["spatial"][lib]["scalefactors"].items()
+        }
         b.uns["spatial"] = {s: {"scalefactors": sf, "metadata": meta}}
         slides.append(b)
     genes = slides[0].var_names
@@ -102,7 +105,9 @@ def main() -> None:
     path = OUT / "example_mob.h5ad"
     out.write_h5ad(path, compression="gzip", compression_opts=9)
     total = sum(p.stat().st_size for p in OUT.glob("example_mob*"))
-    print(f"wrote {path} ({out.n_obs} spots x {out.n_vars} genes, {n_sym} symbols); example files {total / 1e6:.2f} MB")
+    print(
+        f"wrote {path} ({out.n_obs} spots x {out.n_vars} genes, {n_sym} symbols); example files {total / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":
