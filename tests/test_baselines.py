@@ -292,3 +292,23 @@ def test_baselines_on_her2st_fixture(her2st_c2_block):
         ((truth - mean.predict(a[a.obs["split"] == "test"])) ** 2).mean(), rel=1e-5
     )
     assert rr["n_genes"] == 20 and np.isfinite(rr["pcc_all"])
+
+
+@pytest.mark.gpu
+def test_features_and_linear_head_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    from spared_tools.models.image import encode_patches
+
+    a = make_adata(size=16)
+    enc = load_image_encoder(_TinyConv(), name="tiny")
+    cpu = encode_patches(a.obsm["patches"], enc, device="cpu")
+    gpu = encode_patches(a.obsm["patches"], enc, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
+    sp.settings.progress = False
+    try:
+        m = sp.tl.LinearHeadPredictor(encoder=enc, max_epochs=1, batch_size=8, accelerator="gpu", devices=1)
+        m.train(a)
+    finally:
+        sp.settings.progress = True
+    assert m.predict(a).shape == (40, 5) and len(m.history_["val_loss"]) == 1

@@ -254,3 +254,12 @@ def test_imageencoder_fingerprint_changes_with_weights():
     with torch.no_grad():
         enc.backbone.weight.mul_(2)
     assert enc.fingerprint() != f0
+
+
+def test_image_features_on_view_does_not_write():
+    a = _adata_with_patches()
+    enc = load_image_encoder(_ChannelMean(), name="cm")
+    view = a[2:5]
+    feats = image_features(view, encoder=enc)
+    assert feats.shape == (3, 3) and "X_image_features" not in a.obsm and view.is_view
+    np.testing.assert_allclose(feats, image_features(a, encoder=enc)[2:5], rtol=1e-6)

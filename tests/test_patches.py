@@ -226,3 +226,13 @@ def test_her2st_fixture_patches(her2st_c2_block):
     for i in (0, 17, 55):
         x, y = a.obsm["spatial"][i] * sf["tissue_hires_scalef"]
         np.testing.assert_array_equal(a.obsm["patches"][i], brute_crop(hires, x, y, side))
+
+
+def test_pil_crop_equals_array_crop():
+    from spared_tools.pp._patches import crop_padded, crop_pil
+
+    img = Image.fromarray(IMAGE)
+    rng = np.random.default_rng(1)
+    for x, y in rng.uniform(-30, 190, size=(60, 2)):
+        for side in (1, 8, 15):
+            np.testing.assert_array_equal(crop_pil(img, x, y, side, 7), crop_padded(IMAGE, x, y, side, 7))

@@ -386,7 +386,7 @@ def image_features(
     -------
     ``float32`` features ``(n_obs, out_dim)`` (the array stored in ``obsm[key_added]``). Writes
     ``obsm[key_added]`` and ``uns[key_added] = {"params": {"encoder", "fingerprint", "patches_key",
-    "patch_params", "tta", "out_dim"}}``.
+    "patch_params", "tta", "out_dim"}}`` (nothing is written when ``adata`` is a view).
     """
     from spared_tools.pp._patches import get_patches, patches_shape
 
@@ -423,6 +423,9 @@ def image_features(
     feats = encode_patches(
         get_patches(adata, patches_key), enc, batch_size=batch_size, tta=tta, device=device
     )
+    if adata.is_view:  # never turn a user's view into a copy behind their back: return without caching
+        logger.debug("image_features: adata is a view; features are returned but not cached.")
+        return feats
     adata.obsm[key_added] = feats
     adata.uns[key_added] = {"params": params}
     return feats

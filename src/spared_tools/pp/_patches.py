@@ -161,11 +161,50 @@ def _allow_large_images() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _load_fullres(path: Path) -> np.ndarray:
+def _load_fullres(path: Path) -> Any:
+    """Decode a full-resolution image once, as an RGB Pillow image (no extra NumPy copy of the slide)."""
     from PIL import Image
 
-    with _allow_large_images(), Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    with _allow_large_images():
+        img = Image.open(path)
+        img.load()
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def crop_pil(image: Any, x: float, y: float, side: int, fill: int = 255) -> np.ndarray:
+    """:func:`crop_padded` for a Pillow RGB image: same window, same padding, without converting the slide.
+
+    Parameters
+    ----------
+    image
+        Pillow image in RGB mode.
+    x
+        Column of the centre, in pixels.
+    y
+        Row of the centre, in pixels.
+    side
+        Crop side in pixels.
+    fill
+        Value of pixels that fall outside the image.
+
+    Returns
+    -------
+    uint8 crop ``(side, side, 3)``.
+    """
+    from PIL import Image
+
+    c0, c1 = crop_window(x, side)
+    r0, r1 = crop_window(y, side)
+    w, h = image.size
+    if c0 >= 0 and r0 >= 0 and c1 <= w and r1 <= h:
+        return np.asarray(image.crop((c0, r0, c1, r1)))
+    canvas = Image.new("RGB", (side, side), (fill, fill, fill))
+    cc0, rr0, cc1, rr1 = max(c0, 0), max(r0, 0), min(c1, w), min(r1, h)
+    if cc0 < cc1 and rr0 < rr1:
+        canvas.paste(image.crop((cc0, rr0, cc1, rr1)), (cc0 - c0, rr0 - r0))
+    return np.asarray(canvas)
 
 
 def _as_rgb_uint8(img: np.ndarray, lib: str) -> np.ndarray:
@@ -187,7 +226,7 @@ def _as_rgb_uint8(img: np.ndarray, lib: str) -> np.ndarray:
     raise TypeError(f"The image of slide {lib!r} has unsupported dtype {img.dtype}.")
 
 
-def _slide_image(entry: dict, lib: str) -> tuple[np.ndarray, float, str]:
+def _slide_image(entry: dict, lib: str) -> tuple[Any, float, str]:
     """(image, scale from full-resolution pixels to image pixels, source description)."""
     meta = entry.get("metadata", {}) or {}
     fullres = meta.get("fullres_path")
@@ -198,7 +237,7 @@ def _slide_image(entry: dict, lib: str) -> tuple[np.ndarray, float, str]:
                 f"Full-resolution image of slide {lib!r} not found at {path} "
                 f"(uns['spatial'][{lib!r}]['metadata']['fullres_path'])."
             )
-        return _as_rgb_uint8(_load_fullres(path), lib), 1.0, str(path)
+        return _load_fullres(path), 1.0, str(path)
     images = entry.get("images", {}) or {}
     if "hires" not in images:
         raise KeyError(
@@ -430,7 +469,10 @@ def extract_patches(
 
             it = tqdm(it, desc=f"patches {slide}", leave=False)
         for j in it:
-            crop = crop_padded(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
+            if isinstance(image, np.ndarray):
+                crop = crop_padded(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
+            else:
+                crop = crop_pil(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
             out[idx[j]] = resize_patch(crop, size, interpolation)
         del image
 
