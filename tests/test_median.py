@@ -273,3 +273,12 @@ def test_median_complete_equals_brute_force_on_her2st(sections):
     expected = brute_force(a.layers["log1p"], rows, cols, slides, 4, "square")
     np.testing.assert_array_equal(a.layers["median"], expected)
     assert (a.layers["median"][~a.layers["mask"]] != 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("geometry", ["square", "hex"])
+def test_default_neighbor_table_gives_the_same_result(geometry):
+    rng = np.random.default_rng(6)
+    X, rows, cols, slides = synthetic(rng, geometry, n_genes=15)
+    a = make_adata(X, rows, cols, slides)
+    sp.pp.median_complete(a, geometry=geometry)
+    np.testing.assert_array_equal(a.layers["median"], brute_force(X, rows, cols, slides, 4, geometry))
