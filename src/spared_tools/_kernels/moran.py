@@ -19,8 +19,6 @@ import numba
 import numpy as np
 import scipy.sparse as sps
 
-_GENE_BLOCK = 32
-
 
 def restrict_weights(
     W: sps.spmatrix, slide: np.ndarray, *, row_normalise: bool
@@ -91,55 +89,56 @@ def weight_moments(W: sps.csr_matrix, slide: np.ndarray, n_slides: int) -> dict[
 
 
 @numba.njit(cache=True, parallel=True)
-def _slide_means(X, slide, n_slides, counts):
+def _slide_sums(X, slide, n_slides, n_chunks):
+    """Per-slide column sums; spots split into ``n_chunks`` contiguous ranges with private accumulators."""
     n, g = X.shape
-    out = np.zeros((n_slides, g), dtype=np.float64)
-    nb = (g + _GENE_BLOCK - 1) // _GENE_BLOCK
-    for b in numba.prange(nb):
-        g0 = b * _GENE_BLOCK
-        g1 = min(g, g0 + _GENE_BLOCK)
-        for i in range(n):
+    out = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
+    step = (n + n_chunks - 1) // n_chunks
+    for t in numba.prange(n_chunks):
+        o = out[t]
+        for i in range(t * step, min(n, (t + 1) * step)):
             s = slide[i]
             if s < 0:
                 continue
-            for k in range(g0, g1):
-                out[s, k] += X[i, k]
-        for s in range(n_slides):
-            if counts[s] > 0:
-                for k in range(g0, g1):
-                    out[s, k] /= counts[s]
-    return out
+            for k in range(g):
+                o[s, k] += X[i, k]
+    return out.sum(axis=0)
 
 
 @numba.njit(cache=True, parallel=True)
-def _moran_sums(indptr, indices, data, rowsum, slide, X, means, n_slides):
+def _moran_sums(indptr, indices, data, rowsum, slide, X, means, n_slides, n_chunks):
+    """Fused pass: for each spot, ``(W x)_i`` over whole rows, then the centred products and squares."""
     n, g = X.shape
-    num = np.zeros((n_slides, g), dtype=np.float64)
-    den = np.zeros((n_slides, g), dtype=np.float64)
-    nb = (g + _GENE_BLOCK - 1) // _GENE_BLOCK
-    for b in numba.prange(nb):
-        g0 = b * _GENE_BLOCK
-        g1 = min(g, g0 + _GENE_BLOCK)
-        m = g1 - g0
-        acc = np.empty(m, dtype=np.float64)
-        for i in range(n):
+    num = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
+    den = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
+    step = (n + n_chunks - 1) // n_chunks
+    for t in numba.prange(n_chunks):
+        acc = np.empty(g, dtype=np.float64)
+        nm = num[t]
+        dn = den[t]
+        for i in range(t * step, min(n, (t + 1) * step)):
             s = slide[i]
             if s < 0:
                 continue
-            for k in range(m):
-                acc[k] = 0.0
+            acc[:] = 0.0
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
                 w = data[p]
-                for k in range(m):
-                    acc[k] += w * X[j, g0 + k]
+                for k in range(g):
+                    acc[k] += w * X[j, k]
             r = rowsum[i]
-            for k in range(m):
-                mu = means[s, g0 + k]
-                zi = X[i, g0 + k] - mu
-                num[s, g0 + k] += zi * (acc[k] - r * mu)
-                den[s, g0 + k] += zi * zi
-    return num, den
+            mu = means[s]
+            for k in range(g):
+                zi = X[i, k] - mu[k]
+                nm[s, k] += zi * (acc[k] - r * mu[k])
+                dn[s, k] += zi * zi
+    return num.sum(axis=0), den.sum(axis=0)
+
+
+def _n_chunks(n_slides: int, n_genes: int) -> int:
+    """Spot ranges processed in parallel: 4 per thread, capped so the private accumulators stay < 256 MiB."""
+    per_chunk = max(1, 2 * n_slides * n_genes * 8)
+    return int(max(1, min(4 * numba.get_num_threads(), (256 * 2**20) // per_chunk)))
 
 
 def _dense_chunks(X, cols: np.ndarray, chunk: int):
@@ -166,7 +165,7 @@ def moran_sums_cpu(
     *,
     chunk: int = 512,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-slide Moran sums with the numba kernel (gene blocks in parallel, float64 accumulation).
+    """Per-slide Moran sums with the numba kernel (spot ranges in parallel, float64 accumulation).
 
     Parameters
     ----------
@@ -201,8 +200,10 @@ def moran_sums_cpu(
     den = np.empty((n_slides, cols.size))
     for start, block in _dense_chunks(X, cols, chunk):
         stop = start + block.shape[1]
-        mu = _slide_means(block, slide, n_slides, counts)
-        nm, dn = _moran_sums(indptr, indices, W.data, rowsum, slide, block, mu, n_slides)
+        chunks = _n_chunks(n_slides, block.shape[1])
+        safe = np.where(counts > 0, counts, 1.0)
+        mu = _slide_sums(block, slide, n_slides, chunks) / safe[:, None]
+        nm, dn = _moran_sums(indptr, indices, W.data, rowsum, slide, block, mu, n_slides, chunks)
         means[:, start:stop], num[:, start:stop], den[:, start:stop] = mu, nm, dn
     return means, num, den
 
