@@ -70,7 +70,7 @@ def deltas(
         X = get_matrix(adata, layer)
     dtype = np.result_type(X.dtype, np.float32)
     rows = slice(None) if fit is None else np.flatnonzero(fit)
-    mean = np.asarray(X[rows].mean(axis=0), dtype=np.float64).ravel()
+    mean = np.asarray(X[rows].mean(axis=0, dtype=np.float64), dtype=np.float64).ravel()
     dense = X.toarray() if sp.issparse(X) else np.asarray(X)
     adata.layers[key_added] = (dense - mean[None, :]).astype(dtype, copy=False)
     adata.var[mean_key_added] = mean
