@@ -506,6 +506,31 @@ def test_completion_wide_curve_subsampling_and_anndata():
     assert len(fig.axes) == 1
 
 
+def test_completion_from_evaluate_completion_table():
+    """Per-mask rows as sp.tl.evaluate_completion returns them: mean ± std over masks per fraction."""
+    rng = np.random.default_rng(2)
+    rows = [
+        {"method": m, "mask_frac": f, "mask": k, "MSE": base + f + rng.normal(0, 0.01), "MAE": 0.0}
+        for m, base in (("spackle", 0.1), ("median", 0.9))
+        for f in (0.1, 0.3)
+        for k in range(4)
+    ]
+    table = pd.DataFrame(rows)
+    fig = sp.pl.completion(table, show=False)
+    (ax,) = fig.axes
+    g = table.groupby(["method", "mask_frac"])["MSE"]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), g.mean()["spackle"].to_numpy())
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), g.mean()["median"].to_numpy())
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    lo = (g.mean() - g.std(ddof=0))["spackle"].to_numpy()
+    np.testing.assert_allclose(band.min(), lo.min())
+    adata = ad.AnnData(np.zeros((1, 1)))
+    adata.uns["spackle_evaluation"] = {"results": table, "summary": None, "params": {}}
+    vals = _completion_result()["values"]
+    fig = sp.pl.completion(adata, values=vals, metric="mse", show=False)
+    assert len(fig.axes) == 3
+
+
 def test_completion_errors():
     with pytest.raises(KeyError, match="neither"):
         sp.pl.completion({"x": 1}, show=False)
@@ -513,8 +538,12 @@ def test_completion_errors():
         sp.pl.completion({"values": {"spackle": [1.0, 2.0]}}, show=False)
     with pytest.raises(KeyError, match="none of the methods"):
         sp.pl.completion({"values": {"true": [1.0], "other": [1.0]}}, show=False)
-    with pytest.raises(KeyError, match="mask_fraction"):
-        sp.pl.completion({"curve": pd.DataFrame({"method": ["a"], "mse": [1.0]})}, show=False)
+    with pytest.raises(KeyError, match="mask_frac"):
+        sp.pl.completion({"curve": pd.DataFrame({"method": ["a"], "MSE": [1.0]})}, show=False)
+    with pytest.raises(KeyError, match="no column 'MAE'"):
+        sp.pl.completion(
+            pd.DataFrame({"method": ["a"], "mask_frac": [0.1], "MSE": [1.0]}), metric="MAE", show=False
+        )
     with pytest.raises(KeyError, match="evaluate_completion"):
         sp.pl.completion(ad.AnnData(np.zeros((1, 1))), show=False)
     with pytest.raises(TypeError, match="mapping"):

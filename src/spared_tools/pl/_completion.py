@@ -15,45 +15,57 @@ from spared_tools._settings import resolve_seed
 
 from ._utils import METHOD_COLORS, finish, frame_from, new_figure, style_axes
 
-_CURVE_KEYS = ("curve", "mse_curve", "by_mask_fraction", "mse")
+_CURVE_KEYS = ("results", "summary", "curve", "mse_curve", "by_mask_fraction", "mse")
 _VALUE_KEYS = ("values", "entries", "masked_values", "masked")
 _TRUE_NAMES = ("true", "truth", "y_true", "target")
+_FRAC_NAMES = ("mask_frac", "mask_fraction", "mask_prob", "fraction")
+
+
+def _column(df: pd.DataFrame, names: Sequence[str]) -> str | None:
+    lower = {str(c).lower(): c for c in df.columns}
+    return next((lower[n.lower()] for n in names if n.lower() in lower), None)
 
 
 def _curve_frame(obj: Any, methods: Sequence[str], metric: str) -> pd.DataFrame:
-    """Long table ``mask_fraction, method, value[, std]`` from a long or wide curve table."""
+    """Long table ``mask_fraction, method, value[, std]`` from a per-mask, summary or wide curve table."""
     df = frame_from(obj, what="the error curve").copy()
     if "method" in df.columns:
-        frac_col = next((c for c in ("mask_fraction", "mask_prob", "fraction") if c in df.columns), None)
+        frac_col = _column(df, _FRAC_NAMES)
         if frac_col is None:
-            raise KeyError(f"The error curve needs a 'mask_fraction' column; it has {list(df.columns)}.")
-        if metric not in df.columns:
+            raise KeyError(f"The error curve needs a 'mask_frac' column; it has {list(df.columns)}.")
+        value_col = _column(df, [metric, f"{metric}_mean"])
+        if value_col is None:
             raise KeyError(f"The error curve has no column {metric!r}; it has {list(df.columns)}.")
-        out = pd.DataFrame(
+        std_col = _column(df, [f"{metric}_std"])
+        long = pd.DataFrame(
             {
-                "mask_fraction": df[frac_col].astype(float),
-                "method": df["method"].astype(str),
-                "value": df[metric],
+                "mask_fraction": df[frac_col].to_numpy(dtype=float),
+                "method": df["method"].astype(str).to_numpy(),
+                "value": pd.to_numeric(df[value_col], errors="coerce").to_numpy(dtype=float),
             }
         )
-        std_col = f"{metric}_std"
-        if std_col in df.columns:
-            out["std"] = df[std_col].to_numpy(dtype=float)
-    else:  # wide: index (or a column) = mask fraction, one column per method
-        if "mask_fraction" in df.columns:
-            df = df.set_index("mask_fraction")
-        cols = [m for m in methods if m in df.columns]
-        if not cols:
-            raise KeyError(
-                f"The error curve has none of the methods {list(methods)}; columns: {list(df.columns)}."
-            )
-        out = (
-            df[cols]
-            .rename_axis("mask_fraction")
-            .reset_index()
-            .melt(id_vars="mask_fraction", var_name="method", value_name="value")
+        if std_col is not None:
+            long["std"] = pd.to_numeric(df[std_col], errors="coerce").to_numpy(dtype=float)
+        if long.duplicated(["method", "mask_fraction"]).any():  # one row per mask: mean ± std over masks
+            g = long.groupby(["method", "mask_fraction"], sort=False)["value"]
+            long = pd.concat([g.mean(), g.std(ddof=0).rename("std")], axis=1).reset_index()
+        return long
+    # wide: index (or a column) = mask fraction, one column per method
+    frac_col = _column(df, _FRAC_NAMES)
+    if frac_col is not None:
+        df = df.set_index(frac_col)
+    cols = [m for m in methods if m in df.columns]
+    if not cols:
+        raise KeyError(
+            f"The error curve has none of the methods {list(methods)}; columns: {list(df.columns)}."
         )
-        out["mask_fraction"] = out["mask_fraction"].astype(float)
+    out = (
+        df[cols]
+        .rename_axis("mask_fraction")
+        .reset_index()
+        .melt(id_vars="mask_fraction", var_name="method", value_name="value")
+    )
+    out["mask_fraction"] = out["mask_fraction"].astype(float)
     return out
 
 
@@ -78,12 +90,13 @@ def _lookup(result: Mapping[str, Any], names: Sequence[str]) -> Any:
 
 
 def completion(
-    result: Mapping[str, Any] | AnnData,
+    result: Mapping[str, Any] | pd.DataFrame | AnnData,
     *,
     key: str = "spackle_evaluation",
+    values: pd.DataFrame | Mapping[str, Any] | None = None,
     methods: Sequence[str] = ("spackle", "median"),
     method_labels: Mapping[str, str] | None = None,
-    metric: str = "mse",
+    metric: str = "MSE",
     max_points: int = 20000,
     seed: int | None = None,
     figsize: tuple[float, float] | None = None,
@@ -93,27 +106,33 @@ def completion(
 ) -> Figure | None:
     """Completion quality: predicted vs true values of masked entries, and the error vs the mask fraction.
 
-    Designed for the output of :func:`spared_tools.tl.evaluate_completion`: real (non-zero) entries are
-    hidden at random, completed by each method, and compared with their true values.
+    Designed for :func:`spared_tools.tl.evaluate_completion`, which hides real (non-zero) entries at
+    random, completes them with SpaCKLE and with the adaptive median method on the same masks, and scores
+    both: the error-curve panel shows the mean ± standard deviation over masks of ``metric`` per mask
+    fraction and method. When the hidden entries' true and completed values are available (``values=``
+    or a ``"values"`` entry of the result), one scatter panel per method shows them against each other.
 
     Parameters
     ----------
     result
-        Evaluation result: a mapping with (any of) an error curve under ``"curve"`` (also read from
-        ``"mse_curve"``, ``"by_mask_fraction"``, ``"mse"``) and masked entries under ``"values"`` (also
-        ``"entries"``, ``"masked_values"``, ``"masked"``). The curve is a long table with columns
-        ``mask_fraction``, ``method``, ``metric`` (optionally ``<metric>_std``) or a wide table indexed by
-        mask fraction with one column per method. The values are a table (or mapping of arrays) with a
-        ``true`` column and one column of predictions per method. An :class:`~anndata.AnnData` is read
-        from ``adata.uns[key]``.
+        The per-mask table returned by :func:`~spared_tools.tl.evaluate_completion` (columns ``method``,
+        ``mask_frac``, ``MSE``, ...), its summary table (``<metric>_mean`` / ``<metric>_std``), a wide table
+        indexed by mask fraction with one column per method, or a mapping holding such a table under
+        ``"results"`` (also ``"summary"``, ``"curve"``, ``"mse_curve"``, ``"by_mask_fraction"``, ``"mse"``)
+        and optionally the masked values under ``"values"`` (also ``"entries"``, ``"masked_values"``,
+        ``"masked"``). An :class:`~anndata.AnnData` is read from ``adata.uns[key]``.
     key
         Entry of ``adata.uns`` holding the result when ``result`` is an AnnData.
+    values
+        True and completed values of the hidden entries: a table (or mapping of arrays) with a ``true``
+        column and one column per method; overrides a ``"values"`` entry of ``result``.
     methods
         Methods to draw, in this order (those absent from the result are skipped).
     method_labels
         Display names, e.g. ``{"spackle": "SpaCKLE", "median": "median"}``.
     metric
-        Column of the curve to draw on the y axis (``"mse"``, ``"mae"``, ...).
+        Metric of the curve drawn on the y axis (``"MSE"``, ``"MAE"``, ``"PCC-gene"``, ...; matched without
+        regard to case).
     max_points
         Draw at most this many (randomly chosen) entries per scatter panel; the metrics in the titles
         use every entry.
@@ -137,12 +156,15 @@ def completion(
         if key not in result.uns:
             raise KeyError(f"adata.uns has no completion evaluation {key!r}; run sp.tl.evaluate_completion.")
         result = result.uns[key]
+    if isinstance(result, pd.DataFrame):
+        result = {"results": result}
     if not isinstance(result, Mapping):
-        raise TypeError(f"result must be a mapping or an AnnData, got {type(result).__name__}.")
+        raise TypeError(f"result must be a DataFrame, a mapping or an AnnData, got {type(result).__name__}.")
     if max_points < 1:
         raise ValueError(f"max_points must be at least 1, got {max_points}.")
     labels = dict(method_labels or {})
-    curve_obj, values_obj = _lookup(result, _CURVE_KEYS), _lookup(result, _VALUE_KEYS)
+    curve_obj = _lookup(result, _CURVE_KEYS)
+    values_obj = values if values is not None else _lookup(result, _VALUE_KEYS)
     if curve_obj is None and values_obj is None:
         raise KeyError(
             f"The completion result has neither an error curve ({_CURVE_KEYS}) nor masked values "
@@ -198,8 +220,8 @@ def completion(
                     color=color, alpha=0.2, linewidth=0,
                 )  # fmt: skip
         a.set_xlabel("fraction of real entries masked")
-        a.set_ylabel(metric.upper() if len(metric) <= 4 else metric)
-        a.set_title(f"{metric.upper() if len(metric) <= 4 else metric} vs mask fraction", fontsize="medium")
+        a.set_ylabel(f"{metric} (mean ± s.d. over masks)" if "std" in curve.columns else metric)
+        a.set_title(f"{metric} vs mask fraction", fontsize="medium")
         a.legend(frameon=False)
         style_axes(a, grid=True)
     return finish(fig, fig, show=show, save=save, dpi=dpi)
