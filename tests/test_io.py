@@ -643,3 +643,25 @@ def test_read_visium_cytassist_mtx_exact():
     assert lib["metadata"]["software_version"] == "spaceranger-3.0.0"
     # hexagonal lattice: array_row + array_col is even on every Visium spot
     assert ((ours.obs["array_row"] + ours.obs["array_col"]) % 2 == 0).all()
+
+
+def test_read_visium_incomplete_mtx_folder(visium_dir):
+    out, *_ = visium_dir
+    (out / "broken").mkdir()
+    (out / "broken" / "matrix.mtx").write_text("%%MatrixMarket matrix coordinate integer general\n1 1 0\n")
+    with pytest.raises(FileNotFoundError, match=r"has no features.tsv\[.gz\], barcodes.tsv\[.gz\]"):
+        st.io.read_visium(out, count_file="broken")
+
+
+@pytest.mark.parametrize("opener", ["bz2", "lzma"])
+def test_read_st_compressed_variants(tmp_path, opener):
+    import bz2
+    import lzma
+
+    mod = {"bz2": bz2, "lzma": lzma}[opener]
+    path = tmp_path / "c.tsv.x"
+    with mod.open(path, "wt") as fh:
+        fh.write("\tA\tB\n1x1\t1\t2\n2x1\t0\t7\n")
+    _positions(np.array([[1, 1], [2, 1]])).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    a = st.io.read_st(path, tmp_path / "p.tsv", library_id="z")
+    np.testing.assert_array_equal(a.X.toarray(), [[1, 2], [0, 7]])

@@ -14,7 +14,7 @@ from spared_tools._keys import Key
 from spared_tools._logging import logger
 
 from ._image import HIRES_MAX_SIDE, LOWRES_MAX_SIDE, downscale_array, downscale_image
-from ._utils import read_header, require_file, to_count_matrix
+from ._utils import open_text, read_header, require_file, to_count_matrix
 
 _SPOT_ID = re.compile(r"^\s*(-?\d+)x(-?\d+)\s*$")
 _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
@@ -38,10 +38,11 @@ def _read_counts_table(path: Path, sep: str) -> tuple[np.ndarray, list[str], lis
     """Read an ST count table (spots x genes or genes x spots) as ``(values, spot_ids, genes)``."""
     header = read_header(path, sep)
     try:
-        body = pd.read_csv(
-            path, sep=sep, header=None, skiprows=1, index_col=0, dtype={0: str}, keep_default_na=False,
-            na_values=[""], compression="infer",
-        )  # fmt: skip
+        with open_text(path) as fh:
+            body = pd.read_csv(
+                fh, sep=sep, header=None, skiprows=1, index_col=0, dtype={0: str}, keep_default_na=False,
+                na_values=[""],
+            )  # fmt: skip
     except pd.errors.EmptyDataError:
         body = pd.DataFrame()
     if body.shape[0] == 0 or body.shape[1] == 0:

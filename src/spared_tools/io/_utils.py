@@ -11,8 +11,6 @@ from typing import IO
 import numpy as np
 import scipy.sparse as sp
 
-_MAGIC = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open, b"\xfd7": lzma.open}
-
 
 def require_file(path: str | Path, what: str) -> Path:
     """Return ``path`` as a :class:`~pathlib.Path`, raising ``FileNotFoundError`` naming ``what`` when absent."""
@@ -26,10 +24,13 @@ def open_text(path: Path) -> IO[str]:
     """Open a plain, gzip, bzip2 or xz text file (detected from its first bytes) for reading."""
     with open(path, "rb") as fh:
         head = fh.read(2)
-    opener = _MAGIC.get(head)
-    if opener is None:
-        return open(path, encoding="utf-8", newline="")
-    return opener(path, "rt", encoding="utf-8", newline="")
+    if head == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    if head == b"BZ":
+        return bz2.open(path, "rt", encoding="utf-8", newline="")
+    if head == b"\xfd7":
+        return lzma.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
 
 
 def read_header(path: Path, sep: str) -> list[str]:
@@ -43,7 +44,7 @@ def read_header(path: Path, sep: str) -> list[str]:
 
 def check_counts(values: np.ndarray | sp.spmatrix, *, where: str) -> None:
     """Raise ``ValueError`` for NaN/inf, negative or non-integer counts (``where`` names the source)."""
-    data = values.data if sp.issparse(values) else np.asarray(values)
+    data = np.asarray(values.data if sp.issparse(values) else values)
     if data.size == 0:
         return
     if not np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_:

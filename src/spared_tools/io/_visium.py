@@ -95,9 +95,13 @@ def _read_mtx(folder: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, di
     mtx = _find(folder, ["matrix.mtx"])
     feats = _find(folder, ["features.tsv", "genes.tsv"])
     bcs = _find(folder, ["barcodes.tsv"])
-    for name, p in (("matrix.mtx[.gz]", mtx), ("features.tsv[.gz]", feats), ("barcodes.tsv[.gz]", bcs)):
-        if p is None:
-            raise FileNotFoundError(f"Count matrix folder {folder} has no {name}.")
+    if mtx is None or feats is None or bcs is None:
+        absent = [
+            n
+            for n, p in (("matrix.mtx[.gz]", mtx), ("features.tsv[.gz]", feats), ("barcodes.tsv[.gz]", bcs))
+            if p is None
+        ]
+        raise FileNotFoundError(f"Count matrix folder {folder} has no {', '.join(absent)}.")
     attrs: dict = {}
     with open_text(mtx) as fh:
         for _ in range(3):
