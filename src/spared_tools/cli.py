@@ -1,8 +1,273 @@
-"""Placeholder for the command-line interface (being implemented)."""
+"""Command-line interface: ``spared-tools process`` and ``spared-tools demo``.
+
+``spared-tools process INPUT -o OUT.h5ad --organism human`` runs :func:`spared_tools.pp.spared_pipeline`
+on a Space Ranger output folder, a her2st-style folder (``ST-cnts/``, ``ST-spotfiles/``) or an ``.h5ad``
+file and writes the processed ``.h5ad``; every parameter (and the command line) is recorded in
+``uns["spared"]``. ``spared-tools demo --out DIR`` processes the bundled mouse olfactory bulb example and
+draws the top Moran gene over the raw, log1p and median-completed layers.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
-def main(argv=None) -> int:
-    """Not implemented yet."""
-    raise NotImplementedError("cli")
+from spared_tools._keys import Key
+
+_VERBOSITY = {"quiet": 1, "info": 2, "debug": 3}
+
+
+def _none_or_str(value: str) -> str | None:
+    return None if value.lower() in ("none", "") else value
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline parameters (defaults: SpaRED's published values)")
+    g.add_argument("--organism", required=True, choices=["human", "mouse"], help="gene lengths for TPM")
+    g.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    g.add_argument("--library-key", default=Key.SLIDE, help="obs column naming the slide of each spot")
+    g.add_argument(
+        "--split-key", type=_none_or_str, default=None, help="obs column with train/val/test labels"
+    )
+    g.add_argument("--train-value", default=Key.TRAIN, help="training label in --split-key")
+    g.add_argument(
+        "--split-by",
+        default=None,
+        help="create the split from this obs column (e.g. slide_id or patient) with --train/--val/--test",
+    )
+    g.add_argument(
+        "--train", nargs="*", default=None, help="values of --split-by for training (default: the rest)"
+    )
+    g.add_argument("--val", nargs="*", default=[], help="values of --split-by for validation")
+    g.add_argument("--test", nargs="*", default=[], help="values of --split-by for testing")
+    g.add_argument(
+        "--geometry",
+        default="auto",
+        choices=["auto", "hex", "square", "checkerboard"],
+        help="spot lattice (hex = Visium, square = legacy ST 1k, checkerboard = ST 2k)",
+    )
+    g.add_argument("--cell-min-counts", type=float, default=10)
+    g.add_argument("--cell-max-counts", type=float, default=1e6)
+    g.add_argument("--gene-min-counts", type=float, default=10)
+    g.add_argument("--gene-max-counts", type=float, default=1e6)
+    g.add_argument("--real-data-percentage", type=float, default=0.7)
+    g.add_argument(
+        "--top-moran-genes", type=int, default=None, help="default: 128 if > 320 genes survive, else 32"
+    )
+    g.add_argument(
+        "--combat-key", type=_none_or_str, default=Key.SLIDE, help="ComBat batch column, or 'none'"
+    )
+    g.add_argument("--wildcard-genes", type=Path, default=None, help="text file, one gene per line")
+    g.add_argument("--missing-lengths", default="drop", choices=["drop", "keep", "raise"])
+    g.add_argument("--gene-id-key", default=None, help="var column with the ids used for gene lengths")
+    g.add_argument("--n-rings", type=int, default=4, help="largest median-completion window (rings)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: sp.settings.device)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spared-tools`` argument parser (also used to document the CLI)."""
+    from spared_tools import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="spared-tools", description="SpaRED preprocessing for spatial transcriptomics, on AnnData."
+    )
+    parser.add_argument("--version", action="version", version=f"spared-tools {__version__}")
+    parser.add_argument("-v", "--verbosity", choices=list(_VERBOSITY), default="info", help="log level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("process", help="run the SpaRED pipeline on a dataset and write an .h5ad")
+    p.add_argument("input", type=Path, help="Space Ranger output folder, her2st-style folder or .h5ad file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="processed .h5ad to write")
+    p.add_argument(
+        "--sections", nargs="*", default=None, help="her2st folders: sections to read (default all)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    _add_pipeline_args(p)
+
+    d = sub.add_parser("demo", help="process the bundled MOB example and draw the top Moran gene")
+    d.add_argument("--out", type=Path, required=True, help="output folder")
+    d.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    return parser
+
+
+def read_input(path: Path, *, sections: Sequence[str] | None = None):
+    """Read an ``.h5ad`` file, a her2st-style folder or a Space Ranger output folder.
+
+    Parameters
+    ----------
+    path
+        File or folder.
+    sections
+        her2st sections to read (``None``: all).
+
+    Returns
+    -------
+    The AnnData and a short description of the input kind.
+    """
+    import anndata as ad
+
+    import spared_tools as sp
+
+    if not path.exists():
+        raise FileNotFoundError(f"Input {path} does not exist.")
+    if path.is_file():
+        if path.suffix != ".h5ad":
+            raise ValueError(f"Input file {path} is not an .h5ad file; pass a folder or an .h5ad.")
+        return ad.read_h5ad(path), "h5ad"
+    for root in (path, path / "data"):
+        if (root / "ST-cnts").is_dir():
+            return sp.io.read_her2st(root, sections, images=False), "her2st"
+    markers = ("filtered_feature_bc_matrix.h5", "filtered_feature_bc_matrix", "spatial")
+    if any((path / m).exists() for m in markers) or any((path / "outs" / m).exists() for m in markers):
+        root = path / "outs" if (path / "outs").is_dir() and not (path / "spatial").exists() else path
+        a = sp.io.read_visium(root, load_images=False)
+        if Key.SLIDE not in a.obs.columns:
+            a.obs[Key.SLIDE] = path.name
+        return a, "visium"
+    raise ValueError(
+        f"Cannot tell what {path} holds: expected an .h5ad file, a folder with ST-cnts/ (her2st layout) or a "
+        "Space Ranger output folder (filtered_feature_bc_matrix[.h5] and spatial/)."
+    )
+
+
+def _process(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import spared_tools as sp
+
+    if args.output.exists() and not args.force:
+        raise FileExistsError(f"{args.output} exists; pass --force to overwrite it.")
+    t0 = time.perf_counter()
+    adata, kind = read_input(args.input, sections=args.sections)
+    split_key = args.split_key
+    if args.split_by is not None:
+        sp.pp.split_by(adata, key=args.split_by, train=args.train, val=args.val, test=args.test)
+        split_key = split_key or Key.SPLIT
+    wildcard = None
+    if args.wildcard_genes is not None:
+        wildcard = [g.strip() for g in args.wildcard_genes.read_text().splitlines() if g.strip()]
+    out = sp.pp.spared_pipeline(
+        adata,
+        organism=args.organism,
+        layer=args.layer,
+        split_key=split_key,
+        train_value=args.train_value,
+        library_key=args.library_key,
+        geometry=args.geometry,
+        cell_min_counts=args.cell_min_counts,
+        cell_max_counts=args.cell_max_counts,
+        gene_min_counts=args.gene_min_counts,
+        gene_max_counts=args.gene_max_counts,
+        real_data_percentage=args.real_data_percentage,
+        top_moran_genes=args.top_moran_genes,
+        combat_key=args.combat_key,
+        wildcard_genes=wildcard,
+        missing_lengths=args.missing_lengths,
+        gene_id_key=args.gene_id_key,
+        n_rings=args.n_rings,
+        device=args.device,
+    )
+    out.uns[Key.PIPELINE]["cli"] = {
+        "argv": ["spared-tools", *argv],
+        "input": str(args.input),
+        "input_kind": kind,
+        "split_by": None
+        if args.split_by is None
+        else {"key": args.split_by, "train": args.train, "val": args.val, "test": args.test},
+        "version": sp.__version__,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    out.write_h5ad(args.output, compression="gzip")
+    print(
+        f"{args.input} ({kind}, {adata.n_obs} spots x {adata.n_vars} genes) -> {args.output}: "
+        f"{out.n_obs} spots x {out.n_vars} genes, layers {sorted(out.layers)}, {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _expression_map(adata, gene: str, label: str, path: Path) -> None:
+    """Slides x (raw counts, log2(TPM+1), median-completed) maps of one gene; log layers share a scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import scipy.sparse as sps
+
+    import spared_tools as sp
+
+    def values(layer):
+        col = adata[:, gene].layers[layer]
+        return np.asarray(col.toarray() if sps.issparse(col) else col, dtype=float).ravel()
+
+    log_max = float(max(values(Key.LOG).max(), values(Key.MEDIAN).max()))
+    panels = [
+        (Key.COUNTS, "raw counts", {"vmin": 0.0, "vmax": "p99"}),
+        (Key.LOG, "log2(TPM + 1)", {"vmin": 0.0, "vmax": log_max}),
+        (Key.MEDIAN, "median-completed", {"vmin": 0.0, "vmax": log_max}),
+    ]
+    slides = list(adata.obs[Key.SLIDE].cat.categories)
+    fig, axes = plt.subplots(
+        len(slides), len(panels), figsize=(4.2 * len(panels), 3.2 * len(slides)), squeeze=False
+    )
+    for r, slide in enumerate(slides):
+        for c, (layer, title, scale) in enumerate(panels):
+            sp.pl.spatial(adata, gene, layers=layer, slides=slide, ax=axes[r, c], show=False, **scale)
+            axes[r, c].set_title(f"{slide}: {label}\n{title}", fontsize="medium")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import spared_tools as sp
+
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    adata = sp.datasets.example()
+    out = sp.pp.spared_pipeline(adata, organism="mouse", geometry="checkerboard", device=args.device)
+    h5 = args.out / "example_processed.h5ad"
+    out.write_h5ad(h5, compression="gzip")
+    top = out.var[Key.MORAN_I].astype(float).idxmax()
+    symbol = out.var["gene_symbol"].get(top, "") if "gene_symbol" in out.var else ""
+    png = args.out / "expression_map.png"
+    _expression_map(out, top, symbol or top, png)
+    st = out.uns[Key.PIPELINE]["stats"]
+    print("spared-tools demo: bundled mouse olfactory bulb example (2 sections, ST 2k)")
+    print(f"  input          : {adata.n_obs} spots x {adata.n_vars} genes")
+    print(f"  after filtering: {st['n_obs_out']} spots x {st['n_vars_out']} genes")
+    print(f"  selected       : {out.n_vars} genes by Moran's I; ComBat {st['combat']}")
+    print(f"  top Moran gene : {top} {symbol} (I = {out.var.loc[top, Key.MORAN_I]:.3f})")
+    print(f"  wrote          : {h5}, {png} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spared-tools`` command.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    Exit status: 0 on success, 1 on an input or parameter error (the message is printed to stderr).
+    """
+    import spared_tools as sp
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    sp.settings.verbosity = _VERBOSITY[args.verbosity]
+    try:
+        if args.command == "process":
+            return _process(args, argv)
+        return _demo(args)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"spared-tools {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
