@@ -634,6 +634,25 @@ def test_training_history_from_adata():
     np.testing.assert_allclose(star, [50 * np.argmin(vm), vm.min()])
 
 
+def test_training_history_spackle_and_genequery_formats():
+    spackle = pd.DataFrame(
+        {"step": [100, 200, 300], "MSE": [0.9, 0.6, 0.7], "MAE": [0.7, 0.5, 0.55],
+         "PCC-gene": [0.2, 0.4, 0.38], "n_scored": [1000, 1000, 1000]}
+    )  # fmt: skip
+    adata = ad.AnnData(np.zeros((1, 1)))
+    adata.uns["spackle"] = {"history": spackle}
+    ax = sp.pl.training_history(adata, show=False)
+    assert [ln.get_label() for ln in ax.lines] == ["MSE", "MAE"]  # n_scored left out
+    twin = ax.figure.axes[1]
+    np.testing.assert_allclose(twin.lines[0].get_ydata(), spackle["PCC-gene"])
+    np.testing.assert_allclose(ax.collections[0].get_offsets()[0], [200, 0.6])  # best MSE
+    gq = {"epochs": [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 1) + 0.1 * e} for e in range(4)],
+          "best_epoch": 2, "best_val_loss": 1 / 3 + 0.2, "selected": "best validation loss"}  # fmt: skip
+    ax = sp.pl.training_history(gq, show=False)
+    assert ax.get_xlabel() == "epoch"
+    np.testing.assert_allclose(ax.collections[0].get_offsets()[0], [2, 1 / 3 + 0.2])
+
+
 def test_training_history_errors():
     with pytest.raises(KeyError, match="uns has no entry"):
         sp.pl.training_history(ad.AnnData(np.zeros((1, 1))), show=False)
@@ -706,3 +725,11 @@ def test_lattice_detection_rotated_and_small(rot):
         period = np.pi / 3 if shape == "hex" else np.pi / 2
         d = (angle - ang + period / 2) % period - period / 2
         assert abs(d) < 1e-9
+
+
+def test_baseline_training_history_spackle(tmp_path):
+    s = np.arange(100, 1100, 100)
+    df = pd.DataFrame(
+        {"step": s, "MSE": 0.5 + 300 / s, "MAE": 0.4 + 150 / s, "PCC-gene": 0.6 - 90 / s, "n_scored": 500}
+    )
+    check_baseline(sp.pl.training_history(df, show=False).figure, "training_history_spackle", tmp_path)
