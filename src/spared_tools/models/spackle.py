@@ -1,0 +1,665 @@
+"""SpaCKLE building blocks on tensors: transformer, Lightning training plan, batching and inference.
+
+Nothing here imports AnnData; :class:`spared_tools.tl.SpackleModel` turns an AnnData into the arrays
+these objects consume.
+
+Data layout shared by every function of this module
+---------------------------------------------------
+``values``
+    ``float32 (n_obs, n_genes)`` expression in *standardised* units (per gene ``(x - mean) / std``).
+    Entries that are not observed may hold anything (e.g. a median pre-completion); the model never
+    reads them, the optional ``loss_on="all"`` objective uses them as targets.
+``observed``
+    ``bool (n_obs, n_genes)``, True where an entry was really measured (``M_s`` in the paper).
+``table``
+    ``int64 (n_obs, 1 + K)`` lattice neighbour table (column 0 the spot itself, ``-1`` where no spot sits
+    at that lattice offset), as returned by :func:`spared_tools.pp.neighbor_table`.
+``ring``
+    ``int64 (1 + K,)`` the lattice ring of each table column (0 for the spot itself).
+
+A *neighbourhood* is the ``1 + K`` rows of ``values`` / ``observed`` picked by one row of ``table``; absent
+neighbours become padding tokens (zero input, excluded from attention by a key-padding mask, never
+scored). Attention runs over the tokens of one neighbourhood only, so the output of a spot never depends on
+the other neighbourhoods of its mini-batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+LossOn = Literal["hidden", "observed", "all"]
+
+#: Metric names reported by :class:`SpackleTrainingPlan` and :func:`spared_tools.tl.evaluate_completion`.
+METRICS: tuple[str, ...] = ("MSE", "MAE", "PCC-gene", "PCC-spot")
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer encoder layer (self-attention + ReLU feed-forward), batch-first.
+
+    With ``queries=1`` only the first token is updated (its attention still reads every token): the last
+    layer of a centre-only forward pass needs nothing else.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, dim_feedforward)
+        self.ff2 = nn.Linear(dim_feedforward, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        B, L, d = x.shape
+        H = self.n_heads
+        h = self.norm1(x)
+        if queries is None:
+            q, k, v = self.qkv(h).split(d, dim=-1)
+        else:
+            w_q, w_kv = self.qkv.weight.split([d, 2 * d], dim=0)
+            b_q, b_kv = self.qkv.bias.split([d, 2 * d], dim=0)
+            q = nn.functional.linear(h[:, :queries], w_q, b_q)
+            k, v = nn.functional.linear(h, w_kv, b_kv).split(d, dim=-1)
+            x = x[:, :queries]
+        q = q.reshape(B, -1, H, d // H).transpose(1, 2)
+        k = k.reshape(B, L, H, d // H).transpose(1, 2)
+        v = v.reshape(B, L, H, d // H).transpose(1, 2)
+        a = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
+        )
+        a = a.transpose(1, 2).reshape(B, -1, d)
+        x = x + self.drop(self.proj(a))
+        x = x + self.drop(self.ff2(self.drop(nn.functional.relu(self.ff1(self.norm2(x))))))
+        return x
+
+
+class SpackleEncoder(nn.Module):
+    """The SpaCKLE transformer: one token per spot of a lattice neighbourhood.
+
+    A token is the spot's gene vector with unknown entries set to zero, concatenated with the 0/1
+    indicator of which entries are known (so that a measured value of 0 and an unknown value differ),
+    mapped to ``d_model`` by a linear adapter; a learned embedding of the token's lattice ring (0 for the
+    centre spot) is added. Pre-norm transformer layers run self-attention over the ``1 + K`` tokens of each
+    neighbourhood (batch-first: attention never crosses neighbourhoods); padding tokens are never attended
+    (boolean attention mask). A final layer norm and a linear adapter map every token back to ``n_genes``.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes ``g`` (token input size is ``2 g``, output size ``g``).
+    n_positions
+        Number of distinct ring ids (``max(ring) + 1``).
+    d_model
+        Transformer width (the paper uses 128).
+    n_heads
+        Attention heads; must divide ``d_model``.
+    n_layers
+        Transformer encoder layers.
+    dim_feedforward
+        Width of the feed-forward block of each layer.
+    dropout
+        Dropout probability inside the transformer layers (inactive in :meth:`~torch.nn.Module.eval`).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_positions: int,
+        *,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        dim_feedforward: int = 256,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, val in (
+            ("n_genes", n_genes),
+            ("n_positions", n_positions),
+            ("d_model", d_model),
+            ("n_heads", n_heads),
+            ("n_layers", n_layers),
+            ("dim_feedforward", dim_feedforward),
+        ):
+            if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
+                raise ValueError(f"{name} must be a positive integer, got {val!r}.")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        self.n_genes = int(n_genes)
+        self.d_model = int(d_model)
+        self.input = nn.Linear(2 * self.n_genes, self.d_model)
+        self.position = nn.Embedding(int(n_positions), self.d_model)
+        self.layers = nn.ModuleList(
+            [
+                _Block(self.d_model, int(n_heads), int(dim_feedforward), float(dropout))
+                for _ in range(int(n_layers))
+            ]
+        )
+        self.norm = nn.LayerNorm(self.d_model)
+        self.output = nn.Linear(self.d_model, self.n_genes)
+
+    def forward(
+        self,
+        values: torch.Tensor,
+        known: torch.Tensor,
+        padding: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        center_only: bool = False,
+    ) -> torch.Tensor:
+        """Predict every gene of every token.
+
+        Parameters
+        ----------
+        values
+            ``(B, L, g)`` standardised expression; entries where ``known`` is False are ignored.
+        known
+            ``(B, L, g)`` bool, True where the model may read the value.
+        padding
+            ``(B, L)`` bool, True for padding tokens (absent neighbours). Column 0 must never be padding.
+        positions
+            ``(L,)`` or ``(B, L)`` integer ring id of each token.
+        center_only
+            Return only the prediction for token 0 (the centre spot), shape ``(B, g)``; the last layer then
+            updates the centre token only.
+
+        Returns
+        -------
+        ``(B, L, g)`` predictions in standardised units (``(B, g)`` with ``center_only``).
+        """
+        return self.encode(self.embed(values, known), padding, positions, center_only=center_only)
+
+    def embed(self, values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Input adapter: ``(..., g)`` values and known-mask → ``(..., d_model)`` token embeddings.
+
+        Parameters
+        ----------
+        values
+            Standardised expression (entries where ``known`` is False are ignored).
+        known
+            Bool mask of the entries the model may read.
+
+        Returns
+        -------
+        Token embeddings (before the ring embedding is added).
+        """
+        k = known.to(values.dtype)
+        return self.input(torch.cat([values * k, k], dim=-1))
+
+    def encode(
+        self,
+        tokens: torch.Tensor,
+        padding: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        center_only: bool = False,
+    ) -> torch.Tensor:
+        """Transformer layers and output adapter on embedded tokens.
+
+        Parameters
+        ----------
+        tokens
+            ``(B, L, d_model)`` embeddings from :meth:`embed`.
+        padding
+            ``(B, L)`` bool, True for padding tokens.
+        positions
+            ``(L,)`` or ``(B, L)`` ring ids.
+        center_only
+            Only compute (and return) token 0.
+
+        Returns
+        -------
+        ``(B, L, g)`` (or ``(B, g)``) predictions in standardised units.
+        """
+        x = tokens + self.position(positions)
+        attend = (~padding)[:, None, None, :]
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attend, queries=1 if (center_only and i == n - 1) else None)
+        if center_only:
+            x = x[:, 0]
+        return self.output(self.norm(x))
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """A dataset whose items are row indices (the neighbourhood centres); see :class:`NeighbourhoodCollate`.
+
+    Parameters
+    ----------
+    indices
+        Integer row indices into the arrays held by the collate function.
+    """
+
+    def __init__(self, indices: np.ndarray) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.indices[i])
+
+
+class NeighbourhoodCollate:
+    """Collate function that gathers the neighbourhoods of a list of centre indices on the fly.
+
+    Nothing of size ``n_obs × n_obs`` (or ``n_obs × (1 + K) × g``) is ever built: each batch gathers its own
+    ``(B, 1 + K, g)`` block.
+
+    Parameters
+    ----------
+    values
+        ``float32 (n_obs, g)`` standardised expression.
+    observed
+        ``bool (n_obs, g)`` originally observed entries.
+    table
+        ``int64 (n_obs, 1 + K)`` neighbour table (``-1`` = absent).
+    hidden
+        Optional ``bool (n_obs, g)`` entries hidden for evaluation: they are removed from the model's input
+        for every token and the batch carries ``target`` = ``hidden`` of the centre spots.
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray | torch.Tensor,
+        observed: np.ndarray | torch.Tensor,
+        table: np.ndarray | torch.Tensor,
+        hidden: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        self.values = torch.as_tensor(values, dtype=torch.float32)
+        self.observed = torch.as_tensor(observed, dtype=torch.bool)
+        self.table = torch.as_tensor(table, dtype=torch.int64)
+        self.hidden = None if hidden is None else torch.as_tensor(hidden, dtype=torch.bool)
+
+    def gather(self, centers: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gather the neighbourhoods of ``centers`` (1-D int64 tensor of row indices).
+
+        Parameters
+        ----------
+        centers
+            Row indices of the centre spots.
+
+        Returns
+        -------
+        Dict with ``values`` ``(B, L, g)`` float32, ``observed`` ``(B, L, g)`` bool (originally observed
+        minus evaluation-hidden entries; False on padding), ``padding`` ``(B, L)`` bool, ``center`` ``(B,)``
+        indices, and ``target`` ``(B, g)`` bool (hidden entries of the centres) when ``hidden`` was given.
+        """
+        idx = self.table[centers]
+        padding = idx < 0
+        safe = idx.clamp(min=0)
+        known = self.observed[safe]
+        if self.hidden is not None:
+            known = known & ~self.hidden[safe]
+        known = known & ~padding.unsqueeze(-1)
+        batch = {
+            "values": self.values[safe] * (~padding).unsqueeze(-1),
+            "observed": known,
+            "padding": padding,
+            "center": centers,
+        }
+        if self.hidden is not None:
+            batch["target"] = self.hidden[centers] & self.observed[centers]
+        return batch
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        return self.gather(torch.as_tensor(items, dtype=torch.int64))
+
+
+class MetricSums:
+    """Additive sufficient statistics of the completion metrics (summable over mini-batches and DDP ranks).
+
+    Metrics are computed on the scored entries only (hidden real entries of centre spots):
+    ``MSE`` and ``MAE`` over all scored entries; ``PCC-gene`` the mean over genes of the Pearson correlation
+    between truth and prediction across the spots where the gene was scored; ``PCC-spot`` the mean over spots
+    of the correlation across the genes scored in that spot. Genes/spots with fewer than two scored entries or
+    a constant truth or prediction are left out of the mean.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    device
+        Device of the accumulators.
+    """
+
+    def __init__(self, n_genes: int, device: torch.device | str = "cpu") -> None:
+        z = torch.zeros
+        f = torch.float64
+        self.sse = z((), dtype=f, device=device)
+        self.sae = z((), dtype=f, device=device)
+        self.n = z((), dtype=f, device=device)
+        # per-gene moments for PCC-gene
+        self.g_n = z(n_genes, dtype=f, device=device)
+        self.g_x = z(n_genes, dtype=f, device=device)
+        self.g_y = z(n_genes, dtype=f, device=device)
+        self.g_xx = z(n_genes, dtype=f, device=device)
+        self.g_yy = z(n_genes, dtype=f, device=device)
+        self.g_xy = z(n_genes, dtype=f, device=device)
+        # PCC-spot: sum of per-spot correlations and number of valid spots
+        self.s_sum = z((), dtype=f, device=device)
+        self.s_n = z((), dtype=f, device=device)
+
+    def fields(self) -> list[torch.Tensor]:
+        return [
+            self.sse,
+            self.sae,
+            self.n,
+            self.g_n,
+            self.g_x,
+            self.g_y,
+            self.g_xx,
+            self.g_yy,
+            self.g_xy,
+            self.s_sum,
+            self.s_n,
+        ]
+
+    @torch.no_grad()
+    def update(self, truth: torch.Tensor, pred: torch.Tensor, scored: torch.Tensor) -> None:
+        """Add a block of ``(n_spots, n_genes)`` truth, prediction and bool scored-entry mask.
+
+        Parameters
+        ----------
+        truth
+            True values (any float dtype).
+        pred
+            Predicted values, same shape.
+        scored
+            Bool mask of the entries to score, same shape.
+        """
+        w = scored.to(torch.float64)
+        x = truth.to(torch.float64) * w
+        y = pred.to(torch.float64) * w
+        d = (x - y) * w
+        self.sse += (d * d).sum()
+        self.sae += d.abs().sum()
+        self.n += w.sum()
+        self.g_n += w.sum(0)
+        self.g_x += x.sum(0)
+        self.g_y += y.sum(0)
+        self.g_xx += (x * x).sum(0)
+        self.g_yy += (y * y).sum(0)
+        self.g_xy += (x * y).sum(0)
+        r = _pearson_from_moments(
+            w.sum(1), x.sum(1), y.sum(1), (x * x).sum(1), (y * y).sum(1), (x * y).sum(1)
+        )
+        ok = torch.isfinite(r)
+        self.s_sum += r[ok].sum()
+        self.s_n += ok.sum()
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace every accumulator by ``reduce(accumulator)`` (e.g. a DDP sum over ranks).
+
+        Parameters
+        ----------
+        reduce
+            Function summing a tensor over processes.
+        """
+        flat = torch.cat([t.reshape(-1) for t in self.fields()])
+        flat = reduce(flat)
+        pos = 0
+        for t in self.fields():
+            k = t.numel()
+            t.copy_(flat[pos : pos + k].reshape(t.shape))
+            pos += k
+
+    def compute(self) -> dict[str, float]:
+        """Return ``MSE``, ``MAE``, ``PCC-gene``, ``PCC-spot`` and ``n_scored`` (NaN where undefined)."""
+        n = float(self.n)
+        r_gene = _pearson_from_moments(self.g_n, self.g_x, self.g_y, self.g_xx, self.g_yy, self.g_xy)
+        ok = torch.isfinite(r_gene)
+        return {
+            "MSE": float(self.sse) / n if n else float("nan"),
+            "MAE": float(self.sae) / n if n else float("nan"),
+            "PCC-gene": float(r_gene[ok].mean()) if ok.any() else float("nan"),
+            "PCC-spot": float(self.s_sum / self.s_n) if float(self.s_n) else float("nan"),
+            "n_scored": n,
+        }
+
+
+def _pearson_from_moments(n, sx, sy, sxx, syy, sxy) -> torch.Tensor:
+    """Pearson correlation from sums; NaN where fewer than two entries or a constant side."""
+    nn_ = n.clamp(min=1)
+    cov = sxy - sx * sy / nn_
+    vx = sxx - sx * sx / nn_
+    vy = syy - sy * sy / nn_
+    eps = 1e-12 * (sxx.abs() + syy.abs() + 1.0)
+    valid = (n >= 2) & (vx > eps) & (vy > eps)
+    r = cov / torch.sqrt(vx.clamp(min=1e-300) * vy.clamp(min=1e-300))
+    return torch.where(valid, r.clamp(-1.0, 1.0), torch.full_like(r, float("nan")))
+
+
+class SpackleTrainingPlan(pl.LightningModule):
+    """Lightning training plan for :class:`SpackleEncoder` (masked-autoencoder objective of the paper).
+
+    Each training step hides a random fraction ``mask_prob`` of the *observed* entries of every token of
+    every neighbourhood (``M_s ⊙ M_rand``), feeds the rest to the encoder and minimises the mean squared
+    error, in the original units of the layer (standardised error × gene std), over the entries selected by
+    ``loss_on``. Validation uses a fixed, globally drawn hidden mask (carried by the batches) and scores the
+    centre spots only; the metrics are reduced over DDP ranks before they are logged as ``val_MSE`` ...
+
+    Parameters
+    ----------
+    encoder
+        The network.
+    ring
+        ``(1 + K,)`` ring id of each neighbourhood column.
+    gene_std
+        ``(g,)`` per-gene standard deviation used to standardise the values (to report errors in the
+        layer's units).
+    mask_prob
+        Fraction of observed entries hidden per training neighbourhood: a float, or ``(low, high)`` to draw
+        the fraction uniformly per neighbourhood.
+    loss_on
+        ``"hidden"``: the randomly hidden entries (default); ``"observed"``: every observed entry (hidden ones
+        and the reconstruction of visible ones); ``"all"``: every entry of the input layer including the
+        median pre-completed ones (the paper's equation 5).
+    lr
+        Adam learning rate.
+    weight_decay
+        Adam weight decay.
+    seed
+        Seed of the random training masks (combined with the global step and the process rank, so that
+        masks do not depend on other consumers of the global RNG).
+    """
+
+    def __init__(
+        self,
+        encoder: SpackleEncoder,
+        ring: np.ndarray | torch.Tensor,
+        gene_std: np.ndarray | torch.Tensor,
+        *,
+        mask_prob: float | tuple[float, float] = 0.3,
+        loss_on: LossOn = "hidden",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("ring", torch.as_tensor(np.asarray(ring), dtype=torch.int64), persistent=False)
+        self.register_buffer(
+            "gene_std", torch.as_tensor(np.asarray(gene_std), dtype=torch.float32), persistent=False
+        )
+        self.mask_prob = check_mask_prob(mask_prob)
+        if loss_on not in ("hidden", "observed", "all"):
+            raise ValueError(f"loss_on must be 'hidden', 'observed' or 'all', got {loss_on!r}.")
+        self.loss_on = loss_on
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.seed = int(seed)
+        self._val = None
+        self.history: list[dict[str, float]] = []
+        self.best: dict | None = None
+
+    # ---- training -------------------------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + int(self.global_step) * 7_919 + self.global_rank) % 2**63)
+        return g
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        values, observed, padding = batch["values"], batch["observed"], batch["padding"]
+        gen = self._generator()
+        u = torch.rand(observed.shape, generator=gen, device=self.device)
+        low, high = self.mask_prob
+        if high > low:
+            p = low + (high - low) * torch.rand((observed.shape[0], 1, 1), generator=gen, device=self.device)
+        else:
+            p = torch.full((1, 1, 1), low, device=self.device)
+        hidden = (u < p) & observed
+        pred = self.encoder(values, observed & ~hidden, padding, self.ring)
+        if self.loss_on == "hidden":
+            w = hidden
+        elif self.loss_on == "observed":
+            w = observed
+        else:
+            w = (~padding).unsqueeze(-1).expand_as(observed)
+        err = (pred - values) * self.gene_std
+        wf = w.to(err.dtype)
+        loss = (err * err * wf).sum() / wf.sum().clamp(min=1.0)
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=values.shape[0])
+        return loss
+
+    # ---- validation -----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = MetricSums(self.encoder.n_genes, self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        pred = self.encoder(batch["values"], batch["observed"], batch["padding"], self.ring, center_only=True)
+        std = self.gene_std
+        self._val.update(batch["values"][:, 0] * std, pred * std, batch["target"])
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val is None:
+            return
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self._val.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        metrics = self._val.compute()
+        self._val = None
+        self.log_dict({f"val_{k}": float(v) for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        record = {"step": int(self.global_step), **metrics}
+        self.history.append(record)
+        if np.isfinite(metrics["MSE"]) and (self.best is None or metrics["MSE"] < self.best["record"]["MSE"]):
+            self.best = {
+                "record": record,
+                "state_dict": copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+                ),
+            }
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def check_mask_prob(mask_prob: float | tuple[float, float]) -> tuple[float, float]:
+    """Return ``mask_prob`` as a ``(low, high)`` pair in (0, 1), raising ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    mask_prob
+        A fraction, or a ``(low, high)`` range of fractions.
+
+    Returns
+    -------
+    The pair ``(low, high)`` (equal for a single fraction).
+    """
+    if isinstance(mask_prob, tuple | list):
+        if len(mask_prob) != 2:
+            raise ValueError(f"mask_prob must be a float or a (low, high) pair, got {mask_prob!r}.")
+        low, high = (float(v) for v in mask_prob)
+    else:
+        low = high = float(mask_prob)
+    if not (0.0 < low <= high < 1.0):
+        raise ValueError(f"mask_prob must lie in (0, 1) with low <= high, got {mask_prob!r}.")
+    return low, high
+
+
+@torch.inference_mode()
+def predict_centers(
+    encoder: SpackleEncoder,
+    collate: NeighbourhoodCollate,
+    ring: np.ndarray | torch.Tensor,
+    centers: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Predict every gene of each centre spot from its neighbourhood, in batches gathered on the fly.
+
+    At inference every spot's input (its known entries) is the same in every neighbourhood it belongs to,
+    so the input adapter runs once per spot (``n × d_model`` embeddings) and each batch gathers the
+    embeddings of its neighbourhoods; the last transformer layer updates the centre token only. Memory is
+    ``O(n × d_model + batch_size × (1 + K) × max(d_model, dim_feedforward))``; nothing is ``n × n``.
+
+    Parameters
+    ----------
+    encoder
+        Trained encoder (put in eval mode here and moved to ``device``).
+    collate
+        Holds the data arrays; its ``observed`` (minus ``hidden``) decides which entries are read.
+    ring
+        ``(1 + K,)`` ring id per table column.
+    centers
+        Row indices of the spots to predict.
+    batch_size
+        Neighbourhoods per forward pass (small batches stay in the CPU caches).
+    device
+        Torch device for the forward passes.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    ``float32 (len(centers), g)`` predictions in standardised units.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    device = torch.device(device)
+    was_training = encoder.training
+    encoder.eval()
+    encoder.to(device)
+    pos = torch.as_tensor(np.asarray(ring), dtype=torch.int64, device=device)
+    centers_t = torch.as_tensor(np.asarray(centers, dtype=np.int64))
+    n_obs = collate.values.shape[0]
+    out = np.empty((centers_t.shape[0], encoder.n_genes), dtype=np.float32)
+    try:
+        # embeddings of every spot that appears in a requested neighbourhood
+        table = collate.table[centers_t]
+        needed = torch.unique(table[table >= 0])
+        emb = torch.zeros((n_obs, encoder.d_model), dtype=torch.float32, device=device)
+        chunk = 8192
+        for s in range(0, needed.shape[0], chunk):
+            r = needed[s : s + chunk]
+            known = collate.observed[r]
+            if collate.hidden is not None:
+                known = known & ~collate.hidden[r]
+            emb[r.to(device)] = encoder.embed(collate.values[r].to(device), known.to(device)).float()
+        starts = range(0, centers_t.shape[0], int(batch_size))
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="SpaCKLE inference", unit="batch")
+        for s in starts:
+            idx = table[s : s + batch_size].to(device)
+            padding = idx < 0
+            tokens = emb[idx.clamp(min=0)]
+            pred = encoder.encode(tokens, padding, pos, center_only=True)
+            out[s : s + idx.shape[0]] = pred.float().cpu().numpy()
+    finally:
+        encoder.train(was_training)
+    return out
