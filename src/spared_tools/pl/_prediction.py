@@ -25,9 +25,13 @@ def _per_model(results: Any, model_key: str) -> dict[str, pd.DataFrame]:
         if model_key in results.columns:
             return {str(m): df for m, df in results.groupby(model_key, sort=False, observed=True)}
         return {"model": results}
+    if isinstance(results, Mapping) and isinstance(results.get("per_gene"), pd.DataFrame):
+        return {"model": results["per_gene"]}  # one sp.tl.evaluate_prediction result
     if isinstance(results, Mapping):
         out = {}
         for name, df in results.items():
+            if isinstance(df, Mapping) and isinstance(df.get("per_gene"), pd.DataFrame):
+                df = df["per_gene"]
             if not isinstance(df, pd.DataFrame):
                 raise TypeError(f"results[{name!r}] must be a per-gene DataFrame, got {type(df).__name__}.")
             out[str(name)] = df
@@ -73,8 +77,10 @@ def prediction(
     Parameters
     ----------
     results
-        Per-gene table with a ``pcc_key`` column and boolean ``heg``/``hvg`` columns (index = genes), a
-        mapping model name → such a table, or one long table with a ``model_key`` column.
+        Per-gene table with a ``pcc_key`` column and boolean ``heg``/``hvg`` columns (index = genes), as in
+        the ``"per_gene"`` entry of :func:`~spared_tools.tl.evaluate_prediction`'s result; a mapping model
+        name → such a table (or → the whole ``evaluate_prediction`` result); one
+        ``evaluate_prediction`` result; or one long table with a ``model_key`` column.
     groups
         Gene groups to draw among ``"ALL"``, ``"HEG"``, ``"HVG"``.
     pcc_key
