@@ -60,7 +60,9 @@ class GeneQueryNet(nn.Module):
     ff_dim
         Hidden width of the transformer's feed-forward blocks.
     dropout
-        Dropout in the projections and the transformer (inactive in ``eval()`` mode).
+        Dropout in the projections and the transformer's residual and feed-forward paths (inactive in
+        ``eval()`` mode). The attention weights are not dropped, so the fused (flash) attention kernel
+        is used and memory stays linear in the sequence length.
 
     Notes
     -----
@@ -111,6 +113,9 @@ class GeneQueryNet(nn.Module):
                 batch_first=True,
                 norm_first=True,
             )
+            # No dropout on the attention weights: it would force the O(L^2)-memory "math" attention
+            # kernel; dropout stays on the residual and feed-forward paths.
+            layer.self_attn.dropout = 0.0
             self.encoder: nn.Module | None = nn.TransformerEncoder(
                 layer, n_layers, norm=nn.LayerNorm(width), enable_nested_tensor=False
             )

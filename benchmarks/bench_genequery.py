@@ -1,0 +1,293 @@
+"""GeneQuery on her2st (HER2+ breast tumour, legacy ST) against the three baselines, plus CPU speed.
+
+Data: the four her2st sections that have a full-resolution H&E image (B4, C2, C3, C4) in
+../shared/data/her2st_raw.
+
+Gene set (the paper's HER2+ rule): the union over all 28 sections of each section's top-1,000 highly
+variable genes (scanpy ``flavor="seurat"`` on normalize_total(1e4)+log1p of that section's expressed
+genes), keeping genes expressed (count > 0) in at least 1,000 spots over the 28 sections. The count is
+printed (the paper reports 785 on its 36-section release).
+
+Targets: normalize_total(1e4) per spot over all genes, natural log1p (``layers['log1p']``).
+Images: 224 px patches of one spot diameter (~145 px) around each spot (``sp.pp.extract_patches``),
+frozen ImageNet EfficientNet-Lite0 features (``models.image.encode_patches``), cached in
+benchmarks/_work/ (gitignored).
+
+Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
+
+* ``prep``   – gene set, targets, patches, features → benchmarks/_work/her2st_genequery.h5ad
+* ``main``   – folds: leave-one-section-out within patient C (test C2 / C3 / C4, train on the other two)
+  and B4 as a cross-patient test (train C2+C3+C4). Validation = the 10 % of each training section's
+  spots with the largest array column (a spatial block, not random spots). Models: MeanPredictor,
+  RidgePredictor (HEST-style, frozen features), LinearHeadPredictor (STNet-style linear head, frozen
+  features), spot-aware and gene-aware GeneQuery. → results/genequery_main.txt
+* ``unseen`` – spot-aware GeneQuery trained on 20/40/60 % of the genes (random, seeded), scored on the
+  seen, unseen and all genes of the test section. → results/genequery_unseen.txt
+* ``speed``  – training time per epoch and prediction time/memory for 5,000 spots × 1,000 genes on CPU.
+  → results/genequery_speed.txt
+
+Run with ``nice -n 10``; ``--epochs``, ``--folds``, ``--width`` bound the CPU cost (see the results
+files for the settings used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sps
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import HER2ST, Report, machine_info
+
+import spared_tools as sp
+from spared_tools.models.image import encode_patches, load_image_encoder
+
+WORK = Path(__file__).resolve().parent / "_work"
+PREP = WORK / "her2st_genequery.h5ad"
+SECTIONS = ["B4", "C2", "C3", "C4"]
+FOLDS = {"C2": ["C3", "C4"], "C3": ["C2", "C4"], "C4": ["C2", "C3"], "B4": ["C2", "C3", "C4"]}
+PAPER = {"spot": (0.317, 0.315, 0.174), "gene": (0.315, 0.318, 0.159), "STNet": (0.298, 0.302, 0.136)}
+
+
+def log1p_layer(a: ad.AnnData) -> np.ndarray:
+    b = ad.AnnData(a.X.astype(np.float32))
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    return b.X
+
+
+def gene_set(report: Report) -> list[str]:
+    full = sp.io.read_her2st(HER2ST, images=False)
+    X = full.X.tocsr() if sps.issparse(full.X) else sps.csr_matrix(full.X)
+    n_expr = np.asarray((X > 0).sum(0)).ravel()
+    hv: set[str] = set()
+    slides = full.obs["slide_id"].astype(str).to_numpy()
+    for s in pd.unique(slides):
+        m = slides == s
+        sub = ad.AnnData(X[m], var=pd.DataFrame(index=full.var_names))
+        sub = sub[:, np.asarray((sub.X > 0).sum(0)).ravel() > 0].copy()
+        sc.pp.normalize_total(sub, target_sum=1e4)
+        sc.pp.log1p(sub)
+        sc.pp.highly_variable_genes(sub, flavor="seurat", n_top_genes=1000)
+        hv |= set(sub.var_names[sub.var["highly_variable"].to_numpy()])
+    genes = [g for g, n in zip(full.var_names, n_expr) if g in hv and n >= 1000]
+    report(
+        f"gene set: {len(pd.unique(slides))} sections, {full.n_obs} spots, {full.n_vars} genes; union of per-section "
+        f"top-1000 HVGs = {len(hv)}; expressed in >= 1000 spots: {len(genes)} genes (paper: 785)"
+    )
+    return genes
+
+
+def prep(report: Report) -> None:
+    WORK.mkdir(exist_ok=True)
+    genes = gene_set(report)
+    a = sp.io.read_her2st(HER2ST, SECTIONS)
+    a.layers["log1p"] = log1p_layer(a)
+    a = a[:, genes].copy()
+    t0 = time.perf_counter()
+    sp.pp.extract_patches(a, size=224)
+    t_patch = time.perf_counter() - t0
+    enc = load_image_encoder("efficientnet-lite0")
+    t0 = time.perf_counter()
+    a.obsm["X_image_features"] = encode_patches(a.obsm["patches"], enc, batch_size=64, device="cpu")
+    t_feat = time.perf_counter() - t0
+    report(
+        f"prep: {a.n_obs} spots ({dict(a.obs['slide_id'].value_counts())}), {a.n_vars} genes; patches "
+        f"{t_patch:.1f} s ({a.n_obs / t_patch:.0f}/s); EfficientNet-Lite0 features {t_feat:.1f} s "
+        f"({a.n_obs / t_feat:.1f} patches/s, {torch.get_num_threads()} threads)"
+    )
+    del a.obsm["patches"]
+    a.uns.pop("patches", None)
+    for lib in a.uns["spatial"].values():
+        lib["images"] = {}
+    a.X = sps.csr_matrix(a.X)
+    a.write_h5ad(PREP)
+
+
+def fold_data(data: ad.AnnData, test: str) -> ad.AnnData:
+    a = data[data.obs["slide_id"].isin([test, *FOLDS[test]]).to_numpy()].copy()
+    split = np.full(a.n_obs, "train", dtype=object)
+    slides = a.obs["slide_id"].astype(str).to_numpy()
+    col = a.obs["array_col"].to_numpy()
+    for s in FOLDS[test]:
+        m = slides == s
+        cut = np.quantile(col[m], 0.9)
+        split[m & (col > cut)] = "val"
+    split[slides == test] = "test"
+    a.obs["split"] = pd.Categorical(split)
+    return a
+
+
+def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
+    return sp.tl.GeneQueryModel(
+        mode=mode,
+        width=args.width,
+        ff_dim=2 * args.width,
+        n_heads=8,
+        n_layers=2,
+        max_epochs=args.epochs,
+        batch_size=32,
+        lr=1e-3,
+        accelerator="cpu",
+        seed=0,
+        **kw,
+    )
+
+
+def fmt(res: dict) -> str:
+    return f"HEG {res['pcc_heg']:.3f}  HVG {res['pcc_hvg']:.3f}  ALL {res['pcc_all']:.3f}  (NaN genes {res['n_nan_genes']})"
+
+
+def main(report: Report, args) -> None:
+    data = ad.read_h5ad(PREP)
+    report(f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery width {args.width}, {args.epochs} epochs")
+    rows = []
+    for test in args.folds:
+        a = fold_data(data, test)
+        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+        models = {
+            "Mean": sp.tl.MeanPredictor(),
+            "Ridge (HEST-style)": sp.tl.RidgePredictor(),
+            "LinearHead frozen (STNet-style)": sp.tl.LinearHeadPredictor(
+                finetune=False, max_epochs=50, accelerator="cpu"
+            ),
+            "GeneQuery spot": gq("spot", args),
+            "GeneQuery gene": gq("gene", args),
+        }
+        for name, model in models.items():
+            if args.only and not any(o in name for o in args.only):
+                continue
+            t0 = time.perf_counter()
+            model.train(a)
+            t_train = time.perf_counter() - t0
+            res = model.evaluate(a)
+            report(f"  {name:34s} {fmt(res)}  train {t_train:.0f} s")
+            rows.append(
+                {"fold": test, "model": name, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
+            )
+    df = pd.DataFrame(rows)
+    report("\nmean over folds (HEG / HVG / ALL):")
+    for name, g in df.groupby("model", sort=False):
+        report(
+            f"  {name:34s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  ({len(g)} folds)"
+        )
+    report(
+        "paper HER2+ (5-fold): spot-aware 0.317 / 0.315 / 0.174; gene-aware 0.315 / 0.318 / 0.159; STNet 0.298 / 0.302 / 0.136"
+    )
+
+
+def unseen(report: Report, args) -> None:
+    data = ad.read_h5ad(PREP)
+    test = args.folds[0]
+    a = fold_data(data, test)
+    genes = list(a.var_names)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(genes))
+    report(
+        f"spot-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} epochs"
+    )
+    report(
+        f"{'% seen':>7s} | {'seen HEG/HVG/ALL':>20s} | {'unseen HEG/HVG/ALL':>20s} | {'all HEG/HVG/ALL':>20s}"
+    )
+    te = (a.obs["split"] == "test").to_numpy()
+    truth = a[te].layers["log1p"]
+    truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+    for frac in args.fractions:
+        k = round(frac * len(genes))
+        seen = [genes[i] for i in sorted(order[:k])]
+        model = gq("spot", args).train(a, genes=seen)
+        pred = model.predict(a[te], genes)
+        out = []
+        for subset in (seen, [g for g in genes if g not in set(seen)], genes):
+            idx = [genes.index(g) for g in subset]
+            r = sp.tl.evaluate_prediction(truth[:, idx], pred[:, idx], genes=subset)
+            out.append(f"{r['pcc_heg']:.3f}/{r['pcc_hvg']:.3f}/{r['pcc_all']:.3f}")
+        report(f"{int(frac * 100):6d}% | {out[0]:>20s} | {out[1]:>20s} | {out[2]:>20s}")
+    report(
+        "paper HER2+ 20%: seen .156/.152/.109 unseen .109/.092/.051; 60%: seen .296/.309/.163 unseen .121/.101/.049"
+    )
+
+
+def speed(report: Report, args) -> None:
+    data = ad.read_h5ad(PREP)
+    a = fold_data(data, "B4")
+    for mode in ("spot", "gene"):
+        model = gq(mode, args)
+        t0 = time.perf_counter()
+        model.train(a, max_epochs=1, progress=False)
+        report(
+            f"{mode}-aware training, 1 epoch on {int((a.obs['split'] == 'train').sum())} spots × {a.n_vars} genes "
+            f"(+ validation): {time.perf_counter() - t0:.1f} s (width {args.width})"
+        )
+    # prediction: 5,000 spots × 1,000 genes (features and gene embeddings synthetic, same shapes as real)
+    rng = np.random.default_rng(0)
+    n, G = 5000, 1000
+    genes = [f"g{i}" for i in range(G)]
+    table = pd.DataFrame(rng.normal(size=(G, 384)).astype(np.float32), index=genes)
+    big = ad.AnnData(np.zeros((n, G), dtype=np.float32), var=pd.DataFrame(index=genes))
+    big.obs["slide_id"] = "big"
+    side = int(np.ceil(np.sqrt(n)))
+    big.obsm["spatial"] = np.column_stack(np.divmod(np.arange(n), side)).astype(float)
+    big.obsm["X_image_features"] = rng.normal(size=(n, 1280)).astype(np.float32)
+    big.layers["log1p"] = np.abs(rng.normal(size=(n, G))).astype(np.float32)
+    for mode in ("spot", "gene"):
+        model = sp.tl.GeneQueryModel(
+            mode=mode, gene_embeddings=table, max_epochs=1, accelerator="cpu", seed=0
+        )
+        small = big[:64].copy()
+        small.obs["split"] = "train"
+        model.train(small, genes=genes[:8], split_key=None, progress=False)
+        sub = args.predict_genes
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        model.predict(big, genes[:sub])
+        dt = time.perf_counter() - t0
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        report(
+            f"{mode}-aware predict {n} spots × {sub} genes (width 256, 2 layers, max_len 1024): {dt:.1f} s "
+            f"→ {n * sub / dt:.0f} spot-genes/s; extrapolated to 1,000 genes: {dt * G / sub:.0f} s; "
+            f"peak RSS {rss1:.0f} MiB (before {rss0:.0f})"
+        )
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("stage", choices=["prep", "main", "unseen", "speed"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--folds", nargs="+", default=list(FOLDS))
+    p.add_argument("--only", nargs="*", default=None)
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.2, 0.4, 0.6])
+    p.add_argument("--predict-genes", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sp.settings.verbosity = 1
+    name = {
+        "prep": "genequery_prep",
+        "main": "genequery_main",
+        "unseen": "genequery_unseen",
+        "speed": "genequery_speed",
+    }
+    report = Report(name[args.stage])
+    report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
+    report(
+        f"# {machine_info()} | torch threads {torch.get_num_threads()} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    {
+        "prep": lambda: prep(report),
+        "main": lambda: main(report, args),
+        "unseen": lambda: unseen(report, args),
+        "speed": lambda: speed(report, args),
+    }[args.stage]()
+    report.save()
