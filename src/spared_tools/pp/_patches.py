@@ -166,7 +166,7 @@ def _load_fullres(path: Path) -> Any:
     from PIL import Image
 
     with _allow_large_images():
-        img = Image.open(path)
+        img: Any = Image.open(path)
         img.load()
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -221,8 +221,14 @@ def _as_rgb_uint8(img: np.ndarray, lib: str) -> np.ndarray:
             raise ValueError(f"The image of slide {lib!r} contains NaN or infinite values.")
         hi = 1.0 if img.max() <= 1.0 else 255.0
         return np.clip(np.round(img / hi * 255.0), 0, 255).astype(np.uint8)
+    if img.dtype == np.uint16:
+        return np.round(img / 257.0).astype(np.uint8)
     if np.issubdtype(img.dtype, np.integer):
-        return np.clip(img, 0, 255).astype(np.uint8)
+        if img.size and (img.min() < 0 or img.max() > 255):
+            raise ValueError(
+                f"The image of slide {lib!r} has integer values outside [0, 255]; convert it to uint8."
+            )
+        return img.astype(np.uint8)
     raise TypeError(f"The image of slide {lib!r} has unsupported dtype {img.dtype}.")
 
 
@@ -323,6 +329,37 @@ def get_patches(
         return arr if rows is None else arr[rows]
     idx = np.asarray(indices, dtype=np.int64)
     return np.asarray(arr[idx if rows is None else rows[idx]])
+
+
+class _NpyRowWriter:
+    """Write rows of a uint8 ``.npy`` file in any order through a plain file handle.
+
+    Unlike a writable memmap, the written pages never count toward the process's resident memory, so
+    the disk store stays bounded by one decoded slide however many spots there are.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.row_bytes = int(np.prod(shape[1:]))
+        self.fh = open(path, "wb")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        np.lib.format.write_array_header_1_0(self.fh, header)
+        self.offset = self.fh.tell()
+        self.fh.truncate(self.offset + self.row_bytes * shape[0])
+
+    def __setitem__(self, row: int, value: np.ndarray) -> None:
+        value = np.ascontiguousarray(value, dtype=np.uint8)
+        if value.shape != self.shape[1:]:
+            raise ValueError(f"row of shape {value.shape}, expected {self.shape[1:]}")
+        self.fh.seek(self.offset + int(row) * self.row_bytes)
+        self.fh.write(value.tobytes())
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -439,42 +476,48 @@ def extract_patches(
     if store == "disk":
         path = Path(path)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        writer: _NpyRowWriter | np.ndarray = _NpyRowWriter(path, shape)
     else:
-        out = np.empty(shape, dtype=np.uint8)
+        writer = np.empty(shape, dtype=np.uint8)
 
     crop_px: dict[str, int] = {}
     sources: dict[str, str] = {}
     show = settings.progress and settings.verbosity >= 2
-    for slide in slide_values:
-        idx = np.flatnonzero((slides == slide).to_numpy())
-        lib, entry = _library_entry(adata, slide, len(slide_values))
-        sf = entry.get("scalefactors", {}) or {}
-        if mpp is not None:
-            side_full = size * float(mpp) / _microns_per_pixel(sf, lib)
-        else:
-            if "spot_diameter_fullres" not in sf:
-                raise KeyError(
-                    f"uns['spatial'][{lib!r}]['scalefactors'] lacks 'spot_diameter_fullres'; pass mpp=."
-                )
-            side_full = float(sf["spot_diameter_fullres"]) * scale
-        image, img_scale, source = _slide_image(entry, lib)
-        side = max(1, int(np.round(side_full * img_scale)))
-        crop_px[slide], sources[slide] = side, source
-        logger.info(f"extract_patches: slide {slide!r}: {idx.size} spots, {side} px crops from {source}.")
-        xy = coords[idx, :2] * img_scale
-        it = range(idx.size)
-        if show:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc=f"patches {slide}", leave=False)
-        for j in it:
-            if isinstance(image, np.ndarray):
-                crop = crop_padded(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
+    try:
+        for slide in slide_values:
+            idx = np.flatnonzero((slides == slide).to_numpy())
+            lib, entry = _library_entry(adata, slide, len(slide_values))
+            sf = entry.get("scalefactors", {}) or {}
+            if mpp is not None:
+                side_full = size * float(mpp) / _microns_per_pixel(sf, lib)
             else:
-                crop = crop_pil(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
-            out[idx[j]] = resize_patch(crop, size, interpolation)
-        del image
+                if "spot_diameter_fullres" not in sf:
+                    raise KeyError(
+                        f"uns['spatial'][{lib!r}]['scalefactors'] lacks 'spot_diameter_fullres'; pass mpp=."
+                    )
+                side_full = float(sf["spot_diameter_fullres"]) * scale
+            image, img_scale, source = _slide_image(entry, lib)
+            side = max(1, int(np.round(side_full * img_scale)))
+            crop_px[slide], sources[slide] = side, source
+            logger.info(f"extract_patches: slide {slide!r}: {idx.size} spots, {side} px crops from {source}.")
+            xy = coords[idx, :2] * img_scale
+            it = range(idx.size)
+            if show:
+                from tqdm.auto import tqdm
+
+                it = tqdm(it, desc=f"patches {slide}", leave=False)
+            for j in it:
+                if isinstance(image, np.ndarray):
+                    crop = crop_padded(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
+                else:
+                    crop = crop_pil(image, xy[j, 0], xy[j, 1], side, fill=int(fill))
+                writer[idx[j]] = resize_patch(crop, size, interpolation)
+            del image
+    except BaseException:
+        if isinstance(writer, _NpyRowWriter):  # do not leave a half-written file behind
+            writer.close()
+            Path(path).unlink(missing_ok=True)  # type: ignore[arg-type]
+        raise
 
     params = {
         "library_key": library_key,
@@ -494,15 +537,14 @@ def extract_patches(
         "source": sources,
     }
     if store == "disk":
-        assert isinstance(out, np.memmap)
-        out.flush()
-        del out
+        assert isinstance(writer, _NpyRowWriter)
+        writer.close()
         info["path"] = str(Path(path).resolve())  # type: ignore[arg-type]
         info["obs_names"] = np.asarray(adata.obs_names.astype(str))
         if key_added in adata.obsm:
             del adata.obsm[key_added]
     else:
-        adata.obsm[key_added] = out
+        adata.obsm[key_added] = writer
     adata.uns[key_added] = info
     return adata if copy else None
 

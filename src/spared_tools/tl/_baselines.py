@@ -272,6 +272,8 @@ class RidgePredictor(Predictor):
         return X @ self.coef_[:, cols] + self.intercept_[cols]  # type: ignore[index]
 
     def _save_state(self, path: Path) -> None:
+        assert self.coef_ is not None and self.intercept_ is not None
+        assert self.x_mean_ is not None and self.x_scale_ is not None
         np.savez(
             path / "ridge.npz",
             coef=self.coef_,
@@ -483,10 +485,15 @@ class LinearHeadPredictor(Predictor):
         return params
 
     def _image_encoder(self):
-        from spared_tools.models.image import ImageEncoder, load_image_encoder
+        from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
 
         if isinstance(self.encoder, ImageEncoder):
             return self.encoder
+        if isinstance(self.encoder, str) and self.encoder.lower() in (
+            "efficientnet-lite0",
+            "efficientnet_lite0",
+        ):
+            return _default_encoder()  # loaded once per process; fine-tuning works on a deep copy
         return load_image_encoder(self.encoder)
 
     def _frozen_features(self, adata: AnnData, tta: bool) -> np.ndarray:
@@ -522,7 +529,9 @@ class LinearHeadPredictor(Predictor):
             train_ds: torch.utils.data.Dataset = _PatchTargets(
                 PatchDataset(adata, self.patches_key, augment=self.augment, indices=train_idx), Z
             )
-            val_ds = _PatchTargets(PatchDataset(adata, self.patches_key, augment=False, indices=val_idx), Z)
+            val_ds: torch.utils.data.Dataset = _PatchTargets(
+                PatchDataset(adata, self.patches_key, augment=False, indices=val_idx), Z
+            )
         else:
             F = torch.from_numpy(
                 np.ascontiguousarray(self._frozen_features(adata, self.tta), dtype=np.float32)

@@ -235,8 +235,9 @@ class Predictor(abc.ABC):
         Training history written by the subclass (losses, selected hyper-parameters...).
     """
 
-    #: Whether the model reads image patches (and so checks the patch size on predict/load).
-    uses_images: ClassVar[bool] = True
+    #: Whether the model reads image patches (and so checks the patch size on predict/load); may be set
+    #: per instance (e.g. a ridge on precomputed features).
+    uses_images: bool = True
     #: Whether :meth:`predict` accepts genes absent from :attr:`genes_` (GeneQuery: from text alone).
     can_predict_unseen: ClassVar[bool] = False
 
