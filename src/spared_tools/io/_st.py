@@ -40,8 +40,7 @@ def _read_counts_table(path: Path, sep: str) -> tuple[np.ndarray, list[str], lis
     try:
         with open_text(path) as fh:
             body = pd.read_csv(
-                fh, sep=sep, header=None, skiprows=1, index_col=0, dtype={0: str}, keep_default_na=False,
-                na_values=[""],
+                fh, sep=sep, header=None, skiprows=1, index_col=0, keep_default_na=False, na_values=[""],
             )  # fmt: skip
     except pd.errors.EmptyDataError:
         body = pd.DataFrame()
