@@ -215,6 +215,7 @@ def spot_collection(
     their edges facing the nearest lattice neighbours; circles have the spot diameter × ``size``.
     """
     d = view.diameter * size
+    coll: EllipseCollection | PolyCollection
     if view.shape == "circle":
         coll = EllipseCollection(
             widths=np.full(len(values), d),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._keys import Key
 
@@ -140,6 +141,7 @@ def training_history(
     elif best is not None and best not in df.columns:
         raise KeyError(f"best={best!r} is not a column of the training history.")
 
+    fig: Figure | SubFigure
     if ax is None:
         fig = new_figure(figsize)
         ax = fig.subplots()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata
@@ -105,6 +106,7 @@ def moran(
             raise TypeError(f"{source}[{selected_key!r}] must be boolean, got dtype {sel.dtype}.")
         selected = sel.to_numpy()[order]
 
+    fig: Figure | SubFigure
     if ax is None:
         fig = new_figure(figsize)
         ax = fig.subplots()

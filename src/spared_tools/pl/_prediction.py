@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._keys import Key
 
@@ -145,10 +145,11 @@ def prediction(
     width = max(2.0 + 1.1 * n_models * len(groups), 2 * panel_size + 1.0)
     height = 3.6 + n_map_rows * panel_size
     fig = new_figure(figsize or (width, height))
+    top: Figure | SubFigure = fig
+    bottom: SubFigure | None = None
     if maps:
-        top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, n_map_rows * panel_size])
-    else:
-        top, bottom = fig, None
+        subs = np.asarray(fig.subfigures(2, 1, height_ratios=[3.6, n_map_rows * panel_size]), dtype=object)
+        top, bottom = subs.ravel()
     ax = top.subplots()
 
     box_w = 0.8 / n_models
@@ -193,7 +194,7 @@ def prediction(
               loc="best")  # fmt: skip
     style_axes(ax, grid=True)
 
-    if maps:
+    if maps and adata is not None:
         chosen = model if model is not None else names[0]
         if chosen not in tables:
             raise KeyError(f"Model {chosen!r} not in the results; available: {names}.")

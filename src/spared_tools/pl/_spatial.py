@@ -175,7 +175,7 @@ def _spatial_grid(
     panel_size: float,
     ax: Axes | None = None,
     gene_labels: Mapping[str, str] | None = None,
-) -> Figure:
+) -> Figure | SubFigure:
     """Draw the panel grid of :func:`spatial` into ``container`` (a new figure when ``None``)."""
     check_adata(adata)
     genes = check_genes(adata, genes)
@@ -223,7 +223,7 @@ def _spatial_grid(
     if ax is not None:
         if n_rows * n_cols != 1:
             raise ValueError(f"ax= can only be used for a single panel; this call draws {n_rows * n_cols}.")
-        fig = ax.figure
+        fig: Figure | SubFigure = ax.figure
         grid = np.array([[ax]])
     else:
         fig = new_figure((panel_size * n_cols + 0.8, panel_size * n_rows)) if container is None else container
@@ -247,6 +247,7 @@ def _spatial_grid(
             gene_label, layer_label = (gene_labels or {}).get(g, g), titles.get(lay, lay)
             sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
             a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
+        assert coll is not None  # every row has at least one layer
         cb = fig.colorbar(coll, ax=list(grid[r, :]), shrink=0.8, pad=0.02, aspect=15)
         cb.outline.set_visible(False)
     return fig

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._logging import logger
 
@@ -37,7 +37,7 @@ def style_axes(ax: Axes, *, grid: bool = False) -> None:
 
 
 def finish(
-    fig: Figure,
+    fig: Figure | SubFigure,
     ret: Any,
     *,
     show: bool | None,
@@ -64,7 +64,8 @@ def finish(
         path = Path(save)
         if path.parent != Path() and not path.parent.exists():
             raise FileNotFoundError(f"Cannot save the figure: directory {str(path.parent)!r} does not exist.")
-        fig.savefig(path, dpi=dpi if dpi is not None else "figure", bbox_inches="tight")
+        root = fig if isinstance(fig, Figure) else fig.figure  # a SubFigure saves its whole figure
+        root.savefig(path, dpi=dpi if dpi is not None else "figure", bbox_inches="tight")
         logger.info("saved figure to %s", path)
     if show is None:
         show = mpl.is_interactive()
