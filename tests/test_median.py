@@ -282,3 +282,17 @@ def test_default_neighbor_table_gives_the_same_result(geometry):
     a = make_adata(X, rows, cols, slides)
     sp.pp.median_complete(a, geometry=geometry)
     np.testing.assert_array_equal(a.layers["median"], brute_force(X, rows, cols, slides, 4, geometry))
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_equals_brute_force():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(7)
+    X, rows, cols, slides = synthetic(rng, "hex")
+    a = make_adata(X, rows, cols, slides)
+    nb = build_table(rows, cols, slides, 4, "hex")
+    sp.pp.median_complete(a, neighbors=nb, device="cuda")
+    assert a.uns["median_complete"]["params"]["backend"] == "torch"
+    np.testing.assert_array_equal(a.layers["median"], brute_force(X, rows, cols, slides, 4, "hex"))
