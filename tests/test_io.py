@@ -665,3 +665,28 @@ def test_read_st_compressed_variants(tmp_path, opener):
     _positions(np.array([[1, 1], [2, 1]])).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
     a = st.io.read_st(path, tmp_path / "p.tsv", library_id="z")
     np.testing.assert_array_equal(a.X.toarray(), [[1, 2], [0, 7]])
+
+
+def test_reader_output_round_trips_h5ad_and_plots_with_scanpy(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    xy = np.array([[x, y] for y in range(1, 4) for x in range(1, 4)])
+    ids = [f"{x}x{y}" for x, y in xy]
+    c, s = _write_st(tmp_path, np.arange(18).reshape(9, 2), ids, ["A", "B"], _positions(xy))
+    Image.fromarray(np.full((400, 400, 3), 180, np.uint8)).save(tmp_path / "img.png")
+    a = st.io.read_st(c, s, tmp_path / "img.png", hires_max_side=200)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad")
+    np.testing.assert_array_equal(b.X.toarray(), a.X.toarray())
+    np.testing.assert_array_equal(
+        b.uns["spatial"]["S1"]["images"]["hires"], a.uns["spatial"]["S1"]["images"]["hires"]
+    )
+    assert b.uns["spatial"]["S1"]["scalefactors"] == pytest.approx(a.uns["spatial"]["S1"]["scalefactors"])
+    # scanpy's spatial plot reads uns['spatial'] (image, tissue_hires_scalef, spot_diameter_fullres)
+    ax = sc.pl.spatial(a, color="A", library_id="S1", show=False)
+    assert len(ax) == 1
+    plt.close("all")
