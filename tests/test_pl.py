@@ -494,6 +494,19 @@ def test_completion_values_and_curve():
     np.testing.assert_allclose(y, [0.2, 0.25, 0.35])
 
 
+def test_completion_overlay():
+    res = _completion_result()
+    fig = sp.pl.completion(res, overlay=True, show=False)
+    assert len(fig.axes) == 2
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    v = res["values"]
+    assert (
+        texts[1]
+        == f"median: MSE {np.mean((v['median'] - v['true']) ** 2):.3f}, PCC {np.corrcoef(v['true'], v['median'])[0, 1]:.3f}"
+    )
+    assert len(fig.axes[0].collections) == 2
+
+
 def test_completion_wide_curve_subsampling_and_anndata():
     res = _completion_result(n=1000)
     wide = pd.DataFrame({"spackle": [0.2, 0.3], "median": [1.0, 1.1]}, index=pd.Index([0.1, 0.3]))
@@ -748,3 +761,9 @@ def test_baseline_training_history_spackle(tmp_path):
         {"step": s, "MSE": 0.5 + 300 / s, "MAE": 0.4 + 150 / s, "PCC-gene": 0.6 - 90 / s, "n_scored": 500}
     )
     check_baseline(sp.pl.training_history(df, show=False).figure, "training_history_spackle", tmp_path)
+
+
+def test_baseline_completion_overlay(tmp_path):
+    res = _completion_result()
+    fig = sp.pl.completion(res, overlay=True, method_labels={"spackle": "SpaCKLE"}, show=False)
+    check_baseline(fig, "completion_overlay", tmp_path)

@@ -97,6 +97,7 @@ def completion(
     methods: Sequence[str] = ("spackle", "median"),
     method_labels: Mapping[str, str] | None = None,
     metric: str = "MSE",
+    overlay: bool = False,
     max_points: int = 20000,
     seed: int | None = None,
     figsize: tuple[float, float] | None = None,
@@ -133,6 +134,9 @@ def completion(
     metric
         Metric of the curve drawn on the y axis (``"MSE"``, ``"MAE"``, ``"PCC-gene"``, ...; matched without
         regard to case).
+    overlay
+        Draw the methods' scatters in one panel (colours per method, metrics in the legend) instead of one
+        panel per method.
     max_points
         Draw at most this many (randomly chosen) entries per scatter panel; the metrics in the titles
         use every entry.
@@ -150,7 +154,8 @@ def completion(
     Returns
     -------
     The :class:`~matplotlib.figure.Figure` (``None`` when shown): one scatter panel per method (titles
-    give the MSE and Pearson correlation over all masked entries) followed by the error-curve panel.
+    give the MSE and Pearson correlation over all masked entries; with ``overlay`` one panel whose legend
+    gives them) followed by the error-curve panel.
     """
     if isinstance(result, AnnData):
         if key not in result.uns:
@@ -175,7 +180,8 @@ def completion(
     if values_obj is not None:
         truth, scatter = _values_frame(values_obj, methods)
     curve = _curve_frame(curve_obj, methods, metric) if curve_obj is not None else None
-    n_panels = len(scatter) + (curve is not None)
+    n_scatter = (1 if overlay else len(scatter)) if scatter else 0
+    n_panels = n_scatter + (curve is not None)
     fig = new_figure(figsize or (3.6 * n_panels, 3.6))
     axes = np.atleast_1d(fig.subplots(1, n_panels))
     rng = np.random.default_rng(resolve_seed(seed))
@@ -188,26 +194,34 @@ def completion(
         keep = np.flatnonzero(finite)
         if len(keep) > max_points:
             keep = np.sort(rng.choice(keep, size=max_points, replace=False))
-        for a, (m, pred) in zip(axes, scatter.items()):
+        for i, (m, pred) in enumerate(scatter.items()):
+            a = axes[0 if overlay else i]
             t, p = truth[finite], pred[finite]
             mse = float(np.mean((p - t) ** 2)) if t.size else float("nan")
             pcc = (
                 float(np.corrcoef(t, p)[0, 1]) if t.size > 1 and t.std() > 0 and p.std() > 0 else float("nan")
             )
+            summary = f"{labels.get(m, m)}: MSE {mse:.3f}, PCC {pcc:.3f}"
             a.scatter(
-                truth[keep], pred[keep], s=4, alpha=0.4, linewidths=0,
-                color=METHOD_COLORS.get(m, "C2"), rasterized=True,
+                truth[keep], pred[keep], s=4, alpha=0.4 if not overlay else 0.3, linewidths=0,
+                color=METHOD_COLORS.get(m, f"C{i + 2}"), rasterized=True, label=summary,
             )  # fmt: skip
+            if overlay and i > 0:
+                continue
             a.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1)
             a.set_xlim(lo, hi)
             a.set_ylim(lo, hi)
             a.set_aspect("equal")
             a.set_xlabel("true value (masked entries)")
             a.set_ylabel("completed value")
-            a.set_title(
-                f"{labels.get(m, m)}: MSE {mse:.3f}, PCC {pcc:.3f}\n(n = {t.size})", fontsize="medium"
-            )
+            a.set_title(summary if not overlay else "masked entries", fontsize="medium")
             style_axes(a)
+        if overlay:
+            axes[0].set_title(f"masked entries (n = {int(finite.sum())})", fontsize="medium")
+            axes[0].legend(frameon=False, fontsize="small", loc="upper left", markerscale=3)
+        else:
+            for a in axes[: len(scatter)]:
+                a.set_title(f"{a.get_title()}\n(n = {int(finite.sum())})", fontsize="medium")
     if curve is not None:
         a = axes[-1]
         for m in [m for m in methods if m in set(curve["method"])]:
