@@ -292,3 +292,33 @@ def test_example_matches_source_sections():
         sf_src = src.uns["spatial"][f"stutility_{s}"]["scalefactors"]["spot_diameter_fullres"]
         assert a.uns["spatial"][s]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(sf_src)
     assert pd.api.types.is_string_dtype(a.var["gene_symbol"]) or a.var["gene_symbol"].dtype == object
+
+
+def test_load_spared_nested_archive(http_root, monkeypatch):
+    # Mirzazadeh-style layout: study.zip -> spaceranger_output/<tissue>.tar.gz -> <tissue>/<slide>/...
+    www, base, _ = http_root
+    src = shared_path("fixtures", "scanpy_visium_1.0.0_raw")
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tf:
+        tf.add(src / "filtered_feature_bc_matrix.h5", "colon/V9_A1/filtered_feature_bc_matrix.h5")
+        tf.add(src / "spatial", "colon/V9_A1/spatial")
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr("Supplementary Data 1/spaceranger_output/colon.tar.gz", inner.getvalue())
+        zf.writestr("Supplementary Data 1/spaceranger_output/other.tar.gz", b"not extracted")
+    (www / "nested-1.zip").write_bytes(outer.getvalue())
+    entry = dict(
+        SPARED["mirzazadeh_human_colon_p1"],
+        train=["V9_A1"],
+        val=[],
+        test=[],
+        archive_urls=[base + "nested-1.zip"],
+    )
+    monkeypatch.setitem(_registry.SPARED, "nested_fixture", entry)
+    adata = st.datasets.load_spared("nested_fixture")
+    ref = st.io.read_visium(src, var_names="gene_ids")
+    np.testing.assert_array_equal(adata.X.toarray(), ref.X.toarray())
+    assert (
+        list(adata.obs["patient"].unique()) == ["V9"]
+        and adata.uns["spared_dataset"]["params"]["top_moran_genes"] == 32
+    )

@@ -198,13 +198,18 @@ def _slide_dirs_from_archives(name: str, entry: dict, slides: list[str]) -> dict
             marker.touch()
     found = _find_slide_dirs(extracted, slides)
     if len(found) < len(slides):
-        # studies that ship one nested archive per tissue (e.g. spaceranger_output/*.tar.gz)
+        # studies that ship one nested archive per tissue (e.g. spaceranger_output/colon.tar.gz): extract
+        # them one at a time, stopping as soon as every slide is found
         for nested in sorted(extracted.rglob("*.tar.gz")) + sorted(extracted.rglob("*.zip")):
             marker = nested.with_name(f".{nested.name}.done")
-            if not marker.exists():
-                _extract(nested, nested.parent / nested.name.split(".")[0])
-                marker.touch()
-        found = _find_slide_dirs(extracted, slides)
+            if marker.exists():
+                continue
+            logger.info(f"load_spared({name!r}): extracting nested archive {nested.name}.")
+            _extract(nested, nested.parent / nested.name.split(".")[0])
+            marker.touch()
+            found = _find_slide_dirs(extracted, slides)
+            if len(found) == len(slides):
+                break
     missing = [s for s in slides if s not in found]
     if missing:
         raise FileNotFoundError(
@@ -261,10 +266,15 @@ def load_spared(name: str, *, images: bool = True, dtype: str = "float32") -> An
     ``"visium_files"`` (10x Genomics samples, Vicari et al.)
         One file per Space Ranger output; fetched file by file (10x files with sha256 checks).
     ``"archive"`` (Abalo, Erickson, Fan, Mirzazadeh, Villacampa)
-        A zip/tar of the whole study (several GB) is fetched and extracted; each slide is then the folder
-        named after its slide id holding ``spatial/`` and a count matrix. Studies whose archives use other
-        folder names raise a ``FileNotFoundError`` that names the extracted folder, to read by hand. The
-        full-resolution images of archive datasets are not located automatically.
+        A zip/tar of the whole study (several GB) is fetched and extracted (nested per-tissue archives
+        too, one at a time); each slide is then the folder named after its slide id holding ``spatial/``
+        and a count matrix, which is how the Abalo, Mirzazadeh and Villacampa archives are organised
+        according to the reference library's readers. The Erickson and Fan archives name their folders
+        differently (the reference library renames them by hand): for those, and for any archive whose
+        layout changed, a ``FileNotFoundError`` names the extracted folder so the slides can be read with
+        :func:`~spared_tools.io.read_visium`. Full-resolution images of archive datasets are not located
+        automatically. These archive paths were tested on synthetic archives only, not on the real
+        multi-GB downloads.
     ``"normalized_only"`` (Parigi et al.)
         The public files hold normalised values, not raw counts; a ``ValueError`` says so.
 
@@ -316,7 +326,7 @@ def load_spared(name: str, *, images: bool = True, dtype: str = "float32") -> An
     patients = ["unique" if name.startswith("10xgenomic") else s.split("_")[0] for s in slides]
     adata = parts[0] if len(parts) == 1 else concat_slides(parts, slide_ids=slides, patients=patients)
     if len(parts) == 1:
-        adata.obs[Key.PATIENT] = pd.Categorical(patients)
+        adata.obs[Key.PATIENT] = pd.Categorical([patients[0]] * adata.n_obs)
     adata.obs[Key.SPLIT] = pd.Categorical(adata.obs[Key.SPLIT], categories=["train", "val", "test"])
     info = spared_info(name)
     uns = {k: info[k] for k in ("name", "organism", "source", "doi", "download")}
