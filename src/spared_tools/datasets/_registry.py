@@ -348,7 +348,9 @@ def her2st(
     Raw files of `github.com/almaan/her2st <https://github.com/almaan/her2st>`_ at commit 85df741
     (count tables ``data/ST-cnts``, spot files ``data/ST-spotfiles`` and, where the repository has one,
     the full-resolution H&E image ``data/ST-imgs``) are fetched into ``get_path("her2st")`` with sha256
-    checks for the 28 sections A1-F3, then read with :func:`~spared_tools.io.read_her2st`. The
+    checks for the 28 sections A1-F3, then read with :func:`~spared_tools.io.read_her2st` (the
+    pathologist label files are not fetched: ``obs['pathology_label']`` appears only when reading a local
+    checkout that has ``ST-pat-lbl/``). The
     repository states no licence: the data are public research data; cite Andersson et al. 2021,
     Nat. Commun. 12, 6012.
 
