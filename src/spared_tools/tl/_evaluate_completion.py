@@ -6,6 +6,7 @@ score both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from anndata import AnnData
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._settings import resolve_seed
+from spared_tools._settings import resolve_seed, settings
 from spared_tools._validation import check_adata, check_obs_key, slide_labels
 
 __all__ = ["completion_metrics", "evaluate_completion"]
@@ -375,15 +376,21 @@ def _median_predict(
         var=frame.var,
         layers={"_values": np.where(known, values, 0).astype(np.float32), "_known": known},
     )
-    median_complete(
-        tmp,
-        layer="_values",
-        key_added="_median",
-        mask_layer="_known",
-        mask_key_added=None,
-        n_rings=n_rings,
-        library_key=library_key,
-        neighbors=neighbors,
-        device=device,
-    )
+    level = logger.level
+    if level < logging.WARNING and settings.verbosity < 3:
+        logger.setLevel(logging.WARNING)  # one log line per mask would drown the summary
+    try:
+        median_complete(
+            tmp,
+            layer="_values",
+            key_added="_median",
+            mask_layer="_known",
+            mask_key_added=None,
+            n_rings=n_rings,
+            library_key=library_key,
+            neighbors=neighbors,
+            device=device,
+        )
+    finally:
+        logger.setLevel(level)
     return np.asarray(tmp.layers["_median"])
