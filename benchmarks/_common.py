@@ -65,6 +65,44 @@ def traced_peak_mb(fn: Callable[[], Any]) -> tuple[float, Any]:
     return peak / 2**20, out
 
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_during(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Extra peak resident memory (MiB) while ``fn`` runs, numba/C allocations included.
+
+    On Linux the process high-water mark is reset through ``/proc/self/clear_refs`` before the call and
+    read from ``VmHWM`` after it; the result is that peak minus the resident size before the call. Where
+    that is unavailable it falls back to :func:`traced_peak_mb` (Python-visible allocations only).
+    """
+    gc.collect()
+    try:  # hand freed heap pages back to the OS so that re-used pages count as new allocations
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    before = _proc_status_mb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return traced_peak_mb(fn)
+    out = fn()
+    peak = _proc_status_mb("VmHWM")
+    if before is None or peak is None:
+        return float("nan"), out
+    return max(0.0, peak - before), out
+
+
 def machine_info() -> str:
     """One line describing the machine and the main library versions."""
     import numba
@@ -108,9 +146,11 @@ class Report:
 
 
 def read_her2st_section(section: str, folder: Path = HER2ST) -> ad.AnnData:
-    """Minimal HER2ST reader (counts + array coordinates) for benchmarks: ``ST-cnts/<section>.tsv.gz``.
+    """Minimal HER2ST reader for benchmarks: counts ``ST-cnts/<section>.tsv.gz`` and spot pixels.
 
-    Spot ids ``"<x>x<y>"`` give ``array_col = x`` and ``array_row = y`` (a square ST 1k lattice).
+    Spot ids ``"<x>x<y>"`` give ``array_col = x`` and ``array_row = y`` (a square ST 1k lattice);
+    ``obsm["spatial"]`` holds ``[pixel_x, pixel_y]`` from ``ST-spotfiles/<section>_selection.tsv`` where the
+    spot is listed there, else the array position times a 200-pixel pitch.
     """
     df = pd.read_csv(folder / "ST-cnts" / f"{section}.tsv.gz", sep="\t", index_col=0)
     xy = df.index.to_series().str.split("x", expand=True).astype(int)
@@ -122,6 +162,15 @@ def read_her2st_section(section: str, folder: Path = HER2ST) -> ad.AnnData:
     X = sps.csr_matrix(df.to_numpy(dtype=np.float32))
     a = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=df.columns.astype(str)))
     a.var_names_make_unique()
+    xy_px = np.stack([xy[0].to_numpy(), xy[1].to_numpy()], axis=1).astype(np.float64) * 200.0
+    spots = folder / "ST-spotfiles" / f"{section}_selection.tsv"
+    if spots.exists():
+        sf = pd.read_csv(spots, sep="\t")
+        sf.index = sf["x"].astype(str) + "x" + sf["y"].astype(str)
+        sf = sf[~sf.index.duplicated()]
+        found = df.index.isin(sf.index)
+        xy_px[found] = sf.loc[df.index[found], ["pixel_x", "pixel_y"]].to_numpy(np.float64)
+    a.obsm["spatial"] = xy_px
     return a
 
 

@@ -111,6 +111,31 @@ def test_kernels_brute_force(transformation, sparse):
     assert n_cross == cross
 
 
+def test_parallel_kernels_match_serial(monkeypatch):
+    from spared_tools._kernels import moran as km
+
+    rng = np.random.default_rng(4)
+    n, G = 300, 45
+    W = sps.random(n, n, density=0.03, random_state=5, format="csr")
+    slide = rng.integers(-1, 4, n)
+    X = rng.gamma(2.0, size=(n, G)).astype(np.float32)
+    Wr, _ = restrict_weights(W, slide, row_normalise=True)
+    ip, ix = Wr.indptr.astype(np.int64), Wr.indices.astype(np.int64)
+    rs = np.asarray(Wr.sum(axis=1)).ravel()
+    mu = km._slide_sums_serial(X, slide, 4)
+    np.testing.assert_allclose(km._slide_sums_parallel(X, slide, 4, 7), mu, rtol=1e-12)
+    ser = km._moran_sums_serial(ip, ix, Wr.data, rs, slide, X, mu, 4)
+    par = km._moran_sums_parallel(ip, ix, Wr.data, rs, slide, X, mu, 4, 7)
+    for a_, b_ in zip(ser, par):
+        np.testing.assert_allclose(b_, a_, rtol=1e-10, atol=1e-10)
+    # the public path through the parallel kernels
+    ref = moran_sums_cpu(Wr, slide, 4, X)
+    monkeypatch.setattr(km, "PARALLEL_MIN_ENTRIES", 0)
+    assert km._n_chunks(4, G, X.size) >= (2 if km.numba.get_num_threads() > 1 else 1)
+    for a_, b_ in zip(ref, moran_sums_cpu(Wr, slide, 4, X)):
+        np.testing.assert_allclose(b_, a_, rtol=1e-10, atol=1e-10)
+
+
 def test_kernel_gene_subset_and_dtypes():
     a = hex_slides(n_slides=2, n_genes=40)
     Wr, _ = restrict_weights(

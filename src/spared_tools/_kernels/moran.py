@@ -88,57 +88,92 @@ def weight_moments(W: sps.csr_matrix, slide: np.ndarray, n_slides: int) -> dict[
     return {"n": n, "S0": S0, "S1": S1.astype(np.float64), "S2": S2}
 
 
+@numba.njit(cache=True)
+def _sums_rows(X, slide, lo, hi, out):
+    """Add rows ``lo:hi`` of ``X`` to ``out[slide[i]]`` (spots with slide ``-1`` skipped)."""
+    g = X.shape[1]
+    for i in range(lo, hi):
+        s = slide[i]
+        if s < 0:
+            continue
+        for k in range(g):
+            out[s, k] += X[i, k]
+
+
+@numba.njit(cache=True)
+def _moran_rows(indptr, indices, data, rowsum, slide, X, means, lo, hi, num, den, acc):
+    """Spots ``lo:hi``: ``(W x)_i`` over whole rows, then the centred products and squares."""
+    g = X.shape[1]
+    for i in range(lo, hi):
+        s = slide[i]
+        if s < 0:
+            continue
+        acc[:] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            w = data[p]
+            for k in range(g):
+                acc[k] += w * X[j, k]
+        r = rowsum[i]
+        for k in range(g):
+            mu = means[s, k]
+            zi = X[i, k] - mu
+            num[s, k] += zi * (acc[k] - r * mu)
+            den[s, k] += zi * zi
+
+
 @numba.njit(cache=True, parallel=True)
-def _slide_sums(X, slide, n_slides, n_chunks):
-    """Per-slide column sums; spots split into ``n_chunks`` contiguous ranges with private accumulators."""
+def _slide_sums_parallel(X, slide, n_slides, n_chunks):
     n, g = X.shape
     out = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
     step = (n + n_chunks - 1) // n_chunks
     for t in numba.prange(n_chunks):
-        o = out[t]
-        for i in range(t * step, min(n, (t + 1) * step)):
-            s = slide[i]
-            if s < 0:
-                continue
-            for k in range(g):
-                o[s, k] += X[i, k]
+        _sums_rows(X, slide, t * step, min(n, (t + 1) * step), out[t])
     return out.sum(axis=0)
 
 
+@numba.njit(cache=True)
+def _slide_sums_serial(X, slide, n_slides):
+    out = np.zeros((n_slides, X.shape[1]), dtype=np.float64)
+    _sums_rows(X, slide, 0, X.shape[0], out)
+    return out
+
+
 @numba.njit(cache=True, parallel=True)
-def _moran_sums(indptr, indices, data, rowsum, slide, X, means, n_slides, n_chunks):
-    """Fused pass: for each spot, ``(W x)_i`` over whole rows, then the centred products and squares."""
+def _moran_sums_parallel(indptr, indices, data, rowsum, slide, X, means, n_slides, n_chunks):
     n, g = X.shape
     num = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
     den = np.zeros((n_chunks, n_slides, g), dtype=np.float64)
     step = (n + n_chunks - 1) // n_chunks
     for t in numba.prange(n_chunks):
         acc = np.empty(g, dtype=np.float64)
-        nm = num[t]
-        dn = den[t]
-        for i in range(t * step, min(n, (t + 1) * step)):
-            s = slide[i]
-            if s < 0:
-                continue
-            acc[:] = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                w = data[p]
-                for k in range(g):
-                    acc[k] += w * X[j, k]
-            r = rowsum[i]
-            mu = means[s]
-            for k in range(g):
-                zi = X[i, k] - mu[k]
-                nm[s, k] += zi * (acc[k] - r * mu[k])
-                dn[s, k] += zi * zi
+        lo, hi = t * step, min(n, (t + 1) * step)
+        _moran_rows(indptr, indices, data, rowsum, slide, X, means, lo, hi, num[t], den[t], acc)
     return num.sum(axis=0), den.sum(axis=0)
 
 
-def _n_chunks(n_slides: int, n_genes: int) -> int:
-    """Spot ranges processed in parallel: 4 per thread, capped so the private accumulators stay < 256 MiB."""
+@numba.njit(cache=True)
+def _moran_sums_serial(indptr, indices, data, rowsum, slide, X, means, n_slides):
+    n, g = X.shape
+    num = np.zeros((n_slides, g), dtype=np.float64)
+    den = np.zeros((n_slides, g), dtype=np.float64)
+    acc = np.empty(g, dtype=np.float64)
+    _moran_rows(indptr, indices, data, rowsum, slide, X, means, 0, n, num, den, acc)
+    return num, den
+
+
+#: Below this many matrix entries (spots x genes) the kernels run on one thread: a parallel region costs
+#: more than it saves on small inputs, and much more on a loaded machine.
+PARALLEL_MIN_ENTRIES = 20_000_000
+
+
+def _n_chunks(n_slides: int, n_genes: int, n_entries: int) -> int:
+    """Spot ranges processed in parallel (1 = serial): 4 per thread, accumulators capped at 256 MiB."""
+    threads = numba.get_num_threads()
+    if threads <= 1 or n_entries < PARALLEL_MIN_ENTRIES:
+        return 1
     per_chunk = max(1, 2 * n_slides * n_genes * 8)
-    return int(max(1, min(4 * numba.get_num_threads(), (256 * 2**20) // per_chunk)))
+    return int(max(1, min(4 * threads, (256 * 2**20) // per_chunk)))
 
 
 def _dense_chunks(X, cols: np.ndarray, chunk: int):
@@ -200,10 +235,14 @@ def moran_sums_cpu(
     den = np.empty((n_slides, cols.size))
     for start, block in _dense_chunks(X, cols, chunk):
         stop = start + block.shape[1]
-        chunks = _n_chunks(n_slides, block.shape[1])
+        chunks = _n_chunks(n_slides, block.shape[1], block.size)
         safe = np.where(counts > 0, counts, 1.0)
-        mu = _slide_sums(block, slide, n_slides, chunks) / safe[:, None]
-        nm, dn = _moran_sums(indptr, indices, W.data, rowsum, slide, block, mu, n_slides, chunks)
+        if chunks == 1:
+            mu = _slide_sums_serial(block, slide, n_slides) / safe[:, None]
+            nm, dn = _moran_sums_serial(indptr, indices, W.data, rowsum, slide, block, mu, n_slides)
+        else:
+            mu = _slide_sums_parallel(block, slide, n_slides, chunks) / safe[:, None]
+            nm, dn = _moran_sums_parallel(indptr, indices, W.data, rowsum, slide, block, mu, n_slides, chunks)
         means[:, start:stop], num[:, start:stop], den[:, start:stop] = mu, nm, dn
     return means, num, den
 
