@@ -234,6 +234,27 @@ def test_spatial_library_mapping_and_save(adata, tmp_path):
     assert fig.axes[0].images[0].get_array().shape == adata.uns["spatial"]["lib_B"]["images"]["hires"].shape
 
 
+def test_spatial_obs_columns(adata):
+    """Categorical obs columns use uns['<key>_colors'] and a legend; numeric ones their own scale."""
+    labels = np.where(adata.obs["array_row"].to_numpy() < 2, "tumour", "stroma")
+    adata.obs["region"] = pd.Categorical(labels, categories=["stroma", "tumour"])
+    adata.uns["region_colors"] = ["#00ff00", "#0000ff"]
+    adata.obs["total"] = np.asarray(adata.X.sum(axis=1)).ravel()
+    fig = sp.pl.spatial(adata, ["region", "G0", "total"], ["log1p", "median"], slides="A", show=False)
+    fig.canvas.draw()
+    panels = _panels(fig)
+    assert [a.get_title() for a in panels] == ["region", "G0 | log1p", "G0 | median", "total"]
+    coll = next(c for c in panels[0].collections if isinstance(c, PolyCollection))
+    slide_a = (adata.obs["slide_id"] == "A").to_numpy()
+    expected = np.where(labels[slide_a] == "tumour", 1, 0)
+    np.testing.assert_allclose(coll.get_facecolors()[:, :3], np.array([[0, 1, 0], [0, 0, 1]])[expected])
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["stroma", "tumour"]
+    coll = next(c for c in panels[3].collections if isinstance(c, PolyCollection))
+    tot = adata.obs["total"].to_numpy()
+    np.testing.assert_allclose((coll.norm.vmin, coll.norm.vmax), (tot[slide_a].min(), tot[slide_a].max()))
+    assert not fig.axes[2 * 2 + 1].axison  # the unused second column of an obs row is hidden
+
+
 def test_spatial_single_axes(adata):
     fig0, ax = plt.subplots()
     fig = sp.pl.spatial(adata, "G0", slides=["B"], ax=ax, show=False)
@@ -243,7 +264,7 @@ def test_spatial_single_axes(adata):
 
 
 def test_spatial_errors(adata):
-    with pytest.raises(KeyError, match="not in adata.var_names"):
+    with pytest.raises(KeyError, match="neither in adata.var_names nor columns of adata.obs: 'nope'"):
         sp.pl.spatial(adata, ["G0", "nope"], show=False)
     with pytest.raises(KeyError, match="Layer 'nope'"):
         sp.pl.spatial(adata, "G0", "nope", show=False)
@@ -767,3 +788,9 @@ def test_baseline_completion_overlay(tmp_path):
     res = _completion_result()
     fig = sp.pl.completion(res, overlay=True, method_labels={"spackle": "SpaCKLE"}, show=False)
     check_baseline(fig, "completion_overlay", tmp_path)
+
+
+def test_baseline_spatial_obs(adata, tmp_path):
+    adata.obs["region"] = pd.Categorical(np.where(adata.obs["array_col"].to_numpy() < 4, "left", "right"))
+    fig = sp.pl.spatial(adata, ["region", "G3"], ["log1p", "median"], slides="A", show=False)
+    check_baseline(fig, "spatial_obs", tmp_path)

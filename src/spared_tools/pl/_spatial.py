@@ -8,13 +8,15 @@ from typing import Any
 
 import matplotlib as mpl
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap, ListedColormap, Normalize, to_hex
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.patches import Patch
 
 from spared_tools._keys import Key
-from spared_tools._validation import check_adata, check_genes
+from spared_tools._validation import check_adata
 
 from ._geometry import SpotShape, draw_slide, slide_groups, slide_view
 from ._utils import as_list, finish, gene_values, new_figure, resolve_limit
@@ -47,7 +49,7 @@ def spatial(
     save: str | Path | None = None,
     dpi: float | None = None,
 ) -> Figure | None:
-    """Plot genes in one or more layers as spot maps over the tissue image.
+    """Plot genes in one or more layers (and ``obs`` annotations) as spot maps over the tissue image.
 
     One panel per slide × gene × layer: rows are ``(slide, gene)`` pairs, columns are layers, so that a
     gene can be compared across e.g. raw, median-completed, SpaCKLE-completed, predicted and true values.
@@ -63,7 +65,10 @@ def spatial(
         for the image, ``adata.uns["spatial"][library]["images"][img_key]`` with the scale factor
         ``tissue_<img_key>_scalef`` and ``spot_diameter_fullres``.
     genes
-        One gene or a list of genes (``adata.var_names``).
+        One gene or a list of genes (``adata.var_names``). Names that are not genes but columns of
+        ``adata.obs`` (e.g. pathologist labels, clusters, total counts) are drawn once per slide, in the
+        first column: categorical columns with the colours of ``adata.uns["<column>_colors"]`` (scanpy's
+        convention) or a default palette and a legend, numeric ones with their own colour scale.
     layers
         Layer or list of layers to compare; ``None`` entries stand for ``adata.X``. Default: ``adata.X``.
     library_key
@@ -150,6 +155,20 @@ def spatial(
     return finish(fig, fig, show=show, save=save, dpi=dpi)
 
 
+def _category_colors(adata: AnnData, key: str, n: int) -> list[Any]:
+    """Colours of the categories of ``adata.obs[key]``: ``adata.uns[f"{key}_colors"]`` (scanpy), else a palette."""
+    stored = adata.uns.get(f"{key}_colors")
+    if stored is not None and len(stored) == n:
+        return list(stored)
+    if n <= 10:
+        base = mpl.colormaps["tab10"].colors
+    elif n <= 20:
+        base = mpl.colormaps["tab20"].colors
+    else:
+        base = mpl.colormaps["turbo"](np.linspace(0.05, 0.95, n))
+    return [to_hex(c) for c in list(base)[:n]]
+
+
 def _spatial_grid(
     container: Figure | SubFigure | None,
     adata: AnnData,
@@ -178,9 +197,16 @@ def _spatial_grid(
 ) -> Figure | SubFigure:
     """Draw the panel grid of :func:`spatial` into ``container`` (a new figure when ``None``)."""
     check_adata(adata)
-    genes = check_genes(adata, genes)
+    genes = [genes] if isinstance(genes, str) else list(genes)
     if len(genes) == 0:
         raise ValueError("genes= is empty; pass at least one gene.")
+    obs_keys = [g for g in genes if g not in adata.var_names and g in adata.obs.columns]
+    unknown = [g for g in genes if g not in adata.var_names and g not in obs_keys]
+    if unknown:
+        show = ", ".join(map(repr, unknown[:10])) + (" …" if len(unknown) > 10 else "")
+        raise KeyError(
+            f"{len(unknown)} names are neither in adata.var_names nor columns of adata.obs: {show}."
+        )
     layer_list = as_list(layers)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size!r}.")
@@ -201,22 +227,43 @@ def _spatial_grid(
         )
         for s, idx in groups
     ]
-    values = {(g, lay): gene_values(adata, g, lay) for g in genes for lay in layer_list}
+    cmap_obj = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
+    cmap_obj = cmap_obj.with_extremes(bad=na_color)
+    values: dict[tuple[str, str | None], np.ndarray] = {}
     norms: dict[str, Normalize] = {}
+    cmaps: dict[str, Colormap] = {}
+    categories: dict[str, tuple[list[str], list[Any]]] = {}
     for g in genes:
-        used = np.concatenate([values[(g, lay)][v.index] for lay in layer_list for v in views])
+        if g in obs_keys:  # an obs column: one panel per slide, whatever the layers
+            col = adata.obs[g]
+            if isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col):
+                cat = pd.Categorical(col)
+                names = [str(c) for c in cat.categories]
+                colors = _category_colors(adata, g, len(names))
+                categories[g] = (names, colors)
+                codes = cat.codes.astype(np.float64)
+                codes[codes < 0] = np.nan
+                values[(g, None)] = codes
+                norms[g] = Normalize(vmin=-0.5, vmax=max(len(names), 1) - 0.5)
+                cmaps[g] = ListedColormap(colors if colors else ["none"]).with_extremes(bad=na_color)
+                continue
+            values[(g, None)] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+            used = np.concatenate([values[(g, None)][v.index] for v in views])
+        else:
+            for lay in layer_list:
+                values[(g, lay)] = gene_values(adata, g, lay)
+            used = np.concatenate([values[(g, lay)][v.index] for lay in layer_list for v in views])
         finite = used[np.isfinite(used)]
         lo_default = float(finite.min()) if finite.size else 0.0
         hi_default = float(finite.max()) if finite.size else 1.0
         lo = resolve_limit(vmin, used, default=lo_default)
         hi = resolve_limit(vmax, used, default=hi_default)
         if hi < lo:
-            raise ValueError(f"vmax ({hi}) is below vmin ({lo}) for gene {g!r}.")
+            raise ValueError(f"vmax ({hi}) is below vmin ({lo}) for {g!r}.")
         if hi == lo:
             lo, hi = lo - 0.5, hi + 0.5
         norms[g] = Normalize(vmin=lo, vmax=hi)
-    cmap_obj = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
-    cmap_obj = cmap_obj.with_extremes(bad=na_color)
+        cmaps[g] = cmap_obj
 
     rows = [(v, g) for v in views for g in genes]
     n_rows, n_cols = len(rows), len(layer_list)
@@ -230,24 +277,41 @@ def _spatial_grid(
         grid = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
     for r, (view, g) in enumerate(rows):
         coll = None
-        for c, lay in enumerate(layer_list):
+        head = f"{view.slide}: " if n_slides > 1 else ""
+        gene_label = (gene_labels or {}).get(g, g)
+        row_layers = [None] if g in obs_keys else layer_list
+        for c, lay in enumerate(row_layers):
             a = grid[r, c]
             coll = draw_slide(
                 a,
                 view,
                 values[(g, lay)][view.index],
-                cmap=cmap_obj,
+                cmap=cmaps[g],
                 norm=norms[g],
                 size=size,
                 alpha=alpha,
                 alpha_img=alpha_img,
                 crop=crop,
             )
-            head = f"{view.slide}: " if n_slides > 1 else ""
-            gene_label, layer_label = (gene_labels or {}).get(g, g), titles.get(lay, lay)
+            if g in obs_keys:
+                a.set_title(f"{head}{gene_label}", fontsize="medium")
+                continue
+            layer_label = titles.get(lay, lay)
             sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
             a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
-        assert coll is not None  # every row has at least one layer
+        for c in range(len(row_layers), n_cols):
+            grid[r, c].set_axis_off()
+        assert coll is not None  # every row has at least one panel
+        if g in categories:
+            names, colors = categories[g]
+            handles = [Patch(facecolor=col, label=name) for name, col in zip(names, colors)]
+            # in the row's unused second panel when there is one, so the map columns stay aligned
+            host = grid[r, 1] if n_cols > 1 else grid[r, 0]
+            host.legend(
+                handles=handles, loc="center left", bbox_to_anchor=(0.0 if n_cols > 1 else 1.02, 0.5),
+                frameon=False, fontsize="small", ncols=1 if len(names) <= 12 else 2,
+            )  # fmt: skip
+            continue
         cb = fig.colorbar(coll, ax=list(grid[r, :]), shrink=0.8, pad=0.02, aspect=15)
         cb.outline.set_visible(False)
     return fig
