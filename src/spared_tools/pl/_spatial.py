@@ -160,13 +160,12 @@ def _category_colors(adata: AnnData, key: str, n: int) -> list[Any]:
     stored = adata.uns.get(f"{key}_colors")
     if stored is not None and len(stored) == n:
         return list(stored)
-    if n <= 10:
-        base = mpl.colormaps["tab10"].colors
-    elif n <= 20:
-        base = mpl.colormaps["tab20"].colors
+    if n <= 20:
+        name, k = ("tab10", 10) if n <= 10 else ("tab20", 20)
+        base = mpl.colormaps[name]((np.arange(n) + 0.5) / k)  # the palette's n first colours
     else:
         base = mpl.colormaps["turbo"](np.linspace(0.05, 0.95, n))
-    return [to_hex(c) for c in list(base)[:n]]
+    return [to_hex(c) for c in base]
 
 
 def _spatial_grid(
