@@ -327,7 +327,9 @@ def test_concat_slides_dense_and_partial_obs():
     b = _slide("s2", ["g2"], 2, 1, dense=True)
     a.obs["label"] = ["x", "y"]
     del b.layers["counts"]
+    a.obsm["X_extra"] = np.zeros((2, 3))
     out = st.io.concat_slides([a, b])
+    assert "X_extra" not in out.obsm and "spatial" in out.obsm
     assert isinstance(out.X, np.ndarray)
     np.testing.assert_array_equal(out.X, [[a.X[0, 0], 0], [a.X[1, 0], 0], [0, b.X[0, 0]], [0, b.X[1, 0]]])
     assert "counts" not in out.layers

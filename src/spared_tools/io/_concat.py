@@ -217,6 +217,12 @@ def concat_slides(
         vals = [np.asarray(v) for v in vals]
         if len({v.shape[1:] for v in vals}) == 1:
             obsm[k] = np.concatenate(vals, axis=0)
+    dropped_obsm = sorted({k for a in adatas for k in a.obsm} - set(obsm))
+    if dropped_obsm:
+        logger.warning(
+            f"concat_slides: obsm keys {dropped_obsm} are missing from some inputs, are DataFrames or differ "
+            "in width, and were not kept."
+        )
     # uns['spatial'] per library
     spatial: dict = {}
     for a in adatas:
