@@ -155,9 +155,11 @@ def run_case(case: str, data: str) -> None:
     )
 
 
-def run_features() -> None:
+def run_features(threads: int | None) -> None:
     import json
 
+    if threads:
+        torch.set_num_threads(threads)
     sp.settings.progress = False
     sp.settings.verbosity = 1
     a = section_adata("C2")
@@ -256,16 +258,19 @@ def main() -> None:
     )
 
     rep("\n## Image features: EfficientNet-Lite0 (ImageNet weights), 224 px patches of C2, CPU")
-    f = child(["--case", "features"])
-    rep(f"batched (64 per forward)  : {f['batched']:7.1f} patches/s")
-    rep(
-        f"one patch per forward     : {f['single']:7.1f} patches/s   (batched/single = {f['batched'] / f['single']:.2f}x)"
-    )
-    rep(f"batched + 8-fold TTA      : {f['tta']:7.1f} patches/s")
-    rep(f"peak RSS {f['peak']:.0f} MiB (+{f['peak'] - f['base']:.0f} over base)")
-    rep(
-        f"extrapolated: 840 her2st spots in {840 / f['batched']:.0f} s; 5,000 spots in {5000 / f['batched']:.0f} s"
-    )
+    for threads in (1, 2):
+        f = child(["--case", "features", "--threads", str(threads)])
+        rep(f"torch threads = {threads}:")
+        rep(f"  batched (64 per forward)  : {f['batched']:7.1f} patches/s")
+        rep(
+            f"  one patch per forward     : {f['single']:7.1f} patches/s   "
+            f"(batched/single = {f['batched'] / f['single']:.2f}x)"
+        )
+        rep(f"  batched + 8-fold TTA      : {f['tta']:7.1f} patches/s")
+        rep(f"  peak RSS {f['peak']:.0f} MiB (+{f['peak'] - f['base']:.0f} over base)")
+        rep(
+            f"  extrapolated: 840 her2st spots in {840 / f['batched']:.0f} s; 5,000 in {5000 / f['batched']:.0f} s"
+        )
     rep(f"load average at end (1/5/15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     rep(f"written to {rep.save().relative_to(Path(__file__).resolve().parents[1])}")
 
@@ -276,9 +281,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", choices=["naive", "memory", "disk", "features"])
     ap.add_argument("--data", choices=["her2st", "big"], default="her2st")
+    ap.add_argument("--threads", type=int, default=0)
     ns = ap.parse_args()
     if ns.case == "features":
-        run_features()
+        run_features(ns.threads or None)
     elif ns.case:
         run_case(ns.case, ns.data)
     else:

@@ -253,3 +253,18 @@ def test_disk_store_removed_on_error(tmp_path):
     with pytest.raises(KeyError, match="s2"):
         sp.pp.extract_patches(a, size=8, store="disk", path=tmp_path / "p.npy")
     assert not (tmp_path / "p.npy").exists() and "patches" not in a.uns
+
+
+def test_visium_fixture_hires_patches(visium_hex):
+    shared_path("fixtures", "visium_hex_cytassist.h5ad")
+    a = visium_hex
+    sp.pp.extract_patches(a, size=6, scale=2.0, interpolation="nearest")
+    entry = a.uns["spatial"]["codeconv"]
+    sf = entry["scalefactors"]
+    side = int(np.round(sf["spot_diameter_fullres"] * 2.0 * sf["tissue_hires_scalef"]))
+    assert a.uns["patches"]["crop_px"] == {"codeconv": side}
+    for i in (0, 100, 399):
+        x, y = a.obsm["spatial"][i] * sf["tissue_hires_scalef"]
+        crop = brute_crop(entry["images"]["hires"], x, y, side)
+        ref = np.asarray(Image.fromarray(crop).resize((6, 6), Image.Resampling.NEAREST))
+        np.testing.assert_array_equal(a.obsm["patches"][i], ref)
