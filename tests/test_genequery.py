@@ -428,3 +428,31 @@ def test_trains_and_predicts_on_gpu(data):
     pred = model.train(adata.copy(), genes=["G0", "G1"]).predict(adata)
     model.device = "cpu"
     np.testing.assert_allclose(pred, model.predict(adata), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, monkeypatch):
+    """Patches → EfficientNet-Lite0 features → MiniLM gene text → train → predict a gene absent from the data."""
+    monkeypatch.setenv("SPARED_TOOLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a = her2st_c2_block
+    a.obs["slide_id"] = "her2st_C2"
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    a.layers["log1p"] = np.log1p(X).astype(np.float32)
+    a.obs["split"] = np.where(a.obs["array_col"] < a.obs["array_col"].quantile(0.6), "train", "test")
+    sp.pp.extract_patches(a, size=64)
+    genes = list(a.var_names[:12])
+    new = next(g for g in ("ESR1", "PGR", "KRT5", "CD8A", "MKI67") if g not in a.var_names)
+    model = GeneQueryModel(max_epochs=1, batch_size=4, seed=0, **SMALL)
+    unseen, model = genequery_predict(
+        a, model=model, train_genes=genes, genes=[*genes, new], val_value=None, return_model=True
+    )
+    assert a.obsm["X_image_features"].shape == (a.n_obs, 1280)  # computed from the patches and cached
+    assert model.gene_dim_ == 384 and tuple(model.image_size_) == (64, 64)
+    layer = a.layers["genequery"]
+    assert np.isfinite(layer[:, :12]).all() and np.isnan(layer[:, 12:]).all()
+    assert list(unseen.var_names) == [new] and np.isfinite(unseen.X).all()
+    assert a.uns["genequery"]["metrics"]["n_genes"] == 12
+    model.save(tmp_path / "m")
+    again = GeneQueryModel.load(tmp_path / "m", a)
+    np.testing.assert_array_equal(again.predict(a, [new, genes[0]]), model.predict(a, [new, genes[0]]))
