@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -268,3 +270,33 @@ def test_visium_fixture_hires_patches(visium_hex):
         crop = brute_crop(entry["images"]["hires"], x, y, side)
         ref = np.asarray(Image.fromarray(crop).resize((6, 6), Image.Resampling.NEAREST))
         np.testing.assert_array_equal(a.obsm["patches"][i], ref)
+
+
+@pytest.mark.slow
+def test_her2st_fullres_via_reader(tmp_path):
+    """read_her2st + full-resolution JPEG: patches equal a direct PIL crop of the published image."""
+    folder = shared_path("her2st_raw")
+    a = sp.io.read_her2st(folder, "C2")
+    a = a[:12].copy()
+    sp.pp.extract_patches(
+        a, size=64, store="disk", path=Path(pytest.importorskip("tempfile").mkdtemp()) / "p.npy"
+    )
+    lib = next(iter(a.uns["spatial"]))
+    entry = a.uns["spatial"][lib]
+    assert a.uns["patches"]["source"][str(a.obs["slide_id"].iloc[0])] == str(
+        entry["metadata"]["fullres_path"]
+    )
+    side = int(np.round(entry["scalefactors"]["spot_diameter_fullres"]))
+    assert 140 <= side <= 150  # 100 µm spots at ~0.688 µm/px
+    from spared_tools.pp._patches import _allow_large_images
+
+    with _allow_large_images(), Image.open(entry["metadata"]["fullres_path"]) as img:
+        img = img.convert("RGB")
+        P = get_patches(a, "patches")
+        for i in (0, 5, 11):
+            x, y = a.obsm["spatial"][i]
+            x0, y0 = int(np.round(x)) - side // 2, int(np.round(y)) - side // 2
+            ref = np.asarray(
+                img.crop((x0, y0, x0 + side, y0 + side)).resize((64, 64), Image.Resampling.BILINEAR)
+            )
+            np.testing.assert_array_equal(P[i], ref)
