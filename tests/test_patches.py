@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -278,9 +276,7 @@ def test_her2st_fullres_via_reader(tmp_path):
     folder = shared_path("her2st_raw")
     a = sp.io.read_her2st(folder, "C2")
     a = a[:12].copy()
-    sp.pp.extract_patches(
-        a, size=64, store="disk", path=Path(pytest.importorskip("tempfile").mkdtemp()) / "p.npy"
-    )
+    sp.pp.extract_patches(a, size=64, store="disk", path=tmp_path / "p.npy")
     lib = next(iter(a.uns["spatial"]))
     entry = a.uns["spatial"][lib]
     assert a.uns["patches"]["source"][str(a.obs["slide_id"].iloc[0])] == str(
