@@ -176,6 +176,23 @@ def test_spatial_panels_values_and_shared_scale(adata):
         np.testing.assert_allclose(norms.pop(), (allv.min(), allv.max()))
 
 
+def test_spatial_single_layer_genes_as_columns(adata):
+    fig = sp.pl.spatial(adata, ["G0", "G5"], "median", show=False)
+    panels = _panels(fig)
+    assert [a.get_title() for a in panels] == [
+        "A: G0 | median",
+        "A: G5 | median",
+        "B: G0 | median",
+        "B: G5 | median",
+    ]
+    for k, g in enumerate(["G0", "G5"]):
+        v = adata[:, g].layers["median"].ravel()
+        for a in (panels[k], panels[2 + k]):  # same gene, both slides: one scale over both
+            coll = next(c for c in a.collections if isinstance(c, PolyCollection))
+            np.testing.assert_allclose((coll.norm.vmin, coll.norm.vmax), (v.min(), v.max()))
+    assert len(fig.axes) == 4 + 4  # one colour bar per panel
+
+
 def test_spatial_hexagons_true_size(adata):
     fig = sp.pl.spatial(adata, "G0", "log1p", slides="A", show=False)
     coll = next(c for c in fig.axes[0].collections if isinstance(c, PolyCollection))

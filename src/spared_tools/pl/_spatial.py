@@ -53,7 +53,8 @@ def spatial(
 
     One panel per slide × gene × layer: rows are ``(slide, gene)`` pairs, columns are layers, so that a
     gene can be compared across e.g. raw, median-completed, SpaCKLE-completed, predicted and true values.
-    Every panel of a gene shares one colour scale (over all its layers and slides) and one colour bar.
+    With a single layer, rows are slides and columns genes. Every panel of a gene shares one colour scale
+    (over all its layers and slides).
     Spots are drawn at their true size in image coordinates: hexagons on hexagonal lattices (Visium),
     squares on square grids (legacy ST), edges facing the nearest neighbours, with the inscribed circle
     equal to ``spot_diameter_fullres`` × ``size``.
@@ -125,7 +126,7 @@ def spatial(
     Returns
     -------
     The :class:`~matplotlib.figure.Figure` (``None`` when shown). Its axes are ``fig.axes`` in row-major
-    order (colour bars last); every panel is titled with the gene and the layer (``"<gene> | <layer>"``, on
+    order (colour bars after them); every panel is titled with the gene and the layer (``"<gene> | <layer>"``, on
     two lines when long), prefixed by ``"<slide>: "`` when there are several slides.
     """
     fig = _spatial_grid(
@@ -264,53 +265,68 @@ def _spatial_grid(
         norms[g] = Normalize(vmin=lo, vmax=hi)
         cmaps[g] = cmap_obj
 
-    rows = [(v, g) for v in views for g in genes]
-    n_rows, n_cols = len(rows), len(layer_list)
+    # One layer: slides are rows and genes columns (each panel with its own colour bar). Several layers:
+    # one row per (slide, gene) with the layers as columns and one colour bar per row.
+    by_gene = len(layer_list) == 1
+    n_rows = len(views) if by_gene else len(views) * len(genes)
+    n_cols = len(genes) if by_gene else len(layer_list)
     if ax is not None:
         if n_rows * n_cols != 1:
             raise ValueError(f"ax= can only be used for a single panel; this call draws {n_rows * n_cols}.")
         fig: Figure | SubFigure = ax.figure
         grid = np.array([[ax]])
     else:
-        fig = new_figure((panel_size * n_cols + 0.8, panel_size * n_rows)) if container is None else container
+        extra = 0.8 if not by_gene else 0.8 * n_cols
+        fig = (
+            new_figure((panel_size * n_cols + extra, panel_size * n_rows)) if container is None else container
+        )
         grid = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
-    for r, (view, g) in enumerate(rows):
-        coll = None
+    for s_i, view in enumerate(views):
         head = f"{view.slide}: " if n_slides > 1 else ""
-        gene_label = (gene_labels or {}).get(g, g)
-        row_layers = [None] if g in obs_keys else layer_list
-        for c, lay in enumerate(row_layers):
-            a = grid[r, c]
-            coll = draw_slide(
-                a,
-                view,
-                values[(g, lay)][view.index],
-                cmap=cmaps[g],
-                norm=norms[g],
-                size=size,
-                alpha=alpha,
-                alpha_img=alpha_img,
-                crop=crop,
-            )
-            if g in obs_keys:
-                a.set_title(f"{head}{gene_label}", fontsize="medium")
+        for g_i, g in enumerate(genes):
+            r = s_i if by_gene else s_i * len(genes) + g_i
+            gene_label = (gene_labels or {}).get(g, g)
+            row_layers = [None] if g in obs_keys else layer_list
+            panels = []
+            coll = None
+            for c, lay in enumerate(row_layers):
+                a = grid[r, g_i if by_gene else c]
+                panels.append(a)
+                coll = draw_slide(
+                    a,
+                    view,
+                    values[(g, lay)][view.index],
+                    cmap=cmaps[g],
+                    norm=norms[g],
+                    size=size,
+                    alpha=alpha,
+                    alpha_img=alpha_img,
+                    crop=crop,
+                )
+                if g in obs_keys:
+                    a.set_title(f"{head}{gene_label}", fontsize="medium")
+                    continue
+                layer_label = titles.get(lay, lay)
+                sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
+                a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
+            assert coll is not None  # every gene has at least one panel
+            spare = None
+            if not by_gene:
+                for c in range(len(row_layers), n_cols):
+                    grid[r, c].set_axis_off()
+                spare = grid[r, 1] if len(row_layers) < n_cols else None
+            if g in categories:
+                names, colors = categories[g]
+                handles = [Patch(facecolor=col, label=name) for name, col in zip(names, colors)]
+                # in the row's unused second panel when there is one, so the map columns stay aligned
+                host = spare if spare is not None else panels[0]
+                host.legend(
+                    handles=handles, loc="center left", bbox_to_anchor=(0.0 if spare is not None else 1.02, 0.5),
+                    frameon=False, fontsize="small", ncols=1 if len(names) <= 12 else 2,
+                )  # fmt: skip
                 continue
-            layer_label = titles.get(lay, lay)
-            sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
-            a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
-        for c in range(len(row_layers), n_cols):
-            grid[r, c].set_axis_off()
-        assert coll is not None  # every row has at least one panel
-        if g in categories:
-            names, colors = categories[g]
-            handles = [Patch(facecolor=col, label=name) for name, col in zip(names, colors)]
-            # in the row's unused second panel when there is one, so the map columns stay aligned
-            host = grid[r, 1] if n_cols > 1 else grid[r, 0]
-            host.legend(
-                handles=handles, loc="center left", bbox_to_anchor=(0.0 if n_cols > 1 else 1.02, 0.5),
-                frameon=False, fontsize="small", ncols=1 if len(names) <= 12 else 2,
-            )  # fmt: skip
-            continue
-        cb = fig.colorbar(coll, ax=list(grid[r, :]), shrink=0.8, pad=0.02, aspect=15)
-        cb.outline.set_visible(False)
+            cb = fig.colorbar(
+                coll, ax=panels if by_gene else list(grid[r, :]), shrink=0.8, pad=0.02, aspect=15
+            )
+            cb.outline.set_visible(False)
     return fig
