@@ -137,6 +137,54 @@ def _adaptive_median_kernel(
             out[i, j] = value
 
 
+@njit(parallel=True, cache=True)
+def _adaptive_median_kernel_nonneg(X, missing, table, bounds, fallback, slide_codes, out):  # pragma: no cover
+    # Same rule for X >= 0: a window median is zero exactly when more than half of the window is zero,
+    # so windows are scanned by counting zeros and only the non-zero values are kept (sorted on insert);
+    # the median is formed once, for the first window with at most half zeros.
+    n_obs, n_genes = X.shape
+    n_rings = bounds.shape[0] - 1
+    width = bounds[n_rings]
+    for i in prange(n_obs):
+        buf = np.empty(width, dtype=np.float64)
+        s = slide_codes[i]
+        for j in range(n_genes):
+            if not missing[i, j]:
+                out[i, j] = X[i, j]
+                continue
+            value = fallback[s, j]
+            n = 0
+            m = 0  # non-zero values in buf (sorted)
+            start = 0
+            for k in range(1, n_rings + 1):
+                for c in range(start, bounds[k]):
+                    nb = table[i, c]
+                    if nb < 0:
+                        continue
+                    n += 1
+                    v = np.float64(X[nb, j])
+                    if v == 0.0:
+                        continue
+                    p = m
+                    while p > 0 and buf[p - 1] > v:
+                        buf[p] = buf[p - 1]
+                        p -= 1
+                    buf[p] = v
+                    m += 1
+                start = bounds[k]
+                z = n - m
+                if n == 0 or 2 * z > n:
+                    continue  # median is zero: widen the window
+                h = n // 2
+                if n % 2 == 1:
+                    value = buf[h - z]
+                else:
+                    lo = buf[h - 1 - z] if h - 1 >= z else 0.0
+                    value = (lo + buf[h - z]) / 2.0
+                break
+            out[i, j] = value
+
+
 def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}.")
@@ -199,7 +247,8 @@ def adaptive_median_numba(
     if fallback is None:
         fallback = slide_nonzero_median(X, slide_codes, n_slides)
     out = np.empty_like(X)
-    _adaptive_median_kernel(X, missing, table, bounds, np.ascontiguousarray(fallback), slide_codes, out)
+    kernel = _adaptive_median_kernel if (X.size and X.min() < 0) else _adaptive_median_kernel_nonneg
+    kernel(X, missing, table, bounds, np.ascontiguousarray(fallback), slide_codes, out)
     return out
 
 

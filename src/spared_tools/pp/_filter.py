@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from spared_tools._kernels.filter import expressed_per_slide
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._validation import (
@@ -76,26 +77,6 @@ def resolve_fit_mask(
     return mask
 
 
-def _per_slide_expressed(
-    X, codes: np.ndarray, rows: np.ndarray, n_slides: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Number of spots expressing each gene per slide, and spots per slide, over ``rows``."""
-    ind = sp.csr_matrix(
-        (np.ones(rows.size), (codes[rows], np.arange(rows.size))),
-        shape=(n_slides, rows.size),
-        dtype=np.float64,
-    )
-    sub = X[rows]
-    pos = (
-        (sub > 0).astype(np.float64)
-        if sp.issparse(sub)
-        else sp.csr_matrix(np.asarray(sub) > 0, dtype=np.float64)
-    )
-    expressed = np.asarray((ind @ pos).todense())
-    n_spots = np.bincount(codes[rows], minlength=n_slides).astype(np.float64)
-    return expressed, n_spots
-
-
 def expression_fractions(
     X, codes: np.ndarray, rows: np.ndarray | None = None, n_slides: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +97,18 @@ def expression_fractions(
     -------
     ``(exp_frac, glob_exp_frac)``, each of length ``n_genes``.
     """
+    exp_frac, glob_exp_frac, _ = _fractions_and_totals(X, codes, rows, n_slides)
+    return exp_frac, glob_exp_frac
+
+
+def _fractions_and_totals(X, codes, rows=None, n_slides=None):
     rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     n_slides = int(codes.max()) + 1 if n_slides is None else n_slides
-    expressed, n_spots = _per_slide_expressed(X, codes, rows, n_slides)
+    expressed, totals = expressed_per_slide(X, rows, codes, n_slides)
+    n_spots = np.bincount(codes[rows], minlength=n_slides).astype(np.float64)
     present = n_spots > 0
     frac = expressed[present] / n_spots[present, None]
-    return frac.min(axis=0), expressed.sum(axis=0) / n_spots.sum()
+    return frac.min(axis=0), expressed.sum(axis=0) / n_spots.sum(), totals
 
 
 def prefix_rule(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, real_data_percentage: float) -> np.ndarray:
@@ -261,6 +248,9 @@ def filter_spared(
     fit = resolve_fit_mask(adata, fit_obs, split_key, train_value)
     if sp.issparse(X):
         X = X.tocsr()
+        if not X.has_canonical_format:  # duplicate entries would be counted twice
+            X = X.copy()
+            X.sum_duplicates()
 
     n_obs0, n_vars0 = adata.shape
     spot_counts = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
@@ -275,8 +265,7 @@ def filter_spared(
     fit_rows = np.flatnonzero(obs_mask if fit is None else obs_mask & fit)
     if fit_rows.size == 0:
         raise ValueError("No training spot passes the spot count thresholds; cannot fit the gene statistics.")
-    exp_frac, glob_exp_frac = expression_fractions(X, codes, fit_rows, n_slides)
-    gene_counts = np.asarray(X[fit_rows].sum(axis=0), dtype=np.float64).ravel()
+    exp_frac, glob_exp_frac, gene_counts = _fractions_and_totals(X, codes, fit_rows, n_slides)
 
     stats: dict[str, int] = {
         "n_obs_in": n_obs0,
@@ -309,7 +298,7 @@ def filter_spared(
         stats["n_vars_gene_counts"] = int((~count_ok).sum())
         stats["n_vars_exp_frac"] = int(count_ok.sum() - keep.sum())
 
-    kept_totals = np.asarray(X[:, np.flatnonzero(var_mask)].sum(axis=1), dtype=np.float64).ravel()
+    kept_totals = np.asarray(X @ var_mask.astype(np.float64), dtype=np.float64).ravel()
     empty = obs_mask & (kept_totals == 0)
     obs_mask &= ~empty
     if not obs_mask.any():
@@ -363,8 +352,8 @@ def filter_spared(
         stats["n_obs_out"],
         stats["n_vars_out"],
     )
+    adata._inplace_subset_var(np.flatnonzero(var_mask))  # genes first: the row copy is then smaller
     adata._inplace_subset_obs(np.flatnonzero(obs_mask))
-    adata._inplace_subset_var(np.flatnonzero(var_mask))
     adata.var[Key.EXP_FRAC] = ef.to_numpy()[var_mask]
     adata.var[Key.GLOB_EXP_FRAC] = gef.to_numpy()[var_mask]
     adata.uns["filter_spared"] = {"params": params, "stats": stats}
