@@ -200,7 +200,7 @@ def test_linear_head_frozen_converges_to_least_squares():
     a = make_adata()
     enc = load_image_encoder(_ChannelMean(), name="channel-mean")
     m = sp.tl.LinearHeadPredictor(
-        encoder=enc, finetune=False, max_epochs=300, batch_size=64, head_lr=0.05, weight_decay=0.0, seed=1
+        encoder=enc, finetune=False, max_epochs=120, batch_size=64, head_lr=0.1, weight_decay=0.0, seed=1
     )
     sp.settings.progress = False
     try:
