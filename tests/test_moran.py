@@ -286,6 +286,17 @@ def test_slides_subset_equals_subset_data():
     assert a.uns["moran"]["params"]["slides"] == ["s0", "s2"]
 
 
+def test_unused_slide_categories_are_ignored():
+    a = hex_slides(n_slides=2, n_genes=4)
+    ref = sp.pp.moran(a, inplace=False)
+    a.obs["slide_id"] = (
+        a.obs["slide_id"].cat.add_categories(["ghost"]).cat.reorder_categories(["ghost", "s0", "s1"])
+    )
+    pd.testing.assert_frame_equal(sp.pp.moran(a, inplace=False), ref)
+    sp.pp.moran(a)
+    assert list(a.varm["moran_I_per_slide"].columns) == ["s0", "s1"]
+
+
 def test_cross_slide_edges_are_ignored():
     a = hex_slides(n_slides=2, n_genes=5)
     ref = sp.pp.moran(a, inplace=False)

@@ -40,6 +40,11 @@ def _slide_codes(
         if library_key is None
         else [str(c) for c in pd.Categorical(adata.obs[library_key]).categories]
     )
+    present = np.bincount(codes, minlength=len(names)) > 0
+    if not present.all():  # unused categories of the slide column: not slides of this object
+        remap = np.cumsum(present) - 1
+        codes = remap[codes]
+        names = [n for n, p in zip(names, present) if p]
     if slides is None:
         return codes, names
     if library_key is None:
