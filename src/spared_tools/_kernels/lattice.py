@@ -100,8 +100,8 @@ def lattice_offsets(geometry: Geometry, n_rings: int) -> tuple[np.ndarray, np.nd
         raise ValueError(f"n_rings must be a non-negative integer, got {n_rings!r}.")
     n_rings = int(n_rings)
     span_c = 2 * n_rings if geometry == "hex" else n_rings
-    dr, dc = np.meshgrid(np.arange(-n_rings, n_rings + 1), np.arange(-span_c, span_c + 1), indexing="ij")
-    dr, dc = dr.ravel(), dc.ravel()
+    dr2, dc2 = np.meshgrid(np.arange(-n_rings, n_rings + 1), np.arange(-span_c, span_c + 1), indexing="ij")
+    dr, dc = dr2.ravel(), dc2.ravel()
     ring = lattice_ring(dr, dc, geometry)
     keep = (ring >= 1) & (ring <= n_rings)
     dr, dc, ring = dr[keep], dc[keep], ring[keep]

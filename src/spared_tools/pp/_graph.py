@@ -150,11 +150,11 @@ def neighbor_table(
         geometry does not fit the coordinates.
     """
     n_rings = _check_n_rings(n_rings, minimum=0)
-    slide, rows, cols, geometry, reason = _resolve_lattice(
+    slide, rows, cols, geom, reason = _resolve_lattice(
         adata, geometry, library_key, row_key, col_key, spatial_key
     )
-    logger.debug(f"neighbor_table: geometry {geometry!r} ({reason}).")
-    offsets, ring = lattice_offsets(geometry, n_rings)  # type: ignore[arg-type]
+    logger.debug(f"neighbor_table: geometry {geom!r} ({reason}).")
+    offsets, ring = lattice_offsets(geom, n_rings)  # type: ignore[arg-type]
     table = np.empty((adata.n_obs, 1 + offsets.shape[0]), dtype=np.int64)
     table[:, 0] = np.arange(adata.n_obs)
     table[:, 1:] = neighbor_lookup(slide, rows, cols, offsets)
@@ -333,18 +333,24 @@ def spatial_graph(
         coords = coords[:, :2].astype(np.float64)
         if not np.isfinite(coords).all():
             raise ValueError(f"adata.obsm[{spatial_key!r}] contains NaN or infinite coordinates.")
-        if radius is not None and not (np.isscalar(radius) and np.isfinite(radius) and radius > 0):
-            raise ValueError(f"radius must be a positive number or None, got {radius!r}.")
+        radius_f: float | None = None
+        if radius is not None:
+            try:
+                radius_f = float(radius)
+            except (TypeError, ValueError):
+                radius_f = float("nan")
+            if isinstance(radius, bool) or not (np.isfinite(radius_f) and radius_f > 0):
+                raise ValueError(f"radius must be a positive number or None, got {radius!r}.")
         if isinstance(n_neighs, bool) or not isinstance(n_neighs, int | np.integer) or n_neighs < 1:
             raise ValueError(f"n_neighs must be a positive integer, got {n_neighs!r}.")
         slide = slide_labels(adata, library_key)
-        conn, dist = _generic_graph(coords, slide, None if radius is None else float(radius), int(n_neighs))
+        conn, dist = _generic_graph(coords, slide, radius_f, int(n_neighs))
         params.update(n_neighbors=int(n_neighs))
-        if radius is not None:
-            params["radius"] = float(radius)
+        if radius_f is not None:
+            params["radius"] = radius_f
         logger.info(
             "spatial_graph: generic graph "
-            + (f"within radius {radius}." if radius is not None else f"on {n_neighs} nearest spots.")
+            + (f"within radius {radius_f}." if radius_f is not None else f"on {n_neighs} nearest spots.")
         )
 
     _warn_small_slides(adata, slide, library_key)
