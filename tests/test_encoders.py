@@ -263,3 +263,11 @@ def test_image_features_on_view_does_not_write():
     feats = image_features(view, encoder=enc)
     assert feats.shape == (3, 3) and "X_image_features" not in a.obsm and view.is_view
     np.testing.assert_allclose(feats, image_features(a, encoder=enc)[2:5], rtol=1e-6)
+
+
+def test_anonymous_encoders_are_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_TOOLS_CACHE", str(tmp_path))
+    e1 = gene_embeddings(["ERBB2"], encoder=lambda texts: np.zeros((len(texts), 2)))
+    e2 = gene_embeddings(["ERBB2"], encoder=lambda texts: np.ones((len(texts), 2)))
+    assert e1.sum() == 0 and e2.sum() == 2  # the second lambda is not served the first one's output
+    assert not (tmp_path / "gene_embeddings").exists()

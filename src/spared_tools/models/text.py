@@ -231,14 +231,18 @@ class TextEncoder:
         Identifier used in the embedding cache key; change it whenever the model changes.
     batch_size
         Texts per forward pass.
+    cacheable
+        Whether embeddings may be cached under ``name`` (``False`` for anonymous callables, whose name
+        would not identify them).
     """
 
-    def __init__(self, model: Any, name: str, *, batch_size: int = 64) -> None:
+    def __init__(self, model: Any, name: str, *, batch_size: int = 64, cacheable: bool = True) -> None:
         if not (hasattr(model, "encode") or callable(model)):
             raise TypeError("model must have an .encode(texts) method or be callable.")
         self.model = model
         self.name = str(name)
         self.batch_size = int(batch_size)
+        self.cacheable = bool(cacheable)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; returns ``float32`` ``(len(texts), dim)``."""
@@ -312,7 +316,14 @@ def load_text_encoder(
     if isinstance(name, TextEncoder):
         return name
     if not isinstance(name, str | Path):
-        return TextEncoder(name, getattr(name, "name", type(name).__name__), batch_size=batch_size)
+        # an object is cached under its own ``name`` attribute only: a class name would not identify it
+        ident = getattr(name, "name", None)
+        return TextEncoder(
+            name,
+            ident or type(name).__name__,
+            batch_size=batch_size,
+            cacheable=isinstance(ident, str) and bool(ident),
+        )
     from spared_tools._settings import resolve_device
 
     dev = str(resolve_device(device))
@@ -400,6 +411,7 @@ def gene_embeddings(
     cache
         Read and write the on-disk cache: one ``.npy`` per (encoder, list of texts), keyed by SHA-1, under
         ``$SPARED_TOOLS_CACHE/gene_embeddings`` or ``pooch.os_cache("spared_tools")/gene_embeddings``.
+        Encoders given as objects are cached only when they carry a ``name`` attribute identifying them.
     adata
         AnnData holding the ``descriptions`` column.
     on_missing
@@ -418,6 +430,8 @@ def gene_embeddings(
         genes, organism=organism, descriptions=descriptions, adata=adata, on_missing=on_missing
     )
     enc = load_text_encoder(_DEFAULT_TEXT_MODEL if encoder is None else encoder)
+    if not enc.cacheable:
+        return enc.encode(texts)
     h = hashlib.sha1(enc.name.encode())
     for t in texts:
         h.update(b"\x00" + t.encode())
