@@ -588,7 +588,8 @@ class GeneQueryModel(Predictor):
         else:
             names = list(self.genes_) + unseen
         lookup = {g: i for i, g in enumerate(names)}
-        rows = [self.gene_embeddings_[pos[g]] if g in pos else emb_unseen[unseen.index(g)] for g in names]
+        upos = {g: i for i, g in enumerate(unseen)}
+        rows = [self.gene_embeddings_[pos[g]] if g in pos else emb_unseen[upos[g]] for g in names]
         emb = np.stack(rows).astype(np.float32)
         device = resolve_device(self.device)
         net = self.net_.to(device).eval()
