@@ -286,6 +286,31 @@ def test_slides_subset_equals_subset_data():
     assert a.uns["moran"]["params"]["slides"] == ["s0", "s2"]
 
 
+def test_mask_equals_subset_then_graph():
+    a = hex_slides(n_slides=3, n_genes=8, seed=7)
+    rng = np.random.default_rng(0)
+    fit = rng.random(a.n_obs) < 0.7
+    fit[(a.obs.slide_id == "s2").to_numpy()] = False  # a slide with no fitted spot is dropped
+    sp.pp.moran(a, mask=fit)
+    sub = a[fit].copy()
+    sp.pp.spatial_graph(sub)
+    sp.pp.moran(sub)
+    np.testing.assert_allclose(a.var["moran_I"], sub.var["moran_I"], atol=1e-12)
+    np.testing.assert_allclose(a.var["moran_pval_norm"], sub.var["moran_pval_norm"], atol=1e-12)
+    assert list(a.varm["moran_I_per_slide"].columns) == ["s0", "s1"]
+    assert a.uns["moran"]["params"]["n_spots_fitted"] == int(fit.sum())
+    a.obs["train"] = fit
+    out = sp.pp.moran(a, mask="train", slides=["s1"], inplace=False)
+    ref = sp.pp.moran(sub, slides=["s1"], inplace=False)
+    pd.testing.assert_frame_equal(out, ref)
+    with pytest.raises(ValueError, match="boolean array"):
+        sp.pp.moran(a, mask=fit[:-1])
+    with pytest.raises(TypeError, match="boolean"):
+        sp.pp.moran(a, mask="slide_id")
+    with pytest.raises(ValueError, match="no spot"):
+        sp.pp.moran(a, mask=np.zeros(a.n_obs, dtype=bool))
+
+
 def test_unused_slide_categories_are_ignored():
     a = hex_slides(n_slides=2, n_genes=4)
     ref = sp.pp.moran(a, inplace=False)

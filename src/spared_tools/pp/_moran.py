@@ -61,6 +61,35 @@ def _slide_codes(
     return remap[codes], [names[k] for k in keep]
 
 
+def _apply_mask(
+    adata: AnnData, codes: np.ndarray, names: list[str], mask: np.ndarray | str | None
+) -> tuple[np.ndarray, list[str]]:
+    """Leave out spots outside ``mask`` (code ``-1``) and drop slides left without spots."""
+    if mask is None:
+        return codes, names
+    if isinstance(mask, str):
+        if mask not in adata.obs.columns:
+            raise KeyError(f"mask={mask!r} is not a column of adata.obs.")
+        values = adata.obs[mask]
+        if not pd.api.types.is_bool_dtype(values):
+            raise TypeError(f"adata.obs[{mask!r}] must be boolean to be used as mask=, got {values.dtype}.")
+        m = values.to_numpy(dtype=bool)
+    else:
+        arr = np.asarray(mask)
+        if arr.dtype != np.bool_ or arr.shape != (adata.n_obs,):
+            raise ValueError(
+                f"mask must be a boolean array of length n_obs={adata.n_obs} or an obs column name."
+            )
+        m = arr
+    if not m.any():
+        raise ValueError("mask selects no spot.")
+    codes = np.where(m, codes, -1)
+    present = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+    remap = np.where(present, np.cumsum(present) - 1, -1)
+    codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+    return codes, [n for n, p in zip(names, present) if p]
+
+
 def _check_matrix(X) -> None:
     dtype = X.dtype
     if not np.issubdtype(dtype, np.number) or dtype == np.bool_:
@@ -76,6 +105,7 @@ def moran(
     connectivity_key: str = Key.connectivities(Key.GRAPH),
     transformation: bool = True,
     slides: Sequence[str] | str | None = None,
+    mask: np.ndarray | str | None = None,
     two_tailed: bool = False,
     corr_method: str | None = "fdr_bh",
     backend: Literal["auto", "numba", "torch"] = "auto",
@@ -123,6 +153,11 @@ def moran(
     slides
         Names of the slides to fit on (for example the training slides only, for leakage-free gene
         selection); ``None`` uses every slide.
+    mask
+        Boolean array over spots, or the name of a boolean ``obs`` column: fit only on these spots (for
+        example the training spots when a slide mixes splits). Spots outside the mask and their weights are
+        left out before row normalisation, as if the data were subset first; slides left without spots are
+        dropped. Combines with ``slides``.
     two_tailed
         Two-tailed p-values (squidpy's ``two_tailed``); default one-tailed as squidpy.
     corr_method
@@ -199,6 +234,7 @@ def moran(
             )
         cols = np.unique(adata.var_names.get_indexer(gl))
     codes, names = _slide_codes(adata, library_key, slides)
+    codes, names = _apply_mask(adata, codes, names, mask)
     n_slides = len(names)
 
     Wr, n_cross = restrict_weights(W, codes, row_normalise=transformation)
@@ -305,6 +341,8 @@ def moran(
             "connectivity_key": connectivity_key,
             "transformation": bool(transformation),
             "slides": list(names),
+            "mask": "" if mask is None else (mask if isinstance(mask, str) else "array"),
+            "n_spots_fitted": int((codes >= 0).sum()),
             "two_tailed": bool(two_tailed),
             "corr_method": "" if corr_method is None else corr_method,
             "backend": "torch" if use_torch else "numba",
