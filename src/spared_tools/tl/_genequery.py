@@ -625,6 +625,11 @@ class GeneQueryModel(Predictor):
         if not isinstance(self.image_encoder, str | type(None)):
             params["image_encoder"] = None
         params["gene_embeddings"] = None
+        for key in ("devices", "strategy", "accelerator"):  # e.g. a Strategy object: fall back to "auto"
+            try:
+                json.dumps(params[key])
+            except (TypeError, ValueError):
+                params[key] = "auto"
         return params
 
     def _save_state(self, path: Path) -> None:
