@@ -271,3 +271,20 @@ def test_anonymous_encoders_are_not_cached(tmp_path, monkeypatch):
     e2 = gene_embeddings(["ERBB2"], encoder=lambda texts: np.ones((len(texts), 2)))
     assert e1.sum() == 0 and e2.sum() == 2  # the second lambda is not served the first one's output
     assert not (tmp_path / "gene_embeddings").exists()
+
+
+def test_fused_inference_matches_encoder(effnet):
+    fp = effnet.fingerprint()
+    fast = effnet.inference_module()
+    assert fast is not effnet and effnet.fingerprint() == fp  # the original is untouched
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        ref, out = effnet(x), fast(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # image_features uses the fused copy: same values as the plain forward pass
+    from spared_tools.models.image import encode_patches
+
+    feats = encode_patches(x.permute(0, 2, 3, 1).numpy(), effnet)
+    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-4, atol=1e-4)
+    plain = load_image_encoder(_ChannelMean())
+    assert plain.inference_module() is plain
