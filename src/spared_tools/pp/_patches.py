@@ -407,7 +407,8 @@ def extract_patches(
         Output resolution in µm per pixel: the crop covers ``size * mpp`` µm.
     store
         ``"memory"``: ``obsm[key_added]`` uint8 ``(n_obs, size, size, 3)``. ``"disk"``: a uint8 ``.npy``
-        file at ``path`` (memory-mapped, so memory stays bounded by one slide image).
+        file at ``path``, written row by row and read back memory-mapped, so memory stays bounded by one
+        decoded slide however many spots there are. The file is removed if extraction fails.
     path
         ``.npy`` file for ``store="disk"``.
     key_added
