@@ -278,10 +278,27 @@ class NeighbourhoodCollate:
         table: np.ndarray | torch.Tensor,
         hidden: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        self.values = torch.as_tensor(values, dtype=torch.float32)
-        self.observed = torch.as_tensor(observed, dtype=torch.bool)
-        self.table = torch.as_tensor(table, dtype=torch.int64)
-        self.hidden = None if hidden is None else torch.as_tensor(hidden, dtype=torch.bool)
+        # numpy storage: pickles as plain bytes for spawned DDP workers; torch views are made per batch
+        self._values = np.ascontiguousarray(_numpy(values), dtype=np.float32)
+        self._observed = np.ascontiguousarray(_numpy(observed), dtype=bool)
+        self._table = np.ascontiguousarray(_numpy(table), dtype=np.int64)
+        self._hidden = None if hidden is None else np.ascontiguousarray(_numpy(hidden), dtype=bool)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return torch.from_numpy(self._values)
+
+    @property
+    def observed(self) -> torch.Tensor:
+        return torch.from_numpy(self._observed)
+
+    @property
+    def table(self) -> torch.Tensor:
+        return torch.from_numpy(self._table)
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        return None if self._hidden is None else torch.from_numpy(self._hidden)
 
     def gather(self, centers: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gather the neighbourhoods of ``centers`` (1-D int64 tensor of row indices).
@@ -300,9 +317,10 @@ class NeighbourhoodCollate:
         idx = self.table[centers]
         padding = idx < 0
         safe = idx.clamp(min=0)
-        known = self.observed[safe]
-        if self.hidden is not None:
-            known = known & ~self.hidden[safe]
+        observed, hidden = self.observed, self.hidden
+        known = observed[safe]
+        if hidden is not None:
+            known = known & ~hidden[safe]
         known = known & ~padding.unsqueeze(-1)
         batch = {
             "values": self.values[safe] * (~padding).unsqueeze(-1),
@@ -310,12 +328,16 @@ class NeighbourhoodCollate:
             "padding": padding,
             "center": centers,
         }
-        if self.hidden is not None:
-            batch["target"] = self.hidden[centers] & self.observed[centers]
+        if hidden is not None:
+            batch["target"] = hidden[centers] & observed[centers]
         return batch
 
     def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
         return self.gather(torch.as_tensor(items, dtype=torch.int64))
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 class MetricSums:
@@ -563,6 +585,34 @@ class SpackleTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class ResultHandOver(pl.Callback):
+    """Hand the training result (best-validation weights, history, final weights) to the calling process.
+
+    At the end of training every process receives rank 0's result (a DDP broadcast) and writes it to
+    ``f"{path}.rank{global_rank}"``; the process that called ``fit`` reads it back. This works for every
+    strategy: in-process, ``ddp`` (each rank continues the user's script) and ``ddp_spawn`` (the workers'
+    memory is lost when they exit).
+
+    Parameters
+    ----------
+    path
+        File prefix for the hand-over files (a temporary directory by default).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: SpackleTrainingPlan) -> None:
+        payload = {
+            "history": list(pl_module.history),
+            "best": pl_module.best,
+            "final_state": {k: v.detach().cpu() for k, v in pl_module.encoder.state_dict().items()},
+            "global_step": int(trainer.global_step),
+        }
+        payload = trainer.strategy.broadcast(payload, src=0)
+        torch.save(payload, f"{self.path}.rank{trainer.global_rank}")
 
 
 def check_mask_prob(mask_prob: float | tuple[float, float]) -> tuple[float, float]:

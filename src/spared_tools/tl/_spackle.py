@@ -150,29 +150,6 @@ def _quiet_lightning(verbose: bool):
             logging.getLogger(n).setLevel(lvl)
 
 
-def _result_callback(path: str):
-    """Callback that ships the best validation state and the history out of every training process."""
-    import pytorch_lightning as pl
-
-    class _ResultDump(pl.Callback):
-        def __init__(self, path: str) -> None:
-            self.path = path
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            import torch
-
-            payload = {
-                "history": list(pl_module.history),
-                "best": pl_module.best,
-                "final_state": {k: v.detach().cpu() for k, v in pl_module.encoder.state_dict().items()},
-                "global_step": int(trainer.global_step),
-            }
-            payload = trainer.strategy.broadcast(payload, src=0)
-            torch.save(payload, f"{self.path}.rank{trainer.global_rank}")
-
-    return _ResultDump(path)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------------
@@ -482,6 +459,7 @@ class SpackleModel:
         from spared_tools.models.spackle import (
             IndexDataset,
             NeighbourhoodCollate,
+            ResultHandOver,
             SpackleTrainingPlan,
             check_mask_prob,
         )
@@ -536,12 +514,12 @@ class SpackleModel:
 
         train_idx = np.flatnonzero(is_train)
         val_idx = np.flatnonzero(is_val)
-        gen = torch.Generator().manual_seed(self.seed)
+        # shuffling draws from the global torch RNG, seeded by seed_everything() right before fit (an explicit
+        # DataLoader generator cannot be pickled into spawned DDP workers)
         train_loader = torch.utils.data.DataLoader(
             IndexDataset(train_idx),
             batch_size=int(batch_size),
             shuffle=True,
-            generator=gen,
             collate_fn=NeighbourhoodCollate(z, observed, cut),
             num_workers=int(num_workers),
             drop_last=len(train_idx) > int(batch_size),
@@ -576,7 +554,7 @@ class SpackleModel:
         work = Path(tempfile.mkdtemp(prefix="spackle_")) if own_dir else Path(checkpoint_dir)
         work.mkdir(parents=True, exist_ok=True)
         dump = str(work / f"spackle_result_{os.getpid()}_{time.time_ns()}.pt")
-        callbacks: list = [_result_callback(dump)]
+        callbacks: list = [ResultHandOver(dump)]
         if early_stopping_patience is not None and val_loader is not None:
             callbacks.append(
                 pl.callbacks.EarlyStopping(
