@@ -811,3 +811,18 @@ def test_baseline_spatial_obs(adata, tmp_path):
     adata.obs["region"] = pd.Categorical(np.where(adata.obs["array_col"].to_numpy() < 4, "left", "right"))
     fig = sp.pl.spatial(adata, ["region", "G3"], ["log1p", "median"], slides="A", show=False)
     check_baseline(fig, "spatial_obs", tmp_path)
+
+
+def test_show_returns_none_and_save_dpi(adata, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(True))
+    assert sp.pl.moran(adata, show=True) is None
+    assert shown == [True]
+    monkeypatch.setattr(mpl, "is_interactive", lambda: True)
+    assert sp.pl.training_history(_history()) is None  # show=None follows interactive mode
+    assert len(shown) == 2
+    ax = sp.pl.moran(adata, show=False, save=tmp_path / "m.png", dpi=30, figsize=(4, 3))
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "m.png").size
+    assert ax is not None and abs(w - 4 * 30) <= 10 and abs(h - 3 * 30) <= 10  # "tight" bbox: a few px off
