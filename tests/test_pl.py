@@ -19,7 +19,6 @@ import pytest
 import scipy.sparse as sparse
 from matplotlib.collections import EllipseCollection, PolyCollection
 from matplotlib.testing.compare import compare_images
-from matplotlib.testing.decorators import _cleanup_cm
 
 import spared_tools as sp
 from spared_tools.pl._filtering import filter_qc
@@ -120,7 +119,7 @@ def adata():
 @pytest.fixture(autouse=True)
 def _pinned_style():
     """Pin rcParams and fonts so renders are reproducible, and close every figure afterwards."""
-    with _cleanup_cm(), mpl.rc_context():
+    with mpl.rc_context():
         mpl.rcdefaults()
         from matplotlib.testing import set_font_settings_for_testing, set_reproducibility_for_testing
 
