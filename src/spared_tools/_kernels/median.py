@@ -61,6 +61,22 @@ def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
 
 
+@njit(parallel=True, cache=True)
+def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - numba
+    n_slides = starts.shape[0] - 1
+    n_genes = X.shape[1]
+    for j in prange(n_genes):
+        buf = np.empty(X.shape[0], dtype=np.float64)
+        for s in range(n_slides):
+            m = 0
+            for r in range(starts[s], starts[s + 1]):
+                v = X[order[r], j]
+                if v != 0:
+                    buf[m] = v
+                    m += 1
+            out[s, j] = np.median(buf[:m]) if m > 0 else 0.0
+
+
 def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
     """Median of the non-zero values of every column within every slide (0 where a column has none).
 
@@ -77,21 +93,12 @@ def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) 
     -------
     ``(n_slides, n_genes)`` array of the same dtype as ``X``.
     """
-    out = np.zeros((n_slides, X.shape[1]), dtype=X.dtype)
-    for s in range(n_slides):
-        rows = np.flatnonzero(slide_codes == s)
-        if rows.size == 0:
-            continue
-        block = X[rows]
-        nz = block != 0
-        n = nz.sum(axis=0)
-        srt = np.sort(np.where(nz, block, np.inf), axis=0)
-        has = n > 0
-        lo = np.take_along_axis(srt, np.maximum(n - 1, 0)[None, :] // 2, axis=0)[0]
-        hi = np.take_along_axis(srt, np.minimum(n // 2, block.shape[0] - 1)[None, :], axis=0)[0]
-        med = np.where(has, (np.where(has, lo, 0) + np.where(has, hi, 0)) / 2, 0)
-        out[s] = med.astype(X.dtype, copy=False)
-    return out
+    codes = np.asarray(slide_codes, dtype=np.int64)
+    order = np.argsort(codes, kind="stable").astype(np.int64)
+    starts = np.searchsorted(codes[order], np.arange(n_slides + 1)).astype(np.int64)
+    out = np.zeros((n_slides, X.shape[1]), dtype=np.float64)
+    _slide_nonzero_median_kernel(np.ascontiguousarray(X), order, starts, out)
+    return out.astype(X.dtype, copy=False)
 
 
 @njit(parallel=True, cache=True)
@@ -139,49 +146,70 @@ def _adaptive_median_kernel(
 
 @njit(parallel=True, cache=True)
 def _adaptive_median_kernel_nonneg(X, missing, table, bounds, fallback, slide_codes, out):  # pragma: no cover
-    # Same rule for X >= 0: a window median is zero exactly when more than half of the window is zero,
-    # so windows are scanned by counting zeros and only the non-zero values are kept (sorted on insert);
-    # the median is formed once, for the first window with at most half zeros.
+    # Same rule for X >= 0. A window median is zero exactly when more than half of the window is zero,
+    # so for every spot the non-zero counts of all genes are accumulated ring by ring with contiguous
+    # row operations; only the entries whose first "at most half zeros" window exists then gather that
+    # window's non-zero values (sorted on insert) to form the one median they need.
     n_obs, n_genes = X.shape
     n_rings = bounds.shape[0] - 1
     width = bounds[n_rings]
     for i in prange(n_obs):
-        buf = np.empty(width, dtype=np.float64)
         s = slide_codes[i]
+        any_missing = False
+        for j in range(n_genes):
+            out[i, j] = X[i, j]
+            if missing[i, j]:
+                any_missing = True
+        if not any_missing:
+            continue
+        nonzero = np.zeros(n_genes, dtype=np.int32)
+        kstar = np.zeros(n_genes, dtype=np.int32)
+        nwin = np.zeros(n_rings + 1, dtype=np.int64)
+        n = 0
+        start = 0
+        for k in range(1, n_rings + 1):
+            for c in range(start, bounds[k]):
+                nb = table[i, c]
+                if nb < 0:
+                    continue
+                n += 1
+                for j in range(n_genes):
+                    nonzero[j] += X[nb, j] != 0
+            start = bounds[k]
+            nwin[k] = n
+            for j in range(n_genes):
+                if kstar[j] == 0 and missing[i, j] and 2 * (n - nonzero[j]) <= n:
+                    kstar[j] = k
+        buf = np.empty(width, dtype=np.float64)
         for j in range(n_genes):
             if not missing[i, j]:
-                out[i, j] = X[i, j]
                 continue
-            value = fallback[s, j]
-            n = 0
-            m = 0  # non-zero values in buf (sorted)
-            start = 0
-            for k in range(1, n_rings + 1):
-                for c in range(start, bounds[k]):
-                    nb = table[i, c]
-                    if nb < 0:
-                        continue
-                    n += 1
-                    v = np.float64(X[nb, j])
-                    if v == 0.0:
-                        continue
-                    p = m
-                    while p > 0 and buf[p - 1] > v:
-                        buf[p] = buf[p - 1]
-                        p -= 1
-                    buf[p] = v
-                    m += 1
-                start = bounds[k]
-                z = n - m
-                if n == 0 or 2 * z > n:
-                    continue  # median is zero: widen the window
-                h = n // 2
-                if n % 2 == 1:
-                    value = buf[h - z]
-                else:
-                    lo = buf[h - 1 - z] if h - 1 >= z else 0.0
-                    value = (lo + buf[h - z]) / 2.0
-                break
+            k = kstar[j]
+            if k == 0:
+                out[i, j] = fallback[s, j]
+                continue
+            m = 0
+            for c in range(bounds[k]):
+                nb = table[i, c]
+                if nb < 0:
+                    continue
+                v = np.float64(X[nb, j])
+                if v == 0.0:
+                    continue
+                p = m
+                while p > 0 and buf[p - 1] > v:
+                    buf[p] = buf[p - 1]
+                    p -= 1
+                buf[p] = v
+                m += 1
+            n = nwin[k]
+            z = n - m
+            h = n // 2
+            if n % 2 == 1:
+                value = buf[h - z]
+            else:
+                lo = buf[h - 1 - z] if h - 1 >= z else 0.0
+                value = (lo + buf[h - z]) / 2.0
             out[i, j] = value
 
 
