@@ -441,3 +441,36 @@ def test_copy_leaves_input_untouched():
     out = sp.pp.spatial_graph(a, copy=True, key_added="lattice")
     assert "lattice_connectivities" in out.obsp and "lattice_connectivities" not in a.obsp
     assert out.uns["lattice_neighbors"]["connectivities_key"] == "lattice_connectivities"
+
+
+def test_stutility_mob_sections_checkerboard():
+    from tests.conftest import shared_path
+
+    parts = []
+    for i in range(1, 5):
+        src = ad.read_h5ad(shared_path("stutility_mob", f"stutility_MOB{i}.h5ad"), backed="r")
+        part = ad.AnnData(
+            np.zeros((src.n_obs, 1), dtype=np.float32),
+            obs=src.obs[["slide_id", "array_row", "array_col"]].copy(),
+        )
+        part.obsm["spatial"] = np.asarray(src.obsm["spatial"], dtype=np.float64)
+        src.file.close()
+        parts.append(part)
+    a = ad.concat(parts)
+    a.obs["slide_id"] = a.obs["slide_id"].astype(str).astype("category")
+    assert a.obs["slide_id"].nunique() == 4
+    sp.pp.spatial_graph(a)
+    assert a.uns["spatial_neighbors"]["params"]["geometry"] == "checkerboard"
+    conn = a.obsp["spatial_connectivities"].tocoo()
+    codes = a.obs["slide_id"].cat.codes.to_numpy()
+    assert np.all(codes[conn.row] == codes[conn.col])
+    assert degree(a).max() == 4
+    # every ring-1 edge is shorter (in pixels) than every ring-2 pair
+    xy = a.obsm["spatial"]
+    d1 = np.linalg.norm(xy[conn.row] - xy[conn.col], axis=1)
+    table, ring = sp.pp.neighbor_table(a, n_rings=2)
+    t2 = table[:, ring == 2]
+    ok = t2 >= 0
+    i = np.broadcast_to(np.arange(a.n_obs)[:, None], t2.shape)[ok]
+    d2 = np.linalg.norm(xy[i] - xy[t2[ok]], axis=1)
+    assert d1.max() < d2.min()
