@@ -271,6 +271,21 @@ def test_spatial_obs_columns(adata):
     assert not fig.axes[2 * 2 + 1].axison  # the unused second column of an obs row is hidden
 
 
+def test_spatial_image_choice(adata):
+    lowres = adata.uns["spatial"]["A"]["images"].pop("hires")[::2, ::2]
+    adata.uns["spatial"]["A"]["images"]["lowres"] = lowres
+    adata.uns["spatial"]["A"]["scalefactors"]["tissue_lowres_scalef"] = 0.05
+    fig = sp.pl.spatial(adata, "G0", slides="A", show=False)  # "auto": falls back to lowres
+    assert fig.axes[0].images[0].get_array().shape == lowres.shape
+    coll = next(c for c in fig.axes[0].collections if isinstance(c, PolyCollection))
+    centre = np.asarray(coll.get_paths()[0].vertices[:6]).mean(axis=0)
+    np.testing.assert_allclose(centre, adata.obsm["spatial"][0] * 0.05)
+    with pytest.raises(KeyError, match="No 'hires' image"):
+        sp.pl.spatial(adata, "G0", slides="A", img_key="hires", img=True, show=False)
+    fig = sp.pl.spatial(adata, "G0", slides="A", img_key=None, show=False)
+    assert not fig.axes[0].images
+
+
 def test_spatial_single_axes(adata):
     fig0, ax = plt.subplots()
     fig = sp.pl.spatial(adata, "G0", slides=["B"], ax=ax, show=False)

@@ -173,6 +173,8 @@ def slide_view(
     images = info.get("images", {}) if isinstance(info, Mapping) else {}
     image = None
     scale = 1.0
+    if img_key == "auto":  # scanpy's choice: the hires image, else the lowres one
+        img_key = next((k for k in ("hires", "lowres") if k in images), "hires")
     if img is not False and img_key is not None:
         if img_key in images:
             image = np.asarray(images[img_key])

@@ -214,7 +214,7 @@ def prediction(
             slides=slides,
             library_id=None,
             spatial_key=Key.SPATIAL,
-            img_key="hires",
+            img_key="auto",
             img=None,
             shape=shape,
             size=1.0,

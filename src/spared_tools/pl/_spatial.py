@@ -31,7 +31,7 @@ def spatial(
     slides: Any | Sequence[Any] | None = None,
     library_id: str | Mapping[Any, str] | None = None,
     spatial_key: str = Key.SPATIAL,
-    img_key: str | None = "hires",
+    img_key: str | None = "auto",
     img: bool | None = None,
     shape: SpotShape = "auto",
     size: float = 1.0,
@@ -86,7 +86,7 @@ def spatial(
         Key of the spot coordinates ``[x, y]`` in ``adata.obsm``.
     img_key
         Image resolution in ``adata.uns["spatial"][library]["images"]`` (``"hires"``, ``"lowres"``);
-        ``None`` draws no image.
+        ``"auto"`` takes ``"hires"`` when present, else ``"lowres"``; ``None`` draws no image.
     img
         ``True`` requires the image (error when missing), ``False`` never draws it, ``None`` draws it when
         present. Without an image, spots are drawn in full-resolution coordinates.
