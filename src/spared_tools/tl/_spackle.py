@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -586,7 +587,11 @@ class SpackleModel:
         kwargs.update(trainer_kwargs or {})
         t0 = time.perf_counter()
         try:
-            with _quiet_lightning(settings.verbosity >= 3):
+            with _quiet_lightning(settings.verbosity >= 3), warnings.catch_warnings():
+                if val_loader is None:
+                    warnings.filterwarnings(
+                        "ignore", message=".*validation_step.*but have no .val_dataloader"
+                    )
                 seed_everything(self.seed)
                 trainer = pl.Trainer(**kwargs)
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
