@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from spared_tools._keys import Key
 
@@ -202,7 +203,7 @@ def _expression_map(adata, gene: str, label: str, path: Path) -> None:
         return np.asarray(col.toarray() if sps.issparse(col) else col, dtype=float).ravel()
 
     log_max = float(max(values(Key.LOG).max(), values(Key.MEDIAN).max()))
-    panels = [
+    panels: list[tuple[str, str, dict[str, Any]]] = [
         (Key.COUNTS, "raw counts", {"vmin": 0.0, "vmax": "p99"}),
         (Key.LOG, "log2(TPM + 1)", {"vmin": 0.0, "vmax": log_max}),
         (Key.MEDIAN, "median-completed", {"vmin": 0.0, "vmax": log_max}),

@@ -50,9 +50,10 @@ def resolve_fit_mask(
     if fit_obs is not None:
         if isinstance(fit_obs, pd.Series):
             if not fit_obs.index.equals(adata.obs_names):
-                fit_obs = fit_obs.reindex(adata.obs_names)
-                if fit_obs.isna().any():
+                aligned = fit_obs.reindex(adata.obs_names)
+                if aligned.isna().any():
                     raise ValueError("fit_obs (a Series) does not cover every spot of adata.obs_names.")
+                fit_obs = aligned
         mask = np.asarray(fit_obs)
         if mask.dtype != np.bool_:
             raise TypeError(f"fit_obs must be a boolean mask, got dtype {mask.dtype}.")

@@ -30,7 +30,7 @@ def _n_top(top_moran_genes: int | None, n_genes: int) -> int:
     return int(min(top_moran_genes, n_genes))
 
 
-def _geometry(hex_geometry: bool | None, geometry: str | None) -> str:
+def _geometry(hex_geometry: bool | None, geometry: str | None) -> Any:
     if geometry is not None:
         return geometry
     if hex_geometry is None:
@@ -157,7 +157,7 @@ def spared_pipeline(
     from spared_tools.pp._moran import moran
 
     check_adata(adata)
-    organism = _check_organism(organism)
+    organism_name = _check_organism(organism)
     if library_key not in adata.obs.columns:
         raise KeyError(
             f"adata.obs has no slide column {library_key!r}; add one (one value per slide/section) or pass "
@@ -178,7 +178,7 @@ def spared_pipeline(
         raise TypeError(f"top_moran_genes must be an integer or None, got {top_moran_genes!r}.")
     geom = _geometry(hex_geometry, geometry)
     params = {
-        "organism": organism,
+        "organism": organism_name,
         "layer": layer,
         "split_key": split_key,
         "train_value": train_value,
@@ -243,7 +243,7 @@ def spared_pipeline(
 
     # 2-3. TPM and log2(TPM + 1)
     t0 = time.perf_counter()
-    _tpm(out, organism=organism, missing=missing_lengths, gene_id_key=gene_id_key)
+    _tpm(out, organism=organism_name, missing=missing_lengths, gene_id_key=gene_id_key)
     _log1p(out, base=2, layer=Key.TPM, key_added=Key.LOG)
     timings["tpm_log1p"] = time.perf_counter() - t0
 

@@ -55,8 +55,8 @@ def _symbol_lengths(organism: str) -> pd.Series:
 
 
 def _detect_id_type(names: Sequence[str]) -> Literal["ensembl", "symbol"]:
-    names = pd.Index(names).astype(str)
-    frac = names.str.match(_ENSEMBL).mean() if len(names) else 0.0
+    index = pd.Index(names).astype(str)
+    frac = index.str.match(_ENSEMBL).mean() if len(index) else 0.0
     return "ensembl" if frac >= 0.5 else "symbol"
 
 
