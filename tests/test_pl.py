@@ -336,6 +336,17 @@ def test_spatial_errors(adata):
         sp.pl.spatial(adata.to_df(), "G0", show=False)
 
 
+def test_spatial_without_uns_spatial(adata):
+    """No images or scale factors (e.g. array-unit coordinates): spots one lattice spacing wide."""
+    del adata.uns["spatial"]
+    fig = sp.pl.spatial(adata, "G0", slides="B", show=False)
+    assert not fig.axes[0].images
+    coll = next(c for c in fig.axes[0].collections if isinstance(c, PolyCollection))
+    verts = np.asarray(coll.get_paths()[0].vertices[:6])
+    flat_to_flat = 2 * np.linalg.norm(verts[:2].mean(axis=0) - verts.mean(axis=0))
+    np.testing.assert_allclose(flat_to_flat, 100.0)  # the synthetic lattice's spot pitch
+
+
 def test_spatial_one_spot_slide():
     adata = _square_adata()[:1].copy()
     fig = sp.pl.spatial(adata, "g1", show=False)  # diameter known from the scale factors
