@@ -334,12 +334,17 @@ def _default_encoder() -> ImageEncoder:
     return _DEFAULT_CACHE["efficientnet-lite0"]
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Inference batch size for frozen image features: 8 on CPU (cache-friendly), 64 on accelerators."""
+    return 8 if device.type == "cpu" else 64
+
+
 @torch.no_grad()
 def encode_patches(
     patches: np.ndarray,
     encoder: ImageEncoder,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     tta: bool = False,
     device: str | torch.device | None = None,
     desc: str = "image features",
@@ -353,7 +358,8 @@ def encode_patches(
     encoder
         The image encoder.
     batch_size
-        Patches per forward pass.
+        Patches per forward pass (``None``: 8 on CPU, where small batches stay in cache and ran 1.5-2x
+        faster than 64 in ``benchmarks/bench_features.py``; 64 on GPU).
     tta
         Average the features of the 8 dihedral transforms of each patch.
     device
@@ -365,9 +371,11 @@ def encode_patches(
     -------
     ``float32`` features ``(n, encoder.out_dim)``.
     """
+    dev = resolve_device(None if device is None else str(device))
+    if batch_size is None:
+        batch_size = default_batch_size(dev)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
-    dev = resolve_device(None if device is None else str(device))
     was_training = encoder.training
     model = encoder.eval().inference_module().to(dev)
     # channels-last convolutions are ~1.7x faster for EfficientNet's depthwise layers on CPU
@@ -399,7 +407,7 @@ def image_features(
     *,
     patches_key: str = "patches",
     encoder: str | nn.Module | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     tta: bool = False,
     device: str | None = None,
     key_added: str = "X_image_features",
@@ -420,7 +428,7 @@ def image_features(
     encoder
         ``None`` (default EfficientNet-Lite0), a name, or a module (see :func:`load_image_encoder`).
     batch_size
-        Patches per forward pass.
+        Patches per forward pass (``None``: 8 on CPU, 64 on GPU; see :func:`encode_patches`).
     tta
         Test-time averaging over the 8 dihedral symmetries.
     device

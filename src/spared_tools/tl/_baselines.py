@@ -136,7 +136,7 @@ class RidgePredictor(Predictor):
     tta
         Average features over the 8 dihedral symmetries of each patch.
     batch_size
-        Patches per forward pass of the encoder.
+        Patches per forward pass of the encoder (``None``: 8 on CPU, 64 on GPU).
     device
         Torch device for feature extraction (``None``: ``sp.settings.device``).
     patches_key
@@ -155,7 +155,7 @@ class RidgePredictor(Predictor):
         select: Literal["pcc", "mse"] = "pcc",
         features_key: str = "X_image_features",
         tta: bool = False,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         device: str | None = None,
         patches_key: str = "patches",
         scaling: Scaling = "minmax",
@@ -172,7 +172,7 @@ class RidgePredictor(Predictor):
         self.select = select
         self.features_key = features_key
         self.tta = bool(tta)
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.device = device
         self.uses_images = encoder != "precomputed"
         self.coef_: np.ndarray | None = None
@@ -503,7 +503,7 @@ class LinearHeadPredictor(Predictor):
             adata,
             patches_key=self.patches_key,
             encoder=self._image_encoder(),
-            batch_size=max(self.batch_size, 64),
+            batch_size=None,
             tta=tta,
             key_added=self.features_key,
         )
@@ -578,7 +578,7 @@ class LinearHeadPredictor(Predictor):
 
     @torch.no_grad()
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
-        from spared_tools.models.image import dihedral
+        from spared_tools.models.image import default_batch_size, dihedral
         from spared_tools.pp._patches import get_patches
 
         assert self.net_ is not None and self.genes_ is not None
@@ -594,8 +594,9 @@ class LinearHeadPredictor(Predictor):
                 return net.head(F.to(dev)).cpu().numpy()[:, cols]
             patches = get_patches(adata, self.patches_key)
             out = np.empty((adata.n_obs, len(self.genes_)), dtype=np.float32)
-            for s in range(0, adata.n_obs, max(self.batch_size, 64)):
-                x = torch.from_numpy(np.array(patches[s : s + max(self.batch_size, 64)], dtype=np.uint8))
+            step = default_batch_size(dev)
+            for s in range(0, adata.n_obs, step):
+                x = torch.from_numpy(np.array(patches[s : s + step], dtype=np.uint8))
                 x = x.permute(0, 3, 1, 2).to(dev)
                 y = sum(net(dihedral(x, k)) for k in range(8)) / 8.0 if self.tta else net(x)
                 out[s : s + x.shape[0]] = y.cpu().numpy()
