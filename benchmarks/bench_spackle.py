@@ -189,29 +189,35 @@ def part_speed(rep: Report, steps: int) -> None:
 
 def _fresh_completion(rep: Report) -> None:
     """Completion of the saved 80k-spot collection in a fresh process: wall, CPU time and peak RSS."""
-    code = (
-        "import time, resource, anndata as ad, spared_tools as sp;"
-        "sp.settings.progress = False;"
-        "a = ad.read_h5ad('benchmarks/_work/spackle_80k.h5ad');"
-        "m = sp.tl.SpackleModel.load('benchmarks/_work/spackle_speed_model', a);"
-        "ru = lambda: resource.getrusage(resource.RUSAGE_SELF);"
-        "r0 = ru(); t = time.perf_counter(); sp.tl.spackle_complete(a, model=m); dt = time.perf_counter() - t;"
-        "r1 = ru(); cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime);"
-        "print(f'{a.n_obs} {dt:.2f} {cpu:.2f} {r0.ru_maxrss / 1024:.0f} {r1.ru_maxrss / 1024:.0f}')"
-    )
-    load0 = _load_avg()
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    n, dt, cpu, r0, r1 = out.stdout.split()[-5:]
-    n, dt, cpu = int(n), float(dt), float(cpu)
-    rep(
-        f"[speed] fresh process: sp.tl.spackle_complete({n} spots x 128 genes, trained model): wall {dt:.1f} s "
-        f"= {n / dt:.0f} spots/s under load avg {load0}->{_load_avg()} (target < 60 s); CPU time of the process "
-        f"{cpu:.1f} s = {n / cpu:.0f} spots per CPU-second (1 torch thread: the wall time on an idle core)"
-    )
-    rep(
-        f"[speed] peak RSS {float(r1) / 1024:.2f} GiB for the whole process incl. the 80k AnnData "
-        f"({float(r0) / 1024:.2f} GiB before completion; target < 4 GiB)"
-    )
+    for prec in ("32", "bf16"):
+        code = (
+            "import time, resource, anndata as ad, spared_tools as sp;"
+            "sp.settings.progress = False;"
+            "a = ad.read_h5ad('benchmarks/_work/spackle_80k.h5ad');"
+            "m = sp.tl.SpackleModel.load('benchmarks/_work/spackle_speed_model', a);"
+            "ru = lambda: resource.getrusage(resource.RUSAGE_SELF);"
+            "r0 = ru(); t = time.perf_counter();"
+            f"sp.tl.spackle_complete(a, model=m, inference_precision='{prec}');"
+            "dt = time.perf_counter() - t;"
+            "r1 = ru(); cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime);"
+            "print(f'{a.n_obs} {dt:.2f} {cpu:.2f} {r0.ru_maxrss / 1024:.0f} {r1.ru_maxrss / 1024:.0f}')"
+        )
+        load0 = _load_avg()
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        n, dt, cpu, r0, r1 = out.stdout.split()[-5:]
+        n, dt, cpu = int(n), float(dt), float(cpu)
+        rep(
+            f"[speed] fresh process, precision {prec}: sp.tl.spackle_complete({n} spots x 128 genes, trained "
+            f"model): wall {dt:.1f} s = {n / dt:.0f} spots/s under load avg {load0}->{_load_avg()} (target "
+            f"< 60 s); CPU time {cpu:.1f} s = {n / cpu:.0f} spots per CPU-second (1 torch thread: ~ the wall "
+            "time on an idle core)"
+        )
+        rep(
+            f"[speed]   peak RSS {float(r1) / 1024:.2f} GiB for the whole process incl. the 80k AnnData "
+            f"({float(r0) / 1024:.2f} GiB after loading, before completion; target < 4 GiB)"
+        )
 
 
 def part_peer(rep: Report, steps: int) -> None:

@@ -270,6 +270,18 @@ def test_save_load_roundtrip_and_gene_checks(trained, tmp_path):
         sp.tl.SpackleModel.load(tmp_path / "nothing", a)
 
 
+def test_bf16_inference_close_to_float32(trained):
+    a, m = trained
+    exact = m.complete()
+    fast = m.complete(precision="bf16")
+    obs = a.layers["mask"]
+    np.testing.assert_array_equal(fast[obs], exact[obs])
+    scale = a.layers["median"].std(0)
+    assert np.abs(fast - exact).max(0).max() < 0.1 * scale.max()
+    with pytest.raises(ValueError, match="precision"):
+        m.complete(precision="16")
+
+
 def test_single_slide_trains_without_validation_and_one_spot_slide():
     a = make_adata(n_slides=1, side=5, n_genes=6, splits=("train",))
     del a.obs["split"]

@@ -647,6 +647,7 @@ def predict_centers(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    precision: Literal["32", "bf16"] = "32",
     progress: bool = False,
 ) -> np.ndarray:
     """Predict every gene of each centre spot from its neighbourhood, in batches gathered on the fly.
@@ -670,6 +671,9 @@ def predict_centers(
         Neighbourhoods per forward pass (small batches stay in the CPU caches).
     device
         Torch device for the forward passes.
+    precision
+        ``"32"``: float32 (exact, default); ``"bf16"``: bfloat16 autocast of the matrix products (about 3×
+        faster on CPUs with AVX-512 BF16 / AMX and on GPUs; predictions change by ~1 % of a gene's std).
     progress
         Show a tqdm progress bar.
 
@@ -677,9 +681,18 @@ def predict_centers(
     -------
     ``float32 (len(centers), g)`` predictions in standardised units.
     """
+    import contextlib
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}.")
     device = torch.device(device)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
     was_training = encoder.training
     encoder.eval()
     encoder.to(device)
@@ -688,6 +701,7 @@ def predict_centers(
     n_obs = collate.values.shape[0]
     out = np.empty((centers_t.shape[0], encoder.n_genes), dtype=np.float32)
     try:
+        autocast.__enter__()
         # embeddings of every spot that appears in a requested neighbourhood
         table = collate.table[centers_t]
         needed = torch.unique(table[table >= 0])
@@ -711,5 +725,6 @@ def predict_centers(
             pred = encoder.encode(tokens, padding, pos, center_only=True)
             out[s : s + idx.shape[0]] = pred.float().cpu().numpy()
     finally:
+        autocast.__exit__(None, None, None)
         encoder.train(was_training)
     return out

@@ -684,6 +684,7 @@ class SpackleModel:
         hidden: np.ndarray | None = None,
         batch_size: int = 256,
         device: str | None = None,
+        precision: Literal["32", "bf16"] = "32",
         progress: bool = False,
     ) -> np.ndarray:
         """Predictions (layer units, float32, ``(len(centers), g)``) from standardised neighbourhoods."""
@@ -697,6 +698,7 @@ class SpackleModel:
             centers,
             batch_size=batch_size,
             device=resolve_device(device),
+            precision=precision,
             progress=progress,
         )
         self.encoder.cpu()
@@ -708,6 +710,7 @@ class SpackleModel:
         *,
         batch_size: int = 256,
         device: str | None = None,
+        precision: Literal["32", "bf16"] = "32",
         progress: bool | None = None,
     ) -> np.ndarray:
         """Complete the originally missing entries of every spot.
@@ -721,6 +724,9 @@ class SpackleModel:
             Neighbourhoods per forward pass; memory stays ``O(batch_size × (1 + K) × genes)``.
         device
             Torch device (``None`` → ``sp.settings.device``).
+        precision
+            ``"32"`` (float32, default) or ``"bf16"`` (bfloat16 autocast: about 3× faster on CPUs with
+            AVX-512 BF16 / AMX and on GPUs, predictions differ by ~1 % of a gene's std).
         progress
             Progress bar over batches (``None`` → ``sp.settings.progress`` with verbosity ≥ 2 and more than
             20 batches).
@@ -741,7 +747,14 @@ class SpackleModel:
         out = values.copy()
         if len(need):
             pred = self._predict(
-                values, observed, table, need, batch_size=batch_size, device=device, progress=progress
+                values,
+                observed,
+                table,
+                need,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                progress=progress,
             )
             block = out[need]
             miss = ~observed[need]
@@ -962,6 +975,7 @@ def spackle_complete(
     strategy: str | Any = "auto",
     seed: int | None = None,
     device: str | None = None,
+    inference_precision: Literal["32", "bf16"] = "32",
     overwrite: bool = True,
     copy: bool = False,
     **train_kwargs: Any,
@@ -1024,6 +1038,9 @@ def spackle_complete(
         Seed of initialisation, masks and data order (``None`` → ``sp.settings.seed``); recorded.
     device
         Torch device for the completion pass (``None`` → ``sp.settings.device``).
+    inference_precision
+        ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast for the completion pass, about 3× faster on
+        CPUs with AVX-512 BF16 / AMX; see :meth:`SpackleModel.complete`).
     overwrite
         Replace an existing ``adata.layers[key_added]``.
     copy
@@ -1092,7 +1109,7 @@ def spackle_complete(
         )
     elif train_kwargs:
         raise ValueError(f"{sorted(train_kwargs)} are training arguments but the model is not trained here.")
-    completed = model.complete(adata, device=device)
+    completed = model.complete(adata, device=device, precision=inference_precision)
     _, observed = _expression_arrays(adata, model.layer, model.mask_layer, _gene_index(adata, model.genes))
     adata.layers[key_added] = completed
     info = model.train_info_
@@ -1107,6 +1124,7 @@ def spackle_complete(
             "seed": int(model.seed),
             "trained_here": bool(train),
             "device": str(resolve_device(device)),
+            "inference_precision": inference_precision,
             **{k: v for k, v in model.hparams.items()},
             **{
                 k: v
