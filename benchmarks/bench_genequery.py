@@ -34,6 +34,7 @@ files for the settings used).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -322,7 +323,8 @@ if __name__ == "__main__":
     report = Report(name[args.stage])
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(
-        f"# {machine_info()} | torch threads {torch.get_num_threads()} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
+        f"| {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     {
         "prep": lambda: prep(report),
