@@ -243,7 +243,7 @@ def main() -> None:
             )
         elif n_genes in per_slide_peer:
             peer_s, peer_c = (v * n_slides for v in per_slide_peer[n_genes])
-            eq = "peer time extrapolated linearly from the 1-slide run (per-slide loop)"
+            eq = "peer extrapolated linearly (per slide) from its largest measured run at this gene count"
         rep(
             f"{n_slides:>6} {a.n_obs:>7} {n_genes:>6} {t_ours:>7.2f} {c_ours:>7.2f} {peer_s:>8.1f} {peer_c:>8.1f} "
             f"{peer_s / t_ours:>6.0f}x {peer_c / c_ours:>6.0f}x  {eq}"
