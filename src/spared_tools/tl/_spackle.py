@@ -599,12 +599,12 @@ class SpackleModel:
                 if val_loader is not None and (
                     not plan.history or plan.history[-1]["step"] != trainer.global_step
                 ):
-                    if trainer.world_size == 1 and trainer.is_global_zero and plan.history is not None:
+                    if trainer.world_size == 1 and trainer.is_global_zero:
                         trainer.validate(plan, dataloaders=val_loader, verbose=False)
             payload_path = f"{dump}.rank{trainer.global_rank}"
             if not os.path.exists(payload_path):
                 payload_path = f"{dump}.rank0"
-            payload = torch.load(payload_path, map_location="cpu", weights_only=False)
+            payload = torch.load(payload_path, map_location="cpu", weights_only=True)
         finally:
             if own_dir:
                 shutil.rmtree(work, ignore_errors=True)
