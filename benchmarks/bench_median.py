@@ -98,6 +98,9 @@ def peer_main(argv: list[str]) -> None:
     elif task == "tpm_log":
         from spared.layer_operations import log1p_transformation, tpm_normalization
 
+        # spared keeps dense layers (its readers write them so); its TPM fails on a sparse layer
+        if hasattr(adata.layers["counts"], "toarray"):
+            adata.layers["counts"] = adata.layers["counts"].toarray()
         t0 = time.perf_counter()
         done = tpm_normalization(adata, "human", from_layer="counts", to_layer="tpm")
         t1 = time.perf_counter()
