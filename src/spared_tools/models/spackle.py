@@ -523,7 +523,7 @@ class SpackleTrainingPlan(pl.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
-        self._val = None
+        self._val: MetricSums | None = None
         self.history: list[dict[str, float]] = []
         self.best: dict | None = None
 
@@ -562,7 +562,9 @@ class SpackleTrainingPlan(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred = self.encoder(batch["values"], batch["observed"], batch["padding"], self.ring, center_only=True)
-        std = self.gene_std
+        std: torch.Tensor = self.gene_std  # type: ignore[assignment]
+        if self._val is None:
+            self._val = MetricSums(self.encoder.n_genes, self.device)
         self._val.update(batch["values"][:, 0] * std, pred * std, batch["target"])
 
     def on_validation_epoch_end(self) -> None:
@@ -604,7 +606,9 @@ class ResultHandOver(pl.Callback):
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: SpackleTrainingPlan) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module, SpackleTrainingPlan):
+            raise TypeError("ResultHandOver only works with SpackleTrainingPlan.")
         payload = {
             "history": list(pl_module.history),
             "best": pl_module.best,

@@ -93,7 +93,7 @@ def _eval_rows(
 
 
 def _check_fracs(mask_frac: float | Sequence[float]) -> list[float]:
-    fracs = [mask_frac] if np.isscalar(mask_frac) else list(mask_frac)
+    fracs: list = [mask_frac] if np.isscalar(mask_frac) else list(mask_frac)  # type: ignore[arg-type]
     if not fracs:
         raise ValueError("mask_frac is empty.")
     out = []
@@ -117,7 +117,7 @@ def evaluate_completion(
     slides: Sequence[str] | None = None,
     mask_frac: float | Sequence[float] = 0.3,
     n_masks: int = 10,
-    methods: Sequence[Method] = _METHODS,
+    methods: Sequence[Method] = ("spackle", "median"),
     median_rings: int = 4,
     seed: int | None = None,
     batch_size: int = 256,
@@ -197,7 +197,7 @@ def evaluate_completion(
     from ._spackle import SpackleModel, _expression_arrays, _gene_index, _neighbourhoods
 
     check_adata(adata)
-    methods = [methods] if isinstance(methods, str) else list(methods)
+    methods = [methods] if isinstance(methods, str) else list(methods)  # type: ignore[list-item]
     bad = [m for m in methods if m not in _METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty subset of {_METHODS}, got {methods!r}.")

@@ -116,7 +116,7 @@ def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
 
 
 def _neighbourhoods(
-    adata: AnnData, n_rings: int | None, geometry: str, library_key: str | None
+    adata: AnnData, n_rings: int | None, geometry: Any, library_key: str | None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Lattice neighbour table; ``n_rings=None`` → smallest ring count with ≥ 18 neighbour positions."""
     from spared_tools.pp import neighbor_table
@@ -552,7 +552,7 @@ class SpackleModel:
         if enable_progress_bar is None:
             enable_progress_bar = bool(settings.progress and settings.verbosity >= 2)
         own_dir = checkpoint_dir is None
-        work = Path(tempfile.mkdtemp(prefix="spackle_")) if own_dir else Path(checkpoint_dir)
+        work = Path(tempfile.mkdtemp(prefix="spackle_")) if checkpoint_dir is None else Path(checkpoint_dir)
         work.mkdir(parents=True, exist_ok=True)
         dump = str(work / f"spackle_result_{os.getpid()}_{time.time_ns()}.pt")
         callbacks: list = [ResultHandOver(dump)]
