@@ -299,7 +299,9 @@ def filter_spared(
         stats["n_vars_gene_counts"] = int((~count_ok).sum())
         stats["n_vars_exp_frac"] = int(count_ok.sum() - keep.sum())
 
-    kept_totals = np.asarray(X @ var_mask.astype(np.float64), dtype=np.float64).ravel()
+    # a weight vector of X's dtype keeps scipy from up-casting (copying) the whole matrix; only > 0 matters
+    w = var_mask.astype(X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64)
+    kept_totals = np.asarray(X @ w).ravel()
     empty = obs_mask & (kept_totals == 0)
     obs_mask &= ~empty
     if not obs_mask.any():
