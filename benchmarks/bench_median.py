@@ -28,6 +28,15 @@ HERE = Path(__file__).resolve().parent
 PEER_PY = HERE / "_work" / "venv-spared" / "bin" / "python"
 
 
+def vm_hwm_mb() -> float:
+    """Peak resident memory of this process (VmHWM, MiB). Unlike ru_maxrss it is reset by exec, so a
+    subprocess does not inherit the parent's high-water mark from the fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) / 1024
+    return float("nan")
+
+
 # ------------------------------------------------------------------------------------------ peer side
 _UNUSED = (
     "torchvision",
@@ -110,9 +119,8 @@ def peer_main(argv: list[str]) -> None:
         np.save(out / "tpm.npy", np.asarray(done.layers["tpm"], dtype=np.float64))
         np.save(out / "log1p.npy", np.asarray(done.layers["log1p_peer"], dtype=np.float64))
         np.save(out / "var_names.npy", np.asarray(done.var_names, dtype=str))
-    import resource
 
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = vm_hwm_mb()
     (out / "result.json").write_text(json.dumps(res))
 
 
