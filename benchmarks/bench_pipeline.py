@@ -193,7 +193,9 @@ def main() -> None:
         del a
 
     rep("")
-    rep("## whole pipeline, ours (fresh process per row; peak = VmHWM of that process: imports + data + pipeline)")
+    rep(
+        "## whole pipeline, ours (fresh process per row; peak = VmHWM of that process: imports + data + pipeline)"
+    )
     rep("## (the 2-core machine is shared with other jobs: wall times are inflated; cpu = process_time)")
     rep(
         f"{'slides':>6} {'spots':>7} {'genes':>6} {'filtered':>8} {'wall_s':>8} {'cpu_s':>7} {'peak_GiB':>8}  "
