@@ -69,7 +69,8 @@ def spared_pipeline(
        rule. **Spots and genes are removed here** (that is the purpose of this step); spots left with no
        counts are removed too. Slides must keep at least two spots.
     2. :func:`~spared_tools.pp.tpm` with the bundled gene lengths (genes without a length per
-       ``missing_lengths``), 3. :func:`~spared_tools.pp.log1p` (log2(TPM + 1)).
+       ``missing_lengths``).
+    3. :func:`~spared_tools.pp.log1p` (log2(TPM + 1)).
     4. :func:`~spared_tools.pp.median_complete` — adaptive median completion of the zero entries, on
        every gene kept by step 1 (as SpaRED, before Moran's I).
     5. :func:`~spared_tools.pp.spatial_graph` + :func:`~spared_tools.pp.moran` on the completed layer,
