@@ -23,13 +23,6 @@ from spared_tools.pp._tpm import _check_organism
 from spared_tools.pp._tpm import tpm as _tpm
 
 
-def _n_top(top_moran_genes: int | None, n_genes: int) -> int:
-    """SpaRED's rule: ``None``/``<= 0`` → 128 if more than 320 genes survive, else 32 (capped by n_genes)."""
-    if top_moran_genes is None or top_moran_genes <= 0:
-        top_moran_genes = 128 if n_genes > 320 else 32
-    return int(min(top_moran_genes, n_genes))
-
-
 def _geometry(hex_geometry: bool | None, geometry: str | None) -> Any:
     if geometry is not None:
         return geometry
@@ -156,6 +149,7 @@ def spared_pipeline(
     """
     from spared_tools.pp._graph import spatial_graph
     from spared_tools.pp._moran import moran
+    from spared_tools.pp._select import select_genes
 
     check_adata(adata)
     organism_name = _check_organism(organism)
@@ -294,15 +288,11 @@ def spared_pipeline(
             out.varm["moran_I_per_slide"] = sub.varm["moran_I_per_slide"]
             out.uns["moran"] = sub.uns["moran"]
             moran_on = "training spots"
-    score = out.var[Key.MORAN_I].to_numpy(dtype=np.float64)
     if wildcard_genes is not None:
         selected = np.ones(out.n_vars, dtype=bool)
-        n_keep = out.n_vars
     else:
-        n_keep = _n_top(top_moran_genes, out.n_vars)
-        order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
-        selected = np.zeros(out.n_vars, dtype=bool)
-        selected[order[:n_keep]] = True
+        selected = select_genes(out, n_top=top_moran_genes, inplace=False).to_numpy()
+    n_keep = int(selected.sum())
     out.var[Key.SELECTED] = selected
     gene_stats = out.var.copy()
     out._inplace_subset_var(np.flatnonzero(selected))
