@@ -195,3 +195,36 @@ def test_real_st_fixture_median_protocol(her2st_c2_block):
     # hiding more real entries makes the median method worse (the paper's Fig. 4 trend)
     assert s.loc[0.5, "MSE_mean"] > s.loc[0.1, "MSE_mean"]
     assert (res["n_hidden"] > 0).all()
+
+
+def test_stored_values_match_first_mask_and_feed_the_scatter_plot(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, m = trained
+    a = a.copy()
+    res = sp.tl.evaluate_completion(a, model=m, mask_frac=[0.1, 0.3, 0.6], n_masks=2, seed=3)
+    ev = a.uns["spackle_evaluation"]
+    vals = ev["values"]
+    assert ev["params"]["values_mask_frac"] == 0.3
+    assert list(vals.columns) == ["obs_name", "gene", "true", "spackle", "median"]
+    first = res[(res.mask_frac == 0.3) & (res["mask"] == 0)].set_index("method")
+    assert len(vals) == first.loc["spackle", "n_hidden"]
+    for method in ("spackle", "median"):
+        mse = float(np.mean((vals[method] - vals["true"]) ** 2))
+        assert mse == pytest.approx(first.loc[method, "MSE"], rel=1e-6)
+    # true values are the layer's values at (obs_name, gene)
+    truth = a[vals["obs_name"].to_numpy()].to_df(layer="median")
+    got = truth.to_numpy()[np.arange(len(vals)), a.var_names.get_indexer(vals["gene"])]
+    np.testing.assert_allclose(got, vals["true"].to_numpy(), rtol=1e-6)
+    fig = sp.pl.completion(a, show=False)
+    assert len(fig.axes) == 3  # one scatter per method + the error curve
+    plt.close(fig)
+    # capped sample
+    b = a.copy()
+    sp.tl.evaluate_completion(b, model=m, mask_frac=0.3, n_masks=1, seed=3, max_values=50)
+    assert len(b.uns["spackle_evaluation"]["values"]) == 50
+    with pytest.raises(ValueError, match="max_values"):
+        sp.tl.evaluate_completion(b, model=m, mask_frac=0.3, n_masks=1, max_values=-1)

@@ -43,9 +43,9 @@ def test_resolve_device_cpu_and_missing_cuda():
 
 def test_seed_everything_reproducible():
     seed_everything(123)
-    a = (np.random.rand(3), torch.rand(3))
+    a = (np.random.rand(3), torch.rand(3))  # noqa: NPY002
     seed_everything(123)
-    b = (np.random.rand(3), torch.rand(3))
+    b = (np.random.rand(3), torch.rand(3))  # noqa: NPY002
     np.testing.assert_array_equal(a[0], b[0])
     assert torch.equal(a[1], b[1])
     assert resolve_seed(None) == sp.settings.seed

@@ -18,10 +18,14 @@ class Key:
     TRAIN, VAL, TEST = "train", "val", "test"
 
     # obsm / uns
-    SPATIAL = "spatial"  # obsm[SPATIAL] = [x, y] full-resolution pixels; uns[SPATIAL][library_id] = images etc.
+    SPATIAL = (
+        "spatial"  # obsm[SPATIAL] = [x, y] full-resolution pixels; uns[SPATIAL][library_id] = images etc.
+    )
 
     # obsp (squidpy-compatible)
-    GRAPH = "spatial"  # -> obsp["spatial_connectivities"], obsp["spatial_distances"], uns["spatial_neighbors"]
+    GRAPH = (
+        "spatial"  # -> obsp["spatial_connectivities"], obsp["spatial_distances"], uns["spatial_neighbors"]
+    )
 
     # layers written by the SpaRED pipeline
     COUNTS = "counts"

@@ -48,7 +48,9 @@ class _Settings:
         if not isinstance(value, str) or not (
             value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")
         ):
-            raise ValueError(f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}.")
+            raise ValueError(
+                f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}."
+            )
         self._device = value
 
     @property
@@ -75,7 +77,7 @@ class _Settings:
             import numba
             import torch
 
-            numba.set_num_threads(min(value, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(value, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
             torch.set_num_threads(value)
 
     def __repr__(self) -> str:
@@ -115,7 +117,7 @@ def seed_everything(seed: int | None) -> int:
 
     seed = resolve_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the legacy global state users rely on
     torch.manual_seed(seed)
     os.environ.setdefault("PL_GLOBAL_SEED", str(seed))
     return seed

@@ -30,7 +30,9 @@ def get_matrix(adata: AnnData, layer: str | None = None):
             raise ValueError("adata.X is empty; pass layer= to choose the input matrix.")
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found in adata.layers; available: {sorted(adata.layers.keys())}.")
+        raise KeyError(
+            f"Layer {layer!r} not found in adata.layers; available: {sorted(adata.layers.keys())}."
+        )
     return adata.layers[layer]
 
 
@@ -69,7 +71,9 @@ def slide_labels(adata: AnnData, library_key: str | None = Key.SLIDE) -> np.ndar
     return pd.Categorical(check_obs_key(adata, library_key, what="slide column")).codes.astype(np.int64)
 
 
-def check_array_coords(adata: AnnData, row_key: str = Key.ARRAY_ROW, col_key: str = Key.ARRAY_COL) -> np.ndarray:
+def check_array_coords(
+    adata: AnnData, row_key: str = Key.ARRAY_ROW, col_key: str = Key.ARRAY_COL
+) -> np.ndarray:
     """Return integer array coordinates ``(n_obs, 2)`` = ``[row, col]`` with clear errors when absent or non-integer."""
     missing = [k for k in (row_key, col_key) if k not in adata.obs.columns]
     if missing:

@@ -497,9 +497,9 @@ class GeneQueryPlan(pl.LightningModule):
         loaders = self.trainer.train_dataloader
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
         for loader in loaders:
-            dataset = getattr(loader, "dataset", None)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self.current_epoch)
+            set_epoch = getattr(getattr(loader, "dataset", None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(self.current_epoch)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -539,16 +539,16 @@ class BestStateCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
             return
-        value = float(value)
+        value = float(metric)
         if math.isfinite(value) and (self.best_score is None or value < self.best_score):
             self.best_score, self.best_epoch = value, int(trainer.current_epoch)
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rec = {"epoch": int(trainer.current_epoch)}
+        rec: dict[str, float] = {"epoch": int(trainer.current_epoch)}
         for key in ("train_loss", "val_loss"):
             if key in trainer.callback_metrics:
                 rec[key] = float(trainer.callback_metrics[key])

@@ -291,7 +291,7 @@ def spared_pipeline(
     if wildcard_genes is not None:
         selected = np.ones(out.n_vars, dtype=bool)
     else:
-        selected = select_genes(out, n_top=top_moran_genes, inplace=False).to_numpy()
+        selected = np.asarray(select_genes(out, n_top=top_moran_genes, inplace=False), dtype=bool)
     n_keep = int(selected.sum())
     out.var[Key.SELECTED] = selected
     gene_stats = out.var.copy()

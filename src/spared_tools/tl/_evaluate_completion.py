@@ -124,6 +124,7 @@ def evaluate_completion(
     device: str | None = None,
     key_added: str | None = "spackle_evaluation",
     train_kwargs: dict[str, Any] | None = None,
+    max_values: int = 200_000,
 ) -> pd.DataFrame:
     """Benchmark completion on artificially hidden real entries (the SpaCKLE paper's protocol).
 
@@ -192,7 +193,9 @@ def evaluate_completion(
     ``MSE``, ``MAE``, ``PCC-gene``, ``PCC-spot``, ``n_hidden``. When ``key_added`` is set,
     ``adata.uns[key_added]`` receives ``params``, ``results`` (that DataFrame) and ``summary`` (mean and
     standard deviation over masks per method and fraction, plus ``MSE_reduction_vs_median`` = 1 −
-    MSE(SpaCKLE) / MSE(median) when both methods ran).
+    MSE(SpaCKLE) / MSE(median) when both methods ran), and ``values``: a DataFrame of hidden entries (first
+    mask of the fraction closest to 0.3, at most ``max_values`` rows) with columns ``obs_name``, ``gene``,
+    ``true`` and one column per method, read by :func:`spared_tools.pl.completion` for its scatter panels.
     """
     from ._spackle import SpackleModel, _expression_arrays, _gene_index, _neighbourhoods
 
@@ -253,6 +256,10 @@ def evaluate_completion(
         sub = _median_frame(adata, eval_idx, library_key, values.shape[1])
         nb = _neighbourhoods(sub, median_rings, getattr(model, "geometry", "auto"), library_key)[:2]
 
+    if isinstance(max_values, bool) or not isinstance(max_values, int | np.integer) or max_values < 0:
+        raise ValueError(f"max_values must be a non-negative integer, got {max_values!r}.")
+    values_frac = min(fracs, key=lambda f: abs(f - 0.3))
+    kept_values: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     ev_vals = values[eval_idx]
     ev_obs = observed[eval_idx]
@@ -276,6 +283,18 @@ def evaluate_completion(
                         sub, nb, ev_vals, ev_obs & ~hidden_ev, median_rings, library_key, device
                     )
                 met = completion_metrics(ev_vals, pred, hidden_ev)
+                if m == 0 and f == values_frac and max_values > 0:
+                    if "entries" not in kept_values:
+                        entries = np.argwhere(hidden_ev)
+                        if len(entries) > max_values:
+                            pick = np.random.default_rng([seed, fi, 2**31 - 1]).choice(
+                                len(entries), size=int(max_values), replace=False
+                            )
+                            entries = entries[np.sort(pick)]
+                        kept_values["entries"] = entries
+                        kept_values["true"] = ev_vals[entries[:, 0], entries[:, 1]]
+                    ent = kept_values["entries"]
+                    kept_values[method] = np.asarray(pred)[ent[:, 0], ent[:, 1]]
                 records.append(
                     {
                         "method": method,
@@ -292,6 +311,16 @@ def evaluate_completion(
         records, columns=["method", "mask_frac", "mask", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_hidden"]
     )
     summary = summarise(results)
+    values_df = None
+    if "entries" in kept_values:
+        ent = kept_values.pop("entries")
+        values_df = pd.DataFrame(
+            {
+                "obs_name": adata.obs_names[eval_idx[ent[:, 0]]].astype(str),
+                "gene": adata.var_names[gene_idx[ent[:, 1]]].astype(str),
+                **{k: np.asarray(v, dtype=np.float64) for k, v in kept_values.items()},
+            }
+        )
     if key_added is not None:
         adata.uns[key_added] = {
             "params": {
@@ -313,6 +342,9 @@ def evaluate_completion(
             "results": results,
             "summary": summary,
         }
+        adata.uns[key_added]["params"]["values_mask_frac"] = float(values_frac)
+        if values_df is not None:
+            adata.uns[key_added]["values"] = values_df
     for _, r in summary.iterrows():
         logger.info(
             f"evaluate_completion: {r['method']} @ {r['mask_frac']:.0%}: MSE {r['MSE_mean']:.4f}, "

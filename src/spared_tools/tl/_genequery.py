@@ -453,7 +453,7 @@ class GeneQueryModel(Predictor):
             coords = adata.obs[[Key.ARRAY_COL, Key.ARRAY_ROW]].to_numpy(dtype=np.float64)
         else:
             coords = None
-        out = []
+        out: list[np.ndarray] = []
         for lab in np.unique(labels[spots]):
             idx = spots[labels[spots] == lab]
             if idx.size > self.max_len and coords is None:
@@ -466,7 +466,7 @@ class GeneQueryModel(Predictor):
         return out
 
     # ------------------------------------------------------------------ training
-    def _fit(
+    def _fit(  # type: ignore[override]
         self,
         adata: AnnData,
         Z: np.ndarray,
@@ -597,6 +597,7 @@ class GeneQueryModel(Predictor):
         bs = max(self.batch_size, 64)
         Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
         show = settings.progress and settings.verbosity >= 2
+        ds: Any
         for v in views:
             if self.mode == "spot":
                 ds = SpotDataset(
@@ -647,7 +648,10 @@ class GeneQueryModel(Predictor):
             "text_scaler": self.scaler_.text_state() if isinstance(self.scaler_, _TextScaler) else None,
         }
         torch.save(state, path / _STATE_FILE)
-        arrays = {"train_genes": np.asarray(self.genes_, dtype=str), "train_emb": self.gene_embeddings_}
+        arrays: dict[str, Any] = {
+            "train_genes": np.asarray(self.genes_, dtype=str),
+            "train_emb": self.gene_embeddings_,
+        }
         if self.gene_embeddings is not None:
             arrays["user_genes"] = self.gene_embeddings.index.to_numpy(dtype=str)
             arrays["user_emb"] = self.gene_embeddings.to_numpy(dtype=np.float32)
