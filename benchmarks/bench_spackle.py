@@ -15,6 +15,7 @@ the real entries of the *test* slides; the median method re-run on the same mask
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -211,8 +212,8 @@ def _fresh_completion(rep: Report) -> None:
         rep(
             f"[speed] fresh process, precision {prec}: sp.tl.spackle_complete({n} spots x 128 genes, trained "
             f"model): wall {dt:.1f} s = {n / dt:.0f} spots/s under load avg {load0}->{_load_avg()} (target "
-            f"< 60 s); CPU time {cpu:.1f} s = {n / cpu:.0f} spots per CPU-second (1 torch thread: ~ the wall "
-            "time on an idle core)"
+            f"< 60 s); CPU time {cpu:.1f} s (all threads; torch default threads = {os.cpu_count()}) = "
+            f"{n / cpu:.0f} spots per CPU-second, i.e. an upper bound on the wall time on idle cores"
         )
         rep(
             f"[speed]   peak RSS {float(r1) / 1024:.2f} GiB for the whole process incl. the 80k AnnData "
