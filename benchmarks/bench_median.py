@@ -188,7 +188,7 @@ def main() -> None:
     sp.pp.median_complete(warm, layer="log1p", library_key="slide_id")
 
     configs = [(1, 1000), (4, 1000), (16, 1000), (1, 2000), (4, 2000), (16, 2000)]
-    peer_configs = {(1, 1000), (4, 1000), (1, 2000)}
+    peer_configs = set(configs)  # every size measured, none extrapolated
     if quick:
         configs, peer_configs = [(1, 1000)], {(1, 1000)}
     rep("")

@@ -135,6 +135,37 @@ def test_kernels_match_brute_force_synthetic(geometry):
     np.testing.assert_array_equal(got_t, expected)
 
 
+@pytest.mark.parametrize("p_hole", [0.0, 0.05])
+def test_numba_kernel_fast_paths_match_brute_force(p_hole):
+    # Hole-free hexagonal interiors take the median-of-7 network, short windows the rank-counting
+    # selection and long ones quickselect; integer-valued data makes ties everywhere.
+    rng = np.random.default_rng(7)
+    rows, cols = random_lattice(rng, 14, 15, "hex", p_hole=p_hole)
+    slides = np.zeros(rows.size, dtype=np.int64)
+    p = np.linspace(0.05, 0.95, 37)
+    X = np.where(rng.random((rows.size, 37)) < p, rng.integers(1, 4, (rows.size, 37)), 0).astype(np.float32)
+    X[:, 5] = rng.gamma(2.0, 1.0, rows.size) * (rng.random(rows.size) < 0.8)
+    table, ring = build_table(rows, cols, slides, 4, "hex")
+    expected = brute_force(X.astype(np.float64), rows, cols, slides, 4, "hex").astype(np.float32)
+    got = adaptive_median_numba(X, X == 0, table, ring, slides, n_rings=4)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_slide_nonzero_median_matches_numpy():
+    rng = np.random.default_rng(3)
+    X = np.where(
+        rng.random((300, 37)) < 0.6, rng.integers(1, 6, (300, 37)) + rng.random((300, 37)) * 0.5, 0.0
+    )
+    X[:, 2] = 0.0
+    codes = rng.integers(0, 3, 300)
+    got = slide_nonzero_median(X, codes, 3)
+    for s in range(3):
+        for j in range(37):
+            v = X[codes == s, j]
+            v = v[v != 0]
+            assert got[s, j] == (np.median(v) if v.size else 0.0)
+
+
 def test_kernel_column_order_and_extra_rings_do_not_matter():
     rng = np.random.default_rng(1)
     X, rows, cols, slides = synthetic(rng, "square", n_slides=1, n_genes=12)

@@ -8,8 +8,11 @@ has no non-zero value in that slide. Observed entries are copied unchanged.
 
 Two backends compute exactly the same thing:
 
-* :func:`adaptive_median_numba` — one pass over the missing entries, parallel over spots, with an
-  incremental insertion sort per entry (windows grow ring by ring, so each value is inserted once).
+* :func:`adaptive_median_numba` — parallel over spots. For non-negative data the non-zero counts of all
+  genes are accumulated ring by ring (SIMD row additions) to find each missing entry's first window with a
+  non-zero median; only those entries need a median (a median-of-7 network over all genes for full
+  first rings, otherwise a branch-free gather and a rank selection). Data with negative values use an
+  incremental insertion sort per entry.
 * :func:`adaptive_median_torch` — chunks of spots × genes gathered into ``(spots, window, genes)`` tensors
   and sorted along the window axis; meant for GPUs.
 """
@@ -61,20 +64,114 @@ def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
 
 
+@njit(cache=True, inline="always")
+def _select(buf, m, r):  # pragma: no cover - numba
+    # Move the r-th smallest of buf[0:m] to buf[r] (Hoare quickselect, median-of-three pivot); afterwards
+    # buf[0:r] <= buf[r] <= buf[r + 1:m].
+    lo = 0
+    hi = m - 1
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        a = buf[lo]
+        b = buf[mid]
+        c = buf[hi]
+        if a > b:
+            a, b = b, a
+        if b > c:
+            b = c
+            if a > b:
+                b = a
+        pivot = b
+        i = lo
+        j = hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = buf[i]
+                buf[i] = buf[j]
+                buf[j] = t
+                i += 1
+                j -= 1
+        if r <= j:
+            hi = j
+        elif r >= i:
+            lo = i
+        else:
+            break
+    return buf[r]
+
+
+@njit(cache=True, inline="always")
+def _kth_small(buf, m, r):  # pragma: no cover - numba
+    # r-th smallest of a short buf[0:m] by branch-free rank counting (faster than selection for m <= 32).
+    res = buf[0]
+    for a in range(m):
+        va = buf[a]
+        lt = 0
+        le = 0
+        for b in range(m):
+            vb = buf[b]
+            lt += vb < va
+            le += vb <= va
+        if lt <= r and r < le:
+            res = va
+    return res
+
+
+@njit(cache=True, inline="always")
+def _rank_median(buf, m, r, even):  # pragma: no cover - numba
+    # Median of a window whose sorted non-zero values are buf[0:m] (any order) preceded by zeros: the
+    # upper middle element is the r-th smallest non-zero; for an even window the lower middle one is the
+    # (r - 1)-th, or a zero when r == 0. buf may be reordered.
+    if m <= 32:
+        hi = np.float64(_kth_small(buf, m, r))
+        if not even:
+            return hi
+        lo = np.float64(_kth_small(buf, m, r - 1)) if r >= 1 else 0.0
+        return (lo + hi) / 2.0
+    hi = np.float64(_select(buf, m, r))
+    if not even:
+        return hi
+    lo = 0.0
+    if r >= 1:
+        lo = np.float64(buf[0])
+        for c in range(1, r):
+            if buf[c] > lo:
+                lo = np.float64(buf[c])
+    return (lo + hi) / 2.0
+
+
 @njit(parallel=True, cache=True)
 def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - numba
+    # Tiles of 16 genes (one cache line of float32) x one slide: the rows are streamed once and each
+    # gene's non-zero values appended (branch-free) to its buffer, then one selection per gene.
     n_slides = starts.shape[0] - 1
     n_genes = X.shape[1]
-    for j in prange(n_genes):
-        buf = np.empty(X.shape[0], dtype=np.float64)
-        for s in range(n_slides):
-            m = 0
-            for r in range(starts[s], starts[s + 1]):
-                v = X[order[r], j]
-                if v != 0:
-                    buf[m] = v
-                    m += 1
-            out[s, j] = np.median(buf[:m]) if m > 0 else 0.0
+    T = 16
+    n_tiles = (n_genes + T - 1) // T
+    for t in prange(n_tiles * n_slides):
+        s = t // n_tiles
+        j0 = (t % n_tiles) * T
+        w = min(n_genes, j0 + T) - j0
+        buf = np.empty((T, starts[s + 1] - starts[s]), dtype=X.dtype)
+        cnt = np.zeros(T, dtype=np.int64)
+        for r in range(starts[s], starts[s + 1]):
+            row = order[r]
+            for q in range(w):
+                v = X[row, j0 + q]
+                buf[q, cnt[q]] = v
+                cnt[q] += v != 0
+        for q in range(w):
+            m = cnt[q]
+            if m == 0:
+                out[s, j0 + q] = 0.0
+            else:
+                h = m // 2
+                b = buf[q]
+                out[s, j0 + q] = _rank_median(b, m, h, m % 2 == 0)
 
 
 def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
@@ -145,26 +242,44 @@ def _adaptive_median_kernel(
 
 
 @njit(parallel=True, cache=True)
-def _adaptive_median_kernel_nonneg(X, missing, table, bounds, fallback, slide_codes, out):  # pragma: no cover
+def _adaptive_median_kernel_nonneg(
+    X, nz, missing, table, bounds, fallback, slide_codes, out
+):  # pragma: no cover
     # Same rule for X >= 0. A window median is zero exactly when more than half of the window is zero,
-    # so for every spot the non-zero counts of all genes are accumulated ring by ring with contiguous
-    # row operations; only the entries whose first "at most half zeros" window exists then gather that
-    # window's non-zero values (sorted on insert) to form the one median they need.
+    # so for every spot the non-zero counts of all genes (``nz``: X != 0 as uint8) are accumulated ring by
+    # ring with contiguous SIMD row additions, stopping at the first ring after which no missing gene is
+    # undecided. Only entries whose first "at most half zeros" window exists then need a median: with a
+    # full first ring (7 spots on a hexagonal lattice) it comes from a branch-free median-of-7 network run
+    # over all genes at once; otherwise the window's non-zero values are gathered without branches and
+    # the median's rank among them is selected (rank counting for short windows, quickselect beyond).
     n_obs, n_genes = X.shape
     n_rings = bounds.shape[0] - 1
     width = bounds[n_rings]
     for i in prange(n_obs):
         s = slide_codes[i]
-        any_missing = False
+        n_todo = 0
         for j in range(n_genes):
             out[i, j] = X[i, j]
-            if missing[i, j]:
-                any_missing = True
-        if not any_missing:
+            n_todo += missing[i, j]
+        if n_todo == 0:
             continue
-        nonzero = np.zeros(n_genes, dtype=np.int32)
+        todo = np.empty(n_todo, dtype=np.int64)
+        p = 0
+        for j in range(n_genes):
+            if missing[i, j]:
+                todo[p] = j
+                p += 1
+        nbs = np.empty(width, dtype=np.int64)
+        q = 0
+        for c in range(width):
+            if table[i, c] >= 0:
+                nbs[q] = table[i, c]
+                q += 1
+        nonzero = np.zeros(n_genes, dtype=np.uint8)
         kstar = np.zeros(n_genes, dtype=np.int32)
         nwin = np.zeros(n_rings + 1, dtype=np.int64)
+        med1 = np.empty(n_genes, dtype=X.dtype)
+        full1 = False
         n = 0
         start = 0
         for k in range(1, n_rings + 1):
@@ -173,44 +288,99 @@ def _adaptive_median_kernel_nonneg(X, missing, table, bounds, fallback, slide_co
                 if nb < 0:
                     continue
                 n += 1
+                row = nz[nb]
                 for j in range(n_genes):
-                    nonzero[j] += X[nb, j] != 0
+                    nonzero[j] += row[j]
             start = bounds[k]
             nwin[k] = n
-            for j in range(n_genes):
-                if kstar[j] == 0 and missing[i, j] and 2 * (n - nonzero[j]) <= n:
+            if k == 1 and n == 7 and bounds[1] == 7:
+                full1 = True
+                r0 = X[nbs[0]]
+                r1 = X[nbs[1]]
+                r2 = X[nbs[2]]
+                r3 = X[nbs[3]]
+                r4 = X[nbs[4]]
+                r5 = X[nbs[5]]
+                r6 = X[nbs[6]]
+                for j in range(n_genes):
+                    v0 = r0[j]
+                    v1 = r1[j]
+                    v2 = r2[j]
+                    v3 = r3[j]
+                    v4 = r4[j]
+                    v5 = r5[j]
+                    v6 = r6[j]
+                    lo_ = min(v0, v6)
+                    v6 = max(v0, v6)
+                    v0 = lo_
+                    lo_ = min(v2, v3)
+                    v3 = max(v2, v3)
+                    v2 = lo_
+                    lo_ = min(v4, v5)
+                    v5 = max(v4, v5)
+                    v4 = lo_
+                    lo_ = min(v0, v2)
+                    v2 = max(v0, v2)
+                    v0 = lo_
+                    lo_ = min(v1, v4)
+                    v4 = max(v1, v4)
+                    v1 = lo_
+                    lo_ = min(v3, v6)
+                    v6 = max(v3, v6)
+                    v3 = lo_
+                    lo_ = min(v0, v1)
+                    v1 = max(v0, v1)
+                    v0 = lo_
+                    lo_ = min(v2, v5)
+                    v5 = max(v2, v5)
+                    v2 = lo_
+                    lo_ = min(v3, v4)
+                    v4 = max(v3, v4)
+                    v3 = lo_
+                    lo_ = min(v1, v2)
+                    v2 = max(v1, v2)
+                    v1 = lo_
+                    lo_ = min(v4, v6)
+                    v6 = max(v4, v6)
+                    v4 = lo_
+                    lo_ = min(v2, v3)
+                    v3 = max(v2, v3)
+                    v2 = lo_
+                    lo_ = min(v4, v5)
+                    v5 = max(v4, v5)
+                    v4 = lo_
+                    lo_ = min(v3, v4)
+                    v4 = max(v3, v4)
+                    v3 = lo_
+                    med1[j] = v3
+            q = 0
+            for t in range(n_todo):
+                j = todo[t]
+                if n > 0 and 2 * (n - np.int64(nonzero[j])) <= n:
                     kstar[j] = k
-        buf = np.empty(width, dtype=np.float64)
+                else:
+                    todo[q] = j
+                    q += 1
+            n_todo = q
+            if n_todo == 0:
+                break
+        for t in range(n_todo):
+            out[i, todo[t]] = fallback[s, todo[t]]
+        buf = np.empty(width, dtype=X.dtype)
         for j in range(n_genes):
-            if not missing[i, j]:
-                continue
             k = kstar[j]
             if k == 0:
-                out[i, j] = fallback[s, j]
                 continue
-            m = 0
-            for c in range(bounds[k]):
-                nb = table[i, c]
-                if nb < 0:
-                    continue
-                v = np.float64(X[nb, j])
-                if v == 0.0:
-                    continue
-                p = m
-                while p > 0 and buf[p - 1] > v:
-                    buf[p] = buf[p - 1]
-                    p -= 1
-                buf[p] = v
-                m += 1
+            if k == 1 and full1:
+                out[i, j] = med1[j]
+                continue
             n = nwin[k]
-            z = n - m
-            h = n // 2
-            if n % 2 == 1:
-                value = buf[h - z]
-            else:
-                lo = buf[h - 1 - z] if h - 1 >= z else 0.0
-                value = (lo + buf[h - z]) / 2.0
-            out[i, j] = value
+            m = 0
+            for c in range(n):
+                v = X[nbs[c], j]
+                buf[m] = v
+                m += v != 0
+            out[i, j] = _rank_median(buf, m, n // 2 - (n - m), n % 2 == 0)
 
 
 def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
@@ -275,8 +445,12 @@ def adaptive_median_numba(
     if fallback is None:
         fallback = slide_nonzero_median(X, slide_codes, n_slides)
     out = np.empty_like(X)
-    kernel = _adaptive_median_kernel if (X.size and X.min() < 0) else _adaptive_median_kernel_nonneg
-    kernel(X, missing, table, bounds, np.ascontiguousarray(fallback), slide_codes, out)
+    fallback = np.ascontiguousarray(fallback)
+    if X.size and X.min() < 0:
+        _adaptive_median_kernel(X, missing, table, bounds, fallback, slide_codes, out)
+    else:
+        nz = (X != 0).view(np.uint8)
+        _adaptive_median_kernel_nonneg(X, nz, missing, table, bounds, fallback, slide_codes, out)
     return out
 
 
