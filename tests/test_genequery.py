@@ -456,3 +456,60 @@ def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, mon
     model.save(tmp_path / "m")
     again = GeneQueryModel.load(tmp_path / "m", a)
     np.testing.assert_array_equal(again.predict(a, [new, genes[0]]), model.predict(a, [new, genes[0]]))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_encoder_equals_torch_transformer_encoder(masked):
+    # GeneQueryNet runs its layers through scaled_dot_product_attention; the arithmetic must be that of
+    # nn.TransformerEncoder (pre-norm) with the same weights.
+    torch.manual_seed(0)
+    net = GeneQueryNet(10, 6, width=16, n_layers=2, n_heads=4, ff_dim=24).eval()
+    img, gene = torch.randn(3, 9, 10), torch.randn(3, 9, 6)
+    mask = None
+    if masked:
+        mask = torch.zeros(3, 9, dtype=torch.bool)
+        mask[0, 6:] = True
+        mask[2, 1:] = True
+    with torch.no_grad():
+        got = net(img, gene, mask)
+        h = net.image_proj(img) + net.gene_proj(gene)
+        ref = net.regressor(net.encoder(h, src_key_padding_mask=mask)).squeeze(-1)
+        if mask is not None:
+            ref = ref.masked_fill(mask, 0.0)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_inference_close_to_float32(data, trained_spot):
+    adata, _ = data
+    genes = [f"G{j}" for j in range(6)]
+    p32 = trained_spot.predict(adata, genes)
+    trained_spot.inference_precision = "bf16"
+    try:
+        p16 = trained_spot.predict(adata, genes)
+    finally:
+        trained_spot.inference_precision = "32"
+    assert p16.dtype == np.float32 and not np.array_equal(p16, p32)
+    spread = p32.std(axis=0)
+    assert (np.abs(p16 - p32).max(axis=0) < 0.1 * spread).all()
+    assert (_pcc(p16, p32) > 0.99).all()
+    with pytest.raises(ValueError, match="inference_precision"):
+        GeneQueryModel(inference_precision="fp8")
+
+
+def test_training_is_quiet_at_default_verbosity(data, caplog, capfd):
+    import logging
+
+    adata, table = data
+    kw = {**SMALL, "gene_embeddings": table, "max_epochs": 1, "batch_size": 8}
+    before = sp.settings.verbosity
+    try:
+        for verbosity in (3, 1):
+            sp.settings.verbosity = verbosity
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                GeneQueryModel(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"])
+            out, err = capfd.readouterr()
+            # Lightning's info lines ("GPU available: ...") only at verbosity >= 3
+            assert ("GPU available" in caplog.text + out + err) == (verbosity >= 3)
+    finally:
+        sp.settings.verbosity = before
