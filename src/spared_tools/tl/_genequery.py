@@ -491,7 +491,6 @@ class GeneQueryModel(Predictor):
     ) -> None:
         """Train the network; ``max_epochs`` and ``progress`` override the constructor for this call."""
         import pytorch_lightning as pl
-        from ._spackle import _quiet_lightning
         import torch
         from torch.utils.data import DataLoader
 
@@ -502,6 +501,8 @@ class GeneQueryModel(Predictor):
             GeneQueryPlan,
             SpotDataset,
         )
+
+        from ._spackle import _quiet_lightning
 
         assert self.genes_ is not None and self.scaler_ is not None
         feats = self._features(adata)
