@@ -567,7 +567,7 @@ class GeneQueryModel(Predictor):
                 enable_progress_bar=show,
                 num_sanity_val_steps=0,
                 callbacks=[best],
-                precision=self.precision,
+                precision=self.precision,  # type: ignore[arg-type]  # validated by Lightning
             )
             trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
         self.net_ = plan.net.cpu().eval()
