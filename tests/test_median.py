@@ -151,6 +151,22 @@ def test_numba_kernel_fast_paths_match_brute_force(p_hole):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("n", [1, 5, 7, 13, 19, 25, 37, 41, 61])
+def test_median_network_selects_the_median(n):
+    from spared_tools._kernels.median import median_network
+
+    pairs, out = median_network(n)
+    rng = np.random.default_rng(n)
+    for trial in range(2000):
+        x = rng.integers(0, 3 if trial % 2 else 10**6, n).astype(float)  # many ties, then distinct values
+        y = x.copy()
+        for a, b in pairs:
+            y[a], y[b] = min(y[a], y[b]), max(y[a], y[b])
+        assert y[out] == np.median(x)
+    with pytest.raises(ValueError, match="odd"):
+        median_network(8)
+
+
 def test_slide_nonzero_median_matches_numpy():
     rng = np.random.default_rng(3)
     X = np.where(

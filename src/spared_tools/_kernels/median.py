@@ -19,6 +19,8 @@ Two backends compute exactly the same thing:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -60,6 +62,8 @@ def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray,
     The reordered table (``int64``, C-contiguous) and ring.
     """
     ring = np.asarray(ring, dtype=np.int64)
+    if ring.size == 0 or np.all(ring[1:] >= ring[:-1]):
+        return np.ascontiguousarray(table, dtype=np.int64), ring
     order = np.argsort(ring, kind="stable")
     return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
 
@@ -241,17 +245,94 @@ def _adaptive_median_kernel(
             out[i, j] = value
 
 
+def _batcher_pairs(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort for ``n`` (a power of two) inputs."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def median_network(n: int) -> tuple[np.ndarray, int]:
+    """A comparator network that selects the median of ``n`` (odd) values.
+
+    Batcher's sorting network on the next power of two, with the extra inputs fixed at +inf and
+    propagated away (a comparator against +inf is a no-op or a relabelling), then pruned backwards to the
+    comparators the middle output depends on (7 → 14, 19 → 79, 37 → 223, 61 → 421 comparators).
+
+    Parameters
+    ----------
+    n
+        Number of inputs (odd).
+
+    Returns
+    -------
+    ``(pairs, out)``: ``int64 (n_comparators, 2)`` rows ``(a, b)`` meaning "put min in a, max in b",
+    over inputs ``0 … n - 1``, and the input slot that holds the median at the end.
+    """
+    if n < 1 or n % 2 == 0:
+        raise ValueError(f"median_network needs an odd number of inputs, got {n}.")
+    size = 1
+    while size < n:
+        size *= 2
+    slot = list(range(size))
+    inf = [w >= n for w in range(size)]
+    ops = []
+    for i, j in _batcher_pairs(size):
+        if inf[j]:
+            continue
+        if inf[i]:
+            slot[i], slot[j] = slot[j], slot[i]
+            inf[i], inf[j] = False, True
+            continue
+        ops.append((slot[i], slot[j]))
+    out = slot[n // 2]
+    needed = {out}
+    keep = []
+    for a, b in reversed(ops):
+        if a in needed or b in needed:
+            keep.append((a, b))
+            needed |= {a, b}
+    return np.asarray(keep[::-1], dtype=np.int64).reshape(-1, 2), int(out)
+
+
+def _ring_networks(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median networks of the full windows ``bounds[1:]`` concatenated: (pairs, start per ring, out slot)."""
+    n_rings = bounds.shape[0] - 1
+    parts, starts, outs = [], np.zeros(n_rings + 2, dtype=np.int64), np.full(n_rings + 1, -1, np.int64)
+    for k in range(1, n_rings + 1):
+        w = int(bounds[k])
+        if w % 2 == 1:
+            pairs, out = median_network(w)
+            parts.append(pairs)
+            outs[k] = out
+        else:
+            parts.append(np.zeros((0, 2), dtype=np.int64))
+        starts[k + 1] = starts[k] + len(parts[-1])
+    return np.ascontiguousarray(np.concatenate(parts)), starts, outs
+
+
 @njit(parallel=True, cache=True)
 def _adaptive_median_kernel_nonneg(
-    X, nz, missing, table, bounds, fallback, slide_codes, out
+    X, nz, missing, table, bounds, net, net_start, net_out, fallback, slide_codes, out
 ):  # pragma: no cover
     # Same rule for X >= 0. A window median is zero exactly when more than half of the window is zero,
     # so for every spot the non-zero counts of all genes (``nz``: X != 0 as uint8) are accumulated ring by
     # ring with contiguous SIMD row additions, stopping at the first ring after which no missing gene is
-    # undecided. Only entries whose first "at most half zeros" window exists then need a median: with a
-    # full first ring (7 spots on a hexagonal lattice) it comes from a branch-free median-of-7 network run
-    # over all genes at once; otherwise the window's non-zero values are gathered without branches and
-    # the median's rank among them is selected (rank counting for short windows, quickselect beyond).
+    # undecided. Only entries whose first "at most half zeros" window exists then need a median. When
+    # that window is complete (no lattice position empty, the usual case inside the tissue) the genes
+    # that stop at the same ring are gathered into a (window x genes) block and a median-selection
+    # network runs across them with branch-free min/max (SIMD over genes). Windows with empty
+    # positions gather their non-zero values and select the median's rank among them.
     n_obs, n_genes = X.shape
     n_rings = bounds.shape[0] - 1
     width = bounds[n_rings]
@@ -276,12 +357,15 @@ def _adaptive_median_kernel_nonneg(
                 nbs[q] = table[i, c]
                 q += 1
         nonzero = np.zeros(n_genes, dtype=np.uint8)
-        kstar = np.zeros(n_genes, dtype=np.int32)
+        kstar = np.zeros(n_todo, dtype=np.int32)  # per todo position, in the original todo order
+        first = np.empty(n_todo, dtype=np.int64)
+        for t in range(n_todo):
+            first[t] = todo[t]
         nwin = np.zeros(n_rings + 1, dtype=np.int64)
-        med1 = np.empty(n_genes, dtype=X.dtype)
-        full1 = False
+        per_ring = np.zeros(n_rings + 1, dtype=np.int64)
         n = 0
         start = 0
+        pos = np.arange(n_todo)
         for k in range(1, n_rings + 1):
             for c in range(start, bounds[k]):
                 nb = table[i, c]
@@ -293,73 +377,15 @@ def _adaptive_median_kernel_nonneg(
                     nonzero[j] += row[j]
             start = bounds[k]
             nwin[k] = n
-            if k == 1 and n == 7 and bounds[1] == 7:
-                full1 = True
-                r0 = X[nbs[0]]
-                r1 = X[nbs[1]]
-                r2 = X[nbs[2]]
-                r3 = X[nbs[3]]
-                r4 = X[nbs[4]]
-                r5 = X[nbs[5]]
-                r6 = X[nbs[6]]
-                for j in range(n_genes):
-                    v0 = r0[j]
-                    v1 = r1[j]
-                    v2 = r2[j]
-                    v3 = r3[j]
-                    v4 = r4[j]
-                    v5 = r5[j]
-                    v6 = r6[j]
-                    lo_ = min(v0, v6)
-                    v6 = max(v0, v6)
-                    v0 = lo_
-                    lo_ = min(v2, v3)
-                    v3 = max(v2, v3)
-                    v2 = lo_
-                    lo_ = min(v4, v5)
-                    v5 = max(v4, v5)
-                    v4 = lo_
-                    lo_ = min(v0, v2)
-                    v2 = max(v0, v2)
-                    v0 = lo_
-                    lo_ = min(v1, v4)
-                    v4 = max(v1, v4)
-                    v1 = lo_
-                    lo_ = min(v3, v6)
-                    v6 = max(v3, v6)
-                    v3 = lo_
-                    lo_ = min(v0, v1)
-                    v1 = max(v0, v1)
-                    v0 = lo_
-                    lo_ = min(v2, v5)
-                    v5 = max(v2, v5)
-                    v2 = lo_
-                    lo_ = min(v3, v4)
-                    v4 = max(v3, v4)
-                    v3 = lo_
-                    lo_ = min(v1, v2)
-                    v2 = max(v1, v2)
-                    v1 = lo_
-                    lo_ = min(v4, v6)
-                    v6 = max(v4, v6)
-                    v4 = lo_
-                    lo_ = min(v2, v3)
-                    v3 = max(v2, v3)
-                    v2 = lo_
-                    lo_ = min(v4, v5)
-                    v5 = max(v4, v5)
-                    v4 = lo_
-                    lo_ = min(v3, v4)
-                    v4 = max(v3, v4)
-                    v3 = lo_
-                    med1[j] = v3
             q = 0
             for t in range(n_todo):
                 j = todo[t]
                 if n > 0 and 2 * (n - np.int64(nonzero[j])) <= n:
-                    kstar[j] = k
+                    kstar[pos[t]] = k
+                    per_ring[k] += 1
                 else:
                     todo[q] = j
+                    pos[q] = pos[t]
                     q += 1
             n_todo = q
             if n_todo == 0:
@@ -367,20 +393,44 @@ def _adaptive_median_kernel_nonneg(
         for t in range(n_todo):
             out[i, todo[t]] = fallback[s, todo[t]]
         buf = np.empty(width, dtype=X.dtype)
-        for j in range(n_genes):
-            k = kstar[j]
-            if k == 0:
+        for k in range(1, n_rings + 1):
+            nk = per_ring[k]
+            if nk == 0:
                 continue
-            if k == 1 and full1:
-                out[i, j] = med1[j]
-                continue
+            genes = np.empty(nk, dtype=np.int64)
+            q = 0
+            for t in range(first.shape[0]):
+                if kstar[t] == k:
+                    genes[q] = first[t]
+                    q += 1
             n = nwin[k]
-            m = 0
-            for c in range(n):
-                v = X[nbs[c], j]
-                buf[m] = v
-                m += v != 0
-            out[i, j] = _rank_median(buf, m, n // 2 - (n - m), n % 2 == 0)
+            if n == bounds[k] and net_out[k] >= 0:
+                # complete odd window: median-selection network across the genes
+                block = np.empty((n, nk), dtype=X.dtype)
+                for c in range(n):
+                    row = X[nbs[c]]
+                    for t in range(nk):
+                        block[c, t] = row[genes[t]]
+                for o in range(net_start[k], net_start[k + 1]):
+                    ra = block[net[o, 0]]
+                    rb = block[net[o, 1]]
+                    for t in range(nk):
+                        va = ra[t]
+                        vb = rb[t]
+                        ra[t] = min(va, vb)
+                        rb[t] = max(va, vb)
+                res = block[net_out[k]]
+                for t in range(nk):
+                    out[i, genes[t]] = res[t]
+                continue
+            for t in range(nk):
+                j = genes[t]
+                m = 0
+                for c in range(n):
+                    v = X[nbs[c], j]
+                    buf[m] = v
+                    m += v != 0
+                out[i, j] = _rank_median(buf, m, n // 2 - (n - m), n % 2 == 0)
 
 
 def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
@@ -411,6 +461,8 @@ def adaptive_median_numba(
     *,
     n_rings: int = 4,
     fallback: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    nonzero: np.ndarray | None = None,
 ) -> np.ndarray:
     """Complete the missing entries of ``X`` with the SpaRED adaptive median (numba, CPU).
 
@@ -430,10 +482,14 @@ def adaptive_median_numba(
         Largest window, in rings.
     fallback
         Optional precomputed ``(n_slides, n_genes)`` slide medians of the non-zero values.
+    out
+        Optional C-contiguous array of the shape and dtype of ``X`` that receives the result.
+    nonzero
+        Optional precomputed ``X != 0`` (bool, C-contiguous); saves one pass over ``X``.
 
     Returns
     -------
-    Completed ``(n_obs, n_genes)`` array with the dtype of ``X``.
+    Completed ``(n_obs, n_genes)`` array with the dtype of ``X`` (``out`` when given).
     """
     X = np.ascontiguousarray(X)
     missing = np.ascontiguousarray(missing, dtype=np.bool_)
@@ -444,13 +500,21 @@ def adaptive_median_numba(
     n_slides = int(slide_codes.max()) + 1 if slide_codes.size else 0
     if fallback is None:
         fallback = slide_nonzero_median(X, slide_codes, n_slides)
-    out = np.empty_like(X)
+    if out is None:
+        out = np.empty_like(X)
+    elif out.shape != X.shape or out.dtype != X.dtype or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous array with the shape and dtype of X.")
     fallback = np.ascontiguousarray(fallback)
+    if nonzero is None or nonzero.shape != X.shape or nonzero.dtype != np.bool_:
+        nonzero = X != 0
     if X.size and X.min() < 0:
         _adaptive_median_kernel(X, missing, table, bounds, fallback, slide_codes, out)
     else:
-        nz = (X != 0).view(np.uint8)
-        _adaptive_median_kernel_nonneg(X, nz, missing, table, bounds, fallback, slide_codes, out)
+        nz = np.ascontiguousarray(nonzero).view(np.uint8)
+        net, net_start, net_out = _ring_networks(bounds)
+        _adaptive_median_kernel_nonneg(
+            X, nz, missing, table, bounds, net, net_start, net_out, fallback, slide_codes, out
+        )
     return out
 
 

@@ -20,7 +20,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device
 from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix, slide_labels
 
-_CHUNK_BYTES = 256 * 2**20
+_CHUNK_BYTES = 512 * 2**20
 
 
 def _dense_columns(X, g0: int, g1: int, dtype) -> np.ndarray:
@@ -87,7 +87,7 @@ def median_complete(
     device
         Device for the torch backend (``None`` → ``sp.settings.device``).
     gene_chunk_size
-        Genes processed at a time; ``None`` chooses about 256 MiB per chunk.
+        Genes processed at a time; ``None`` chooses about 512 MiB per chunk.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -177,14 +177,25 @@ def median_complete(
 
     t0 = time.perf_counter()
     out = np.empty((n_obs, n_genes), dtype=dtype)
-    mask_out = np.empty((n_obs, n_genes), dtype=bool) if observed is None and mask_key_added else None
+    one_chunk = gene_chunk_size >= n_genes
+    mask_out = (
+        np.empty((n_obs, n_genes), dtype=bool)
+        if observed is None and mask_key_added and not one_chunk
+        else None
+    )
+    if observed is None and mask_key_added and one_chunk:
+        mask_out = np.empty((0, 0), dtype=bool)  # replaced by the (only) chunk's mask below
     n_missing = 0
     for g0 in range(0, n_genes, gene_chunk_size):
         g1 = min(n_genes, g0 + gene_chunk_size)
         block = _dense_columns(X, g0, g1, dtype)
-        obs_block = block != 0 if observed is None else observed[:, g0:g1]
+        nonzero = block != 0
+        obs_block = nonzero if observed is None else observed[:, g0:g1]
         if mask_out is not None:
-            mask_out[:, g0:g1] = obs_block
+            if g1 - g0 == n_genes:
+                mask_out = obs_block
+            else:
+                mask_out[:, g0:g1] = obs_block
         missing = ~obs_block
         n_missing += int(missing.sum())
         fallback = slide_nonzero_median(block, codes, n_slides)
@@ -192,9 +203,21 @@ def median_complete(
             out[:, g0:g1] = adaptive_median_torch(
                 block, missing, table, ring, codes, n_rings=n_rings, fallback=fallback, device=dev
             )
+        elif g1 - g0 == n_genes:  # one chunk: write straight into the result
+            adaptive_median_numba(
+                block,
+                missing,
+                table,
+                ring,
+                codes,
+                n_rings=n_rings,
+                fallback=fallback,
+                out=out,
+                nonzero=nonzero,
+            )
         else:
             out[:, g0:g1] = adaptive_median_numba(
-                block, missing, table, ring, codes, n_rings=n_rings, fallback=fallback
+                block, missing, table, ring, codes, n_rings=n_rings, fallback=fallback, nonzero=nonzero
             )
 
     adata.layers[key_added] = out
