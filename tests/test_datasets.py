@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import tarfile
 import threading
@@ -17,6 +18,7 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 from tests.conftest import shared_path
+from tests.test_io import _write_10x_h5, _write_positions
 
 import spared_tools as st
 from spared_tools.datasets import _registry
@@ -322,3 +324,304 @@ def test_load_spared_nested_archive(http_root, monkeypatch):
         list(adata.obs["patient"].unique()) == ["V9"]
         and adata.uns["spared_dataset"]["params"]["top_moran_genes"] == 32
     )
+
+
+# --------------------------------------------------------------------------- archive layouts of the reference readers
+#
+# Synthetic archives with the folder and file names that spared 2.2.1's readers expect
+# (spared/readers/{Erickson,Fan,Villacampa,Mirzazadeh,Abalo}Reader.py, download_data and
+# get_adata_for_slide); every slide is a tiny Space Ranger output with its own counts and image values,
+# so a slide read from the wrong folder fails the comparison.
+
+_GENES = ["ENSG0001", "ENSG0002", "ENSG0003", "ENSG0004"]
+_BARCODES = ["AAACAAGTATCTCCCA-1", "AAACACCAATAACTGC-1", "AAACAGAGCGACTCCT-1"]  # repeat across slides
+
+
+def _tiny_space_ranger(folder: Path, k: int, *, nested_spatial: bool = True) -> np.ndarray:
+    """Write slide number ``k`` (3 spots x 4 genes, counts ``10 k + 0..11``); return its counts."""
+    X = np.arange(12).reshape(3, 4) + 10 * k
+    spatial = folder / "spatial" if nested_spatial else folder
+    spatial.mkdir(parents=True, exist_ok=True)
+    _write_10x_h5(
+        folder / "filtered_feature_bc_matrix.h5",
+        sp.csr_matrix(X),
+        _BARCODES,
+        _GENES,
+        ["G1", "G2", "G3", "G4"],
+        library=f"V10A13-160_lib{k}",
+    )
+    _write_positions(spatial, _BARCODES[::-1], [2, 0, 1], [0, 2, 1], header=False)
+    (spatial / "scalefactors_json.json").write_text(
+        json.dumps({"spot_diameter_fullres": 11.0, "tissue_hires_scalef": 0.5, "tissue_lowres_scalef": 0.1})
+    )
+    return X
+
+
+def _png(path: Path, k: int, size: tuple[int, int] = (6, 8)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), 20 + k, np.uint8)).save(path)
+
+
+def _zip_dir(src: Path, dest: Path) -> None:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(src).as_posix())
+
+
+def _check_slides(adata, name: str, expected: dict[str, np.ndarray], patients: dict[str, str]) -> None:
+    """Exact per-slide counts, slide order, split and patient of ``load_spared(name)``."""
+    info = st.datasets.spared_info(name)
+    order = info["splits"]["train"] + info["splits"]["val"] + info["splits"]["test"]
+    assert list(adata.obs["slide_id"].cat.categories) == order
+    assert list(adata.obs["slide_id"].unique()) == order
+    assert list(adata.var_names) == _GENES
+    split_of = {s: k for k, v in info["splits"].items() for s in v}
+    for s in order:
+        sub = adata[adata.obs["slide_id"] == s]
+        np.testing.assert_array_equal(sub.X.toarray(), expected[s])
+        assert set(sub.obs["split"]) == {split_of[s]}
+        assert set(sub.obs["patient"]) == {patients[s]}
+        np.testing.assert_array_equal(sub.obs["array_row"], [1, 0, 2])  # positions file is in reverse order
+    assert adata.n_obs == 3 * len(order)
+    assert list(adata.obs["split"].cat.categories) == ["train", "val", "test"]
+
+
+_ERICKSON_TOP = "Spatially resolved clonal copy number alterations in benign and malignant tissueJus"
+_ERICKSON_SECTIONS = {
+    # patient 1: the 7 SpaRED sections and H1_1 (not in SpaRED); patient 2: the 10 SpaRED sections and H1_1
+    "P1": ["H1_1", "H1_2", "H1_4", "H1_5", "H2_1", "H2_2", "H2_5", "V1_2"],
+    "P2": ["H1_1", "H2_1", "H2_2", "H3_1", "H3_2", "H3_5", "H3_6", "V1_1", "V1_2", "V1_3", "V1_4"],
+}
+
+
+def _erickson_archive(tmp: Path) -> dict[tuple[str, str], int]:
+    """The Erickson et al. (Mendeley svw96g68dv-4) layout read by EricksonReader.download_data."""
+    top = tmp / _ERICKSON_TOP
+    number: dict[tuple[str, str], int] = {}
+    for patient, sections in _ERICKSON_SECTIONS.items():
+        pdir = "Patient 1" if patient == "P1" else "Patient 2"
+        counts_root = top / "Count_matrices" / pdir
+        if patient == "P1":
+            counts_root = counts_root / "Visium_with_annotation"
+        img_root = top / "Histological_images" / ("Patient_1/Visium" if patient == "P1" else "Patient_2")
+        for sec in sections:
+            k = number[(patient, sec)] = len(number) + 1
+            folder = counts_root / sec
+            _tiny_space_ranger(folder, k, nested_spatial=False)  # the three files side by side, no spatial/
+            if patient == "P1":
+                (folder / f"{sec}_Final_Consensus_Annotations.csv").write_text("Barcode,Final_Annotations\n")
+            _png(top / "10x_spaceranger_tissue_highres_images" / pdir / f"{sec}_tissue_hires_image.png", k)
+            _png(img_root / f"{sec}.jpg", k, (10, 12))
+    _png(top / "Additional_figures" / "Prostate_Patient_1.png", 0)
+    return number
+
+
+@pytest.mark.parametrize("name", ["erickson_human_prostate_cancer_p1", "erickson_human_prostate_cancer_p2"])
+def test_load_spared_erickson_archive_layout(http_root, monkeypatch, tmp_path, name):
+    www, base, requests = http_root
+    number = _erickson_archive(tmp_path / "erickson")
+    _zip_dir(tmp_path / "erickson", www / "svw96g68dv-4.zip")
+    monkeypatch.setitem(_registry.SPARED, name, dict(SPARED[name], archive_urls=[base + "svw96g68dv-4.zip"]))
+    adata = st.datasets.load_spared(name)
+    slides = sum(st.datasets.spared_info(name)["splits"].values(), [])
+    patient = slides[0].split("_")[0]
+    assert len(slides) == (7 if patient == "P1" else 10)
+    # SpaRED P1_H2-5 is the archive's Patient 1 folder H2_5 (H2_2 and H2_1 exist for both patients)
+    k_of = {s: number[(patient, s.split("_")[1].replace("-", "_"))] for s in slides}
+    expected = {s: np.arange(12).reshape(3, 4) + 10 * k for s, k in k_of.items()}
+    _check_slides(adata, name, expected, {s: patient for s in slides})
+    for s, k in k_of.items():
+        lib = adata.uns["spatial"][s]
+        assert lib["images"]["hires"][0, 0, 0] == 20 + k  # the section's own hires image
+        section = s.split("_")[1].replace("-", "_")
+        assert Path(lib["metadata"]["fullres_path"]).name == f"{section}.jpg"
+        assert ("Patient_1" if patient == "P1" else "Patient_2") in lib["metadata"]["fullres_path"]
+        assert lib["metadata"]["fullres_width"] == 12
+    # the extracted archive is left as published: the Space Ranger layout is made of links elsewhere
+    extracted = st.datasets.get_path(name) / "extracted" / "svw96g68dv-4.zip" / _ERICKSON_TOP
+    assert not any(p.name == "spatial" for p in extracted.rglob("*"))
+    assert (extracted / "Count_matrices" / "Patient 2" / "H2_2" / "tissue_positions_list.csv").is_file()
+    # a second call reads the cache again (links already in place) without downloading
+    n_requests = len(requests)
+    again = st.datasets.load_spared(name, images=False)
+    assert len(requests) == n_requests
+    np.testing.assert_array_equal(again.X.toarray(), adata.X.toarray())
+    assert "fullres_path" not in again.uns["spatial"][slides[0]]["metadata"]
+
+
+def _fan_archive(tmp: Path) -> dict[str, int]:
+    """The Fan et al. Ex-ST (Mendeley nrbsxrk9mp-1) layout read by FanReader.download_data."""
+    ex = tmp / "Ex-ST"
+    runs = ex / "processed_data" / "spaceranger_output"
+    number: dict[str, int] = {}
+    # "modif" runs are SpaRED's; the third '_' field HC1/HC2/MOB1/MOB2 names the slide. The other runs
+    # (expansion ST, standard Visium without raw image) are not, even with the same token
+    for k, folder in enumerate(
+        [
+            "modified_Visium_HC1",
+            "modified_Visium_HC2",
+            "modified_Visium_MOB1",
+            "modified_Visium_MOB2",
+            "expST_Visium_HC1",
+            "expST_Visium_MOB2",
+            "hippocampus_standard_Visium_10XGenomics",
+        ],
+        start=1,
+    ):
+        number[folder] = k
+        _tiny_space_ranger(runs / folder, k)
+        _png(runs / folder / "spatial" / "tissue_hires_image.png", k)
+        _png(runs / folder / "spatial" / "tissue_lowres_image.png", k, (3, 4))
+    for f in (
+        "stereoscope_output_modified_visium",
+        "stereoscope_output_expST_standard_Visium_MOB_hippocampus",
+    ):
+        (ex / "processed_data" / f).mkdir(parents=True)
+        (ex / "processed_data" / f / "W.tsv").write_text("x\n")
+    for img, k in [
+        ("modified_Visium_HC1_A1.jpg", 1),
+        ("modified_Visium_HC2_B1.jpg", 2),
+        ("modified_Visium_MOB1_C1.jpg", 3),
+        ("modified_Visium_MOB2_D1.jpg", 4),
+        ("expST_HC1_A1.jpg", 5),
+    ]:
+        _png(ex / "raw_imgs" / img, k, (10, 14))
+    return number
+
+
+@pytest.mark.parametrize(
+    ("name", "runs"),
+    [
+        ("fan_mouse_brain_coronal", {"HC_B1": "modified_Visium_HC2", "HC_A1": "modified_Visium_HC1"}),
+        ("fan_mouse_olfatory_bulb", {"MOB_D1": "modified_Visium_MOB2", "MOB_C1": "modified_Visium_MOB1"}),
+    ],
+)
+def test_load_spared_fan_archive_layout(http_root, monkeypatch, tmp_path, name, runs):
+    www, base, _ = http_root
+    number = _fan_archive(tmp_path / "fan")
+    _zip_dir(tmp_path / "fan", www / "nrbsxrk9mp-1.zip")
+    monkeypatch.setitem(_registry.SPARED, name, dict(SPARED[name], archive_urls=[base + "nrbsxrk9mp-1.zip"]))
+    adata = st.datasets.load_spared(name)
+    expected = {s: np.arange(12).reshape(3, 4) + 10 * number[run] for s, run in runs.items()}
+    _check_slides(adata, name, expected, {s: s.split("_")[0] for s in runs})
+    for s, run in runs.items():
+        lib = adata.uns["spatial"][s]
+        assert lib["images"]["hires"][0, 0, 0] == 20 + number[run]
+        assert lib["images"]["lowres"].shape == (3, 4, 3)
+        assert Path(lib["metadata"]["fullres_path"]).name == f"{run}_{s.split('_')[1]}.jpg"
+        assert f"spaceranger_output/{run}/" in Path(lib["metadata"]["counts_path"]).as_posix()
+
+
+def test_load_spared_villacampa_archive_layout(http_root, monkeypatch, tmp_path):
+    # VillacampaReader: data tar -> data/<tissue>/<slide>/, images tar -> images/<slide>.jpg
+    www, base, _ = http_root
+    name = "villacampa_mouse_brain"
+    info = st.datasets.spared_info(name)
+    slides = info["splits"]["train"] + info["splits"]["val"] + info["splits"]["test"]
+    src = tmp_path / "villa"
+    expected = {}
+    for k, s in enumerate(slides, start=1):
+        expected[s] = _tiny_space_ranger(src / "data" / "mousebrain" / s, k)
+        _png(src / "images" / f"{s}.jpg", k, (9, 11))
+    # the same slide id under another tissue, sorted first: the dataset's own tissue folder wins
+    _tiny_space_ranger(src / "data" / "kidneyorganoid" / slides[0], 40)
+    _tiny_space_ranger(src / "data" / "kidneyorganoid" / "V19D02-085_B1", 41)
+    urls = []
+    for part, uuid in (("data", "d2386c24"), ("images", "65ea796b")):
+        dest = www / "files" / uuid / "file_downloaded"
+        dest.parent.mkdir(parents=True)
+        with tarfile.open(dest, "w:gz") as tf:
+            tf.add(src / part, arcname=part)
+        urls.append(f"{base}files/{uuid}/file_downloaded")
+    monkeypatch.setitem(_registry.SPARED, name, dict(SPARED[name], archive_urls=urls))
+    adata = st.datasets.load_spared(name)
+    _check_slides(adata, name, expected, {s: s.split("_")[0] for s in slides})
+    assert set(adata.obs["patient"]) == {"V10F24-078", "V19T26-039"}
+    for s in slides:
+        full = Path(adata.uns["spatial"][s]["metadata"]["fullres_path"])
+        assert full.name == f"{s}.jpg" and full.parent.name == "images"
+
+
+_MIRZA_SUP1 = (
+    "Spatially resolved transcriptomic profiling of degraded and challenging fresh frozen samples "
+    "Supplementary Data 1"
+)
+
+
+def _mirzazadeh_archives(tmp: Path, www: Path) -> dict[str, np.ndarray]:
+    """The two Mirzazadeh et al. zips (Mendeley 4w6krnywhn-1, 442mhsrpcm-1) as MirzazadehReader reads them."""
+    sup1, sup2 = _MIRZA_SUP1, _MIRZA_SUP1.replace("Data 1", "Data 2")
+    jpg = io.BytesIO()
+    Image.fromarray(np.full((5, 7, 3), 9, np.uint8)).save(jpg, format="JPEG")
+    expected: dict[str, np.ndarray] = {}
+    tars: dict[str, bytes] = {}
+    for tissue, ds in (
+        ("smallintestine", "mirzazadeh_human_small_intestine"),
+        ("mousebone", "mirzazadeh_mouse_bone"),
+    ):
+        info = st.datasets.spared_info(ds)
+        for s in info["splits"]["train"] + info["splits"]["val"] + info["splits"]["test"]:
+            expected[s] = _tiny_space_ranger(tmp / tissue / tissue / s, len(expected) + 1)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+            tf.add(tmp / tissue / tissue, arcname=tissue)
+        tars[tissue] = buf.getvalue()
+    with zipfile.ZipFile(www / "4w6krnywhn-1.zip", "w") as zf:
+        # sorted before mousebone.tar.gz: extracting it (it is not a tar) would fail
+        zf.writestr(f"{sup1}/spaceranger_output/colon.tar.gz", b"not a tar: must not be extracted")
+        zf.writestr(f"{sup1}/spaceranger_output/mousebone.tar.gz", tars["mousebone"])
+        zf.writestr(f"{sup1}/images/prostate cancer/V11A20-405_C1.jpg", jpg.getvalue())
+        for s in expected:
+            if s.startswith("V11D08-324"):
+                zf.writestr(f"{sup1}/images/mousebone/{s}.jpg", jpg.getvalue())
+    with zipfile.ZipFile(www / "442mhsrpcm-1.zip", "w") as zf:
+        zf.writestr(f"{sup2}/spaceranger_output/smallintestine.tar.gz", tars["smallintestine"])
+        for s in expected:
+            if not s.startswith("V11D08-324"):  # small-intestine images: '_' for the first '-'
+                zf.writestr(f"{sup2}/smallintestine/{s.replace('-', '_', 1)}.jpg", jpg.getvalue())
+    return expected
+
+
+@pytest.mark.parametrize("name", ["mirzazadeh_human_small_intestine", "mirzazadeh_mouse_bone"])
+def test_load_spared_mirzazadeh_archive_layout(http_root, monkeypatch, tmp_path, name):
+    # MirzazadehReader: two zips; spaceranger_output/<tissue>.tar.gz -> <tissue>/<slide>/ (only the
+    # dataset's tissue is extracted); images/<tissue>/<slide>*, small-intestine images in smallintestine/
+    # named with '_' for the slide id's '-' (V19T26_028_B1.jpg)
+    www, base, _ = http_root
+    expected = _mirzazadeh_archives(tmp_path / "mirza", www)
+    entry = dict(SPARED[name], archive_urls=[base + "4w6krnywhn-1.zip", base + "442mhsrpcm-1.zip"])
+    monkeypatch.setitem(_registry.SPARED, name, entry)
+    adata = st.datasets.load_spared(name)
+    slides = list(adata.obs["slide_id"].cat.categories)
+    _check_slides(adata, name, {s: expected[s] for s in slides}, {s: s.split("_")[0] for s in slides})
+    bone = name == "mirzazadeh_mouse_bone"
+    assert adata.uns["spared_dataset"]["params"]["cell_min_counts"] == (10 if bone else 800)
+    for s in slides:
+        meta = adata.uns["spatial"][s]["metadata"]
+        assert Path(meta["fullres_path"]).name == (f"{s}.jpg" if bone else f"{s.replace('-', '_', 1)}.jpg")
+        assert meta["fullres_width"] == 7
+    done = sorted(p.name for p in st.datasets.get_path(name).rglob(".*.tar.gz.done"))
+    assert done == ([".mousebone.tar.gz.done"] if bone else [".smallintestine.tar.gz.done"])
+
+
+def test_load_spared_abalo_archive_layout(http_root, monkeypatch, tmp_path):
+    # AbaloReader: the zip holds one folder per slide id with spatial/, the h5 and the source *.jpg
+    www, base, _ = http_root
+    name = "abalo_human_squamous_cell_carcinoma"
+    info = st.datasets.spared_info(name)
+    slides = info["splits"]["train"] + info["splits"]["val"] + info["splits"]["test"]
+    src = tmp_path / "abalo"
+    expected = {}
+    for k, s in enumerate(slides, start=1):
+        expected[s] = _tiny_space_ranger(src / s, k)
+        _png(src / s / "spatial" / "tissue_hires_image.png", k)
+        _png(src / s / f"HE_{s}.jpg", k, (4, 5 + k))
+    _zip_dir(src, www / "2bh5fchcv6-1.zip")
+    monkeypatch.setitem(_registry.SPARED, name, dict(SPARED[name], archive_urls=[base + "2bh5fchcv6-1.zip"]))
+    adata = st.datasets.load_spared(name)
+    _check_slides(adata, name, expected, {s: "V10F24-015" for s in slides})
+    for k, s in enumerate(slides, start=1):
+        meta = adata.uns["spatial"][s]["metadata"]
+        assert Path(meta["fullres_path"]).name == f"HE_{s}.jpg" and meta["fullres_width"] == 5 + k
+        assert adata.uns["spatial"][s]["images"]["hires"][0, 0, 0] == 20 + k

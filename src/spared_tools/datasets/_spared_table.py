@@ -40,7 +40,14 @@ _VILLA = (
 
 
 def _d(
-    organism: str, download: str, splits: tuple, source: str, urls: tuple = (), doi: str = "", **params
+    organism: str,
+    download: str,
+    splits: tuple,
+    source: str,
+    urls: tuple = (),
+    doi: str = "",
+    layout: dict | None = None,
+    **params,
 ) -> dict:
     train, val, test = splits
     return {
@@ -52,14 +59,41 @@ def _d(
         "source": source,
         "archive_urls": list(urls),
         "doi": doi,
+        "layout": dict(layout or {"kind": "slide_folders"}),
         "params": {**SPARED_DEFAULTS, **params},
     }
 
 
+# How the slides lie in each study's archive, as the reference readers (spared 2.2.1,
+# spared/readers/<Author>Reader.py, download_data and get_adata_for_slide) find or rename them:
+#   "slide_folders": a Space Ranger folder named after the slide id. ``tissue`` (Mirzazadeh, Villacampa):
+#       the folder lies under ``<tissue>/`` (Mirzazadeh: inside ``spaceranger_output/<tissue>.tar.gz``);
+#       ``fullres``: where the full-resolution image is ("slide_folder_jpg": ``<slide>/*.jpg``, Abalo;
+#       "tissue_images": ``images/<tissue>/<slide>*``, Mirzazadeh; "images_folder": ``images/<slide>.jpg``,
+#       Villacampa).
+#   "erickson": ``Count_matrices/Patient N/...`` folders named ``H1_5`` etc. holding flat files (no
+#       ``spatial/``); images in separate folders (see _registry._erickson_dirs).
+#   "fan": ``Ex-ST/processed_data/spaceranger_output/*modif*_<HC1|HC2|MOB1|MOB2>*`` folders and
+#       ``Ex-ST/raw_imgs/*modif*_<tissue><n>_<area>.jpg`` images (see _registry._fan_dirs).
+_ABALO_LAYOUT = {"kind": "slide_folders", "fullres": "slide_folder_jpg"}
+_ERICKSON_LAYOUT = {"kind": "erickson"}
+_FAN_LAYOUT = {"kind": "fan"}
+
+
+def _mirza(tissue: str) -> dict:
+    # MirzazadehReader.download_data: dataset_2_tarfile
+    return {"kind": "slide_folders", "tissue": tissue, "fullres": "tissue_images"}
+
+
+def _villa(tissue: str) -> dict:
+    # VillacampaReader.__init__: self.tissue = "".join(dataset.split("_")[1:])
+    return {"kind": "slide_folders", "tissue": tissue, "fullres": "images_folder"}
+
+
 #: The 26 SpaRED datasets. ``download`` says how the raw files are published:
 #: ``"visium_files"`` one file per Space Ranger output (fetched file by file, supported end to end),
-#: ``"archive"`` a zip/tar archive of the whole study (fetched and extracted; slides are then located by
-#: their id), ``"normalized_only"`` the public files hold normalised values, not raw counts.
+#: ``"archive"`` a zip/tar archive of the whole study (fetched and extracted; slides are then located as
+#: ``layout`` says), ``"normalized_only"`` the public files hold normalised values, not raw counts.
 SPARED: dict[str, dict] = {
     "10xgenomic_human_brain": _d(
         "human",
@@ -98,6 +132,7 @@ SPARED: dict[str, dict] = {
         "https://data.mendeley.com/datasets/2bh5fchcv6/1",
         (f"{_MENDELEY_S3}/2bh5fchcv6-1.zip",),
         "10.17632/2bh5fchcv6.1",
+        layout=_ABALO_LAYOUT,
     ),
     "erickson_human_prostate_cancer_p1": _d(
         "human",
@@ -106,6 +141,7 @@ SPARED: dict[str, dict] = {
         "https://data.mendeley.com/datasets/svw96g68dv/4",
         (f"{_MENDELEY_S3}/svw96g68dv-4.zip",),
         "10.1038/s41586-022-05023-2",
+        layout=_ERICKSON_LAYOUT,
     ),
     "erickson_human_prostate_cancer_p2": _d(
         "human",
@@ -118,6 +154,7 @@ SPARED: dict[str, dict] = {
         "https://data.mendeley.com/datasets/svw96g68dv/4",
         (f"{_MENDELEY_S3}/svw96g68dv-4.zip",),
         "10.1038/s41586-022-05023-2",
+        layout=_ERICKSON_LAYOUT,
     ),
     "fan_mouse_brain_coronal": _d(
         "mouse",
@@ -126,6 +163,7 @@ SPARED: dict[str, dict] = {
         "https://data.mendeley.com/datasets/nrbsxrk9mp/1",
         (f"{_MENDELEY_S3}/nrbsxrk9mp-1.zip",),
         "10.1101/2022.10.25.513696",
+        layout=_FAN_LAYOUT,
     ),
     "fan_mouse_olfatory_bulb": _d(
         "mouse",
@@ -134,6 +172,7 @@ SPARED: dict[str, dict] = {
         "https://data.mendeley.com/datasets/nrbsxrk9mp/1",
         (f"{_MENDELEY_S3}/nrbsxrk9mp-1.zip",),
         "10.1101/2022.10.25.513696",
+        layout=_FAN_LAYOUT,
     ),
     "mirzazadeh_human_colon_p1": _d(
         "human",
@@ -143,6 +182,7 @@ SPARED: dict[str, dict] = {
         _MIRZA,
         _MIRZA_DOI,
         top_moran_genes=32,
+        layout=_mirza("colon"),
     ),
     "mirzazadeh_human_colon_p2": _d(
         "human",
@@ -153,6 +193,7 @@ SPARED: dict[str, dict] = {
         _MIRZA_DOI,
         top_moran_genes=32,
         combat_key="patient",
+        layout=_mirza("colon"),
     ),
     "mirzazadeh_human_pediatric_brain_tumor_p1": _d(
         "human",
@@ -161,6 +202,7 @@ SPARED: dict[str, dict] = {
         _MIRZA_SRC,
         _MIRZA,
         _MIRZA_DOI,
+        layout=_mirza("pediatricbraintumor"),
     ),
     "mirzazadeh_human_pediatric_brain_tumor_p2": _d(
         "human",
@@ -170,6 +212,7 @@ SPARED: dict[str, dict] = {
         _MIRZA,
         _MIRZA_DOI,
         top_moran_genes=32,
+        layout=_mirza("pediatricbraintumor"),
     ),
     "mirzazadeh_human_prostate_cancer": _d(
         "human",
@@ -179,6 +222,7 @@ SPARED: dict[str, dict] = {
         _MIRZA,
         _MIRZA_DOI,
         combat_key="patient",
+        layout=_mirza("prostatecancer"),
     ),
     "mirzazadeh_human_small_intestine": _d(
         "human",
@@ -190,6 +234,7 @@ SPARED: dict[str, dict] = {
         cell_min_counts=800,
         top_moran_genes=32,
         combat_key="patient",
+        layout=_mirza("smallintestine"),
     ),
     "mirzazadeh_mouse_bone": _d(
         "mouse",
@@ -198,6 +243,7 @@ SPARED: dict[str, dict] = {
         _MIRZA_SRC,
         _MIRZA,
         _MIRZA_DOI,
+        layout=_mirza("mousebone"),
     ),
     "mirzazadeh_mouse_brain_p1": _d(
         "mouse",
@@ -206,6 +252,7 @@ SPARED: dict[str, dict] = {
         _MIRZA_SRC,
         _MIRZA,
         _MIRZA_DOI,
+        layout=_mirza("mousebrain"),
     ),
     "mirzazadeh_mouse_brain_p2": _d(
         "mouse",
@@ -214,6 +261,7 @@ SPARED: dict[str, dict] = {
         _MIRZA_SRC,
         _MIRZA,
         _MIRZA_DOI,
+        layout=_mirza("mousebrain"),
     ),
     "mirzazadeh_mouse_brain": _d(
         "mouse",
@@ -227,6 +275,7 @@ SPARED: dict[str, dict] = {
         _MIRZA,
         _MIRZA_DOI,
         combat_key="patient",
+        layout=_mirza("mousebrain"),
     ),
     "parigi_mouse_intestine": _d(
         "mouse",
@@ -270,6 +319,7 @@ SPARED: dict[str, dict] = {
         (["V19D02-085_B1", "V19D02-085_C1"], ["V19D02-085_D1"], []),
         "https://data.mendeley.com/datasets/xjtv62ncwr",
         _VILLA,
+        layout=_villa("kidneyorganoid"),
     ),
     "villacampa_lung_organoid": _d(
         "human",
@@ -277,6 +327,7 @@ SPARED: dict[str, dict] = {
         (["V19D02-088_A1", "V19D02-088_B1"], ["V19D02-088_C1"], ["V19D02-088_D1"]),
         "https://data.mendeley.com/datasets/xjtv62ncwr",
         _VILLA,
+        layout=_villa("lungorganoid"),
     ),
     "villacampa_mouse_brain": _d(
         "mouse",
@@ -286,6 +337,7 @@ SPARED: dict[str, dict] = {
         _VILLA,
         top_moran_genes=32,
         combat_key="patient",
+        layout=_villa("mousebrain"),
     ),
 }
 
