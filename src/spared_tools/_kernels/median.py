@@ -178,6 +178,72 @@ def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - n
                 out[s, j0 + q] = _rank_median(b, m, h, m % 2 == 0)
 
 
+@njit(cache=True, inline="always")
+def _radix_select_u32(keys, m, r, hist):  # pragma: no cover - numba
+    # r-th smallest of keys[0:m] (reordered in place) by three rounds of counting on 11/11/10-bit digits:
+    # branch-free passes instead of quickselect's unpredictable comparisons.
+    n = m
+    for level in range(3):
+        sh = 21 if level == 0 else (10 if level == 1 else 0)
+        mask = np.uint32(2047 if level < 2 else 1023)
+        for b in range(mask + 1):
+            hist[b] = 0
+        for t in range(n):
+            hist[(keys[t] >> sh) & mask] += 1
+        acc = 0
+        b = 0
+        while acc + hist[b] <= r:
+            acc += hist[b]
+            b += 1
+        r -= acc
+        c = 0
+        for t in range(n):
+            v = keys[t]
+            keys[c] = v
+            c += ((v >> sh) & mask) == b
+        n = c
+    return keys[0]
+
+
+@njit(parallel=True, cache=True)
+def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out):  # pragma: no cover - numba
+    # Positive float32 values compare like their bit patterns (uint32 keys): gather each gene's non-zero
+    # keys per slide (tiles of 16 genes) and radix-select the middle one(s).
+    n_slides = starts.shape[0] - 1
+    n_genes = K.shape[1]
+    T = 16
+    n_tiles = (n_genes + T - 1) // T
+    for t in prange(n_tiles * n_slides):
+        s = t // n_tiles
+        j0 = (t % n_tiles) * T
+        w = min(n_genes, j0 + T) - j0
+        buf = np.empty((T, starts[s + 1] - starts[s]), dtype=np.uint32)
+        cnt = np.zeros(T, dtype=np.int64)
+        hist = np.empty(2048, dtype=np.int64)
+        scratch = np.empty(starts[s + 1] - starts[s], dtype=np.uint32)
+        for r in range(starts[s], starts[s + 1]):
+            row = order[r]
+            for q in range(w):
+                v = K[row, j0 + q]
+                buf[q, cnt[q]] = v
+                cnt[q] += v != 0
+        for q in range(w):
+            m = cnt[q]
+            if m == 0:
+                lo_out[s, j0 + q] = 0
+                hi_out[s, j0 + q] = 0
+                continue
+            b = buf[q]
+            h = m // 2
+            if m % 2 == 0:  # the selection compacts its input in place: select the lower middle on a copy
+                for c in range(m):
+                    scratch[c] = b[c]
+                lo_out[s, j0 + q] = _radix_select_u32(scratch, m, h - 1, hist)
+            hi_out[s, j0 + q] = _radix_select_u32(b, m, h, hist)
+            if m % 2 == 1:
+                lo_out[s, j0 + q] = hi_out[s, j0 + q]
+
+
 def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
     """Median of the non-zero values of every column within every slide (0 where a column has none).
 
@@ -197,8 +263,15 @@ def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) 
     codes = np.asarray(slide_codes, dtype=np.int64)
     order = np.argsort(codes, kind="stable").astype(np.int64)
     starts = np.searchsorted(codes[order], np.arange(n_slides + 1)).astype(np.int64)
+    X = np.ascontiguousarray(X)
+    if X.dtype == np.float32 and (X.size == 0 or X.min() >= 0):
+        lo = np.zeros((n_slides, X.shape[1]), dtype=np.uint32)
+        hi = np.zeros((n_slides, X.shape[1]), dtype=np.uint32)
+        _slide_nonzero_median_kernel_u32(X.view(np.uint32), order, starts, lo, hi)
+        mid = (lo.view(np.float32).astype(np.float64) + hi.view(np.float32).astype(np.float64)) / 2.0
+        return mid.astype(np.float32)
     out = np.zeros((n_slides, X.shape[1]), dtype=np.float64)
-    _slide_nonzero_median_kernel(np.ascontiguousarray(X), order, starts, out)
+    _slide_nonzero_median_kernel(X, order, starts, out)
     return out.astype(X.dtype, copy=False)
 
 
