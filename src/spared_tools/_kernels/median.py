@@ -334,7 +334,7 @@ def _batcher_pairs(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def median_network(n: int) -> tuple[np.ndarray, int]:
     """A comparator network that selects the median of ``n`` (odd) values.
 
