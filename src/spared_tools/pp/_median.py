@@ -20,7 +20,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device
 from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix, slide_labels
 
-_CHUNK_BYTES = 512 * 2**20
+_CHUNK_BYTES = 1024 * 2**20
 
 
 def _dense_columns(X, g0: int, g1: int, dtype) -> np.ndarray:
@@ -87,7 +87,7 @@ def median_complete(
     device
         Device for the torch backend (``None`` → ``sp.settings.device``).
     gene_chunk_size
-        Genes processed at a time; ``None`` chooses about 512 MiB per chunk.
+        Genes processed at a time; ``None`` chooses about 1 GiB per chunk.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -204,6 +204,9 @@ def median_complete(
                 block, missing, table, ring, codes, n_rings=n_rings, fallback=fallback, device=dev
             )
         elif g1 - g0 == n_genes:  # one chunk: write straight into the result
+            # touch the fresh pages in one thread first: page faults taken inside the parallel kernel
+            # serialise on the kernel's memory lock and cost more than this copy
+            np.copyto(out, block)
             adaptive_median_numba(
                 block,
                 missing,
