@@ -131,6 +131,10 @@ def test_kernels_match_brute_force_synthetic(geometry):
     expected = brute_force(X, rows, cols, slides, 4, geometry)
     got = adaptive_median_numba(X, X == 0, table, ring, slides, n_rings=4)
     np.testing.assert_array_equal(got, expected)
+    # missing=None means "the zeros"; the same through the preallocated-output path
+    out = np.empty_like(X)
+    adaptive_median_numba(X, None, table, ring, slides, n_rings=4, out=out)
+    np.testing.assert_array_equal(out, expected)
     got_t = adaptive_median_torch(X, X == 0, table, ring, slides, n_rings=4, max_elements=5000)
     np.testing.assert_array_equal(got_t, expected)
 

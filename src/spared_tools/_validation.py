@@ -41,11 +41,13 @@ def check_finite_nonnegative(X, *, what: str = "the matrix", allow_negative: boo
     data = X.data if sp.issparse(X) else np.asarray(X)
     if not np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_:
         raise TypeError(f"{what} must be numeric, got dtype {data.dtype}.")
-    if np.issubdtype(data.dtype, np.floating):
-        bad = ~np.isfinite(data)
-        if bad.any():
-            raise ValueError(f"{what} contains {int(bad.sum())} NaN or infinite values.")
-    if not allow_negative and data.size and data.min() < 0:
+    if not data.size:
+        return
+    # min/max propagate NaN and expose inf without allocating a mask the size of the data
+    lo, hi = data.min(), data.max()
+    if np.issubdtype(data.dtype, np.floating) and not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{what} contains {int((~np.isfinite(data)).sum())} NaN or infinite values.")
+    if not allow_negative and lo < 0:
         raise ValueError(f"{what} contains {int((data < 0).sum())} negative values; counts must be >= 0.")
 
 

@@ -396,7 +396,7 @@ def _ring_networks(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 @njit(parallel=True, cache=True)
 def _adaptive_median_kernel_nonneg(
-    X, nz, missing, table, bounds, net, net_start, net_out, fallback, slide_codes, out
+    X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out
 ):  # pragma: no cover
     # Same rule for X >= 0. A window median is zero exactly when more than half of the window is zero,
     # so for every spot the non-zero counts of all genes (``nz``: X != 0 as uint8) are accumulated ring by
@@ -414,13 +414,13 @@ def _adaptive_median_kernel_nonneg(
         n_todo = 0
         for j in range(n_genes):
             out[i, j] = X[i, j]
-            n_todo += missing[i, j]
+            n_todo += missing[i, j] != invert
         if n_todo == 0:
             continue
         todo = np.empty(n_todo, dtype=np.int64)
         p = 0
         for j in range(n_genes):
-            if missing[i, j]:
+            if missing[i, j] != invert:
                 todo[p] = j
                 p += 1
         nbs = np.empty(width, dtype=np.int64)
@@ -527,7 +527,7 @@ def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
 
 def adaptive_median_numba(
     X: np.ndarray,
-    missing: np.ndarray,
+    missing: np.ndarray | None,
     table: np.ndarray,
     ring: np.ndarray,
     slide_codes: np.ndarray,
@@ -544,7 +544,7 @@ def adaptive_median_numba(
     X
         ``(n_obs, n_genes)`` dense float values (e.g. log2(TPM + 1)).
     missing
-        ``(n_obs, n_genes)`` bool, True where the entry must be completed.
+        ``(n_obs, n_genes)`` bool, True where the entry must be completed; ``None``: the zeros of ``X``.
     table
         ``(n_obs, 1 + K)`` neighbour indices (column 0 the spot itself, ``-1`` for no spot).
     ring
@@ -565,7 +565,12 @@ def adaptive_median_numba(
     Completed ``(n_obs, n_genes)`` array with the dtype of ``X`` (``out`` when given).
     """
     X = np.ascontiguousarray(X)
-    missing = np.ascontiguousarray(missing, dtype=np.bool_)
+    if nonzero is None or nonzero.shape != X.shape or nonzero.dtype != np.bool_:
+        nonzero = X != 0
+    nonzero = np.ascontiguousarray(nonzero)
+    # missing=None: the zeros are missing; read them from the non-zero mask instead of a second array
+    invert = missing is None
+    missing = nonzero if missing is None else np.ascontiguousarray(missing, dtype=np.bool_)
     slide_codes = np.ascontiguousarray(slide_codes, dtype=np.int64)
     table, ring = sort_table_by_ring(table, ring)
     _check_inputs(X, missing, table, ring, slide_codes, n_rings)
@@ -578,15 +583,13 @@ def adaptive_median_numba(
     elif out.shape != X.shape or out.dtype != X.dtype or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous array with the shape and dtype of X.")
     fallback = np.ascontiguousarray(fallback)
-    if nonzero is None or nonzero.shape != X.shape or nonzero.dtype != np.bool_:
-        nonzero = X != 0
     if X.size and X.min() < 0:
-        _adaptive_median_kernel(X, missing, table, bounds, fallback, slide_codes, out)
+        _adaptive_median_kernel(X, ~missing if invert else missing, table, bounds, fallback, slide_codes, out)
     else:
-        nz = np.ascontiguousarray(nonzero).view(np.uint8)
+        nz = nonzero.view(np.uint8)
         net, net_start, net_out = _ring_networks(bounds)
         _adaptive_median_kernel_nonneg(
-            X, nz, missing, table, bounds, net, net_start, net_out, fallback, slide_codes, out
+            X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out
         )
     return out
 

@@ -196,12 +196,19 @@ def median_complete(
                 mask_out = obs_block
             else:
                 mask_out[:, g0:g1] = obs_block
-        missing = ~obs_block
-        n_missing += int(missing.sum())
+        missing = None if observed is None else ~obs_block  # None: the zeros (read from nonzero)
+        n_missing += obs_block.size - int(np.count_nonzero(obs_block))
         fallback = slide_nonzero_median(block, codes, n_slides)
         if use_torch:
             out[:, g0:g1] = adaptive_median_torch(
-                block, missing, table, ring, codes, n_rings=n_rings, fallback=fallback, device=dev
+                block,
+                ~obs_block if missing is None else missing,
+                table,
+                ring,
+                codes,
+                n_rings=n_rings,
+                fallback=fallback,
+                device=dev,
             )
         elif g1 - g0 == n_genes:  # one chunk: write straight into the result
             # touch the fresh pages in one thread first: page faults taken inside the parallel kernel
