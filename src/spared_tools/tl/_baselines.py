@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -552,7 +553,15 @@ class LinearHeadPredictor(Predictor):
         )
         net.train()
         plan = _lightning_module(net, self.lr, self.head_lr, self.weight_decay)
-        with tempfile.TemporaryDirectory(prefix="spared_tools_lh_") as root:
+        from ._spackle import _quiet_lightning
+
+        with (
+            tempfile.TemporaryDirectory(prefix="spared_tools_lh_") as root,
+            _quiet_lightning(settings.verbosity >= 3),
+            warnings.catch_warnings(),
+        ):
+            if val_dl is None:  # no validation split: nothing to warn about
+                warnings.filterwarnings("ignore", message=".*validation_step.*but have no .val_dataloader")
             trainer = pl.Trainer(
                 accelerator=self.accelerator,
                 devices=self.devices,
