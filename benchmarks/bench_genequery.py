@@ -5,7 +5,7 @@ Data: the four her2st sections that have a full-resolution H&E image (B4, C2, C3
 
 Gene set (the paper's HER2+ rule): the union over all 28 sections of each section's top-1,000 highly
 variable genes (scanpy ``flavor="seurat_v3"`` on the raw counts of that section's expressed genes; needs
-the benchmark-only package scikit-misc, else ``flavor="seurat"``; with ``"seurat"`` on log-normalised
+the benchmark-only package scikit-misc, ``pip install -e .[bench]``, else ``flavor="seurat"``; with ``"seurat"`` on log-normalised
 data the union is ~5,000 genes, far from the paper's 785), keeping genes expressed (count > 0) in at least 1,000 spots over the 28 sections. The count is
 printed (the paper reports 785 on its 36-section release).
 
