@@ -48,3 +48,26 @@ def _visium_hex():
 def visium_hex(_visium_hex):
     """400 hexagonal Visium spots × 200 genes (copy per test)."""
     return _visium_hex.copy()
+
+
+@pytest.fixture
+def assert_lightning_quiet(caplog, capfd):
+    """``check(train)``: ``train()`` prints Lightning's info lines at verbosity 3 and none at verbosity 1."""
+    import logging
+
+    import spared_tools as sp
+
+    def check(train) -> None:
+        before = sp.settings.verbosity
+        try:
+            for verbosity in (3, 1):
+                sp.settings.verbosity = verbosity
+                caplog.clear()
+                with caplog.at_level(logging.INFO):
+                    train()
+                out, err = capfd.readouterr()
+                assert ("GPU available" in caplog.text + out + err) == (verbosity >= 3)
+        finally:
+            sp.settings.verbosity = before
+
+    return check

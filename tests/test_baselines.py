@@ -314,20 +314,9 @@ def test_features_and_linear_head_on_gpu():
     assert m.predict(a).shape == (40, 5) and len(m.history_["val_loss"]) == 1
 
 
-def test_linear_head_training_is_quiet_below_verbosity_3(caplog, capfd):
-    import logging
-
+def test_linear_head_training_is_quiet_below_verbosity_3(assert_lightning_quiet):
     a = make_adata()
     enc = load_image_encoder(_ChannelMean(), name="channel-mean")
-    before = sp.settings.verbosity
-    try:
-        for verbosity in (3, 1):
-            sp.settings.verbosity = verbosity
-            caplog.clear()
-            with caplog.at_level(logging.INFO):
-                sp.tl.LinearHeadPredictor(encoder=enc, finetune=False, max_epochs=1, seed=0).train(a)
-            out, err = capfd.readouterr()
-            # Lightning's info lines ("GPU available: ...") only at verbosity >= 3
-            assert ("GPU available" in caplog.text + out + err) == (verbosity >= 3)
-    finally:
-        sp.settings.verbosity = before
+    assert_lightning_quiet(
+        lambda: sp.tl.LinearHeadPredictor(encoder=enc, finetune=False, max_epochs=1, seed=0).train(a)
+    )

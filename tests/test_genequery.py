@@ -496,20 +496,7 @@ def test_bf16_inference_close_to_float32(data, trained_spot):
         GeneQueryModel(inference_precision="fp8")
 
 
-def test_training_is_quiet_at_default_verbosity(data, caplog, capfd):
-    import logging
-
+def test_training_is_quiet_at_default_verbosity(data, assert_lightning_quiet):
     adata, table = data
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 1, "batch_size": 8}
-    before = sp.settings.verbosity
-    try:
-        for verbosity in (3, 1):
-            sp.settings.verbosity = verbosity
-            caplog.clear()
-            with caplog.at_level(logging.INFO):
-                GeneQueryModel(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"])
-            out, err = capfd.readouterr()
-            # Lightning's info lines ("GPU available: ...") only at verbosity >= 3
-            assert ("GPU available" in caplog.text + out + err) == (verbosity >= 3)
-    finally:
-        sp.settings.verbosity = before
+    assert_lightning_quiet(lambda: GeneQueryModel(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"]))

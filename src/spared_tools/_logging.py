@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 logger = logging.getLogger("spared_tools")
 logger.propagate = False
@@ -11,3 +14,26 @@ if not logger.handlers:
     _handler = logging.StreamHandler(sys.stderr)
     _handler.setFormatter(logging.Formatter("spared_tools: %(message)s"))
     logger.addHandler(_handler)
+
+
+@contextlib.contextmanager
+def quiet_lightning(verbose: bool, *, validation: bool = True) -> Iterator[None]:
+    """Silence Lightning's chatter around a training run unless ``verbose``.
+
+    Lowers Lightning's info lines ("GPU available", "Seed set") to warnings, and with
+    ``validation=False`` (a run without a validation split) also drops Lightning's warning that a
+    ``validation_step`` exists but no validation data was given.
+    """
+    names = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+    saved = {n: logging.getLogger(n).level for n in names}
+    try:
+        with warnings.catch_warnings():
+            if not validation:
+                warnings.filterwarnings("ignore", message=".*validation_step.*but have no .val_dataloader")
+            if not verbose:
+                for n in names:
+                    logging.getLogger(n).setLevel(logging.WARNING)
+            yield
+    finally:
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)

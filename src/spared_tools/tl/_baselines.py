@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ import torch
 from anndata import AnnData
 from torch import nn
 
-from spared_tools._logging import logger
+from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import resolve_device, settings
 from spared_tools.tl._evaluate_prediction import pearson_per_gene
 from spared_tools.tl._predictor import Predictor, Scaling
@@ -553,15 +552,10 @@ class LinearHeadPredictor(Predictor):
         )
         net.train()
         plan = _lightning_module(net, self.lr, self.head_lr, self.weight_decay)
-        from ._spackle import _quiet_lightning
-
         with (
             tempfile.TemporaryDirectory(prefix="spared_tools_lh_") as root,
-            _quiet_lightning(settings.verbosity >= 3),
-            warnings.catch_warnings(),
+            quiet_lightning(settings.verbosity >= 3, validation=val_dl is not None),
         ):
-            if val_dl is None:  # no validation split: nothing to warn about
-                warnings.filterwarnings("ignore", message=".*validation_step.*but have no .val_dataloader")
             trainer = pl.Trainer(
                 accelerator=self.accelerator,
                 devices=self.devices,

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ import pandas as pd
 from anndata import AnnData
 
 from spared_tools._keys import Key
-from spared_tools._logging import logger
+from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import resolve_device, settings
 from spared_tools._validation import check_adata, check_new_key, slide_labels
 
@@ -505,8 +504,6 @@ class GeneQueryModel(Predictor):
             SpotDataset,
         )
 
-        from ._spackle import _quiet_lightning
-
         assert self.genes_ is not None and self.scaler_ is not None
         feats = self._features(adata)
         self.image_dim_ = None
@@ -558,9 +555,7 @@ class GeneQueryModel(Predictor):
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         best = BestStateCallback("val_loss")
         plan = GeneQueryPlan(net, lr=self.lr, weight_decay=self.weight_decay)
-        with _quiet_lightning(settings.verbosity >= 3), warnings.catch_warnings():
-            if val_loader is None:  # no validation split: nothing to warn about
-                warnings.filterwarnings("ignore", message=".*validation_step.*but have no .val_dataloader")
+        with quiet_lightning(settings.verbosity >= 3, validation=val_loader is not None):
             trainer = pl.Trainer(
                 max_epochs=epochs,
                 accelerator=self.accelerator,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from spared_tools._keys import Key
-from spared_tools._logging import logger
+from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import resolve_device, resolve_seed, seed_everything, settings
 from spared_tools._validation import (
     check_adata,
@@ -134,21 +131,6 @@ def _neighbourhoods(
             break
     keep = ring <= r
     return np.ascontiguousarray(table[:, keep]), ring[keep], r
-
-
-@contextlib.contextmanager
-def _quiet_lightning(verbose: bool):
-    """Lower Lightning's info chatter ("GPU available", "Seed set") unless ``verbose``."""
-    names = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-    saved = {n: logging.getLogger(n).level for n in names}
-    try:
-        if not verbose:
-            for n in names:
-                logging.getLogger(n).setLevel(logging.WARNING)
-        yield
-    finally:
-        for n, lvl in saved.items():
-            logging.getLogger(n).setLevel(lvl)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -587,11 +569,7 @@ class SpackleModel:
         kwargs.update(trainer_kwargs or {})
         t0 = time.perf_counter()
         try:
-            with _quiet_lightning(settings.verbosity >= 3), warnings.catch_warnings():
-                if val_loader is None:
-                    warnings.filterwarnings(
-                        "ignore", message=".*validation_step.*but have no .val_dataloader"
-                    )
+            with quiet_lightning(settings.verbosity >= 3, validation=val_loader is not None):
                 seed_everything(self.seed)
                 trainer = pl.Trainer(**kwargs)
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
