@@ -10,9 +10,9 @@ Two backends compute exactly the same thing:
 
 * :func:`adaptive_median_numba` — parallel over spots. For non-negative data the non-zero counts of all
   genes are accumulated ring by ring (SIMD row additions) to find each missing entry's first window with a
-  non-zero median; only those entries need a median (a median-of-7 network over all genes for full
-  first rings, otherwise a branch-free gather and a rank selection). Data with negative values use an
-  incremental insertion sort per entry.
+  non-zero median; only those entries need a median (a median-selection network across the genes that
+  stop at the same complete window, otherwise a branch-free gather and a rank selection). Data with
+  negative values use an incremental insertion sort per entry.
 * :func:`adaptive_median_torch` — chunks of spots × genes gathered into ``(spots, window, genes)`` tensors
   and sorted along the window axis; meant for GPUs.
 """
@@ -148,6 +148,20 @@ def _rank_median(buf, m, r, even):  # pragma: no cover - numba
     return (lo + hi) / 2.0
 
 
+@njit(cache=True, inline="always")
+def _gather_nonzero_tile(X, order, r0, r1, j0, w, buf):  # pragma: no cover - numba
+    # Stream rows order[r0:r1] once and append (branch-free) the non-zero values of columns j0 … j0+w-1
+    # to buf[q, :]; returns the count per column.
+    cnt = np.zeros(buf.shape[0], dtype=np.int64)
+    for r in range(r0, r1):
+        row = order[r]
+        for q in range(w):
+            v = X[row, j0 + q]
+            buf[q, cnt[q]] = v
+            cnt[q] += v != 0
+    return cnt
+
+
 @njit(parallel=True, cache=True)
 def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - numba
     # Tiles of 16 genes (one cache line of float32) x one slide: the rows are streamed once and each
@@ -161,13 +175,7 @@ def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - n
         j0 = (t % n_tiles) * T
         w = min(n_genes, j0 + T) - j0
         buf = np.empty((T, starts[s + 1] - starts[s]), dtype=X.dtype)
-        cnt = np.zeros(T, dtype=np.int64)
-        for r in range(starts[s], starts[s + 1]):
-            row = order[r]
-            for q in range(w):
-                v = X[row, j0 + q]
-                buf[q, cnt[q]] = v
-                cnt[q] += v != 0
+        cnt = _gather_nonzero_tile(X, order, starts[s], starts[s + 1], j0, w, buf)
         for q in range(w):
             m = cnt[q]
             if m == 0:
@@ -218,15 +226,9 @@ def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out):  # pragm
         j0 = (t % n_tiles) * T
         w = min(n_genes, j0 + T) - j0
         buf = np.empty((T, starts[s + 1] - starts[s]), dtype=np.uint32)
-        cnt = np.zeros(T, dtype=np.int64)
+        cnt = _gather_nonzero_tile(K, order, starts[s], starts[s + 1], j0, w, buf)
         hist = np.empty(2048, dtype=np.int64)
         scratch = np.empty(starts[s + 1] - starts[s], dtype=np.uint32)
-        for r in range(starts[s], starts[s + 1]):
-            row = order[r]
-            for q in range(w):
-                v = K[row, j0 + q]
-                buf[q, cnt[q]] = v
-                cnt[q] += v != 0
         for q in range(w):
             m = cnt[q]
             if m == 0:
@@ -430,15 +432,11 @@ def _adaptive_median_kernel_nonneg(
                 nbs[q] = table[i, c]
                 q += 1
         nonzero = np.zeros(n_genes, dtype=np.uint8)
-        kstar = np.zeros(n_todo, dtype=np.int32)  # per todo position, in the original todo order
-        first = np.empty(n_todo, dtype=np.int64)
-        for t in range(n_todo):
-            first[t] = todo[t]
+        kstar = np.zeros(n_genes, dtype=np.int32)  # ring of the first non-zero median, 0: none
         nwin = np.zeros(n_rings + 1, dtype=np.int64)
         per_ring = np.zeros(n_rings + 1, dtype=np.int64)
         n = 0
         start = 0
-        pos = np.arange(n_todo)
         for k in range(1, n_rings + 1):
             for c in range(start, bounds[k]):
                 nb = table[i, c]
@@ -454,11 +452,10 @@ def _adaptive_median_kernel_nonneg(
             for t in range(n_todo):
                 j = todo[t]
                 if n > 0 and 2 * (n - np.int64(nonzero[j])) <= n:
-                    kstar[pos[t]] = k
+                    kstar[j] = k
                     per_ring[k] += 1
                 else:
                     todo[q] = j
-                    pos[q] = pos[t]
                     q += 1
             n_todo = q
             if n_todo == 0:
@@ -472,9 +469,9 @@ def _adaptive_median_kernel_nonneg(
                 continue
             genes = np.empty(nk, dtype=np.int64)
             q = 0
-            for t in range(first.shape[0]):
-                if kstar[t] == k:
-                    genes[q] = first[t]
+            for j in range(n_genes):
+                if kstar[j] == k:
+                    genes[q] = j
                     q += 1
             n = nwin[k]
             if n == bounds[k] and net_out[k] >= 0:

@@ -177,24 +177,21 @@ def median_complete(
 
     t0 = time.perf_counter()
     out = np.empty((n_obs, n_genes), dtype=dtype)
+    store_mask = observed is None and bool(mask_key_added)
     one_chunk = gene_chunk_size >= n_genes
-    mask_out = (
-        np.empty((n_obs, n_genes), dtype=bool)
-        if observed is None and mask_key_added and not one_chunk
-        else None
-    )
-    if observed is None and mask_key_added and one_chunk:
-        mask_out = np.empty((0, 0), dtype=bool)  # replaced by the (only) chunk's mask below
+    # one chunk: its non-zero mask is the stored mask; several: assembled column block by block
+    mask_out = np.empty((n_obs, n_genes), dtype=bool) if store_mask and not one_chunk else None
     n_missing = 0
     for g0 in range(0, n_genes, gene_chunk_size):
         g1 = min(n_genes, g0 + gene_chunk_size)
         block = _dense_columns(X, g0, g1, dtype)
         nonzero = block != 0
         obs_block = nonzero if observed is None else observed[:, g0:g1]
-        if mask_out is not None:
-            if g1 - g0 == n_genes:
+        if store_mask:
+            if one_chunk:
                 mask_out = obs_block
             else:
+                assert mask_out is not None
                 mask_out[:, g0:g1] = obs_block
         missing = None if observed is None else ~obs_block  # None: the zeros (read from nonzero)
         n_missing += obs_block.size - int(np.count_nonzero(obs_block))
@@ -210,7 +207,7 @@ def median_complete(
                 fallback=fallback,
                 device=dev,
             )
-        elif g1 - g0 == n_genes:  # one chunk: write straight into the result
+        elif one_chunk:  # write straight into the result
             # touch the fresh pages in one thread first: page faults taken inside the parallel kernel
             # serialise on the kernel's memory lock and cost more than this copy
             np.copyto(out, block)
