@@ -194,8 +194,8 @@ class GeneQueryModel(Predictor):
     max_epochs
         Training epochs; the weights of the epoch with the lowest validation loss are kept.
     precision
-        Lightning training precision (``"32-true"``, ``"bf16-mixed"``: about 2× faster on CPUs with
-        AVX-512 BF16 / AMX and on recent GPUs).
+        Lightning training precision (``"32-true"``, or ``"bf16-mixed"`` on hardware with bfloat16
+        support; training speed in bf16 was not benchmarked).
     inference_precision
         ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast) for :meth:`predict`. On a 2-core CPU with
         AVX-512 BF16, bf16 was 1.6–1.9× faster; its predictions correlate with float32 at PCC 1.0000 and
