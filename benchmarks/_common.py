@@ -47,6 +47,22 @@ def timeit(fn: Callable[[], Any], *, repeat: int = 3, warmup: int = 0) -> tuple[
     return float(best), out
 
 
+def prefault(gib: float) -> float:
+    """Touch ``gib`` GiB of fresh memory once and free it; returns the seconds it took.
+
+    On virtual machines whose memory the host backs lazily (this benchmark machine is one: a first
+    touch costs about 10 µs per 4 KiB page, and freed pages are handed back to the host after a few
+    seconds), the first write to never-used memory is far slower than the computation itself, and
+    lands on whichever timed call allocates next. Calling this right before a timed call makes every
+    call see resident memory, as on bare metal; benchmarks that use it say so in their output.
+    """
+    t0 = time.perf_counter()
+    if gib > 0:
+        block = np.ones(int(gib * 2**30) // 8)
+        del block
+    return time.perf_counter() - t0
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (``ru_maxrss``)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

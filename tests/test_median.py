@@ -351,3 +351,19 @@ def test_torch_backend_on_cuda_equals_brute_force():
     sp.pp.median_complete(a, neighbors=nb, device="cuda")
     assert a.uns["median_complete"]["params"]["backend"] == "torch"
     np.testing.assert_array_equal(a.layers["median"], brute_force(X, rows, cols, slides, 4, "hex"))
+
+
+def test_parallel_copy_equals_numpy_copy():
+    from spared_tools._kernels.median import parallel_copy
+
+    rng = np.random.default_rng(3)
+    src = rng.random((257, 33)).astype(np.float32)
+    dst = np.full_like(src, np.nan)
+    parallel_copy(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    # non-contiguous destination: falls back to numpy, same result
+    big = np.zeros((257, 66), np.float32)
+    parallel_copy(big[:, ::2], src)
+    np.testing.assert_array_equal(big[:, ::2], src)
+    with pytest.raises(ValueError, match="same shape and dtype"):
+        parallel_copy(dst, src.astype(np.float64))

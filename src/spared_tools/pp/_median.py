@@ -12,6 +12,7 @@ from anndata import AnnData
 from spared_tools._kernels.median import (
     adaptive_median_numba,
     adaptive_median_torch,
+    parallel_copy,
     slide_nonzero_median,
     sort_table_by_ring,
 )
@@ -208,9 +209,9 @@ def median_complete(
                 device=dev,
             )
         elif one_chunk:  # write straight into the result
-            # touch the fresh pages in one thread first: page faults taken inside the parallel kernel
-            # serialise on the kernel's memory lock and cost more than this copy
-            np.copyto(out, block)
+            # touch the fresh pages first, on all threads: page faults taken inside the kernel's
+            # irregular writes cost more than this streaming copy
+            parallel_copy(out, block)
             adaptive_median_numba(
                 block,
                 missing,
