@@ -500,3 +500,168 @@ def test_training_is_quiet_at_default_verbosity(data, assert_lightning_quiet):
     adata, table = data
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 1, "batch_size": 8}
     assert_lightning_quiet(lambda: GeneQueryModel(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"]))
+
+
+# ------------------------------------------------------------------------------------------ fine-tune
+class _TinyConv(torch.nn.Module):
+    """A small trainable backbone with a batch norm (to check that its statistics stay frozen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+
+def _with_patches(adata: ad.AnnData, table: pd.DataFrame, seed: int = 0) -> ad.AnnData:
+    """Patches whose per-channel brightness is a 3-factor image signal, and log1p expression
+    softplus(<that signal, the gene embedding's first 3 entries>)."""
+    rng = np.random.default_rng(seed)
+    a = adata.copy()
+    f = np.clip(a.obsm["X_image_features"][:, :3], -2.5, 2.5)
+    patches = (128 + 40 * f)[:, None, None, :] + rng.normal(0, 4, size=(a.n_obs, 8, 8, 3))
+    a.obsm["patches"] = np.clip(patches, 0, 255).astype(np.uint8)
+    b = table.loc[a.var_names].to_numpy()[:, :3] / np.sqrt(3)
+    a.layers["log1p"] = np.log1p(np.exp(1.5 * f @ b.T)).astype(np.float32)
+    del a.obsm["X_image_features"]
+    return a
+
+
+def _tiny_encoder(seed: int = 0):
+    from spared_tools.models.image import load_image_encoder
+
+    torch.manual_seed(seed)
+    return load_image_encoder(_TinyConv(), out_dim=8, mean=(0.5,) * 3, std=(0.25,) * 3, name="tiny")
+
+
+FT = {**SMALL, "finetune": True, "encoder_lr": 3e-3, "finetune_spots": 20, "finetune_genes": 8}
+
+
+def test_patch_items_are_dihedral_views_and_gene_samples_cover_blocks():
+    from spared_tools.models.image import dihedral
+
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 255, size=(30, 6, 6, 3), dtype=np.uint8)
+    emb = rng.normal(size=(10, 4)).astype(np.float32)
+    Z = rng.normal(size=(30, 10)).astype(np.float32)
+    seqs = [np.arange(0, 17), np.arange(17, 30)[::-1]]
+    ds = SpotDataset(
+        None, emb, Z, seqs, batch_size=4, augment=True, seed=1, patches=patches, sample_genes=True
+    )
+    assert len(ds) == 2  # one gene sample per sequence
+    seen_k = set()
+    for k in range(len(ds)):
+        item = ds[k]
+        assert "image" not in item and bool(item["spot_layout"])
+        x = item["patches"]
+        assert x.shape == (len(item["spots"]), 3, 6, 6) and x.dtype == torch.uint8
+        assert item["genes"].shape == (4,) and len(set(item["genes"].tolist())) == 4
+        np.testing.assert_array_equal(item["target"], Z[np.ix_(item["spots"], item["genes"])].T)
+        for i, s in enumerate(item["spots"].tolist()):
+            orig = torch.from_numpy(patches[s]).permute(2, 0, 1)
+            ks = [k for k in range(8) if torch.equal(dihedral(orig, k), x[i])]
+            assert ks, "every patch is one of the 8 symmetries of the original"
+            seen_k.update(ks)
+    assert len(seen_k) > 4
+    first = [ds[k]["genes"].tolist() for k in range(2)]
+    ds.set_epoch(1)
+    assert [ds[k]["genes"].tolist() for k in range(2)] != first  # re-drawn every epoch
+    # without augmentation: the original patches, and the same gene sample every epoch
+    val = GeneDataset(
+        None, emb, Z, np.arange(30), max_len=6, batch_size=8, patches=patches, sample_genes=True
+    )
+    assert len(val) == 4
+    item = val[1]
+    assert not bool(item["spot_layout"]) and item["genes"].shape == (6,)
+    np.testing.assert_array_equal(item["patches"].permute(0, 2, 3, 1).numpy(), patches[8:16])
+    g0 = val[0]["genes"].tolist()
+    val.set_epoch(3)
+    assert val[0]["genes"].tolist() == g0
+    with pytest.raises(ValueError, match="square RGB"):
+        SpotDataset(None, emb, Z, seqs, patches=patches[:, :, :5])
+    with pytest.raises(ValueError, match="patches for a trainable encoder"):
+        SpotDataset(None, emb, Z, seqs)
+
+
+@pytest.mark.parametrize("mode", ["spot", "gene"])
+def test_finetune_trains_encoder_learns_and_keeps_bn_statistics(data, mode):
+    adata, table = data
+    a = _with_patches(adata, table)
+    a.obsm["X_image_features"] = np.full((a.n_obs, 8), 7.0, dtype=np.float32)  # frozen cache: untouched
+    enc = _tiny_encoder()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    model = GeneQueryModel(
+        mode=mode, image_encoder=enc, gene_embeddings=table, max_epochs=30, batch_size=8, seed=2, **FT
+    )
+    genes = [f"G{j}" for j in range(20)]
+    model.train(a, genes=genes)
+    # the user's encoder is not modified; the model's copy is, except the batch-norm statistics
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    tuned = model.encoder_.state_dict()
+    assert not torch.equal(tuned["backbone.conv.weight"], before["backbone.conv.weight"])
+    for k in ("backbone.bn.running_mean", "backbone.bn.running_var"):
+        assert torch.equal(tuned[k], before[k]), k
+    test = (a.obs["split"] == "test").to_numpy()
+    pred = model.predict(a, genes)
+    pcc = _pcc(pred[test], a[:, genes].layers["log1p"][test])
+    assert np.nanmedian(pcc) > 0.6, np.nanmedian(pcc)
+    np.testing.assert_array_equal(a.obsm["X_image_features"], 7.0)
+    assert model.train_params_["finetune"] is True and model.image_dim_ == 8
+
+
+def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
+    adata, table = data
+    a = _with_patches(adata, table)
+    genes = ["G0", "G1", "G2", "G3"]
+    kw = {"gene_embeddings": table, "max_epochs": 3, "seed": 5, **FT}
+    m1 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
+    torch.manual_seed(99)
+    m2 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
+    m3 = GeneQueryModel(image_encoder=_tiny_encoder(), **{**kw, "seed": 6}).train(a, genes=genes)
+    P1 = m1.predict(a, [*genes, "NOVEL"])
+    np.testing.assert_array_equal(P1, m2.predict(a, [*genes, "NOVEL"]))
+    assert not np.array_equal(P1, m3.predict(a, [*genes, "NOVEL"]))
+    # predictions = the network on the fine-tuned encoder's features of the patches
+    from spared_tools.models.image import encode_patches
+
+    feats = encode_patches(a.obsm["patches"], m1.encoder_)
+    frozen = GeneQueryModel(gene_embeddings=table, **SMALL)
+    frozen.__dict__.update({k: v for k, v in m1.__dict__.items() if k.endswith("_")})
+    b = a.copy()
+    b.obsm["X_image_features"] = feats
+    frozen.encoder_ = None
+    np.testing.assert_allclose(frozen.predict(b, genes), P1[:, :4], rtol=1e-5, atol=1e-5)
+    # test-time averaging over the 8 symmetries
+    m1.tta = True
+    assert not np.allclose(m1.predict(a, genes), P1[:, :4])
+    m1.tta = False
+    # save -> load: the fine-tuned weights travel with the model; a custom module must be set again
+    m1.save(tmp_path / "ft")
+    loaded = GeneQueryModel.load(tmp_path / "ft")
+    with pytest.raises(RuntimeError, match="set model.image_encoder"):
+        loaded.predict(a, genes)
+    loaded.image_encoder = _tiny_encoder(seed=42)  # same architecture, other weights: replaced on load
+    np.testing.assert_array_equal(loaded.predict(a, [*genes, "NOVEL"]), P1)
+    wrong = GeneQueryModel.load(tmp_path / "ft")
+    from spared_tools.models.image import load_image_encoder
+
+    wrong.image_encoder = load_image_encoder(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.AdaptiveAvgPool2d(1)), out_dim=8
+    )
+    with pytest.raises(ValueError, match="do not fit model.image_encoder"):
+        wrong.predict(a, genes)
+    # fine-tune mode needs the patches, for training and prediction
+    no_patches = a.copy()
+    del no_patches.obsm["patches"]
+    no_patches.obsm["X_image_features"] = np.zeros((a.n_obs, 8), dtype=np.float32)
+    with pytest.raises(KeyError, match="extract_patches"):
+        GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(no_patches, genes=genes)
+    with pytest.raises(KeyError, match="fine-tuned its image encoder"):
+        m1.predict(no_patches, genes)
+    with pytest.raises(TypeError, match="finetune must be True or False"):
+        GeneQueryModel(finetune="yes")
+    with pytest.raises(ValueError, match="encoder_lr"):
+        GeneQueryModel(finetune=True, encoder_lr=0)

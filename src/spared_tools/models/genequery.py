@@ -35,6 +35,7 @@ __all__ = [
     "GeneQueryPlan",
     "SpotDataset",
     "BestStateCallback",
+    "FrozenNormEncoder",
     "masked_mse",
     "spatial_chunks",
 ]
@@ -250,7 +251,7 @@ class _SequenceDataset(Dataset):
 
     def __init__(
         self,
-        features: np.ndarray | torch.Tensor,
+        features: np.ndarray | torch.Tensor | None,
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         *,
@@ -258,8 +259,21 @@ class _SequenceDataset(Dataset):
         augment: bool,
         seed: int,
         view: int | None,
+        patches: Any = None,
+        sample_genes: bool = False,
     ) -> None:
-        feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        if patches is not None:
+            shape = tuple(np.shape(patches))
+            if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+                raise ValueError(f"patches must be square RGB images (n_spots, H, H, 3), got {shape}.")
+            if np.dtype(patches.dtype) != np.uint8:
+                raise TypeError(f"patches must be uint8, got {patches.dtype}.")
+            # image tokens come from the patches through a trainable encoder (fine-tune mode)
+            feats = torch.zeros((shape[0], 1, 0), dtype=torch.float32)
+        elif features is None:
+            raise ValueError("Pass image features, or patches for a trainable encoder.")
+        else:
+            feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
         if feats.ndim == 2:
             feats = feats[:, None, :]
         if feats.ndim != 3:
@@ -267,6 +281,8 @@ class _SequenceDataset(Dataset):
                 f"features must be (n_spots, d) or (n_spots, n_views, d), got {tuple(feats.shape)}."
             )
         self.features = feats
+        self.patches = patches
+        self.sample_genes = bool(sample_genes)
         self.genes = torch.as_tensor(np.asarray(gene_embeddings, dtype=np.float32))
         if self.genes.ndim != 2:
             raise ValueError(f"gene_embeddings must be (n_genes, d), got {tuple(self.genes.shape)}.")
@@ -298,6 +314,36 @@ class _SequenceDataset(Dataset):
             views = torch.as_tensor(rng.integers(0, self.n_views, size=len(spots)))
             return self.features[spots, views]
         return self.features[spots, 0 if self.view is None else self.view]
+
+    def _tokens(self, spots: torch.Tensor, item: int, spot_layout: bool) -> dict[str, torch.Tensor]:
+        """The batch's image input: ``image`` features, or ``patches`` for a trainable encoder."""
+        if self.patches is None:
+            f = self._image(spots, item)
+            return {"image": f[None] if spot_layout else f[:, None, :]}
+        idx = spots.numpy()
+        order = np.argsort(idx, kind="stable")  # increasing rows: sequential reads from a disk store
+        arr = np.empty((idx.size, *self.patches.shape[1:]), dtype=np.uint8)
+        arr[order] = self.patches[idx[order]]
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        if self.augment:
+            from spared_tools.models.image import dihedral
+
+            ks = _epoch_rng(self.seed, self.epoch, item).integers(0, 8, size=idx.size)
+            out = torch.empty_like(x)
+            for k in np.unique(ks):
+                sel = torch.as_tensor(np.flatnonzero(ks == k))
+                out[sel] = dihedral(x[sel], int(k))
+            x = out
+        return {"patches": x.contiguous(), "spot_layout": torch.tensor(spot_layout)}
+
+    def _gene_sample(self, n_items: int, size: int) -> list[torch.Tensor]:
+        """One random gene block per item (``sample_genes``): re-drawn every epoch when augmenting."""
+        n_genes = self.genes.shape[0]
+        rng = np.random.default_rng([self.seed, self.epoch if self.augment else 0, 0, 1])
+        size = min(size, n_genes)
+        return [
+            torch.as_tensor(np.sort(rng.choice(n_genes, size=size, replace=False))) for _ in range(n_items)
+        ]
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draw the epoch's gene/spot blocks and augmentation views (called by :class:`GeneQueryPlan`)."""
@@ -332,6 +378,14 @@ class SpotDataset(_SequenceDataset):
         Seed of the shuffling and view draws (combined with the epoch number).
     view
         Fixed view to use when not augmenting (default 0).
+    patches
+        uint8 patches ``(n_spots, H, H, 3)`` (array or memmap) used instead of ``features`` (pass
+        ``features=None``) when the image encoder is trained too; items then hold ``patches``
+        ``(L, 3, H, H)`` (a random dihedral symmetry per spot when augmenting) instead of ``image``.
+    sample_genes
+        Pair every sequence with one random block of ``batch_size`` genes (re-drawn every epoch when
+        augmenting, fixed otherwise) instead of all blocks: one pass of the sequence's patches through
+        a trainable encoder per sequence and epoch.
 
     Returns
     -------
@@ -341,7 +395,7 @@ class SpotDataset(_SequenceDataset):
 
     def __init__(
         self,
-        features: np.ndarray | torch.Tensor,
+        features: np.ndarray | torch.Tensor | None,
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         sequences: Sequence[np.ndarray],
@@ -350,17 +404,30 @@ class SpotDataset(_SequenceDataset):
         augment: bool = False,
         seed: int = 0,
         view: int | None = None,
+        patches: Any = None,
+        sample_genes: bool = False,
     ) -> None:
         super().__init__(
-            features, gene_embeddings, targets, batch_size=batch_size, augment=augment, seed=seed, view=view
+            features,
+            gene_embeddings,
+            targets,
+            batch_size=batch_size,
+            augment=augment,
+            seed=seed,
+            view=view,
+            patches=patches,
+            sample_genes=sample_genes,
         )
-        self.sequences = [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in sequences if len(s)]
+        self.sequences = [torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)]
         if not self.sequences:
             raise ValueError("SpotDataset needs at least one non-empty spot sequence.")
         self._shuffle_blocks()
 
     def _shuffle_blocks(self) -> None:
         n_genes = self.genes.shape[0]
+        if self.sample_genes:
+            self.items = list(enumerate(self._gene_sample(len(self.sequences), self.batch_size)))
+            return
         order = np.arange(n_genes)
         if self.augment:
             order = _epoch_rng(self.seed, self.epoch).permutation(n_genes)
@@ -374,7 +441,7 @@ class SpotDataset(_SequenceDataset):
         s, genes = self.items[k]
         spots = self.sequences[s]
         out = {
-            "image": self._image(spots, k)[None],
+            **self._tokens(spots, k, True),
             "gene": self.genes[genes][:, None, :],
             "spots": spots,
             "genes": genes,
@@ -408,6 +475,13 @@ class GeneDataset(_SequenceDataset):
         Seed of the shuffling and view draws (combined with the epoch number).
     view
         Fixed view to use when not augmenting (default 0).
+    patches
+        uint8 patches ``(n_spots, H, H, 3)`` used instead of ``features`` (pass ``features=None``) when
+        the image encoder is trained too; items then hold ``patches`` ``(B, 3, H, H)`` instead of
+        ``image``.
+    sample_genes
+        Pair every spot block with one random gene sequence of ``max_len`` genes (re-drawn every epoch
+        when augmenting, fixed otherwise) instead of all gene chunks.
 
     Returns
     -------
@@ -417,7 +491,7 @@ class GeneDataset(_SequenceDataset):
 
     def __init__(
         self,
-        features: np.ndarray | torch.Tensor,
+        features: np.ndarray | torch.Tensor | None,
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         spots: np.ndarray,
@@ -427,9 +501,19 @@ class GeneDataset(_SequenceDataset):
         augment: bool = False,
         seed: int = 0,
         view: int | None = None,
+        patches: Any = None,
+        sample_genes: bool = False,
     ) -> None:
         super().__init__(
-            features, gene_embeddings, targets, batch_size=batch_size, augment=augment, seed=seed, view=view
+            features,
+            gene_embeddings,
+            targets,
+            batch_size=batch_size,
+            augment=augment,
+            seed=seed,
+            view=view,
+            patches=patches,
+            sample_genes=sample_genes,
         )
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}.")
@@ -445,11 +529,14 @@ class GeneDataset(_SequenceDataset):
         if self.augment:
             rng = _epoch_rng(self.seed, self.epoch)
             spots, genes = rng.permutation(spots), rng.permutation(genes)
-        n_chunks = math.ceil(n_genes / self.max_len)
-        chunks = [torch.as_tensor(c) for c in np.array_split(genes, n_chunks)]
         blocks = [
             torch.as_tensor(spots[i : i + self.batch_size]) for i in range(0, len(spots), self.batch_size)
         ]
+        if self.sample_genes:
+            self.items = list(zip(blocks, self._gene_sample(len(blocks), self.max_len), strict=True))
+            return
+        n_chunks = math.ceil(n_genes / self.max_len)
+        chunks = [torch.as_tensor(c) for c in np.array_split(genes, n_chunks)]
         self.items = [(b, c) for b in blocks for c in chunks]
 
     def __len__(self) -> int:
@@ -458,7 +545,7 @@ class GeneDataset(_SequenceDataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         spots, genes = self.items[k]
         out = {
-            "image": self._image(spots, k)[:, None, :],
+            **self._tokens(spots, k, False),
             "gene": self.genes[genes][None],
             "spots": spots,
             "genes": genes,
@@ -466,6 +553,35 @@ class GeneDataset(_SequenceDataset):
         if self.targets is not None:
             out["target"] = self.targets[spots][:, genes].contiguous()
         return out
+
+
+class FrozenNormEncoder(nn.Module):
+    """Wrap an image encoder for fine-tuning with its batch-norm statistics frozen.
+
+    The weights train, but every batch-norm layer stays in eval mode (running statistics from ImageNet
+    pre-training): fine-tuning batches hold a few dozen patches of one tissue region, too few and too
+    correlated for batch statistics.
+
+    Parameters
+    ----------
+    encoder
+        Module mapping uint8 images ``(N, 3, H, W)`` to features ``(N, d)`` (e.g. an
+        :class:`~spared_tools.models.image.ImageEncoder`).
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.module = encoder
+
+    def train(self, mode: bool = True) -> FrozenNormEncoder:
+        super().train(mode)
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
 
 
 class GeneQueryPlan(pl.LightningModule):
@@ -481,21 +597,46 @@ class GeneQueryPlan(pl.LightningModule):
         AdamW weight decay.
     cosine
         Decay the learning rate with a cosine schedule over ``max_epochs`` (per epoch).
+    encoder
+        Trainable image encoder (fine-tune mode): batches then carry ``patches`` that it encodes into
+        the image tokens. ``None``: batches carry precomputed ``image`` features.
+    encoder_lr
+        Learning rate of the encoder's parameters (default ``lr``).
     """
 
     def __init__(
-        self, net: GeneQueryNet, *, lr: float = 1e-3, weight_decay: float = 1e-4, cosine: bool = True
+        self,
+        net: GeneQueryNet,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        cosine: bool = True,
+        encoder: nn.Module | None = None,
+        encoder_lr: float | None = None,
     ):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr!r}.")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+        if encoder_lr is not None and encoder_lr <= 0:
+            raise ValueError(f"encoder_lr must be > 0, got {encoder_lr!r}.")
         self.net = net
+        self.encoder = None if encoder is None else FrozenNormEncoder(encoder)
         self.lr, self.weight_decay, self.cosine = float(lr), float(weight_decay), bool(cosine)
+        self.encoder_lr = self.lr if encoder_lr is None else float(encoder_lr)
+
+    def image_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``batch["image"]``, or the encoded ``batch["patches"]`` laid out for the batch's mode."""
+        if "patches" not in batch:
+            return batch["image"]
+        if self.encoder is None:
+            raise RuntimeError("The batch holds patches but the plan has no image encoder.")
+        f = self.encoder(batch["patches"])
+        return f[None] if bool(batch["spot_layout"]) else f[:, None, :]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(batch["image"], batch["gene"], batch.get("padding_mask"))
+        return self.net(self.image_tokens(batch), batch["gene"], batch.get("padding_mask"))
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         mask = batch.get("padding_mask")
@@ -528,11 +669,18 @@ class GeneQueryPlan(pl.LightningModule):
                 set_epoch(self.current_epoch)
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        groups: list[dict[str, Any]] = [{"params": list(self.net.parameters()), "lr": self.lr}]
+        if self.encoder is not None:
+            enc = [p for p in self.encoder.parameters() if p.requires_grad]
+            if enc:
+                groups.append({"params": enc, "lr": self.encoder_lr})
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         max_epochs = self.trainer.max_epochs if self.trainer is not None else None
         if not self.cosine or not max_epochs or max_epochs < 2:
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs, eta_min=self.lr * 0.05)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(e, max_epochs) / max_epochs))
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 

