@@ -24,6 +24,9 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   features), spot-aware and gene-aware GeneQuery. → results/genequery_main.txt
 * ``unseen`` – spot-aware GeneQuery trained on 20/40/60 % of the genes (random, seeded), scored on the
   seen, unseen and all genes of the test section. → results/genequery_unseen.txt
+* ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
+  (``finetune=True``), same folds and epochs: accuracy, seconds per epoch, peak memory.
+  → results/genequery_finetune.txt
 * ``speed``  – training time per epoch and prediction time/memory for 5,000 spots × 1,000 genes on CPU.
   → results/genequery_speed.txt
 
@@ -49,7 +52,7 @@ import scipy.sparse as sps
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import HER2ST, Report, machine_info
+from _common import HER2ST, Report, _proc_status_mb, machine_info
 
 import spared_tools as sp
 from spared_tools.models.image import encode_patches, load_image_encoder
@@ -188,6 +191,16 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
     )
 
 
+def peak_rss_reset() -> float:
+    """Reset the process's peak-RSS mark (``/proc/self/clear_refs``) and return the current RSS (MiB)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _proc_status_mb("VmRSS") or 0.0
+
+
 def fmt(res: dict) -> str:
     return f"HEG {res['pcc_heg']:.3f}  HVG {res['pcc_hvg']:.3f}  ALL {res['pcc_all']:.3f}  (NaN genes {res['n_nan_genes']})"
 
@@ -263,6 +276,34 @@ def unseen(report: Report, args) -> None:
     )
 
 
+def finetune(report: Report, args) -> None:
+    """Spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned, same epochs."""
+    data = load(args, report)
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; spot-aware GeneQuery width {args.width}, {args.epochs} "
+        "epochs; fine-tune: EfficientNet-Lite0 trained from the 224 px patches (finetune_spots=64, "
+        "finetune_genes=256, encoder_lr=1e-4, batch-norm statistics frozen)"
+    )
+    for test in args.folds:
+        a = fold_data(data, test)
+        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+        for name, kw in (("frozen", {}), ("fine-tune", {"finetune": True})):
+            model = gq("spot", args, **kw)
+            gc.collect()
+            rss0 = peak_rss_reset()
+            t0 = time.perf_counter()
+            model.train(a)
+            t_train = time.perf_counter() - t0
+            peak = (_proc_status_mb("VmHWM") or float("nan")) - rss0
+            t0 = time.perf_counter()
+            res = model.evaluate(a)
+            t_eval = time.perf_counter() - t0
+            report(
+                f"  GeneQuery spot {name:10s} {fmt(res)}  train {t_train:.0f} s = {t_train / args.epochs:.0f} "
+                f"s/epoch, peak RSS during training +{peak:.0f} MiB; evaluate {t_eval:.0f} s"
+            )
+
+
 def speed(report: Report, args) -> None:
     report("training time per epoch: see genequery_main.txt (train seconds / epochs, per model and fold)")
     # prediction: 5,000 spots × 1,000 genes (features and gene embeddings synthetic, same shapes as real)
@@ -330,7 +371,7 @@ def speed(report: Report, args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["prep", "main", "unseen", "speed"])
+    p.add_argument("stage", choices=["prep", "main", "unseen", "speed", "finetune"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--folds", nargs="+", default=list(FOLDS))
@@ -348,6 +389,7 @@ if __name__ == "__main__":
         "main": "genequery_main",
         "unseen": "genequery_unseen",
         "speed": "genequery_speed",
+        "finetune": "genequery_finetune",
     }
     report = Report(name[args.stage])
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
@@ -358,6 +400,7 @@ if __name__ == "__main__":
     {
         "prep": lambda: prep(report),
         "main": lambda: main(report, args),
+        "finetune": lambda: finetune(report, args),
         "unseen": lambda: unseen(report, args),
         "speed": lambda: speed(report, args),
     }[args.stage]()
