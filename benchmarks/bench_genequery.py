@@ -282,12 +282,17 @@ def finetune(report: Report, args) -> None:
     report(
         f"{data.n_obs} spots × {data.n_vars} genes; spot-aware GeneQuery width {args.width}, {args.epochs} "
         "epochs; fine-tune: EfficientNet-Lite0 trained from the 224 px patches (finetune_spots=64, "
-        "finetune_genes=256, encoder_lr=1e-4, batch-norm statistics frozen)"
+        "finetune_genes=256, encoder_lr=1e-4, batch-norm statistics frozen; encoder_chunk=8 by default)"
     )
     for test in args.folds:
         a = fold_data(data, test)
         report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
-        for name, kw in (("frozen", {}), ("fine-tune", {"finetune": True})):
+        variants = (
+            ("frozen", {}),
+            ("fine-tune", {"finetune": True}),  # encoder_chunk=8: gradient checkpointing
+            ("fine-tune, no checkpointing", {"finetune": True, "encoder_chunk": None}),
+        )
+        for name, kw in variants:
             model = gq("spot", args, **kw)
             gc.collect()
             rss0 = peak_rss_reset()
@@ -299,7 +304,7 @@ def finetune(report: Report, args) -> None:
             res = model.evaluate(a)
             t_eval = time.perf_counter() - t0
             report(
-                f"  GeneQuery spot {name:10s} {fmt(res)}  train {t_train:.0f} s = {t_train / args.epochs:.0f} "
+                f"  GeneQuery spot {name:28s} {fmt(res)}  train {t_train:.0f} s = {t_train / args.epochs:.0f} "
                 f"s/epoch, peak RSS during training +{peak:.0f} MiB; evaluate {t_eval:.0f} s"
             )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -596,7 +598,10 @@ def test_finetune_trains_encoder_learns_and_keeps_bn_statistics(data, mode):
         mode=mode, image_encoder=enc, gene_embeddings=table, max_epochs=30, batch_size=8, seed=2, **FT
     )
     genes = [f"G{j}" for j in range(20)]
-    model.train(a, genes=genes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(a, genes=genes)
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # frozen batch norms are intended
     # the user's encoder is not modified; the model's copy is, except the batch-norm statistics
     for k, v in enc.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -624,6 +629,9 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     P1 = m1.predict(a, [*genes, "NOVEL"])
     np.testing.assert_array_equal(P1, m2.predict(a, [*genes, "NOVEL"]))
     assert not np.array_equal(P1, m3.predict(a, [*genes, "NOVEL"]))
+    # gradient checkpointing (chunks of 8 of the 20 patches per step) trains the same model as one pass
+    m4 = GeneQueryModel(image_encoder=_tiny_encoder(), **{**kw, "encoder_chunk": None}).train(a, genes=genes)
+    np.testing.assert_allclose(m4.predict(a, [*genes, "NOVEL"]), P1, rtol=1e-4, atol=1e-5)
     # predictions = the network on the fine-tuned encoder's features of the patches
     from spared_tools.models.image import encode_patches
 
@@ -665,3 +673,5 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
         GeneQueryModel(finetune="yes")
     with pytest.raises(ValueError, match="encoder_lr"):
         GeneQueryModel(finetune=True, encoder_lr=0)
+    with pytest.raises(ValueError, match="encoder_chunk"):
+        GeneQueryModel(finetune=True, encoder_chunk=0)

