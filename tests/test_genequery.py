@@ -675,3 +675,19 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
         GeneQueryModel(finetune=True, encoder_lr=0)
     with pytest.raises(ValueError, match="encoder_chunk"):
         GeneQueryModel(finetune=True, encoder_chunk=0)
+
+
+@pytest.mark.gpu
+def test_finetune_trains_and_predicts_on_gpu(data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    adata, table = data
+    a = _with_patches(adata, table)
+    kw = {**FT, "accelerator": "gpu", "devices": 1}
+    model = GeneQueryModel(
+        image_encoder=_tiny_encoder(), gene_embeddings=table, max_epochs=2, device="cuda", seed=0, **kw
+    )
+    pred = model.train(a, genes=["G0", "G1"]).predict(a)
+    assert next(model.encoder_.parameters()).device.type == "cpu"  # handed back on the CPU
+    model.device = "cpu"
+    np.testing.assert_allclose(pred, model.predict(a), atol=1e-4)

@@ -508,7 +508,6 @@ class GeneQueryModel(Predictor):
 
     def _tuned_features(self, adata: AnnData) -> np.ndarray:
         """Fine-tune mode: ``(n_obs, n_views, d)`` features of the patches from the fine-tuned encoder."""
-        from spared_tools.models.image import encode_patches
         from spared_tools.pp._patches import get_patches
 
         if not _has_patches(adata, self.patches_key):
@@ -519,14 +518,22 @@ class GeneQueryModel(Predictor):
         enc = self._tuned_encoder()
         patches = get_patches(adata, self.patches_key)
         views = range(8) if self.tta else [0]
-        feats = np.stack(
+        try:
+            feats = self._encode_views(patches, enc, views)
+        finally:
+            enc.cpu()  # encode_patches may move a module without a fused copy to the device
+        return feats.astype(np.float32, copy=False)
+
+    def _encode_views(self, patches: Any, enc: Any, views: Any) -> np.ndarray:
+        from spared_tools.models.image import encode_patches
+
+        return np.stack(
             [
                 encode_patches(patches, enc, view=k, device=self.device, desc="fine-tuned features")
                 for k in views
             ],
             axis=1,
         )
-        return feats.astype(np.float32, copy=False)
 
     def _descriptions(self, adata: AnnData | None) -> dict[str, str] | None:
         if self.descriptions is None or isinstance(self.descriptions, dict):
