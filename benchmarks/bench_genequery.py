@@ -26,7 +26,7 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   seen, unseen and all genes of the test section. → results/genequery_unseen.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
   (``finetune=True``), same folds and epochs: accuracy, seconds per epoch, peak memory.
-  → results/genequery_finetune.txt
+  → results/genequery_finetune_<folds>.txt
 * ``speed``  – training time per epoch and prediction time/memory for 5,000 spots × 1,000 genes on CPU.
   → results/genequery_speed.txt
 
@@ -287,12 +287,12 @@ def finetune(report: Report, args) -> None:
     for test in args.folds:
         a = fold_data(data, test)
         report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
-        variants = (
-            ("frozen", {}),
-            ("fine-tune", {"finetune": True}),  # encoder_chunk=8: gradient checkpointing
-            ("fine-tune, no checkpointing", {"finetune": True, "encoder_chunk": None}),
-        )
-        for name, kw in variants:
+        variants = {
+            "frozen": ("frozen", {}),
+            "finetune": ("fine-tune", {"finetune": True}),  # encoder_chunk=8: gradient checkpointing
+            "onepass": ("fine-tune, no checkpointing", {"finetune": True, "encoder_chunk": None}),
+        }
+        for name, kw in (variants[v] for v in args.variants):
             model = gq("spot", args, **kw)
             gc.collect()
             rss0 = peak_rss_reset()
@@ -385,6 +385,13 @@ if __name__ == "__main__":
     p.add_argument("--predict-fraction", type=float, default=1.0)
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=["frozen", "finetune", "onepass"],
+        default=["frozen", "finetune", "onepass"],
+        help="finetune stage: frozen features, fine-tuned encoder, fine-tuned without checkpointing",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -396,7 +403,8 @@ if __name__ == "__main__":
         "speed": "genequery_speed",
         "finetune": "genequery_finetune",
     }
-    report = Report(name[args.stage])
+    # one results file per fold set for the fine-tune comparison (each run is long)
+    report = Report(name[args.stage] + ("_" + "_".join(args.folds) if args.stage == "finetune" else ""))
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(
         f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
