@@ -181,7 +181,7 @@ class GeneQueryModel(Predictor):
         (activations recomputed in the backward pass), so training memory follows ``encoder_chunk``
         rather than ``finetune_spots`` at the cost of one extra forward pass; ``None`` disables it
         (faster where memory allows, e.g. on a large GPU). Memory and time per epoch of both settings
-        are in ``benchmarks/results/genequery_finetune_C2.txt`` and ``..._B4.txt``.
+        are in ``benchmarks/results/genequery_finetune_C2.txt``.
     gene_encoder
         Text encoder name or path for :func:`~spared_tools.models.text.load_text_encoder`.
     organism
