@@ -33,30 +33,25 @@ def main() -> None:
     parallel_copy(warm, src[:8])  # compile / load the numba kernel
     mb = src.nbytes / 2**20
     rep(f"{'write':<34s} {'seconds':>8s} {'us per 4 KiB page':>18s}")
-    keep = []
-    for label, fn in (
-        ("numpy copy, fresh memory", np.copyto),
-        ("parallel copy, fresh memory", parallel_copy),
-    ):
+
+    def write(label: str, fn, hold: list | None) -> None:
+        """Two timed writes of a new array; ``hold`` keeps them (fresh pages next time), else freed."""
         for _ in range(2):
             dst = np.empty_like(src)
             t0 = time.perf_counter()
             fn(dst, src)
             dt = time.perf_counter() - t0
-            keep.append(dst)  # held: the next array cannot reuse these pages
+            if hold is not None:
+                hold.append(dst)
+            del dst
             rep(f"{label:<34s} {dt:8.3f} {dt / (src.nbytes / 4096) * 1e6:18.2f}")
+
+    keep: list = []
+    write("numpy copy, fresh memory", np.copyto, keep)
+    write("parallel copy, fresh memory", parallel_copy, keep)
     keep.clear()
-    for label, fn in (
-        ("numpy copy, resident memory", np.copyto),
-        ("parallel copy, resident memory", parallel_copy),
-    ):
-        for _ in range(2):
-            dst = np.empty_like(src)
-            t0 = time.perf_counter()
-            fn(dst, src)
-            dt = time.perf_counter() - t0
-            del dst  # freed: the next array reuses these pages at once
-            rep(f"{label:<34s} {dt:8.3f} {dt / (src.nbytes / 4096) * 1e6:18.2f}")
+    write("numpy copy, resident memory", np.copyto, None)
+    write("parallel copy, resident memory", parallel_copy, None)
     rep(f"({mb:.0f} MiB per write)")
     path = rep.save()
     print(f"wrote {path}")

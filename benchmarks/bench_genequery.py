@@ -52,7 +52,7 @@ import scipy.sparse as sps
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import HER2ST, Report, _proc_status_mb, machine_info
+from _common import HER2ST, Report, machine_info, peak_rss_during
 
 import spared_tools as sp
 from spared_tools.models.image import encode_patches, load_image_encoder
@@ -191,16 +191,6 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
     )
 
 
-def peak_rss_reset() -> float:
-    """Reset the process's peak-RSS mark (``/proc/self/clear_refs``) and return the current RSS (MiB)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    return _proc_status_mb("VmRSS") or 0.0
-
-
 def fmt(res: dict) -> str:
     return f"HEG {res['pcc_heg']:.3f}  HVG {res['pcc_hvg']:.3f}  ALL {res['pcc_all']:.3f}  (NaN genes {res['n_nan_genes']})"
 
@@ -294,12 +284,9 @@ def finetune(report: Report, args) -> None:
         }
         for name, kw in (variants[v] for v in args.variants):
             model = gq("spot", args, **kw)
-            gc.collect()
-            rss0 = peak_rss_reset()
             t0 = time.perf_counter()
-            model.train(a)
+            peak, _ = peak_rss_during(lambda model=model, a=a: model.train(a))
             t_train = time.perf_counter() - t0
-            peak = (_proc_status_mb("VmHWM") or float("nan")) - rss0
             t0 = time.perf_counter()
             res = model.evaluate(a)
             t_eval = time.perf_counter() - t0

@@ -508,6 +508,7 @@ class GeneQueryModel(Predictor):
 
     def _tuned_features(self, adata: AnnData) -> np.ndarray:
         """Fine-tune mode: ``(n_obs, n_views, d)`` features of the patches from the fine-tuned encoder."""
+        from spared_tools.models.image import encode_patches
         from spared_tools.pp._patches import get_patches
 
         if not _has_patches(adata, self.patches_key):
@@ -519,21 +520,16 @@ class GeneQueryModel(Predictor):
         patches = get_patches(adata, self.patches_key)
         views = range(8) if self.tta else [0]
         try:
-            feats = self._encode_views(patches, enc, views)
+            feats = np.stack(
+                [
+                    encode_patches(patches, enc, view=k, device=self.device, desc="fine-tuned features")
+                    for k in views
+                ],
+                axis=1,
+            )
         finally:
             enc.cpu()  # encode_patches may move a module without a fused copy to the device
         return feats.astype(np.float32, copy=False)
-
-    def _encode_views(self, patches: Any, enc: Any, views: Any) -> np.ndarray:
-        from spared_tools.models.image import encode_patches
-
-        return np.stack(
-            [
-                encode_patches(patches, enc, view=k, device=self.device, desc="fine-tuned features")
-                for k in views
-            ],
-            axis=1,
-        )
 
     def _descriptions(self, adata: AnnData | None) -> dict[str, str] | None:
         if self.descriptions is None or isinstance(self.descriptions, dict):
@@ -645,14 +641,15 @@ class GeneQueryModel(Predictor):
                     f"finetune=True trains the image encoder from the patches, and adata has none under "
                     f"{self.patches_key!r}: run sp.pp.extract_patches(adata) first."
                 )
-            pl.seed_everything(self.seed, workers=True, verbose=False)
             encoder = self._fresh_encoder()
             patches = get_patches(adata, self.patches_key)
-            feats = np.zeros((adata.n_obs, 1, int(encoder.out_dim)), dtype=np.float32)
+            feats = None
+            image_dim = int(encoder.out_dim)
         else:
             feats = self._features(adata)
+            image_dim = int(feats.shape[-1])
         emb = self._embed(self.genes_, adata)
-        self.image_dim_, self.gene_dim_ = int(feats.shape[-1]), int(emb.shape[1])
+        self.image_dim_, self.gene_dim_ = image_dim, int(emb.shape[1])
         self.gene_embeddings_ = emb
         scaler = _TextScaler.from_base(self.scaler_)
         scaler.fit_text(emb)
