@@ -29,6 +29,10 @@ class _Settings:
         Threads for numba/torch kernels; ``None`` leaves the libraries' defaults.
     progress
         Show progress bars on loops a person waits for.
+    reuse_heap
+        While models train and predict, keep freed memory in the process heap instead of returning
+        it to the system after every batch (glibc only; see ``spared_tools._heap``). Saves the page
+        faults of fresh memory: a quarter of GeneQuery's spot-aware prediction time on a 2-core VM.
     """
 
     def __init__(self) -> None:
@@ -37,6 +41,7 @@ class _Settings:
         self.seed: int = 0
         self._n_jobs: int | None = None
         self.progress: bool = True
+        self.reuse_heap: bool = True
         logger.setLevel(_LEVELS[self._verbosity])
 
     @property

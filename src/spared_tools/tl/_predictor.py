@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from spared_tools._heap import reuse_heap
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_seed, seed_everything
@@ -416,7 +417,8 @@ class Predictor(abc.ABC):
             f"{type(self).__name__}: training on {train_idx.size} spots ({val_idx.size} validation) × {len(genes)} genes."
         )
         try:
-            self._fit(adata, Z, train_idx, val_idx, **kwargs)
+            with reuse_heap():
+                self._fit(adata, Z, train_idx, val_idx, **kwargs)
         except BaseException:
             self.genes_, self.scaler_ = None, None
             raise
@@ -452,7 +454,8 @@ class Predictor(abc.ABC):
                     "Use GeneQueryModel to predict unseen genes from their text."
                 )
         self.check_compatible(adata, require_genes=False)
-        Z = np.asarray(self._predict(adata, genes))
+        with reuse_heap():
+            Z = np.asarray(self._predict(adata, genes))
         if Z.shape != (adata.n_obs, len(genes)):
             raise RuntimeError(f"{type(self).__name__}._predict returned shape {Z.shape}.")
         assert self.scaler_ is not None
