@@ -29,6 +29,9 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   → results/genequery_finetune_<folds>.txt
 * ``speed``  – training time per epoch and prediction time/memory for 5,000 spots × 1,000 genes on CPU.
   → results/genequery_speed.txt
+* ``rank``   – ridge vs spot-aware GeneQuery on the same folds: in-sample and test PCC, and how much of
+  the predicted test matrix one spatial pattern explains (a diagnosis of GeneQuery's low HEG/HVG on
+  the patient-C folds). → results/genequery_rank.txt
 
 Run with ``nice -n 10``; ``--epochs``, ``--folds``, ``--width`` bound the CPU cost (see the results
 files for the settings used).
@@ -234,6 +237,45 @@ def main(report: Report, args) -> None:
     )
 
 
+def _spectrum(M: np.ndarray) -> tuple[float, float]:
+    """Share of the variance of the per-gene standardised matrix on its first and first three components."""
+    Mc = M - M.mean(0)
+    Mc = Mc / np.where(Mc.std(0) > 0, Mc.std(0), 1.0)
+    sv = np.linalg.svd(Mc, compute_uv=False) ** 2
+    return float(sv[0] / sv.sum()), float(sv[:3].sum() / sv.sum())
+
+
+def rank(report: Report, args) -> None:
+    """Why GeneQuery trails ridge on the patient-C folds: how many spatial patterns each model predicts."""
+    data = load(args, report)
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery spot-aware, width {args.width}, {args.epochs} epochs. "
+        "PCC on the training spots (in-sample) and the test section; 'first component' = share of the "
+        "variance of the test-section matrix (each gene standardised) on its first / first three principal "
+        "components: 1.00 means every gene is predicted with one spatial pattern"
+    )
+    for test in args.folds:
+        a = fold_data(data, test)
+        truth = a.layers["log1p"]
+        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        split = a.obs["split"].to_numpy()
+        tr, te = split == "train", split == "test"
+        c1, c3 = _spectrum(truth[te])
+        report(f"\nfold test={test} train={FOLDS[test]}: truth first component {c1:.2f} / {c3:.2f}")
+        for name, model in (
+            ("Ridge (HEST-style)", sp.tl.RidgePredictor()),
+            ("GeneQuery spot", gq("spot", args)),
+        ):
+            model.train(a)
+            P = np.asarray(model.predict(a))
+            parts = []
+            for label, m in (("train", tr), ("test", te)):
+                r = sp.tl.evaluate_prediction(truth[m], P[m], genes=list(a.var_names))
+                parts.append(f"{label} {r['pcc_heg']:.3f} / {r['pcc_hvg']:.3f} / {r['pcc_all']:.3f}")
+            c1, c3 = _spectrum(P[te])
+            report(f"  {name:20s} HEG/HVG/ALL {parts[0]}; {parts[1]}; first component {c1:.2f} / {c3:.2f}")
+
+
 def unseen(report: Report, args) -> None:
     data = load(args, report)
     test = args.folds[0]
@@ -369,7 +411,7 @@ def speed(report: Report, args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["prep", "main", "unseen", "speed", "finetune"])
+    p.add_argument("stage", choices=["prep", "main", "unseen", "speed", "finetune", "rank"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--folds", nargs="+", default=list(FOLDS))
@@ -395,6 +437,7 @@ if __name__ == "__main__":
         "unseen": "genequery_unseen",
         "speed": "genequery_speed",
         "finetune": "genequery_finetune",
+        "rank": "genequery_rank",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     report = Report(name[args.stage] + ("_" + "_".join(args.folds) if args.stage == "finetune" else ""))
@@ -409,5 +452,6 @@ if __name__ == "__main__":
         "finetune": lambda: finetune(report, args),
         "unseen": lambda: unseen(report, args),
         "speed": lambda: speed(report, args),
+        "rank": lambda: rank(report, args),
     }[args.stage]()
     report.save()
