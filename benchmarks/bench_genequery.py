@@ -32,6 +32,8 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
 * ``rank``   – ridge vs spot-aware GeneQuery on the same folds: in-sample and test PCC, and how much of
   the predicted test matrix one spatial pattern explains (a diagnosis of GeneQuery's low HEG/HVG on
   the patient-C folds). → results/genequery_rank.txt
+* ``floor``  – GeneQuery's training loss against the in-sample MSE of per-gene means, the best low-rank
+  fits and ridge, on the model's own min-max scale. → results/genequery_floor.txt
 
 Run with ``nice -n 10``; ``--epochs``, ``--folds``, ``--width`` bound the CPU cost (see the results
 files for the settings used).
@@ -276,6 +278,45 @@ def rank(report: Report, args) -> None:
             report(f"  {name:20s} HEG/HVG/ALL {parts[0]}; {parts[1]}; first component {c1:.2f} / {c3:.2f}")
 
 
+def floor(report: Report, args) -> None:
+    """GeneQuery's training loss against what per-gene means, low-rank fits and ridge reach in-sample."""
+    data = load(args, report)
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery spot-aware, width {args.width}, {args.epochs} epochs, "
+        "min-max targets fit on the training spots (the model's own scaling). MSE on the training spots of: "
+        "each gene's mean; the mean plus the best rank-k fit (SVD, an optimum no model of rank k beats); ridge "
+        "on the frozen features; and GeneQuery's training loss per epoch (dropout active) and after training"
+    )
+    for test in args.folds:
+        a = fold_data(data, test)
+        truth = a.layers["log1p"]
+        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        tr = (a.obs["split"] == "train").to_numpy()
+        Y = truth[tr]
+        lo, hi = Y.min(0), Y.max(0)
+        Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
+        Zc = Z - Z.mean(0)
+        U, sv, Vt = np.linalg.svd(Zc, full_matrices=False)
+        report(f"\nfold test={test} train={FOLDS[test]}: {int(tr.sum())} training spots")
+        report(f"  gene means only                 {float((Zc**2).mean()):.4f}")
+        for k in (1, 5, 20):
+            fit = (U[:, :k] * sv[:k]) @ Vt[:k]
+            report(f"  means + best rank-{k:<2d}            {float(((Zc - fit) ** 2).mean()):.4f}")
+        ridge = sp.tl.RidgePredictor().train(a)
+        Pr = np.asarray(ridge.predict(a))[tr]
+        report(
+            f"  ridge (HEST-style), in-sample   {float((((Pr - lo) / np.where(hi > lo, hi - lo, 1.0) - Z) ** 2).mean()):.4f}"
+        )
+        model = gq("spot", args)
+        model.train(a)
+        P = np.asarray(model.predict(a))[tr]
+        losses = ", ".join(f"{e['train_loss']:.4f}" for e in model.history_["epochs"])
+        report(f"  GeneQuery training loss per epoch: {losses}")
+        report(
+            f"  GeneQuery after training (eval mode) {float((((P - lo) / np.where(hi > lo, hi - lo, 1.0) - Z) ** 2).mean()):.4f}"
+        )
+
+
 def unseen(report: Report, args) -> None:
     data = load(args, report)
     test = args.folds[0]
@@ -411,7 +452,7 @@ def speed(report: Report, args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["prep", "main", "unseen", "speed", "finetune", "rank"])
+    p.add_argument("stage", choices=["prep", "main", "unseen", "speed", "finetune", "rank", "floor"])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--folds", nargs="+", default=list(FOLDS))
@@ -438,6 +479,7 @@ if __name__ == "__main__":
         "speed": "genequery_speed",
         "finetune": "genequery_finetune",
         "rank": "genequery_rank",
+        "floor": "genequery_floor",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     report = Report(name[args.stage] + ("_" + "_".join(args.folds) if args.stage == "finetune" else ""))
@@ -453,5 +495,6 @@ if __name__ == "__main__":
         "unseen": lambda: unseen(report, args),
         "speed": lambda: speed(report, args),
         "rank": lambda: rank(report, args),
+        "floor": lambda: floor(report, args),
     }[args.stage]()
     report.save()
