@@ -14,18 +14,18 @@ pytestmark = pytest.mark.skipif(_heap._glibc() is None, reason="glibc only")
 MB = 1 << 20
 
 
-def _faults_of_second_block(nbytes: int) -> int:
-    """Minor page faults while writing a block of ``nbytes`` allocated right after an equal one was freed."""
+def _faults_per_block(nbytes: int, n: int = 5) -> list[int]:
+    """Minor page faults while allocating, writing and freeing a block of ``nbytes``, ``n`` times in a row."""
     import torch  # (numpy asks for huge pages on large arrays; torch, like glibc, does not)
 
-    a = torch.empty(nbytes, dtype=torch.uint8)
-    a.fill_(1)
-    del a
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    b = torch.empty(nbytes, dtype=torch.uint8)
-    b.fill_(1)
-    del b
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    out = []
+    for _ in range(n):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        b = torch.empty(nbytes, dtype=torch.uint8)
+        b.fill_(1)
+        del b
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return out
 
 
 def test_large_blocks_are_reused_inside() -> None:
@@ -33,12 +33,16 @@ def test_large_blocks_are_reused_inside() -> None:
     pages = nbytes // 4096
     with _heap.reuse_heap(True) as on:
         assert on
-        inside = _faults_of_second_block(nbytes)
-    outside = _faults_of_second_block(nbytes)
-    assert inside < pages // 20, (inside, pages)
-    if outside < pages // 2:  # transparent huge pages for every mapping ("always"): faults are few anyway
+        inside = _faults_per_block(nbytes)
+    outside = _faults_per_block(nbytes)
+    # the heap has to grow once or twice first (where brk can extend it is up to the address layout);
+    # after that the same memory is handed out again
+    assert min(inside[2:]) < pages // 20, (inside, pages)
+    if (
+        min(outside) < pages // 2
+    ):  # transparent huge pages for every mapping ("always"): faults are few anyway
         pytest.skip(f"this kernel backs fresh mappings with huge pages ({outside} faults for {pages} pages)")
-    assert outside > pages // 2
+    assert min(outside) > pages // 2, outside
 
 
 def test_setting_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,9 @@ def test_settings_validation_and_restore():
         sp.settings.device = "tpu"
     with pytest.raises(ValueError, match="n_jobs"):
         sp.settings.n_jobs = 0
+    with pytest.raises(ValueError, match="reuse_heap must be True or False"):
+        sp.settings.reuse_heap = "no"  # type: ignore[assignment]
+    assert sp.settings.reuse_heap is True
 
 
 def test_resolve_device_cpu_and_missing_cuda():

@@ -41,7 +41,7 @@ class _Settings:
         self.seed: int = 0
         self._n_jobs: int | None = None
         self.progress: bool = True
-        self.reuse_heap: bool = True
+        self._reuse_heap: bool = True
         logger.setLevel(_LEVELS[self._verbosity])
 
     @property
@@ -70,6 +70,16 @@ class _Settings:
         logger.setLevel(_LEVELS[self._verbosity])
 
     @property
+    def reuse_heap(self) -> bool:
+        return self._reuse_heap
+
+    @reuse_heap.setter
+    def reuse_heap(self, value: bool) -> None:
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError(f"settings.reuse_heap must be True or False, got {value!r}.")
+        self._reuse_heap = bool(value)
+
+    @property
     def n_jobs(self) -> int | None:
         return self._n_jobs
 
@@ -88,7 +98,7 @@ class _Settings:
     def __repr__(self) -> str:
         return (
             f"spared_tools settings: device={self.device!r}, verbosity={self.verbosity}, "
-            f"seed={self.seed}, n_jobs={self.n_jobs}, progress={self.progress}"
+            f"seed={self.seed}, n_jobs={self.n_jobs}, progress={self.progress}, reuse_heap={self.reuse_heap}"
         )
 
 
