@@ -239,6 +239,23 @@ def main(report: Report, args) -> None:
     )
 
 
+def _dense_log1p(a: ad.AnnData) -> np.ndarray:
+    """The fold's log1p targets as a dense array."""
+    X = a.layers["log1p"]
+    return X.toarray() if sps.issparse(X) else np.asarray(X)
+
+
+def _minmax(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``X`` on the per-gene min-max scale of ``ref`` (GeneQuery's own target scaling)."""
+    lo, span = ref.min(0), np.ptp(ref, axis=0)
+    return (X - lo) / np.where(span > 0, span, 1.0)
+
+
+def _minmax_mse(P: np.ndarray, Y: np.ndarray) -> float:
+    """MSE of predictions ``P`` against ``Y``, both on ``Y``'s min-max scale."""
+    return float(((_minmax(P, Y) - _minmax(Y, Y)) ** 2).mean())
+
+
 def _spectrum(M: np.ndarray) -> tuple[float, float]:
     """Share of the variance of the per-gene standardised matrix on its first and first three components."""
     Mc = M - M.mean(0)
@@ -258,8 +275,7 @@ def rank(report: Report, args) -> None:
     )
     for test in args.folds:
         a = fold_data(data, test)
-        truth = a.layers["log1p"]
-        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        truth = _dense_log1p(a)
         split = a.obs["split"].to_numpy()
         tr, te = split == "train", split == "test"
         c1, c3 = _spectrum(truth[te])
@@ -289,12 +305,10 @@ def floor(report: Report, args) -> None:
     )
     for test in args.folds:
         a = fold_data(data, test)
-        truth = a.layers["log1p"]
-        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        truth = _dense_log1p(a)
         tr = (a.obs["split"] == "train").to_numpy()
         Y = truth[tr]
-        lo, hi = Y.min(0), Y.max(0)
-        Z = (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
+        Z = _minmax(Y, Y)
         Zc = Z - Z.mean(0)
         U, sv, Vt = np.linalg.svd(Zc, full_matrices=False)
         report(f"\nfold test={test} train={FOLDS[test]}: {int(tr.sum())} training spots")
@@ -303,17 +317,13 @@ def floor(report: Report, args) -> None:
             fit = (U[:, :k] * sv[:k]) @ Vt[:k]
             report(f"  means + best rank-{k:<2d}            {float(((Zc - fit) ** 2).mean()):.4f}")
         ridge = sp.tl.RidgePredictor().train(a)
-        Pr = np.asarray(ridge.predict(a))[tr]
-        report(
-            f"  ridge (HEST-style), in-sample   {float((((Pr - lo) / np.where(hi > lo, hi - lo, 1.0) - Z) ** 2).mean()):.4f}"
-        )
+        report(f"  ridge (HEST-style), in-sample   {_minmax_mse(np.asarray(ridge.predict(a))[tr], Y):.4f}")
         model = gq("spot", args)
         model.train(a)
-        P = np.asarray(model.predict(a))[tr]
         losses = ", ".join(f"{e['train_loss']:.4f}" for e in model.history_["epochs"])
         report(f"  GeneQuery training loss per epoch: {losses}")
         report(
-            f"  GeneQuery after training (eval mode) {float((((P - lo) / np.where(hi > lo, hi - lo, 1.0) - Z) ** 2).mean()):.4f}"
+            f"  GeneQuery after training (eval mode) {_minmax_mse(np.asarray(model.predict(a))[tr], Y):.4f}"
         )
 
 
