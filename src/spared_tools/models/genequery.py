@@ -74,6 +74,11 @@ class GeneQueryNet(nn.Module):
     fast path, so padded and unpadded sequences go through the same arithmetic.
     """
 
+    image_shift: torch.Tensor
+    image_scale: torch.Tensor
+    gene_shift: torch.Tensor
+    gene_scale: torch.Tensor
+
     def __init__(
         self,
         image_dim: int,
@@ -123,6 +128,42 @@ class GeneQueryNet(nn.Module):
         else:
             self.encoder = None
         self.regressor = nn.Linear(width, 1)
+        # Per-dimension input standardisation (identity until :meth:`set_input_stats`); buffers, so they
+        # are saved and loaded with the weights.
+        self.register_buffer("image_shift", torch.zeros(image_dim))
+        self.register_buffer("image_scale", torch.ones(image_dim))
+        self.register_buffer("gene_shift", torch.zeros(gene_dim))
+        self.register_buffer("gene_scale", torch.ones(gene_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, image: np.ndarray | None = None, gene: np.ndarray | None = None) -> None:
+        """Standardise inputs per dimension with the mean and standard deviation of these samples.
+
+        Parameters
+        ----------
+        image
+            Training image features ``(n, image_dim)``; ``None`` leaves the image transform unchanged.
+        gene
+            Training gene embeddings ``(n, gene_dim)``; ``None`` leaves the gene transform unchanged.
+
+        Notes
+        -----
+        Frozen image features (e.g. EfficientNet's pooled activations) differ in scale by orders of
+        magnitude between dimensions, and sentence embeddings of gene descriptions share a large common
+        direction; standardising both lets the additive fusion see the differences between genes and
+        between spots from the first step. Dimensions that are constant over the samples are only
+        centred. Pass training data only.
+        """
+        for name, x, dim in (("image", image, self.image_dim), ("gene", gene, self.gene_dim)):
+            if x is None:
+                continue
+            x = np.asarray(x, dtype=np.float64).reshape(-1, dim)
+            if x.shape[0] < 2:
+                raise ValueError(f"set_input_stats needs at least 2 {name} samples, got {x.shape[0]}.")
+            mu, sd = x.mean(0), x.std(0)
+            sd = np.where(sd > 1e-8 * max(1.0, float(np.abs(x).max())), sd, 1.0)
+            getattr(self, f"{name}_shift").copy_(torch.from_numpy(mu))
+            getattr(self, f"{name}_scale").copy_(torch.from_numpy(sd))
 
     def forward(
         self, image: torch.Tensor, gene: torch.Tensor, padding_mask: torch.Tensor | None = None
@@ -146,6 +187,8 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"image must be (B, L, {self.image_dim}), got {tuple(image.shape)}.")
         if gene.ndim != 3 or gene.shape[-1] != self.gene_dim:
             raise ValueError(f"gene must be (B, L, {self.gene_dim}), got {tuple(gene.shape)}.")
+        image = (image - self.image_shift.to(image.dtype)) / self.image_scale.to(image.dtype)
+        gene = (gene - self.gene_shift.to(gene.dtype)) / self.gene_scale.to(gene.dtype)
         h = self.image_proj(image) + self.gene_proj(gene)
         if padding_mask is not None:
             if padding_mask.shape != h.shape[:2]:
