@@ -223,7 +223,12 @@ class GeneQueryModel(Predictor):
     weight_decay
         AdamW weight decay.
     batch_size
-        Genes per batch (spot mode) or spots per batch (gene mode).
+        Genes per batch (spot mode) or spots per batch (gene mode). An epoch has about
+        ``n_slides * n_genes / batch_size`` (spot mode) or ``n_spots / batch_size`` (gene mode) steps; on a
+        few sections, small batches give the network the number of updates it needs (HER2+, 2–3 training
+        sections: batch 8 with standardised inputs escaped the one-pattern solution that batch 32 and
+        unstandardised inputs settled in, ``benchmarks/results/genequery_main.txt``). Prediction uses
+        batches of at least 64 whatever this is.
     max_epochs
         Training epochs; the weights of the epoch with the lowest validation loss are kept.
     precision
@@ -303,7 +308,7 @@ class GeneQueryModel(Predictor):
         scaling: Scaling = "minmax",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        batch_size: int = 32,
+        batch_size: int = 8,
         max_epochs: int = 20,
         precision: str | int = "32-true",
         inference_precision: Literal["32", "bf16"] = "32",
