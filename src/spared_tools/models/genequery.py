@@ -148,11 +148,10 @@ class GeneQueryNet(nn.Module):
 
         Notes
         -----
-        Frozen image features (e.g. EfficientNet's pooled activations) differ in scale by orders of
-        magnitude between dimensions, and sentence embeddings of gene descriptions share a large common
-        direction; standardising both lets the additive fusion see the differences between genes and
-        between spots from the first step. Dimensions that are constant over the samples are only
-        centred. Pass training data only.
+        Frozen image features and sentence embeddings of gene descriptions are not on a common scale,
+        and without this step GeneQuery trained on HER2+ predicted one spatial pattern for every gene
+        (``benchmarks/results/genequery_inputs.txt``). Dimensions that are constant over the samples
+        are only centred. Pass training data only.
         """
         for name, x, dim in (("image", image, self.image_dim), ("gene", gene, self.gene_dim)):
             if x is None:
