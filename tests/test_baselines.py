@@ -320,3 +320,29 @@ def test_linear_head_training_is_quiet_below_verbosity_3(assert_lightning_quiet)
     assert_lightning_quiet(
         lambda: sp.tl.LinearHeadPredictor(encoder=enc, finetune=False, max_epochs=1, seed=0).train(a)
     )
+
+
+def test_linear_head_does_not_depend_on_the_encoder_cache(monkeypatch):
+    """The first model of a process loads (and caches) the default encoder; later ones reuse it. Loading
+    draws from the global generator, which must not change the trained model."""
+    from spared_tools.models import image as image_mod
+
+    a = make_adata(size=8)
+    cache: dict = {}
+    monkeypatch.setattr(image_mod, "_DEFAULT_CACHE", cache)
+
+    def load(name, **kw):  # a tiny stand-in for EfficientNet-Lite0 whose construction draws random numbers
+        torch.randn(1000)
+        torch.manual_seed(7)  # the same weights every time
+        return load_image_encoder(_TinyConv(), name="tiny")
+
+    monkeypatch.setattr(image_mod, "load_image_encoder", load)
+    kw = {"encoder": "efficientnet-lite0", "finetune": False, "max_epochs": 3, "batch_size": 8, "seed": 2}
+    sp.settings.progress = False
+    try:
+        first = sp.tl.LinearHeadPredictor(**kw).train(a)  # loads the encoder
+        assert "efficientnet-lite0" in cache
+        second = sp.tl.LinearHeadPredictor(**kw).train(a)  # cached: no draws
+    finally:
+        sp.settings.progress = True
+    np.testing.assert_array_equal(first.predict(a), second.predict(a))

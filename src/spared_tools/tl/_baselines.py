@@ -510,6 +510,10 @@ class LinearHeadPredictor(Predictor):
 
     def _build_net(self, n_genes: int) -> _LinearHeadNet:
         enc = self._image_encoder()
+        # Seed after the encoder is in hand: loading the default encoder draws from the global generator
+        # the first time only (it is cached per process), which made the head's initialisation, and so
+        # the trained model, depend on whether an earlier model in the process had loaded it.
+        torch.manual_seed(self.seed)
         if self.finetune:
             return _LinearHeadNet(copy.deepcopy(enc), enc.out_dim, n_genes)
         return _LinearHeadNet(None, enc.out_dim, n_genes)
