@@ -238,7 +238,7 @@ class GeneQueryModel(Predictor):
     inference_precision
         ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast) for :meth:`predict`. On a 2-core CPU with
         AVX-512 BF16, bf16 was 1.3–1.5× faster; its predictions correlate with float32 at PCC 1.0000 and
-        the largest difference per gene is typically 2–3 % of the gene's standard deviation
+        the largest difference per gene is typically 2–4 % of the gene's standard deviation
         (``benchmarks/results/genequery_speed.txt`` measures both).
     accelerator
         Passed to :class:`pytorch_lightning.Trainer` (``"auto"``, ``"cpu"``, ``"gpu"``...).
