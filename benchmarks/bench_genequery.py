@@ -268,6 +268,22 @@ def _spectrum(M: np.ndarray) -> tuple[float, float]:
     return float(sv[0] / sv.sum()), float(sv[:3].sum() / sv.sum())
 
 
+def _fold_truth(data: ad.AnnData, test: str) -> tuple[ad.AnnData, np.ndarray, np.ndarray, np.ndarray]:
+    """The fold's AnnData, its dense log1p truth, and the training and test spot masks."""
+    a = fold_data(data, test)
+    split = a.obs["split"].to_numpy()
+    return a, _dense_log1p(a), split == "train", split == "test"
+
+
+def _pcc_parts(a: ad.AnnData, truth: np.ndarray, P: np.ndarray, masks) -> list[str]:
+    """'HEG / HVG / ALL' mean PCC of the predictions ``P`` on each spot mask."""
+    parts = []
+    for m in masks:
+        r = sp.tl.evaluate_prediction(truth[m], P[m], genes=list(a.var_names))
+        parts.append(f"{r['pcc_heg']:.3f} / {r['pcc_hvg']:.3f} / {r['pcc_all']:.3f}")
+    return parts
+
+
 def rank(report: Report, args) -> None:
     """Why GeneQuery trails ridge on the patient-C folds: how many spatial patterns each model predicts."""
     data = load(args, report)
@@ -278,10 +294,7 @@ def rank(report: Report, args) -> None:
         "components: 1.00 means every gene is predicted with one spatial pattern"
     )
     for test in args.folds:
-        a = fold_data(data, test)
-        truth = _dense_log1p(a)
-        split = a.obs["split"].to_numpy()
-        tr, te = split == "train", split == "test"
+        a, truth, tr, te = _fold_truth(data, test)
         c1, c3 = _spectrum(truth[te])
         report(f"\nfold test={test} train={FOLDS[test]}: truth first component {c1:.2f} / {c3:.2f}")
         for name, model in (
@@ -290,12 +303,11 @@ def rank(report: Report, args) -> None:
         ):
             model.train(a)
             P = np.asarray(model.predict(a))
-            parts = []
-            for label, m in (("train", tr), ("test", te)):
-                r = sp.tl.evaluate_prediction(truth[m], P[m], genes=list(a.var_names))
-                parts.append(f"{label} {r['pcc_heg']:.3f} / {r['pcc_hvg']:.3f} / {r['pcc_all']:.3f}")
+            parts = _pcc_parts(a, truth, P, (tr, te))
             c1, c3 = _spectrum(P[te])
-            report(f"  {name:20s} HEG/HVG/ALL {parts[0]}; {parts[1]}; first component {c1:.2f} / {c3:.2f}")
+            report(
+                f"  {name:20s} HEG/HVG/ALL train {parts[0]}; test {parts[1]}; first component {c1:.2f} / {c3:.2f}"
+            )
 
 
 def inputs(report: Report, args) -> None:
@@ -308,10 +320,7 @@ def inputs(report: Report, args) -> None:
         "principal component (1.00: one spatial pattern for every gene); last training loss (min-max scale)"
     )
     for test in args.folds:
-        a = fold_data(data, test)
-        truth = _dense_log1p(a)
-        split = a.obs["split"].to_numpy()
-        tr, te = split == "train", split == "test"
+        a, truth, tr, te = _fold_truth(data, test)
         report(f"\nfold test={test} train={FOLDS[test]}: truth first component {_spectrum(truth[te])[0]:.2f}")
         for standardize in (False, True):
             for batch in (32, 8):
@@ -320,10 +329,7 @@ def inputs(report: Report, args) -> None:
                 model.train(a)
                 t_train = time.perf_counter() - t0
                 P = np.asarray(model.predict(a))
-                parts = []
-                for m in (tr, te):
-                    r = sp.tl.evaluate_prediction(truth[m], P[m], genes=list(a.var_names))
-                    parts.append(f"{r['pcc_heg']:.3f} / {r['pcc_hvg']:.3f} / {r['pcc_all']:.3f}")
+                parts = _pcc_parts(a, truth, P, (tr, te))
                 loss = model.history_["epochs"][-1].get("train_loss", float("nan"))
                 report(
                     f"  standardize={standardize!s:5s} batch {batch:2d}: train {parts[0]}; test {parts[1]}; "
@@ -341,9 +347,7 @@ def floor(report: Report, args) -> None:
         "on the frozen features; and GeneQuery's training loss per epoch (dropout active) and after training"
     )
     for test in args.folds:
-        a = fold_data(data, test)
-        truth = _dense_log1p(a)
-        tr = (a.obs["split"] == "train").to_numpy()
+        a, truth, tr, _ = _fold_truth(data, test)
         Y = truth[tr]
         Z = _minmax(Y, Y)
         Zc = Z - Z.mean(0)

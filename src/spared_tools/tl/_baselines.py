@@ -508,12 +508,7 @@ class LinearHeadPredictor(Predictor):
             key_added=self.features_key,
         )
 
-    def _build_net(self, n_genes: int) -> _LinearHeadNet:
-        enc = self._image_encoder()
-        # Seed after the encoder is in hand: loading the default encoder draws from the global generator
-        # the first time only (it is cached per process), which made the head's initialisation, and so
-        # the trained model, depend on whether an earlier model in the process had loaded it.
-        torch.manual_seed(self.seed)
+    def _build_net(self, n_genes: int, enc: Any) -> _LinearHeadNet:
         if self.finetune:
             return _LinearHeadNet(copy.deepcopy(enc), enc.out_dim, n_genes)
         return _LinearHeadNet(None, enc.out_dim, n_genes)
@@ -527,8 +522,12 @@ class LinearHeadPredictor(Predictor):
 
         if kwargs:
             raise TypeError(f"LinearHeadPredictor.train got unexpected options {sorted(kwargs)}.")
+        enc = self._image_encoder()
+        # Seed after the encoder is in hand: loading the default encoder draws from the global generator
+        # the first time only (it is cached per process), which made the head's initialisation, and so
+        # the trained model, depend on whether an earlier model in the process had loaded it.
         torch.manual_seed(self.seed)
-        net = self._build_net(Z.shape[1])
+        net = self._build_net(Z.shape[1], enc)
         if self.finetune:
             train_ds: torch.utils.data.Dataset = _PatchTargets(
                 PatchDataset(adata, self.patches_key, augment=self.augment, indices=train_idx), Z
@@ -617,6 +616,6 @@ class LinearHeadPredictor(Predictor):
 
     def _load_state(self, path: Path) -> None:
         assert self.genes_ is not None
-        net = self._build_net(len(self.genes_))
+        net = self._build_net(len(self.genes_), self._image_encoder())
         net.load_state_dict(torch.load(path / "linear_head.pt", map_location="cpu", weights_only=True))
         self.net_ = net.eval()
