@@ -143,6 +143,40 @@ def test_image_features_values_cache_and_tta(monkeypatch):
     np.testing.assert_allclose(tta, ref_tta, rtol=1e-5, atol=1e-5)
 
 
+def test_image_features_views_are_the_eight_symmetries(monkeypatch):
+    a = _adata_with_patches()
+    torch.manual_seed(0)
+    enc = load_image_encoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), name="tiny")
+    x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
+    views = image_features(a, encoder=enc, views=True, batch_size=3)
+    assert views.shape == (a.n_obs, 8, 4) and a.uns["X_image_features"]["params"]["views"] == 8
+    with torch.no_grad():
+        for k in range(8):
+            np.testing.assert_allclose(views[:, k], enc(dihedral(x, k)).numpy(), rtol=1e-5, atol=1e-6)
+    # the 8 views differ (the encoder is not rotation invariant) and their mean is the tta feature
+    assert np.abs(views[:, 1] - views[:, 0]).max() > 1e-3
+    tta = image_features(a, encoder=enc, tta=True, key_added="tta")
+    np.testing.assert_allclose(views.mean(1), tta, rtol=1e-5, atol=1e-5)
+    # cached views serve every request without encoding: the views, view 0 (the patch) and their mean
+    calls = []
+    orig = image_mod.encode_patches
+    monkeypatch.setattr(
+        image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw)
+    )
+    assert np.array_equal(image_features(a, encoder=enc, views=True), views)
+    one = image_features(a, encoder=enc)
+    assert one.shape == (a.n_obs, 4) and np.array_equal(one, views[:, 0])
+    np.testing.assert_allclose(image_features(a, encoder=enc, tta=True), tta, rtol=1e-5, atol=1e-6)
+    assert calls == [] and a.obsm["X_image_features"].shape == (a.n_obs, 8, 4)  # the cache is kept
+    # one cached view cannot serve the 8: they are computed
+    image_features(a, encoder=enc, key_added="one")
+    again = image_features(a, encoder=enc, views=True, key_added="one")
+    np.testing.assert_allclose(again, views, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="at most one"):
+        image_features(a, encoder=enc, views=True, tta=True, key_added="both")
+
+
 def test_image_features_needs_patches():
     a = ad.AnnData(np.ones((3, 2), dtype=np.float32))
     with pytest.raises(KeyError, match="extract_patches"):

@@ -351,6 +351,54 @@ def test_multi_view_features_and_tta_average(data):
     np.testing.assert_allclose(model.predict(adata), np.mean(per_view, 0), atol=1e-5)
 
 
+def test_augment_trains_on_random_dihedral_views_of_frozen_features(data):
+    from torch import nn
+
+    from spared_tools.models.image import dihedral, load_image_encoder
+
+    adata, table = data
+    adata = adata.copy()
+    del adata.obsm["X_image_features"]
+    rng = np.random.default_rng(0)
+    adata.obsm["patches"] = rng.integers(0, 256, (adata.n_obs, 6, 6, 3), dtype=np.uint8)
+    adata.uns["patches"] = {"params": {"size": 6}, "store": "memory"}
+    torch.manual_seed(0)
+    enc = load_image_encoder(nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU()), name="tiny")
+    kw = dict(image_encoder=enc, gene_embeddings=table, max_epochs=3, seed=0, **SMALL)
+    genes = ["G0", "G1", "G2"]
+    # features absent: training with augment computes and caches the 8 dihedral views of every patch
+    aug = GeneQueryModel(**kw)
+    aug.train(adata, genes=genes)
+    views = adata.obsm["X_image_features"]
+    assert views.shape == (adata.n_obs, 8, 5) and adata.uns["X_image_features"]["params"]["views"] == 8
+    x = torch.from_numpy(adata.obsm["patches"]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        np.testing.assert_allclose(views[:, 3], enc(dihedral(x, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    # augment=False on the 8 views trains exactly like a model given view 0 alone
+    plain = GeneQueryModel(**{**kw, "augment": False})
+    plain.train(adata, genes=genes)
+    single = adata.copy()
+    single.obsm["X_image_features"] = views[:, 0].copy()
+    ref = GeneQueryModel(**kw)  # one view only: no augmentation possible
+    ref.train(single, genes=genes)
+    np.testing.assert_array_equal(plain.predict(adata), ref.predict(single))
+    # with augment the training draws other views and ends elsewhere; prediction uses view 0
+    assert np.abs(aug.predict(adata) - plain.predict(adata)).max() > 1e-4
+    np.testing.assert_array_equal(aug.predict(adata), aug.predict(single))
+    # the datasets: random views only when augmenting with random_views
+    seqs = [np.arange(adata.n_obs)]
+    ds = SpotDataset(views, table.to_numpy()[:3], None, seqs, batch_size=3, augment=True, seed=0)
+    drawn = ds[0]["image"][0].numpy()
+    picked = [int(np.flatnonzero((views[i] == drawn[i]).all(1))[0]) for i in range(adata.n_obs)]
+    assert len(set(picked)) == 8
+    fixed = SpotDataset(
+        views, table.to_numpy()[:3], None, seqs, batch_size=3, augment=True, seed=0, random_views=False
+    )
+    np.testing.assert_array_equal(fixed[0]["image"][0].numpy(), views[:, 0])
+    with pytest.raises(TypeError, match="augment must be True or False"):
+        GeneQueryModel(augment="yes")
+
+
 # ------------------------------------------------------------------------------------------------- API
 def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
     adata, table = data
@@ -451,7 +499,8 @@ def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, mon
     unseen, model = genequery_predict(
         a, model=model, train_genes=genes, genes=[*genes, new], val_value=None, return_model=True
     )
-    assert a.obsm["X_image_features"].shape == (a.n_obs, 1280)  # computed from the patches and cached
+    # computed from the patches and cached: the 8 dihedral views (augment=True)
+    assert a.obsm["X_image_features"].shape == (a.n_obs, 8, 1280)
     assert model.gene_dim_ == 384 and tuple(model.image_size_) == (64, 64)
     layer = a.layers["genequery"]
     assert np.isfinite(layer[:, :12]).all() and np.isnan(layer[:, 12:]).all()

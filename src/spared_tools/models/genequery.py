@@ -303,6 +303,7 @@ class _SequenceDataset(Dataset):
         view: int | None,
         patches: Any = None,
         sample_genes: bool = False,
+        random_views: bool = True,
     ) -> None:
         if patches is not None:
             shape = tuple(np.shape(patches))
@@ -341,6 +342,7 @@ class _SequenceDataset(Dataset):
             raise ValueError(f"view={view} but the features have {n_views} views.")
         self.batch_size = int(batch_size)
         self.augment = bool(augment)
+        self.random_views = bool(random_views)
         self.seed = int(seed)
         self.view = view
         self.epoch = 0
@@ -351,7 +353,7 @@ class _SequenceDataset(Dataset):
 
     def _image(self, spots: torch.Tensor, item: int) -> torch.Tensor:
         """Image features of ``spots``: a random view each (augment), the fixed ``view``, or view 0."""
-        if self.augment and self.n_views > 1:
+        if self.augment and self.random_views and self.n_views > 1:
             rng = _epoch_rng(self.seed, self.epoch, item)
             views = torch.as_tensor(rng.integers(0, self.n_views, size=len(spots)))
             return self.features[spots, views]
@@ -367,7 +369,7 @@ class _SequenceDataset(Dataset):
         arr = np.empty((idx.size, *self.patches.shape[1:]), dtype=np.uint8)
         arr[order] = self.patches[idx[order]]
         x = torch.from_numpy(arr).permute(0, 3, 1, 2)
-        if self.augment:
+        if self.augment and self.random_views:
             from spared_tools.models.image import dihedral
 
             ks = _epoch_rng(self.seed, self.epoch, item).integers(0, 8, size=idx.size)
@@ -428,6 +430,9 @@ class SpotDataset(_SequenceDataset):
         Pair every sequence with one random block of ``batch_size`` genes (re-drawn every epoch when
         augmenting, fixed otherwise) instead of all blocks: one pass of the sequence's patches through
         a trainable encoder per sequence and epoch.
+    random_views
+        With ``augment``: draw the random views (random dihedral symmetries of the patches); ``False``
+        keeps view 0 (the patches as they are) and only re-shuffles the blocks.
 
     Returns
     -------
@@ -448,6 +453,7 @@ class SpotDataset(_SequenceDataset):
         view: int | None = None,
         patches: Any = None,
         sample_genes: bool = False,
+        random_views: bool = True,
     ) -> None:
         super().__init__(
             features,
@@ -459,6 +465,7 @@ class SpotDataset(_SequenceDataset):
             view=view,
             patches=patches,
             sample_genes=sample_genes,
+            random_views=random_views,
         )
         self.sequences = [
             torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)
@@ -526,6 +533,9 @@ class GeneDataset(_SequenceDataset):
     sample_genes
         Pair every spot block with one random gene sequence of ``max_len`` genes (re-drawn every epoch
         when augmenting, fixed otherwise) instead of all gene chunks.
+    random_views
+        With ``augment``: draw the random views (random dihedral symmetries of the patches); ``False``
+        keeps view 0 (the patches as they are) and only re-shuffles the blocks.
 
     Returns
     -------
@@ -547,6 +557,7 @@ class GeneDataset(_SequenceDataset):
         view: int | None = None,
         patches: Any = None,
         sample_genes: bool = False,
+        random_views: bool = True,
     ) -> None:
         super().__init__(
             features,
@@ -558,6 +569,7 @@ class GeneDataset(_SequenceDataset):
             view=view,
             patches=patches,
             sample_genes=sample_genes,
+            random_views=random_views,
         )
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}.")

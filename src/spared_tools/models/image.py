@@ -347,6 +347,7 @@ def encode_patches(
     batch_size: int | None = None,
     tta: bool = False,
     view: int | None = None,
+    all_views: bool = False,
     device: str | torch.device | None = None,
     desc: str = "image features",
 ) -> np.ndarray:
@@ -365,6 +366,10 @@ def encode_patches(
         Average the features of the 8 dihedral transforms of each patch.
     view
         Encode the ``view``-th dihedral transform of each patch (:func:`dihedral`) instead of the patch.
+    all_views
+        Encode all 8 dihedral transforms of each patch and return them separately (view ``k`` is
+        ``dihedral(patch, k)``, so view 0 is the patch itself): the views for training-time augmentation
+        of models on frozen features.
     device
         Torch device (``None``: ``sp.settings.device``).
     desc
@@ -372,22 +377,22 @@ def encode_patches(
 
     Returns
     -------
-    ``float32`` features ``(n, encoder.out_dim)``.
+    ``float32`` features ``(n, encoder.out_dim)``, or ``(n, 8, encoder.out_dim)`` with ``all_views``.
     """
     dev = resolve_device(None if device is None else str(device))
     if batch_size is None:
         batch_size = default_batch_size(dev)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
-    if view is not None and tta:
-        raise ValueError("tta averages all 8 views; pass either tta=True or view=k, not both.")
+    if sum((view is not None, bool(tta), bool(all_views))) > 1:
+        raise ValueError("Pass at most one of tta=True (average the 8 views), view=k and all_views=True.")
     was_training = encoder.training
     model = encoder.eval().inference_module().to(dev)
     # channels-last convolutions are ~1.7x faster for EfficientNet's depthwise layers on CPU
     fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
     model.to(memory_format=fmt)  # type: ignore[call-overload]
     n = patches.shape[0]
-    out = np.empty((n, encoder.out_dim), dtype=np.float32)
+    out = np.empty((n, 8, encoder.out_dim) if all_views else (n, encoder.out_dim), dtype=np.float32)
     starts = range(0, n, batch_size)
     if settings.progress and settings.verbosity >= 2 and n > batch_size:
         from tqdm.auto import tqdm
@@ -397,6 +402,10 @@ def encode_patches(
         for s in starts:
             batch = np.array(patches[s : s + batch_size], dtype=np.uint8)
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
+            if all_views:
+                for k in range(8):
+                    out[s : s + batch.shape[0], k] = model(dihedral(x, k)).float().cpu().numpy()
+                continue
             if tta:
                 feats = sum(model(dihedral(x, k)) for k in range(8)) / 8.0
             elif view is not None:
@@ -416,6 +425,7 @@ def image_features(
     encoder: str | nn.Module | None = None,
     batch_size: int | None = None,
     tta: bool = False,
+    views: bool = False,
     device: str | None = None,
     key_added: str = "X_image_features",
     recompute: bool = False,
@@ -424,7 +434,7 @@ def image_features(
 
     Features are recomputed only when the cached ones were made by another encoder (compared by
     :meth:`ImageEncoder.fingerprint`, i.e. name, normalisation and weights), from other patches or with
-    another ``tta`` setting, or when ``recompute=True``.
+    another ``tta`` or ``views`` setting, or when ``recompute=True``.
 
     Parameters
     ----------
@@ -438,6 +448,11 @@ def image_features(
         Patches per forward pass (``None``: 8 on CPU, 64 on GPU; see :func:`encode_patches`).
     tta
         Test-time averaging over the 8 dihedral symmetries.
+    views
+        Keep the features of the 8 dihedral symmetries of each patch apart: ``(n_obs, 8, out_dim)``
+        (8 times the encoder work). Models on frozen features draw a random view per spot for training
+        (augmentation) and can average their predictions over the views (test-time averaging), e.g.
+        :class:`spared_tools.tl.GeneQueryModel`. Not together with ``tta``.
     device
         Torch device (``None``: ``sp.settings.device``).
     key_added
@@ -447,9 +462,10 @@ def image_features(
 
     Returns
     -------
-    ``float32`` features ``(n_obs, out_dim)`` (the array stored in ``obsm[key_added]``). Writes
-    ``obsm[key_added]`` and ``uns[key_added] = {"params": {"encoder", "fingerprint", "patches_key",
-    "patch_params", "tta", "out_dim"}}`` (nothing is written when ``adata`` is a view).
+    ``float32`` features ``(n_obs, out_dim)``, or ``(n_obs, 8, out_dim)`` with ``views`` (the array
+    stored in ``obsm[key_added]``). Writes ``obsm[key_added]`` and ``uns[key_added] = {"params":
+    {"encoder", "fingerprint", "patches_key", "patch_params", "tta", "views", "out_dim"}}`` (nothing
+    is written when ``adata`` is a view).
     """
     from spared_tools.pp._patches import get_patches, patches_shape
 
@@ -470,21 +486,34 @@ def image_features(
         "patches_key": patches_key,
         "patch_params": patch_params,
         "tta": bool(tta),
+        "views": 8 if views else 1,
         "out_dim": enc.out_dim,
     }
+    expected_shape = (adata.n_obs, 8, enc.out_dim) if views else (adata.n_obs, enc.out_dim)
     cached = adata.uns.get(key_added)
-    if (
-        not recompute
-        and key_added in adata.obsm
-        and isinstance(cached, dict)
-        and _same_params(cached.get("params", {}), params)
-        and np.asarray(adata.obsm[key_added]).shape == (adata.n_obs, enc.out_dim)
-    ):
-        logger.info(f"image_features: using cached adata.obsm[{key_added!r}] ({enc.name}).")
-        return np.asarray(adata.obsm[key_added])
+    if not recompute and key_added in adata.obsm and isinstance(cached, dict):
+        old = dict(cached.get("params", {}))
+        arr = np.asarray(adata.obsm[key_added])
+        if _same_params(old, params) and arr.shape == expected_shape:
+            logger.info(f"image_features: using cached adata.obsm[{key_added!r}] ({enc.name}).")
+            return arr
+        # the 8 views are cached: view 0 is the patch itself and tta is their mean, so no encoding
+        if (
+            not views
+            and int(old.get("views", 1)) == 8
+            and _same_params({**old, "views": 1, "tta": bool(tta)}, params)
+            and arr.shape == (adata.n_obs, 8, enc.out_dim)
+        ):
+            logger.info(f"image_features: using the cached views in adata.obsm[{key_added!r}] ({enc.name}).")
+            return arr.mean(1, dtype=np.float32) if tta else arr[:, 0].copy()
     logger.info(f"image_features: encoding {shape[0]} patches of {shape[1]}x{shape[2]} px with {enc.name}.")
     feats = encode_patches(
-        get_patches(adata, patches_key), enc, batch_size=batch_size, tta=tta, device=device
+        get_patches(adata, patches_key),
+        enc,
+        batch_size=batch_size,
+        tta=tta,
+        all_views=views,
+        device=device,
     )
     if adata.is_view:  # never turn a user's view into a copy behind their back: return without caching
         logger.debug("image_features: adata is a view; features are returned but not cached.")
@@ -497,6 +526,8 @@ def image_features(
 def _same_params(a: dict, b: dict) -> bool:
     keys = ("encoder", "fingerprint", "patches_key", "tta", "out_dim")
     if any(str(a.get(k)) != str(b.get(k)) for k in keys):
+        return False
+    if int(a.get("views", 1)) != int(b.get("views", 1)):  # cached before `views` existed: one view
         return False
     pa, pb = dict(a.get("patch_params", {})), dict(b.get("patch_params", {}))
     return {k: str(v) for k, v in pa.items()} == {k: str(v) for k, v in pb.items()}
