@@ -424,6 +424,22 @@ def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
         genequery_predict(adata, model=None, overwrite=False, gene_embeddings=table)
 
 
+def test_target_scaling_default_depends_on_the_mode(data, tmp_path):
+    adata, table = data
+    assert GeneQueryModel().scaling == "minmax" and GeneQueryModel(mode="gene").scaling == "standard"
+    assert GeneQueryModel(mode="gene", scaling="minmax").scaling == "minmax"
+    model = GeneQueryModel(mode="gene", gene_embeddings=table, max_epochs=1, seed=0, **SMALL)
+    model.train(adata.copy(), genes=["G0", "G1", "G2"])
+    # standard scaling: the training spots of each gene have mean 0 and standard deviation 1
+    Y = adata.layers["log1p"][(adata.obs["split"] == "train").to_numpy()][:, :3]
+    np.testing.assert_allclose(model.scaler_.offset, Y.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(model.scaler_.scale, Y.std(0), rtol=1e-4)
+    model.save(tmp_path / "g")
+    again = GeneQueryModel.load(tmp_path / "g", adata)
+    assert again.scaling == "standard"
+    np.testing.assert_array_equal(again.predict(adata), model.predict(adata))
+
+
 def test_bad_inputs_raise_clear_errors(data):
     adata, table = data
     with pytest.raises(ValueError, match="mode must be"):
