@@ -60,10 +60,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import HER2ST, Report, machine_info, peak_rss_during
 
 import spared_tools as sp
-from spared_tools.models.image import encode_patches, load_image_encoder
+from spared_tools.models.image import encode_patches, image_features, load_image_encoder
 
 WORK = Path(__file__).resolve().parent / "_work"
 PREP = WORK / "her2st_genequery.h5ad"
+VIEWS = WORK / "her2st_views8.npz"  # features of the 8 dihedral views of every patch (cached)
 SECTIONS = ["B4", "C2", "C3", "C4"]
 FOLDS = {"C2": ["C3", "C4"], "C3": ["C2", "C4"], "C4": ["C2", "C3"], "B4": ["C2", "C3", "C4"]}
 try:  # seurat_v3 (variance of raw counts after a loess mean-variance fit) needs scikit-misc
@@ -155,6 +156,23 @@ def load(args, report: Report) -> ad.AnnData:
             "out_dim": enc.out_dim,
         }
     }
+    # GeneQuery's dihedral augmentation draws among the features of the 8 views of each patch
+    # (image_features(views=True)); ridge can use their mean (test-time averaging of the features)
+    cached = np.load(VIEWS) if VIEWS.exists() else None
+    if (
+        cached is not None
+        and str(cached["fingerprint"]) == enc.fingerprint()
+        and cached["views"].shape[0] == data.n_obs
+    ):
+        views = cached["views"]
+    else:
+        t0 = time.perf_counter()
+        views = image_features(data, encoder=enc, views=True, key_added="X_image_views")
+        report(f"features of the 8 dihedral views: {time.perf_counter() - t0:.0f} s for {data.n_obs} patches")
+        np.savez(VIEWS, views=views, fingerprint=enc.fingerprint())
+    data.obsm["X_image_views"] = views
+    data.uns["X_image_views"] = {"params": {**data.uns["X_image_features"]["params"], "views": 8}}
+    data.obsm["X_image_tta"] = views.mean(1)
     n_expr = np.asarray((data.X > 0).sum(0)).ravel()
     if args.n_genes and args.n_genes < data.n_vars:
         keep = np.sort(np.argsort(-n_expr, kind="stable")[: args.n_genes])
@@ -181,8 +199,11 @@ def fold_data(data: ad.AnnData, test: str) -> ad.AnnData:
 
 
 def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
+    views = dict(features_key="X_image_views", tta=True) if args.views else {}
     params = dict(
         mode=mode,
+        scaling=args.scaling,
+        **views,
         width=args.width,
         ff_dim=2 * args.width,
         n_heads=8,
@@ -205,7 +226,13 @@ def main(report: Report, args) -> None:
     data = load(args, report)
     report(
         f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery width {args.width}, {args.epochs} epochs, "
-        f"batch size {args.batch_size}, inputs standardised"
+        f"batch size {args.batch_size}, inputs standardised, {args.scaling} target scaling, "
+        + (
+            "trained on random dihedral views (augment) and predicting the mean over the 8 views (tta); "
+            "'tta features' = ridge on the mean of the 8 views' features"
+            if args.views
+            else "features of the patches only (one view)"
+        )
     )
     rows = []
     for test in args.folds:
@@ -214,12 +241,18 @@ def main(report: Report, args) -> None:
         models = {
             "Mean": sp.tl.MeanPredictor(),
             "Ridge (HEST-style)": sp.tl.RidgePredictor(),
+            "Ridge (HEST-style), tta features": sp.tl.RidgePredictor(
+                encoder="precomputed", features_key="X_image_tta"
+            ),
             "LinearHead frozen (STNet-style)": sp.tl.LinearHeadPredictor(
                 finetune=False, max_epochs=50, accelerator="cpu"
             ),
             "GeneQuery spot": gq("spot", args),
             "GeneQuery gene": gq("gene", args),
         }
+        if args.views:  # the other target scaling, for comparison
+            other = "standard" if args.scaling == "minmax" else "minmax"
+            models[f"GeneQuery spot, {other} targets"] = gq("spot", args, scaling=other)
         for name, model in models.items():
             if args.only and not any(o in name for o in args.only):
                 continue
@@ -232,6 +265,14 @@ def main(report: Report, args) -> None:
             rows.append(
                 {"fold": test, "model": name, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
             )
+            if getattr(model, "tta", False) and name in ("GeneQuery spot", "GeneQuery gene"):
+                model.tta = False  # the same network, predicting from the patches' own view only
+                res = model.evaluate(a)
+                name = f"{name}, no tta"
+                report(f"  {name:34s} {fmt(res)}")
+                rows.append(
+                    {"fold": test, "model": name, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
+                )
     df = pd.DataFrame(rows)
     report("\nmean over folds (HEG / HVG / ALL):")
     for name, g in df.groupby("model", sort=False):
@@ -376,7 +417,9 @@ def unseen(report: Report, args) -> None:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(genes))
     report(
-        f"spot-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} epochs"
+        f"spot-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} epochs, "
+        f"{args.scaling} target scaling, "
+        + ("dihedral augmentation and tta over the 8 views" if args.views else "one view, no augmentation")
     )
     report(
         f"{'% seen':>7s} | {'seen HEG/HVG/ALL':>20s} | {'unseen HEG/HVG/ALL':>20s} | {'all HEG/HVG/ALL':>20s}"
@@ -428,6 +471,49 @@ def finetune(report: Report, args) -> None:
                 f"  GeneQuery spot {name:28s} {fmt(res)}  train {t_train:.0f} s = {t_train / args.epochs:.0f} "
                 f"s/epoch, peak RSS during training +{peak:.0f} MiB; evaluate {t_eval:.0f} s"
             )
+
+
+def _kernel_floor(report: Report, n_tokens: int, width: int = 256, ff: int = 512, n_heads: int = 8) -> None:
+    """Time the matrix products and the attention kernel the encoder must run, alone, per precision.
+
+    One batch of 64 sequences of 500 tokens (spot mode's chunks of a 5,000-spot slide at ``max_len``
+    512) goes through each kernel of one layer on its own; the sum, scaled to ``n_tokens`` and two
+    layers, is a floor on the prediction time that no scheduling of the same arithmetic can beat.
+    """
+    B, L, D = 64, 500, width
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"qkv": (D, 3 * D), "out": (D, D), "ff1": (D, ff), "ff2": (ff, D)}
+    flops = {k: 2 * B * L * m * n for k, (m, n) in shapes.items()}
+    flops["attention"] = 4 * B * L * L * D
+    for dtype in (torch.float32, torch.bfloat16):
+        times = {}
+        for name, (m, n) in shapes.items():
+            a = torch.randn(B * L, m, generator=gen).to(dtype)
+            w = torch.randn(n, m, generator=gen).to(dtype)
+            times[name] = _best_time(lambda a=a, w=w: torch.nn.functional.linear(a, w))
+        qkv = [torch.randn(B, n_heads, L, D // n_heads, generator=gen).to(dtype) for _ in range(3)]
+        times["attention"] = _best_time(
+            lambda qkv=qkv: torch.nn.functional.scaled_dot_product_attention(*qkv)
+        )
+        total = sum(times.values()) * 2 * n_tokens / (B * L)
+        rates = ", ".join(f"{name} {flops[name] / t / 1e9:.0f}" for name, t in times.items())
+        report(
+            f"kernel floor {str(dtype).split('.')[-1]:8s}: GFLOP/s {rates}; these kernels alone, 2 layers, "
+            f"{n_tokens:,} tokens: {total:.0f} s"
+        )
+
+
+def _best_time(fn, repeats: int = 5) -> float:
+    """Fastest of ``repeats`` timed calls after two warm-up calls (seconds)."""
+    with torch.inference_mode():
+        for _ in range(2):
+            fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def speed(report: Report, args) -> None:
@@ -498,6 +584,13 @@ def speed(report: Report, args) -> None:
                     f"5,000 × 1,000: {dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; "
                     f"peak RSS {rss1:.0f} MiB (process peak before {rss0:.0f}){vs}"
                 )
+    flops = 2 * (2 * 256 * 768 + 2 * 256 * 256 + 4 * 256 * 512 + 4 * 500 * 256)
+    report(
+        f"arithmetic: {flops / 1e6:.2f} MFLOP per spot-gene (2 layers: projections, feed-forward, attention "
+        f"over chunks of 500), {flops * n * G / 1e12:.1f} TFLOP for 5,000 × 1,000; the 120 s target needs "
+        f"{flops * n * G / 120 / 1e9:.0f} GFLOP/s sustained"
+    )
+    _kernel_floor(report, n * G)
     report("targets: < 120 s and < 6 GiB for 5,000 × 1,000")
 
 
@@ -517,6 +610,16 @@ if __name__ == "__main__":
     p.add_argument("--predict-fraction", type=float, default=1.0)
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--one-view",
+        dest="views",
+        action="store_false",
+        help="GeneQuery on the features of the patches only (no dihedral augmentation or test-time averaging); "
+        "the rank, floor, inputs and finetune results were made this way, before the views existed",
+    )
+    p.add_argument(
+        "--scaling", default="minmax", choices=["minmax", "standard"], help="GeneQuery target scaling"
+    )
     p.add_argument(
         "--variants",
         nargs="+",
@@ -539,7 +642,12 @@ if __name__ == "__main__":
         "inputs": "genequery_inputs",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
-    report = Report(name[args.stage] + ("_" + "_".join(args.folds) if args.stage == "finetune" else ""))
+    suffix = "_" + "_".join(args.folds) if args.stage == "finetune" else ""
+    if args.stage in ("main", "unseen") and not args.views:  # the one-view ablation keeps its own file
+        suffix += "_one_view"
+    if args.stage in ("main", "unseen") and args.scaling != "minmax":
+        suffix += "_" + args.scaling
+    report = Report(name[args.stage] + suffix)
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(
         f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
