@@ -3,9 +3,10 @@
 Every forward pass of a transformer allocates and frees tensors of tens to hundreds of MB. glibc
 serves blocks that large with ``mmap`` and gives them back with ``munmap`` when they are freed, so
 the next batch gets fresh pages and pays one page fault per 4 KiB on its first write. On a 2-core
-virtual machine reuse saved 5–25 % of GeneQuery's spot-aware prediction time for 5,000 spots × 1,000
-genes (148 s instead of 156 s in one run of ``benchmarks/bench_genequery.py speed``, 152 s instead of
-199 s in an earlier one: where glibc places the blocks depends on what the process did before).
+virtual machine reuse saved 5–30 % of GeneQuery's spot-aware prediction time for 5,000 spots × 1,000
+genes (148 s instead of 156 s, 152 s instead of 199 s and 155 s instead of 216 s in three runs of
+``benchmarks/bench_genequery.py speed``: where glibc places the blocks depends on what the process did
+before).
 Inside :func:`reuse_heap` large blocks come from the heap and freed memory stays there for the next
 batch; on exit the free memory is returned to the system (``malloc_trim``) and the thresholds are set
 to the values glibc's own dynamic threshold settles at once large blocks have been freed (``mmap``

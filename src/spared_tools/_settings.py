@@ -32,7 +32,7 @@ class _Settings:
     reuse_heap
         While models train and predict, keep freed memory in the process heap instead of returning
         it to the system after every batch (glibc only; see ``spared_tools._heap``). Saves the page
-        faults of fresh memory: 5–25 % of GeneQuery's spot-aware prediction time on a 2-core VM,
+        faults of fresh memory: 5–30 % of GeneQuery's spot-aware prediction time on a 2-core VM,
         depending on the process's earlier allocations.
     """
 
