@@ -235,6 +235,11 @@ def main(report: Report, args) -> None:
         )
     )
     rows = []
+
+    def record(test: str, label: str, res: dict, extra: str = "") -> None:
+        report(f"  {label:34s} {fmt(res)}{extra}")
+        rows.append({"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}})
+
     for test in args.folds:
         a = fold_data(data, test)
         report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
@@ -259,20 +264,11 @@ def main(report: Report, args) -> None:
             t0 = time.perf_counter()
             model.train(a)
             t_train = time.perf_counter() - t0
-            res = model.evaluate(a)
             per_epoch = f" = {t_train / args.epochs:.0f} s/epoch" if name.startswith("GeneQuery") else ""
-            report(f"  {name:34s} {fmt(res)}  train {t_train:.0f} s{per_epoch}")
-            rows.append(
-                {"fold": test, "model": name, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
-            )
+            record(test, name, model.evaluate(a), f"  train {t_train:.0f} s{per_epoch}")
             if getattr(model, "tta", False) and name in ("GeneQuery spot", "GeneQuery gene"):
                 model.tta = False  # the same network, predicting from the patches' own view only
-                res = model.evaluate(a)
-                name = f"{name}, no tta"
-                report(f"  {name:34s} {fmt(res)}")
-                rows.append(
-                    {"fold": test, "model": name, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
-                )
+                record(test, f"{name}, no tta", model.evaluate(a))
     df = pd.DataFrame(rows)
     report("\nmean over folds (HEG / HVG / ALL):")
     for name, g in df.groupby("model", sort=False):
