@@ -412,31 +412,75 @@ def unseen(report: Report, args) -> None:
     genes = list(a.var_names)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(genes))
-    report(
-        f"spot-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} epochs, "
-        f"{args.scaling} target scaling, "
-        + ("dihedral augmentation and tta over the 8 views" if args.views else "one view, no augmentation")
-    )
-    report(
-        f"{'% seen':>7s} | {'seen HEG/HVG/ALL':>20s} | {'unseen HEG/HVG/ALL':>20s} | {'all HEG/HVG/ALL':>20s}"
-    )
     te = (a.obs["split"] == "test").to_numpy()
     truth = a[te].layers["log1p"]
     truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
-    for frac in args.fractions:
-        k = round(frac * len(genes))
-        seen = [genes[i] for i in sorted(order[:k])]
-        model = gq("spot", args).train(a, genes=seen)
-        pred = model.predict(a[te], genes)
-        out = []
-        for subset in (seen, [g for g in genes if g not in set(seen)], genes):
-            idx = [genes.index(g) for g in subset]
-            r = sp.tl.evaluate_prediction(truth[:, idx], pred[:, idx], genes=subset)
-            out.append(f"{r['pcc_heg']:.3f}/{r['pcc_hvg']:.3f}/{r['pcc_all']:.3f}")
-        report(f"{int(frac * 100):6d}% | {out[0]:>20s} | {out[1]:>20s} | {out[2]:>20s}")
+    for mode in args.modes:
+        # scaling None: the package's per-mode default (min-max in spot mode, standard in gene mode)
+        scaling = args.scaling or ("minmax" if mode == "spot" else "standard")
+        report(
+            f"\n{mode}-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} "
+            f"epochs, {scaling} target scaling, "
+            + (
+                "dihedral augmentation and tta over the 8 views"
+                if args.views
+                else "one view, no augmentation"
+            )
+        )
+        report(
+            f"{'% seen':>7s} | {'seen HEG/HVG/ALL':>20s} | {'unseen HEG/HVG/ALL':>20s} | {'all HEG/HVG/ALL':>20s}"
+        )
+        for frac in args.fractions:
+            k = round(frac * len(genes))
+            seen = [genes[i] for i in sorted(order[:k])]
+            model = gq(mode, args, scaling=scaling).train(a, genes=seen)
+            pred = model.predict(a[te], genes)
+            out = []
+            for subset in (seen, [g for g in genes if g not in set(seen)], genes):
+                idx = [genes.index(g) for g in subset]
+                r = sp.tl.evaluate_prediction(truth[:, idx], pred[:, idx], genes=subset)
+                out.append(f"{r['pcc_heg']:.3f}/{r['pcc_hvg']:.3f}/{r['pcc_all']:.3f}")
+            report(f"{int(frac * 100):6d}% | {out[0]:>20s} | {out[1]:>20s} | {out[2]:>20s}")
     report(
         "paper HER2+ 20%: seen .156/.152/.109 unseen .109/.092/.051; 60%: seen .296/.309/.163 unseen .121/.101/.049"
     )
+
+
+def precision(report: Report, args) -> None:
+    """Accuracy of bfloat16 prediction (the 'auto' default on CPUs with native bf16) against float32."""
+    from spared_tools._settings import native_bf16
+
+    data = load(args, report)
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery width {args.width}, {args.epochs} epochs, "
+        "spot-aware with min-max targets, gene-aware with standard targets (the per-mode defaults), "
+        "8 views and tta; each network trained once and evaluated with inference_precision '32' and 'bf16'; "
+        f"'auto' resolves to {'bf16' if native_bf16(torch.device('cpu')) else '32'} on this CPU"
+    )
+    for test in args.folds:
+        a = fold_data(data, test)
+        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+        te = (a.obs["split"] == "test").to_numpy()
+        for mode in ("spot", "gene"):
+            model = gq(mode, args, scaling="minmax" if mode == "spot" else "standard").train(a)
+            out = {}
+            for prec in ("32", "bf16"):
+                model.inference_precision = prec
+                t0 = time.perf_counter()
+                res = model.evaluate(a)
+                dt = time.perf_counter() - t0
+                out[prec] = (res, np.asarray(model.predict(a[te])))
+                report(f"  GeneQuery {mode} {prec:>4s}  {fmt(res)}  evaluate {dt:.0f} s")
+            (r32, p32), (r16, p16) = out["32"], out["bf16"]
+            g32 = r32["per_gene"]["pcc"].to_numpy()
+            g16 = r16["per_gene"]["pcc"].to_numpy()
+            rel = np.abs(p16 - p32).max(axis=0) / (p32.std(axis=0) + 1e-12)
+            report(
+                f"  GeneQuery {mode} bf16 - 32: HEG {r16['pcc_heg'] - r32['pcc_heg']:+.4f}  "
+                f"HVG {r16['pcc_hvg'] - r32['pcc_hvg']:+.4f}  ALL {r16['pcc_all'] - r32['pcc_all']:+.4f}; "
+                f"per-gene PCC change max {np.nanmax(np.abs(g16 - g32)):.4f}; largest prediction difference per "
+                f"gene, in the gene's std: median {np.median(rel):.3f}, max {rel.max():.3f}"
+            )
 
 
 def finetune(report: Report, args) -> None:
@@ -593,7 +637,8 @@ def speed(report: Report, args) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument(
-        "stage", choices=["prep", "main", "unseen", "speed", "finetune", "rank", "floor", "inputs"]
+        "stage",
+        choices=["prep", "main", "unseen", "speed", "finetune", "rank", "floor", "inputs", "precision"],
     )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
@@ -614,7 +659,13 @@ if __name__ == "__main__":
         "the rank, floor, inputs and finetune results were made this way, before the views existed",
     )
     p.add_argument(
-        "--scaling", default="minmax", choices=["minmax", "standard"], help="GeneQuery target scaling"
+        "--scaling",
+        default=None,
+        choices=["minmax", "standard"],
+        help="GeneQuery target scaling; default: min-max for main, the package's per-mode default for unseen",
+    )
+    p.add_argument(
+        "--modes", nargs="+", default=["spot", "gene"], choices=["spot", "gene"], help="unseen stage"
     )
     p.add_argument(
         "--variants",
@@ -636,13 +687,18 @@ if __name__ == "__main__":
         "rank": "genequery_rank",
         "floor": "genequery_floor",
         "inputs": "genequery_inputs",
+        "precision": "genequery_precision",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     suffix = "_" + "_".join(args.folds) if args.stage == "finetune" else ""
     if args.stage in ("main", "unseen") and not args.views:  # the one-view ablation keeps its own file
         suffix += "_one_view"
-    if args.stage in ("main", "unseen") and args.scaling != "minmax":
+    if args.stage != "unseen" and args.scaling is None:
+        args.scaling = "minmax"
+    if args.stage in ("main", "unseen") and args.scaling not in (None, "minmax"):
         suffix += "_" + args.scaling
+    if args.stage in ("main", "unseen") and args.width != 128:  # the CPU tables are at width 128
+        suffix += f"_w{args.width}"
     report = Report(name[args.stage] + suffix)
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(
@@ -658,5 +714,6 @@ if __name__ == "__main__":
         "rank": lambda: rank(report, args),
         "floor": lambda: floor(report, args),
         "inputs": lambda: inputs(report, args),
+        "precision": lambda: precision(report, args),
     }[args.stage]()
     report.save()

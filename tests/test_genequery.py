@@ -411,6 +411,8 @@ def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
     assert layer.shape == adata.shape and layer.dtype == np.float32 and np.isfinite(layer).all()
     info = adata.uns["genequery"]
     assert info["params"]["mode"] == "gene" and info["params"]["seed"] == 2
+    assert info["params"]["inference_precision"] == "auto"
+    assert info["params"]["inference_precision_used"] in ("32", "bf16")
     te = (adata.obs["split"] == "test").to_numpy()
     expect = sp.tl.evaluate_prediction(adata.layers["log1p"][te], layer[te], genes=list(adata.var_names))
     assert info["metrics"]["pcc_all"] == pytest.approx(expect["pcc_all"])
@@ -548,21 +550,53 @@ def test_encoder_equals_torch_transformer_encoder(masked):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def _predict_with(model, adata, genes, precision):
+    saved = model.inference_precision
+    model.inference_precision = precision
+    try:
+        return model.predict(adata, genes)
+    finally:
+        model.inference_precision = saved
+
+
 def test_bf16_inference_close_to_float32(data, trained_spot):
     adata, _ = data
     genes = [f"G{j}" for j in range(6)]
-    p32 = trained_spot.predict(adata, genes)
-    trained_spot.inference_precision = "bf16"
-    try:
-        p16 = trained_spot.predict(adata, genes)
-    finally:
-        trained_spot.inference_precision = "32"
+    p32 = _predict_with(trained_spot, adata, genes, "32")
+    assert trained_spot.inference_precision_used_ == "32"
+    p16 = _predict_with(trained_spot, adata, genes, "bf16")
+    assert trained_spot.inference_precision_used_ == "bf16"
     assert p16.dtype == np.float32 and not np.array_equal(p16, p32)
     spread = p32.std(axis=0)
     assert (np.abs(p16 - p32).max(axis=0) < 0.1 * spread).all()
     assert (_pcc(p16, p32) > 0.99).all()
     with pytest.raises(ValueError, match="inference_precision"):
         GeneQueryModel(inference_precision="fp8")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_inference_precision_follows_the_hardware(data, trained_spot, monkeypatch, native):
+    """'auto' (the default) is bf16 exactly when the CPU computes bfloat16 natively, float32 otherwise."""
+    import spared_tools.tl._genequery as gq_module
+
+    adata, _ = data
+    genes = [f"G{j}" for j in range(6)]
+    assert GeneQueryModel().inference_precision == "auto"
+    expected = _predict_with(trained_spot, adata, genes, "bf16" if native else "32")
+    monkeypatch.setattr(gq_module, "native_bf16", lambda device: native)
+    got = _predict_with(trained_spot, adata, genes, "auto")
+    assert trained_spot.inference_precision_used_ == ("bf16" if native else "32")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_native_bf16_reads_the_cpu_capabilities(monkeypatch):
+    from spared_tools._settings import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
+    assert native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
+    assert not native_bf16(torch.device("cpu"))
+    assert not native_bf16(torch.device("meta"))  # other devices: float32
 
 
 def test_training_is_quiet_at_default_verbosity(data, assert_lightning_quiet):
@@ -688,7 +722,9 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     adata, table = data
     a = _with_patches(adata, table)
     genes = ["G0", "G1", "G2", "G3"]
-    kw = {"gene_embeddings": table, "max_epochs": 3, "seed": 5, **FT}
+    # float32 predictions: the checkpointing comparison below is of weights equal to float32 rounding,
+    # which bfloat16 arithmetic would amplify to its own rounding
+    kw = {"gene_embeddings": table, "max_epochs": 3, "seed": 5, "inference_precision": "32", **FT}
     m1 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
     torch.manual_seed(99)
     m2 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
@@ -703,7 +739,7 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     from spared_tools.models.image import encode_patches
 
     feats = encode_patches(a.obsm["patches"], m1.encoder_)
-    frozen = GeneQueryModel(gene_embeddings=table, **SMALL)
+    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", **SMALL)
     frozen.__dict__.update({k: v for k, v in m1.__dict__.items() if k.endswith("_")})
     b = a.copy()
     b.obsm["X_image_features"] = feats

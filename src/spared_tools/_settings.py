@@ -119,6 +119,24 @@ def resolve_device(device: str | None = None):
     return dev
 
 
+def native_bf16(device) -> bool:
+    """Whether ``device`` (a :class:`torch.device`) computes bfloat16 in hardware.
+
+    On CPUs: AVX-512 BF16 or AMX-BF16 on x86, the BF16 extension on Arm (read from
+    :func:`torch.cpu.get_capabilities`); elsewhere bfloat16 would be emulated and slower than float32.
+    Always ``False`` on other devices, where float32 is fast enough.
+    """
+    import torch
+
+    if device.type != "cpu":
+        return False
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:  # older torch or an unknown platform: do not guess
+        return False
+    return any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
 def resolve_seed(seed: int | None) -> int:
     """Return ``seed`` or, when ``None``, ``settings.seed``; checks it is a non-negative integer."""
     seed = settings.seed if seed is None else seed
