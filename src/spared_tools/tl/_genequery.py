@@ -254,8 +254,9 @@ class GeneQueryModel(Predictor):
         (the default): bf16 on a CPU that computes bfloat16 in hardware (AVX-512 BF16 or AMX on x86, BF16 on
         Arm), float32 on other CPUs and on GPUs. Training is unaffected. On a 2-core CPU with AVX-512 BF16,
         bf16 predicts 5,000 spots × 1,000 genes 1.5× faster than float32, whose matrix kernels already run at
-        the CPU's float32 rate (``benchmarks/results/genequery_speed.txt``); on real sections the HEG / HVG /
-        ALL PCCs of the two agree to the third decimal (``benchmarks/results/genequery_precision.txt``).
+        the CPU's float32 rate (``benchmarks/results/genequery_speed.txt``); on a her2st section the HEG /
+        HVG / ALL PCCs of the two differed by at most 0.0001 and no gene's PCC by more than 0.003
+        (``benchmarks/results/genequery_precision.txt``).
         The precision used is recorded in ``inference_precision_used_`` and, by
         :func:`genequery_predict`, in ``uns[key_added]['params']``. Pass ``"32"`` for float32 everywhere.
     accelerator
