@@ -22,8 +22,10 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   spots with the largest array column (a spatial block, not random spots). Models: MeanPredictor,
   RidgePredictor (HEST-style, frozen features), LinearHeadPredictor (STNet-style linear head, frozen
   features), spot-aware and gene-aware GeneQuery. → results/genequery_main.txt
-* ``unseen`` – spot-aware GeneQuery trained on 20/40/60 % of the genes (random, seeded), scored on the
-  seen, unseen and all genes of the test section. → results/genequery_unseen.txt
+* ``unseen`` – spot- and gene-aware GeneQuery (``--modes``) trained on 20/40/60 % of the genes (random,
+  seeded), scored on the seen, unseen and all genes of the test section. → results/genequery_unseen.txt
+* ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
+  (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
   (``finetune=True``), same folds and epochs: accuracy, seconds per epoch, peak memory.
   → results/genequery_finetune_<folds>.txt
@@ -36,7 +38,9 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   fits and ridge, on the model's own min-max scale. → results/genequery_floor.txt
 
 Run with ``nice -n 10``; ``--epochs``, ``--folds``, ``--width`` bound the CPU cost (see the results
-files for the settings used).
+files for the settings used). ``main`` and ``unseen`` write to a file of their own when run with
+``--one-view``, a target ``--scaling`` other than min-max, a ``--width`` other than 128 or a ``--seed``
+other than 0 (suffixes ``_one_view``, ``_standard``, ``_w256``, ``_seed1``...).
 """
 
 from __future__ import annotations
@@ -212,7 +216,7 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
         batch_size=args.batch_size,
         lr=1e-3,
         accelerator="cpu",
-        seed=0,
+        seed=getattr(args, "seed", 0),
     )
     params.update(kw)
     return sp.tl.GeneQueryModel(**params)
@@ -651,6 +655,7 @@ if __name__ == "__main__":
     p.add_argument("--predict-fraction", type=float, default=1.0)
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="GeneQuery's seed (main and unseen)")
     p.add_argument(
         "--one-view",
         dest="views",
@@ -699,6 +704,8 @@ if __name__ == "__main__":
         suffix += "_" + args.scaling
     if args.stage in ("main", "unseen") and args.width != 128:  # the CPU tables are at width 128
         suffix += f"_w{args.width}"
+    if args.stage in ("main", "unseen") and args.seed != 0:
+        suffix += f"_seed{args.seed}"
     report = Report(name[args.stage] + suffix)
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(
