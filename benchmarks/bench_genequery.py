@@ -24,6 +24,9 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   features), spot-aware and gene-aware GeneQuery. → results/genequery_main.txt
 * ``unseen`` – spot- and gene-aware GeneQuery (``--modes``) trained on 20/40/60 % of the genes (random,
   seeded), scored on the seen, unseen and all genes of the test section. → results/genequery_unseen.txt
+* ``ensemble`` – one GeneQuery mode (the first of ``--modes``) trained with seeds 0 .. ``--n-seeds``-1:
+  each seed's scores and those of the seeds' mean prediction, ridge alongside.
+  → results/genequery_ensemble.txt
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
@@ -487,6 +490,60 @@ def precision(report: Report, args) -> None:
             )
 
 
+def ensemble(report: Report, args) -> None:
+    """GeneQuery trained with several seeds: each seed's scores and those of the seeds' mean prediction."""
+    data = load(args, report)
+    seeds = list(range(args.n_seeds))
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; {args.modes[0]}-aware GeneQuery width {args.width}, "
+        f"{args.epochs} epochs, {args.scaling or 'per-mode default'} target scaling, 8 views and tta; seeds "
+        f"{seeds}, each trained alone; 'mean of the seeds' = the average of their log1p predictions"
+    )
+    mode = args.modes[0]
+    scaling = args.scaling or ("minmax" if mode == "spot" else "standard")
+    rows = []
+    for test in args.folds:
+        a = fold_data(data, test)
+        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+        te = (a.obs["split"] == "test").to_numpy()
+        truth = a[te].layers["log1p"]
+        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        genes = list(a.var_names)
+
+        def score(label: str, pred: np.ndarray, extra: str = "", truth=truth, genes=genes, test=test) -> None:
+            res = sp.tl.evaluate_prediction(truth, pred, genes=genes)
+            report(f"  {label:38s} {fmt(res)}{extra}")
+            rows.append(
+                {"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
+            )
+
+        for label, ridge in (
+            ("Ridge (HEST-style)", sp.tl.RidgePredictor()),
+            (
+                "Ridge (HEST-style), tta features",
+                sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta"),
+            ),
+        ):
+            ridge.train(a)
+            score(label, np.asarray(ridge.predict(a[te])))
+        preds = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            model = gq(mode, args, scaling=scaling, seed=seed).train(a)
+            t_train = time.perf_counter() - t0
+            preds.append(np.asarray(model.predict(a[te]), dtype=np.float64))
+            score(f"GeneQuery {mode}, seed {seed}", preds[-1], f"  train {t_train:.0f} s")
+        score(f"GeneQuery {mode}, mean of {len(seeds)} seeds", np.mean(preds, axis=0))
+    df = pd.DataFrame(rows)
+    df["model"] = df["model"].str.replace(r"seed \d+$", "one seed (mean score)", regex=True)
+    report("\nmean over folds (HEG / HVG / ALL):")
+    for name, g in df.groupby("model", sort=False):
+        report(
+            f"  {name:38s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
+            f"({g.fold.nunique()} folds)"
+        )
+
+
 def finetune(report: Report, args) -> None:
     """Spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned, same epochs."""
     data = load(args, report)
@@ -642,7 +699,18 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument(
         "stage",
-        choices=["prep", "main", "unseen", "speed", "finetune", "rank", "floor", "inputs", "precision"],
+        choices=[
+            "prep",
+            "main",
+            "unseen",
+            "speed",
+            "finetune",
+            "rank",
+            "floor",
+            "inputs",
+            "precision",
+            "ensemble",
+        ],
     )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
@@ -656,6 +724,7 @@ if __name__ == "__main__":
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="GeneQuery's seed (main and unseen)")
+    p.add_argument("--n-seeds", type=int, default=3, help="ensemble stage: seeds 0 .. n-1")
     p.add_argument(
         "--one-view",
         dest="views",
@@ -693,12 +762,13 @@ if __name__ == "__main__":
         "floor": "genequery_floor",
         "inputs": "genequery_inputs",
         "precision": "genequery_precision",
+        "ensemble": "genequery_ensemble",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     suffix = "_" + "_".join(args.folds) if args.stage == "finetune" else ""
     if args.stage in ("main", "unseen") and not args.views:  # the one-view ablation keeps its own file
         suffix += "_one_view"
-    if args.stage != "unseen" and args.scaling is None:
+    if args.stage not in ("unseen", "ensemble") and args.scaling is None:
         args.scaling = "minmax"
     if args.stage in ("main", "unseen") and args.scaling not in (None, "minmax"):
         suffix += "_" + args.scaling
@@ -722,5 +792,6 @@ if __name__ == "__main__":
         "floor": lambda: floor(report, args),
         "inputs": lambda: inputs(report, args),
         "precision": lambda: precision(report, args),
+        "ensemble": lambda: ensemble(report, args),
     }[args.stage]()
     report.save()
