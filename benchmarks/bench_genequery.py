@@ -225,6 +225,16 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
     return sp.tl.GeneQueryModel(**params)
 
 
+def ridges() -> dict[str, sp.tl.RidgePredictor]:
+    """Ridge on each patch's own features, and on the mean of its 8 views' features."""
+    return {
+        "Ridge (HEST-style)": sp.tl.RidgePredictor(),
+        "Ridge (HEST-style), tta features": sp.tl.RidgePredictor(
+            encoder="precomputed", features_key="X_image_tta"
+        ),
+    }
+
+
 def fmt(res: dict) -> str:
     return f"HEG {res['pcc_heg']:.3f}  HVG {res['pcc_hvg']:.3f}  ALL {res['pcc_all']:.3f}  (NaN genes {res['n_nan_genes']})"
 
@@ -252,10 +262,7 @@ def main(report: Report, args) -> None:
         report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
         models = {
             "Mean": sp.tl.MeanPredictor(),
-            "Ridge (HEST-style)": sp.tl.RidgePredictor(),
-            "Ridge (HEST-style), tta features": sp.tl.RidgePredictor(
-                encoder="precomputed", features_key="X_image_tta"
-            ),
+            **ridges(),
             "LinearHead frozen (STNet-style)": sp.tl.LinearHeadPredictor(
                 finetune=False, max_epochs=50, accelerator="cpu"
             ),
@@ -424,7 +431,7 @@ def unseen(report: Report, args) -> None:
     truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
     for mode in args.modes:
         # scaling None: the package's per-mode default (min-max in spot mode, standard in gene mode)
-        scaling = args.scaling or ("minmax" if mode == "spot" else "standard")
+        scaling = gq(mode, args).scaling
         report(
             f"\n{mode}-aware GeneQuery, test={test}, train={FOLDS[test]}, width {args.width}, {args.epochs} "
             f"epochs, {scaling} target scaling, "
@@ -469,7 +476,7 @@ def precision(report: Report, args) -> None:
         report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
         te = (a.obs["split"] == "test").to_numpy()
         for mode in ("spot", "gene"):
-            model = gq(mode, args, scaling="minmax" if mode == "spot" else "standard").train(a)
+            model = gq(mode, args, scaling=None).train(a)  # the package's per-mode default
             out = {}
             for prec in ("32", "bf16"):
                 model.inference_precision = prec
@@ -500,7 +507,7 @@ def ensemble(report: Report, args) -> None:
         f"{seeds}, each trained alone; 'mean of the seeds' = the average of their log1p predictions"
     )
     mode = args.modes[0]
-    scaling = args.scaling or ("minmax" if mode == "spot" else "standard")
+    scaling = gq(mode, args).scaling  # --scaling, else the package's per-mode default
     rows = []
     for test in args.folds:
         a = fold_data(data, test)
@@ -517,13 +524,7 @@ def ensemble(report: Report, args) -> None:
                 {"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
             )
 
-        for label, ridge in (
-            ("Ridge (HEST-style)", sp.tl.RidgePredictor()),
-            (
-                "Ridge (HEST-style), tta features",
-                sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta"),
-            ),
-        ):
+        for label, ridge in ridges().items():
             ridge.train(a)
             score(label, np.asarray(ridge.predict(a[te])))
         preds = []

@@ -253,8 +253,8 @@ class GeneQueryModel(Predictor):
         Arithmetic of :meth:`predict`: ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast) or ``"auto"``
         (the default): bf16 on a CPU that computes bfloat16 in hardware (AVX-512 BF16 or AMX on x86, BF16 on
         Arm), float32 on other CPUs and on GPUs. Training is unaffected. On a 2-core CPU with AVX-512 BF16,
-        bf16 predicts 5,000 spots × 1,000 genes 1.5× faster than float32, whose matrix kernels already run at
-        the CPU's float32 rate (``benchmarks/results/genequery_speed.txt``); on a her2st section the HEG /
+        bf16 predicts 5,000 spots × 1,000 genes 1.5× faster than float32
+        (``benchmarks/results/genequery_speed.txt``); on a her2st section the HEG /
         HVG / ALL PCCs of the two differed by at most 0.0001 and no gene's PCC by more than 0.003
         (``benchmarks/results/genequery_precision.txt``).
         The precision used is recorded in ``inference_precision_used_`` and, by
@@ -887,6 +887,7 @@ class GeneQueryModel(Predictor):
         bs = max(self.batch_size, 64)
         Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
         show = settings.progress and settings.verbosity >= 2
+        bf16 = self._inference_bf16(device)
         ds: Any
         for v in views:
             if self.mode == "spot":
@@ -897,7 +898,6 @@ class GeneQueryModel(Predictor):
                 ds = GeneDataset(
                     feats, emb, None, np.arange(adata.n_obs), max_len=self.max_len, batch_size=bs, view=v
                 )
-            bf16 = self._inference_bf16(device)
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for batch in tqdm(
                     DataLoader(ds, batch_size=None), disable=not show, desc="GeneQuery predict"
