@@ -24,8 +24,9 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   features), spot-aware and gene-aware GeneQuery. → results/genequery_main.txt
 * ``unseen`` – spot- and gene-aware GeneQuery (``--modes``) trained on 20/40/60 % of the genes (random,
   seeded), scored on the seen, unseen and all genes of the test section. → results/genequery_unseen.txt
-* ``ensemble`` – one GeneQuery mode (the first of ``--modes``) trained with seeds 0 .. ``--n-seeds``-1:
-  each seed's scores and those of the seeds' mean prediction, ridge alongside.
+* ``ensemble`` – one GeneQuery mode (the first of ``--modes``) trained with ``n_models=--n-models``
+  (networks of seeds 0 .. n-1): each network's scores alone, and those of the package's mean prediction
+  of the first 3 and of all n networks, ridge alongside.
   → results/genequery_ensemble.txt
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
@@ -49,6 +50,7 @@ other than 0 (suffixes ``_one_view``, ``_standard``, ``_w256``, ``_seed1``...).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import resource
@@ -220,6 +222,7 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
         lr=1e-3,
         accelerator="cpu",
         seed=getattr(args, "seed", 0),
+        checkpoint=getattr(args, "checkpoint", "best"),
     )
     params.update(kw)
     return sp.tl.GeneQueryModel(**params)
@@ -497,14 +500,25 @@ def precision(report: Report, args) -> None:
             )
 
 
+def _members(model: sp.tl.GeneQueryModel, k: slice | int) -> sp.tl.GeneQueryModel:
+    """The same trained model restricted to some of its networks (``n_models`` = how many are kept)."""
+    sub = copy.copy(model)
+    sub.nets_ = model.nets_[k] if isinstance(k, slice) else [model.nets_[k]]
+    sub.net_, sub.n_models = sub.nets_[0], len(sub.nets_)
+    return sub
+
+
 def ensemble(report: Report, args) -> None:
-    """GeneQuery trained with several seeds: each seed's scores and those of the seeds' mean prediction."""
+    """GeneQuery with ``n_models`` networks (seeds 0..n-1): each network's scores and the ensemble's."""
     data = load(args, report)
-    seeds = list(range(args.n_seeds))
+    n = args.n_models
+    sizes = sorted({m for m in (3, n) if 1 < m <= n})
     report(
         f"{data.n_obs} spots × {data.n_vars} genes; {args.modes[0]}-aware GeneQuery width {args.width}, "
-        f"{args.epochs} epochs, {args.scaling or 'per-mode default'} target scaling, 8 views and tta; seeds "
-        f"{seeds}, each trained alone; 'mean of the seeds' = the average of their log1p predictions"
+        f"{args.epochs} epochs, {args.scaling or 'per-mode default'} target scaling, 8 views and tta, "
+        f"checkpoint={args.checkpoint!r}; trained once with n_models={n} (networks from seeds 0..{n - 1}; network k is the one a single "
+        f"model with seed k trains). 'seed k' = network k alone; 'n_models=m' = the package's mean "
+        f"prediction of the first m networks (what GeneQueryModel(n_models=m) trains)"
     )
     mode = args.modes[0]
     scaling = gq(mode, args).scaling  # --scaling, else the package's per-mode default
@@ -527,14 +541,25 @@ def ensemble(report: Report, args) -> None:
         for label, ridge in ridges().items():
             ridge.train(a)
             score(label, np.asarray(ridge.predict(a[te])))
-        preds = []
-        for seed in seeds:
+        t0 = time.perf_counter()
+        model = gq(mode, args, scaling=scaling, n_models=n).train(a)
+        t_train = time.perf_counter() - t0
+        members = model.history_.get("members", [{**model.history_, "seed": 0}])
+        for k, rec in enumerate(members):
+            score(
+                f"GeneQuery {mode}, seed {rec['seed']}",
+                np.asarray(_members(model, k).predict(a[te])),
+                f"  best epoch {rec['best_epoch']}",
+            )
+        for m in sizes:
             t0 = time.perf_counter()
-            model = gq(mode, args, scaling=scaling, seed=seed).train(a)
-            t_train = time.perf_counter() - t0
-            preds.append(np.asarray(model.predict(a[te]), dtype=np.float64))
-            score(f"GeneQuery {mode}, seed {seed}", preds[-1], f"  train {t_train:.0f} s")
-        score(f"GeneQuery {mode}, mean of {len(seeds)} seeds", np.mean(preds, axis=0))
+            pred = np.asarray(_members(model, slice(0, m)).predict(a[te]))
+            extra = f"  predict {time.perf_counter() - t0:.1f} s"
+            score(
+                f"GeneQuery {mode}, n_models={m}",
+                pred,
+                extra + (f", train {t_train:.0f} s" if m == n else ""),
+            )
     df = pd.DataFrame(rows)
     df["model"] = df["model"].str.replace(r"seed \d+$", "one seed (mean score)", regex=True)
     report("\nmean over folds (HEG / HVG / ALL):")
@@ -542,6 +567,15 @@ def ensemble(report: Report, args) -> None:
         report(
             f"  {name:38s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
             f"({g.fold.nunique()} folds)"
+        )
+    base = df[df.model.str.startswith("Ridge")].groupby(["fold", "model"])[["pcc_heg", "pcc_hvg"]].first()
+    best_ridge = base.groupby("fold").max()
+    for m in sizes:
+        ens = df[df.model == f"GeneQuery {mode}, n_models={m}"].set_index("fold")[["pcc_heg", "pcc_hvg"]]
+        wins = (ens > best_ridge.loc[ens.index]).sum()
+        report(
+            f"  n_models={m} ahead of both ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of "
+            f"{len(ens)} folds"
         )
 
 
@@ -725,7 +759,18 @@ if __name__ == "__main__":
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="GeneQuery's seed (main and unseen)")
-    p.add_argument("--n-seeds", type=int, default=3, help="ensemble stage: seeds 0 .. n-1")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "average"],
+        help="GeneQuery's checkpoint: best validation epoch, or the mean of the second half's weights",
+    )
+    p.add_argument(
+        "--n-models",
+        type=int,
+        default=3,
+        help="ensemble stage: GeneQuery's n_models (networks of seeds 0 .. n-1)",
+    )
     p.add_argument(
         "--one-view",
         dest="views",
@@ -777,6 +822,8 @@ if __name__ == "__main__":
         suffix += f"_w{args.width}"
     if args.stage in ("main", "unseen") and args.seed != 0:
         suffix += f"_seed{args.seed}"
+    if args.checkpoint != "best":
+        suffix += f"_{args.checkpoint}"
     report = Report(name[args.stage] + suffix)
     report(f"# bench_genequery.py {' '.join(sys.argv[1:])}")
     report(

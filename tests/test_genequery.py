@@ -280,6 +280,95 @@ def test_same_seed_identical_and_other_seed_differs(data):
     assert not np.allclose(p1, p3)
 
 
+@pytest.mark.parametrize("mode", ["spot", "gene"])
+def test_n_models_is_the_mean_of_the_single_seed_models(data, mode, tmp_path):
+    adata, table = data
+    kw = {**SMALL, "mode": mode, "gene_embeddings": table, "max_epochs": 3, "batch_size": 8, "tta": False}
+    genes = [f"G{j}" for j in range(8)]
+    query = ["G0", "G5", "G22", "NOVEL"]  # trained, trained, not trained, text only
+    ens = GeneQueryModel(seed=3, n_models=3, **kw).train(adata.copy(), genes=genes)
+    singles = [GeneQueryModel(seed=s, **kw).train(adata.copy(), genes=genes) for s in (3, 4, 5)]
+    assert len(ens.nets_) == 3 and ens.net_ is ens.nets_[0]
+    # member k is exactly the network a single model trained with seed + k gets
+    for net, single in zip(ens.nets_, singles):
+        for (name, w), w1 in zip(net.state_dict().items(), single.net_.state_dict().values()):
+            torch.testing.assert_close(w, w1, rtol=0, atol=0, msg=name)
+    # brute force: the prediction is the mean of the three single models' predictions
+    ref = np.mean([m.predict(adata, query) for m in singles], axis=0)
+    pred = ens.predict(adata, query)
+    np.testing.assert_allclose(pred, ref, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pred, singles[0].predict(adata, query), atol=1e-3)
+    hist = ens.history_
+    assert [m["seed"] for m in hist["members"]] == [3, 4, 5]
+    assert hist["epochs"] == singles[0].history_["epochs"] and "members" not in singles[0].history_
+    # persistence keeps every network
+    ens.save(tmp_path / "ens")
+    loaded = Predictor.load(tmp_path / "ens")
+    assert loaded.n_models == 3 and len(loaded.nets_) == 3
+    np.testing.assert_array_equal(loaded.predict(adata, query), pred)
+    # genequery_predict records it
+    out = adata.copy()
+    genequery_predict(out, genes=genes, model=ens, train=False)
+    assert out.uns["genequery"]["params"]["n_models"] == 3
+
+
+def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
+    import spared_tools.models.genequery as G
+
+    adata, table = data
+    states = []
+    orig = G.BestStateCallback.on_train_epoch_end
+
+    def record(self, trainer, pl_module):
+        states.append(
+            {k[4:]: v.detach().clone() for k, v in pl_module.state_dict().items() if k[:4] == "net."}
+        )
+        orig(self, trainer, pl_module)
+
+    monkeypatch.setattr(G.BestStateCallback, "on_train_epoch_end", record)
+    kw = {**SMALL, "gene_embeddings": table, "max_epochs": 5, "batch_size": 8, "seed": 2}
+    genes = [f"G{j}" for j in range(8)]
+    model = GeneQueryModel(checkpoint="average", inference_precision="32", **kw).train(adata.copy(), genes=genes)
+    assert len(states) == 5
+    for name, w in model.net_.state_dict().items():  # epochs 5 // 2 = 2, 3 and 4
+        ref = torch.stack([st[name].double() for st in states[2:]]).mean(0)
+        torch.testing.assert_close(w.double(), ref, rtol=1e-6, atol=1e-7, msg=name)
+    hist = model.history_
+    assert hist["selected"] == "mean of the weights of epochs 2-4"
+    # the best epoch is still tracked from the training-time validation only
+    vals = [e["val_loss"] for e in hist["epochs"]]
+    assert hist["best_val_loss"] == pytest.approx(min(vals)) and hist["best_epoch"] == int(np.argmin(vals))
+    # the recorded validation loss of the averaged weights is theirs: recompute it by hand
+    va = (adata.obs["split"] == "val").to_numpy()
+    Z = model.scaler_.transform(adata[va, genes].layers["log1p"], genes)
+    pred = model.scaler_.transform(model.predict(adata[va], genes), genes)
+    assert hist["average_val_loss"] == pytest.approx(float(np.mean((pred - Z) ** 2)), rel=1e-5)
+    # "best" keeps the best epoch's weights
+    states.clear()
+    best = GeneQueryModel(**kw).train(adata.copy(), genes=genes)
+    for name, w in best.net_.state_dict().items():
+        torch.testing.assert_close(w, states[best.history_["best_epoch"]][name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="checkpoint must be 'best' or 'average'"):
+        GeneQueryModel(checkpoint="last")
+
+
+def test_n_models_bad_values(data, tmp_path):
+    adata, table = data
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_models must be a positive integer"):
+            GeneQueryModel(n_models=bad)
+    with pytest.raises(ValueError, match="n_models=2 with finetune=True"):
+        GeneQueryModel(n_models=2, finetune=True)
+    # a saved model whose network count disagrees with its parameters
+    model = GeneQueryModel(gene_embeddings=table, max_epochs=1, seed=0, n_models=2, **SMALL)
+    model.train(adata.copy(), genes=["G0", "G1"]).save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "genequery_state.pt", weights_only=True)
+    state["more_nets"] = []
+    torch.save(state, tmp_path / "m" / "genequery_state.pt")
+    with pytest.raises(ValueError, match="holds 1 networks but its parameters say n_models=2"):
+        Predictor.load(tmp_path / "m")
+
+
 def test_save_load_identical_and_mismatch_errors(data, trained_spot, tmp_path):
     adata, _ = data
     trained_spot.save(tmp_path / "gq")

@@ -766,6 +766,10 @@ class BestStateCallback(pl.Callback):
     monitor
         Logged metric to minimise (``"val_loss"``); when it is never logged (no validation split) the
         weights of the last epoch are kept.
+    average_from
+        When set, keep instead the mean of the weights at the end of epochs ``average_from`` to the last
+        (Polyak averaging; floating-point parameters and buffers are averaged, integer buffers taken from
+        the last epoch), whatever the validation loss.
 
     Attributes
     ----------
@@ -777,15 +781,18 @@ class BestStateCallback(pl.Callback):
         Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records.
     """
 
-    def __init__(self, monitor: str = "val_loss") -> None:
+    def __init__(self, monitor: str = "val_loss", average_from: int | None = None) -> None:
         self.monitor = monitor
+        self.average_from = average_from
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.average_state: dict[str, torch.Tensor] | None = None
+        self.n_averaged = 0
         self.history: list[dict[str, float]] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not a trainer.validate() afterwards
             return
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
@@ -801,7 +808,24 @@ class BestStateCallback(pl.Callback):
             if key in trainer.callback_metrics:
                 rec[key] = float(trainer.callback_metrics[key])
         self.history.append(rec)
+        if self.average_from is not None and trainer.current_epoch >= self.average_from:
+            state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+            self.n_averaged += 1
+            if self.average_state is None:
+                self.average_state = {
+                    k: v.double() if v.is_floating_point() else v.clone() for k, v in state.items()
+                }
+            else:
+                for k, v in state.items():
+                    avg = self.average_state[k]
+                    if v.is_floating_point():
+                        avg += (v.double() - avg) / self.n_averaged
+                    else:
+                        self.average_state[k] = v.clone()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.best_state is not None:
+        if self.average_state is not None:
+            ref = pl_module.state_dict()
+            pl_module.load_state_dict({k: v.to(ref[k].dtype) for k, v in self.average_state.items()})
+        elif self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
