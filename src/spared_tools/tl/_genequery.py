@@ -692,6 +692,21 @@ class GeneQueryModel(Predictor):
         return out
 
     # ------------------------------------------------------------------ training
+    def _new_net(self) -> Any:
+        """An untrained :class:`~spared_tools.models.genequery.GeneQueryNet` of this model's shape."""
+        from spared_tools.models.genequery import GeneQueryNet
+
+        assert self.image_dim_ is not None and self.gene_dim_ is not None
+        return GeneQueryNet(
+            self.image_dim_,
+            self.gene_dim_,
+            width=self.width,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            ff_dim=self.ff_dim,
+            dropout=self.dropout,
+        )
+
     def _fit(  # type: ignore[override]
         self,
         adata: AnnData,
@@ -710,7 +725,6 @@ class GeneQueryModel(Predictor):
         from spared_tools.models.genequery import (
             BestStateCallback,
             GeneDataset,
-            GeneQueryNet,
             GeneQueryPlan,
             SpotDataset,
         )
@@ -826,15 +840,7 @@ class GeneQueryModel(Predictor):
             if self.n_models > 1:
                 logger.info(f"GeneQuery: training network {k + 1} of {self.n_models} (seed {seed}).")
             pl.seed_everything(seed, workers=True, verbose=False)
-            net = GeneQueryNet(
-                self.image_dim_,
-                self.gene_dim_,
-                width=self.width,
-                n_layers=self.n_layers,
-                n_heads=self.n_heads,
-                ff_dim=self.ff_dim,
-                dropout=self.dropout,
-            )
+            net = self._new_net()
             if stats is not None:
                 net.set_input_stats(image=stats, gene=emb)
             gen = torch.Generator().manual_seed(seed)
@@ -1020,8 +1026,6 @@ class GeneQueryModel(Predictor):
     def _load_state(self, path: Path) -> None:
         import torch
 
-        from spared_tools.models.genequery import GeneQueryNet
-
         if not (path / _STATE_FILE).exists() or not (path / _EMB_FILE).exists():
             raise FileNotFoundError(
                 f"{path} lacks {_STATE_FILE} or {_EMB_FILE}; it is not a saved GeneQueryModel."
@@ -1048,15 +1052,7 @@ class GeneQueryModel(Predictor):
             )
         nets = []
         for sd in saved:
-            net = GeneQueryNet(
-                self.image_dim_,
-                self.gene_dim_,
-                width=self.width,
-                n_layers=self.n_layers,
-                n_heads=self.n_heads,
-                ff_dim=self.ff_dim,
-                dropout=self.dropout,
-            )
+            net = self._new_net()
             weights = dict(sd)
             for key, value in net.state_dict().items():  # saved before input standardisation: identity
                 if key.split(".")[-1] in ("image_shift", "image_scale", "gene_shift", "gene_scale"):
