@@ -544,12 +544,13 @@ def ensemble(report: Report, args) -> None:
         t0 = time.perf_counter()
         model = gq(mode, args, scaling=scaling, n_models=n).train(a)
         t_train = time.perf_counter() - t0
-        members = model.history_.get("members", [{**model.history_, "seed": 0}])
+        members = model.history_.get("members", [{**model.history_, "seed": model.seed}])
         for k, rec in enumerate(members):
             score(
                 f"GeneQuery {mode}, seed {rec['seed']}",
                 np.asarray(_members(model, k).predict(a[te])),
-                f"  best epoch {rec['best_epoch']}",
+                f"  best epoch {rec['best_epoch']} (val loss {rec['best_val_loss']:.4f})"
+                + (f", average {rec['average_val_loss']:.4f}" if rec.get("average_val_loss") else ""),
             )
         for m in sizes:
             t0 = time.perf_counter()
@@ -822,6 +823,8 @@ if __name__ == "__main__":
         suffix += f"_w{args.width}"
     if args.stage in ("main", "unseen") and args.seed != 0:
         suffix += f"_seed{args.seed}"
+    if args.stage == "ensemble" and args.modes[0] == "spot":  # gene-aware keeps the plain name
+        suffix += "_spot"
     if args.checkpoint != "best":
         suffix += f"_{args.checkpoint}"
     report = Report(name[args.stage] + suffix)
