@@ -261,7 +261,9 @@ class GeneQueryModel(Predictor):
         the networks of different seeds differ more than any setting tuned here (gene mode, one section
         tested: HEG PCC 0.152 to 0.234 over three seeds), and the mean of three scored higher than the
         average single network on every test section (``benchmarks/results/genequery_ensemble.txt``).
-        Not available with ``finetune=True``.
+        Not available with ``finetune=True``. ``history_`` holds the first network's record at the top level
+        (what :func:`spared_tools.pl.training_history` draws) and every network's, with its seed, under
+        ``"members"``.
     precision
         Lightning training precision (``"32-true"``, or ``"bf16-mixed"`` on hardware with bfloat16
         support; training speed in bf16 was not benchmarked).
