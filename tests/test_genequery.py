@@ -222,8 +222,16 @@ def test_train_predict_learns_as_well_as_ridge(data, mode, trained_spot):
     if mode == "spot":
         model = trained_spot
     else:
+        # checkpoint="average" learns as well here (on the spot-mode toy, still improving at epoch 40,
+        # the mean of the second half's weights lags: test PCC 0.831 against 0.855 with "best")
         model = GeneQueryModel(
-            mode="gene", gene_embeddings=table, max_epochs=40, batch_size=16, seed=1, **SMALL
+            mode="gene",
+            gene_embeddings=table,
+            max_epochs=40,
+            batch_size=16,
+            seed=1,
+            checkpoint="average",
+            **SMALL,
         )
         model.train(adata.copy(), genes=genes)
     te = (adata.obs["split"] == "test").to_numpy()
@@ -236,7 +244,11 @@ def test_train_predict_learns_as_well_as_ridge(data, mode, trained_spot):
     assert np.nanmean(pcc) > 0.7
     assert np.nanmean(pcc) > np.nanmean(ridge) - 0.06
     hist = model.history_
-    assert hist["selected"] == "best validation loss"
+    if mode == "spot":  # the default, checkpoint="best"
+        assert hist["selected"] == "best validation loss" and "average_val_loss" not in hist
+    else:
+        assert hist["selected"] == "mean of the weights of epochs 20-39"
+        assert np.isfinite(hist["average_val_loss"])
     assert len(hist["epochs"]) == 40 and "val_loss" in hist["epochs"][0]
     res = model.evaluate(adata, genes=genes)
     assert res["pcc_all"] == pytest.approx(np.nanmean(pcc), abs=1e-5)
@@ -328,7 +340,9 @@ def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
     monkeypatch.setattr(G.BestStateCallback, "on_train_epoch_end", record)
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 5, "batch_size": 8, "seed": 2}
     genes = [f"G{j}" for j in range(8)]
-    model = GeneQueryModel(checkpoint="average", inference_precision="32", **kw).train(adata.copy(), genes=genes)
+    model = GeneQueryModel(checkpoint="average", inference_precision="32", **kw).train(
+        adata.copy(), genes=genes
+    )
     assert len(states) == 5
     for name, w in model.net_.state_dict().items():  # epochs 5 // 2 = 2, 3 and 4
         ref = torch.stack([st[name].double() for st in states[2:]]).mean(0)
@@ -345,7 +359,7 @@ def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
     assert hist["average_val_loss"] == pytest.approx(float(np.mean((pred - Z) ** 2)), rel=1e-5)
     # "best" keeps the best epoch's weights
     states.clear()
-    best = GeneQueryModel(**kw).train(adata.copy(), genes=genes)
+    best = GeneQueryModel(checkpoint="best", **kw).train(adata.copy(), genes=genes)
     for name, w in best.net_.state_dict().items():
         torch.testing.assert_close(w, states[best.history_["best_epoch"]][name], rtol=0, atol=0)
     with pytest.raises(ValueError, match="checkpoint must be 'best' or 'average'"):

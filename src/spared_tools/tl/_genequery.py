@@ -247,20 +247,34 @@ class GeneQueryModel(Predictor):
     max_epochs
         Training epochs; which weights are kept is set by ``checkpoint``.
     checkpoint
-        ``"best"``: the weights of the epoch with the lowest validation loss (the last epoch's without a
-        validation split). ``"average"``: the mean of the weights at the end of each epoch of the second
-        half of training (epochs ``max_epochs // 2`` to the last; Polyak averaging), whatever the
-        validation loss, which is still computed for them and recorded in ``history_``. On a few
-        sections the validation block is a few dozen spots and its loss varies little between epochs
-        after the first few, so ``"best"`` can keep an early epoch by chance
-        (``benchmarks/results/genequery_ensemble.txt``).
+        Which weights training keeps. ``"best"`` (the default): the weights of the epoch with the lowest
+        validation loss (the last epoch's without a validation split). ``"average"``: the mean of the
+        weights at the end of each epoch of the second half of training (epochs ``max_epochs // 2`` to
+        the last; Polyak averaging); their validation loss is computed and recorded in ``history_`` but
+        does not choose. With a few sections the validation block is a few dozen spots whose loss varies
+        little between epochs after the first few, so ``"best"`` often keeps an early epoch by chance and
+        one network's accuracy moves a lot with the seed. On HER2+ (width 128, 12 epochs;
+        ``benchmarks/results/genequery_ensemble.txt``, ``..._ensemble_average.txt`` and
+        ``..._ensemble_spot_average.txt``), gene mode, three seeds per test section, test HEG PCC:
+
+        * within patient C (two training sections of the same tumour) ``"average"`` was higher and far
+          less seed-dependent: 0.213–0.222, 0.317–0.339 and 0.301–0.319 against 0.152–0.234,
+          0.210–0.328 and 0.241–0.318 with ``"best"`` (test C2, C4, C3);
+        * on the other patient's section (B4; training on patient C) it was lower: 0.193–0.215 against
+          0.227–0.239; the early epochs ``"best"`` picks there generalise better across patients;
+        * in spot mode, whose validation loss still fell at the last epoch, it was not better.
+
+        When training has not converged (the validation loss is lowest at the last epoch; logged) the
+        average lags behind the last epoch: train longer or keep ``"best"``.
     n_models
         Networks trained, each from its own seed (``seed``, ``seed + 1``, ...; the first is the network
         ``n_models=1`` trains), on the same data, scaling and validation split; :meth:`predict` returns
         the mean of their predictions. Training and prediction take ``n_models`` times as long. On HER2+
-        the networks of different seeds differ more than any setting tuned here (gene mode, one section
-        tested: HEG PCC 0.152 to 0.234 over three seeds), and the mean of three scored higher than the
-        average single network on every test section (``benchmarks/results/genequery_ensemble.txt``).
+        (gene mode, width 128, 12 epochs, four test sections) the mean of three networks scored HEG / HVG /
+        ALL 0.271 / 0.348 / 0.250 against 0.264 / 0.343 / 0.245 for one network on average with
+        ``checkpoint="average"``, and 0.262 / 0.337 / 0.249 against 0.245 / 0.311 / 0.236 with
+        ``checkpoint="best"``, where single networks vary much more with the seed
+        (``benchmarks/results/genequery_ensemble_average.txt``, ``..._ensemble.txt``).
         Not available with ``finetune=True``. ``history_`` holds the first network's record at the top level
         (what :func:`spared_tools.pl.training_history` draws) and every network's, with its seed, under
         ``"members"``.
@@ -898,6 +912,12 @@ class GeneQueryModel(Predictor):
             if best.average_state is not None:
                 members[-1]["selected"] = f"mean of the weights of epochs {average_from}-{epochs - 1}"
                 members[-1]["average_val_loss"] = average_val
+                if best.best_epoch == epochs - 1 and epochs > 2:
+                    logger.info(
+                        "GeneQuery: the validation loss was lowest at the last epoch, so training had not "
+                        "converged and the mean of the second half's weights lags behind it; more "
+                        "max_epochs, or checkpoint='best', keeps up."
+                    )
         self.nets_ = nets
         self.net_ = nets[0]
         if encoder is None:
