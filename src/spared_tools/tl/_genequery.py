@@ -262,7 +262,8 @@ class GeneQueryModel(Predictor):
           0.210–0.328 and 0.241–0.318 with ``"best"`` (test C2, C4, C3);
         * on the other patient's section (B4; training on patient C) it was lower: 0.193–0.215 against
           0.227–0.239; the early epochs ``"best"`` picks there generalise better across patients;
-        * in spot mode, whose validation loss still fell at the last epoch, it was not better.
+        * in spot mode, whose validation loss was lowest at epoch 10 or 11 of 12, it was slightly lower
+          (seed 0: HEG 0.012–0.014 lower within patient C, level on B4).
 
         When training has not converged (the validation loss is lowest at the last epoch; logged) the
         average lags behind the last epoch: train longer or keep ``"best"``.
@@ -271,7 +272,7 @@ class GeneQueryModel(Predictor):
         ``n_models=1`` trains), on the same data, scaling and validation split; :meth:`predict` returns
         the mean of their predictions. Training and prediction take ``n_models`` times as long. On HER2+
         (gene mode, width 128, 12 epochs, four test sections) the mean of three networks scored HEG / HVG /
-        ALL 0.271 / 0.348 / 0.250 against 0.264 / 0.343 / 0.245 for one network on average with
+        ALL 0.271 / 0.348 / 0.250 against 0.264 / 0.343 / 0.245 for one network (mean of five seeds) with
         ``checkpoint="average"``, and 0.262 / 0.337 / 0.249 against 0.245 / 0.311 / 0.236 with
         ``checkpoint="best"``, where single networks vary much more with the seed
         (``benchmarks/results/genequery_ensemble_average.txt``, ``..._ensemble.txt``).
