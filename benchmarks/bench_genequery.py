@@ -26,8 +26,10 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   seeded), scored on the seen, unseen and all genes of the test section. → results/genequery_unseen.txt
 * ``ensemble`` – one GeneQuery mode (the first of ``--modes``) trained with ``n_models=--n-models``
   (networks of seeds 0 .. n-1): each network's scores alone, and those of the package's mean prediction
-  of the first 3 and of all n networks, ridge alongside.
-  → results/genequery_ensemble.txt
+  of the first 3 and of all n networks, ridge alongside; ``--checkpoint average`` for the averaged weights.
+  → results/genequery_ensemble[_spot][_average].txt (genequery_ensemble.txt was written by this stage's
+  earlier form, ``--n-seeds 3``, which trained each seed as a model of its own: the same networks, as
+  tests/test_genequery.py checks for ``n_models``)
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
