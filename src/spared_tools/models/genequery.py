@@ -779,6 +779,10 @@ class BestStateCallback(pl.Callback):
         Epoch (0-based) of the best value, or ``None``.
     history
         Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records.
+    average_state
+        With ``average_from``: the running mean of the weights (float64), or ``None``.
+    n_averaged
+        Epochs averaged into it.
     """
 
     def __init__(self, monitor: str = "val_loss", average_from: int | None = None) -> None:
@@ -812,8 +816,9 @@ class BestStateCallback(pl.Callback):
             state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
             self.n_averaged += 1
             if self.average_state is None:
-                self.average_state = {
-                    k: v.double() if v.is_floating_point() else v.clone() for k, v in state.items()
+                self.average_state = {  # copies: .cpu() of a CPU parameter shares its storage
+                    k: v.to(torch.float64, copy=True) if v.is_floating_point() else v.clone()
+                    for k, v in state.items()
                 }
             else:
                 for k, v in state.items():
