@@ -851,6 +851,7 @@ class GeneQueryModel(Predictor):
         epochs = self.max_epochs if max_epochs is None else int(max_epochs)
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         seeds = [int(self.seed) + k for k in range(self.n_models)]
+        average_from = epochs // 2 if self.checkpoint == "average" else None
         nets: list[Any] = []
         members: list[dict[str, Any]] = []
         for k, seed in enumerate(seeds):
@@ -865,7 +866,6 @@ class GeneQueryModel(Predictor):
                 make(train_idx, True, seed), batch_size=None, shuffle=True, generator=gen
             )
             val_loader = DataLoader(make(val_idx, False, seed), batch_size=None) if val_idx.size else None
-            average_from = epochs // 2 if self.checkpoint == "average" else None
             best = BestStateCallback("val_loss", average_from=average_from)
             plan = GeneQueryPlan(
                 net,
