@@ -30,6 +30,10 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   → results/genequery_ensemble[_spot][_average].txt (genequery_ensemble.txt was written by this stage's
   earlier form, ``--n-seeds 3``, which trained each seed as a model of its own: the same networks, as
   tests/test_genequery.py checks for ``n_models``)
+* ``identity`` – GeneQuery (each of ``--modes``) on the gene text alone against text plus a per-gene
+  identity code (``gene_identity``, ``--gene-identity``, default here 384), same folds and seed, ridge
+  alongside; also the identity model with every gene given the mean code (the text path alone).
+  → results/genequery_identity[_<modes>][_average].txt
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
@@ -226,6 +230,8 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
         seed=getattr(args, "seed", 0),
         checkpoint=getattr(args, "checkpoint", "best"),
     )
+    if getattr(args, "gene_identity", None):
+        params.update(gene_identity=args.gene_identity, identity_dropout=args.identity_dropout)
     params.update(kw)
     return sp.tl.GeneQueryModel(**params)
 
@@ -582,6 +588,80 @@ def ensemble(report: Report, args) -> None:
         )
 
 
+def _mean_code(model: sp.tl.GeneQueryModel) -> sp.tl.GeneQueryModel:
+    """The same trained model with every gene's identity code replaced by the mean code (text alone)."""
+    k = model.gene_identity
+    sub = copy.copy(model)
+    sub.gene_embeddings_ = model.gene_embeddings_.copy()
+    sub.gene_embeddings_[:, -k:] = model.net_.gene_shift[-k:].numpy()
+    return sub
+
+
+def identity(report: Report, args) -> None:
+    """GeneQuery on the gene text alone against text plus a per-gene identity code (``gene_identity``)."""
+    data = load(args, report)
+    k = args.gene_identity or 384
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery width {args.width}, {args.epochs} epochs, "
+        f"per-mode default target scaling, 8 views and tta, checkpoint={args.checkpoint!r}, seed {args.seed}; "
+        f"'text' = the gene text embedding alone (gene_identity=0, the default), 'text + identity' = "
+        f"gene_identity={k}, identity_dropout={args.identity_dropout} (the same folds, seed and settings); "
+        f"'mean code' = that network with every gene given the mean code, i.e. predicting from the text "
+        f"alone as it does for genes it was not trained on"
+    )
+    rows = []
+    for test in args.folds:
+        a = fold_data(data, test)
+        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+        te = (a.obs["split"] == "test").to_numpy()
+        truth = a[te].layers["log1p"]
+        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        genes = list(a.var_names)
+
+        def score(label: str, pred: np.ndarray, extra: str = "", truth=truth, genes=genes, test=test) -> None:
+            res = sp.tl.evaluate_prediction(truth, pred, genes=genes)
+            report(f"  {label:44s} {fmt(res)}{extra}")
+            rows.append(
+                {"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
+            )
+
+        for label, ridge in ridges().items():
+            ridge.train(a)
+            score(label, np.asarray(ridge.predict(a[te])))
+        for mode in args.modes:
+            for label, kw in (
+                ("text", {"gene_identity": 0}),
+                ("text + identity", {"gene_identity": k, "identity_dropout": args.identity_dropout}),
+            ):
+                t0 = time.perf_counter()
+                model = gq(mode, args, **kw).train(a)
+                t_train = time.perf_counter() - t0
+                score(
+                    f"GeneQuery {mode}, {label}",
+                    np.asarray(model.predict(a[te])),
+                    f"  best epoch {model.history_['best_epoch']}, train {t_train:.0f} s",
+                )
+                if kw["gene_identity"]:
+                    score(
+                        f"GeneQuery {mode}, {label}, mean code", np.asarray(_mean_code(model).predict(a[te]))
+                    )
+    df = pd.DataFrame(rows)
+    report("\nmean over folds (HEG / HVG / ALL):")
+    for name, g in df.groupby("model", sort=False):
+        report(
+            f"  {name:44s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
+            f"({g.fold.nunique()} folds)"
+        )
+    base = df[df.model.str.startswith("Ridge")].groupby(["fold", "model"])[["pcc_heg", "pcc_hvg"]].first()
+    best_ridge = base.groupby("fold").max()
+    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
+        res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
+        wins = (res > best_ridge.loc[res.index]).sum()
+        report(
+            f"  {name:44s} ahead of both ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of {len(res)} folds"
+        )
+
+
 def finetune(report: Report, args) -> None:
     """Spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned, same epochs."""
     data = load(args, report)
@@ -748,6 +828,7 @@ if __name__ == "__main__":
             "inputs",
             "precision",
             "ensemble",
+            "identity",
         ],
     )
     p.add_argument("--epochs", type=int, default=5)
@@ -773,6 +854,18 @@ if __name__ == "__main__":
         type=int,
         default=3,
         help="ensemble stage: GeneQuery's n_models (networks of seeds 0 .. n-1)",
+    )
+    p.add_argument(
+        "--gene-identity",
+        type=int,
+        default=None,
+        help="GeneQuery's gene_identity (main, unseen, ensemble: default 0, text only; identity stage: 384)",
+    )
+    p.add_argument(
+        "--identity-dropout",
+        type=float,
+        default=0.5,
+        help="GeneQuery's identity_dropout (with --gene-identity)",
     )
     p.add_argument(
         "--one-view",
@@ -812,12 +905,13 @@ if __name__ == "__main__":
         "inputs": "genequery_inputs",
         "precision": "genequery_precision",
         "ensemble": "genequery_ensemble",
+        "identity": "genequery_identity",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     suffix = "_" + "_".join(args.folds) if args.stage == "finetune" else ""
     if args.stage in ("main", "unseen") and not args.views:  # the one-view ablation keeps its own file
         suffix += "_one_view"
-    if args.stage not in ("unseen", "ensemble") and args.scaling is None:
+    if args.stage not in ("unseen", "ensemble", "identity") and args.scaling is None:
         args.scaling = "minmax"
     if args.stage in ("main", "unseen") and args.scaling not in (None, "minmax"):
         suffix += "_" + args.scaling
@@ -827,6 +921,10 @@ if __name__ == "__main__":
         suffix += f"_seed{args.seed}"
     if args.stage == "ensemble" and args.modes[0] == "spot":  # gene-aware keeps the plain name
         suffix += "_spot"
+    if args.stage in ("main", "unseen", "ensemble") and args.gene_identity:
+        suffix += f"_id{args.gene_identity}"
+    if args.stage == "identity" and args.modes != ["spot", "gene"]:
+        suffix += "_" + "_".join(args.modes)
     if args.checkpoint != "best":
         suffix += f"_{args.checkpoint}"
     report = Report(name[args.stage] + suffix)
@@ -846,5 +944,6 @@ if __name__ == "__main__":
         "inputs": lambda: inputs(report, args),
         "precision": lambda: precision(report, args),
         "ensemble": lambda: ensemble(report, args),
+        "identity": lambda: identity(report, args),
     }[args.stage]()
     report.save()

@@ -17,6 +17,7 @@ from spared_tools.models.genequery import (
     GeneDataset,
     GeneQueryNet,
     SpotDataset,
+    gene_identity_codes,
     masked_mse,
     spatial_chunks,
 )
@@ -952,3 +953,109 @@ def test_standardisation_uses_training_data_and_survives_save_load(data, trained
     assert float(plain.net_.image_shift.abs().sum()) == 0.0
     with pytest.raises(TypeError, match="standardize"):
         GeneQueryModel(standardize="yes")
+
+
+# ------------------------------------------------------------------------------------- gene identity
+def test_gene_identity_codes_depend_on_the_symbol_alone():
+    a = gene_identity_codes(["TP53", "ERBB2", "GAPDH"], 16)
+    b = gene_identity_codes(["GAPDH", "TP53"], 16)
+    assert a.shape == (3, 16) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[[2, 0]], b)  # not the order, not the list: the symbol
+    assert not np.allclose(a[0], a[1])
+    many = gene_identity_codes([f"g{i}" for i in range(2000)], 8)  # standard normal
+    assert abs(many.mean()) < 0.05 and abs(many.std() - 1) < 0.05
+    assert gene_identity_codes(["TP53"], 0).shape == (1, 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        gene_identity_codes(["TP53"], -1)
+
+
+def test_identity_dropout_swaps_in_the_mean_code_while_training_only():
+    rng = np.random.default_rng(0)
+    net = GeneQueryNet(
+        6, 10, width=16, n_heads=2, ff_dim=16, n_layers=0, dropout=0.0, identity_dim=4, identity_dropout=0.5
+    )
+    net.set_input_stats(image=rng.normal(size=(30, 6)), gene=rng.normal(2.0, 3.0, size=(30, 10)))
+    image, gene = torch.randn(1, 1, 6), torch.randn(1, 400, 10)  # gene-aware layout, one token per gene
+    mean_code = gene.clone()
+    mean_code[..., -4:] = net.gene_shift[-4:]
+    net.eval()
+    full, no_code = net(image, gene), net(image, mean_code)
+    assert not torch.allclose(full, no_code)
+    net.train()
+    torch.manual_seed(3)
+    out = net(image, gene)
+    kept = torch.isclose(out, full, atol=1e-5)
+    dropped = torch.isclose(out, no_code, atol=1e-5)
+    assert bool((kept ^ dropped).all())  # every token: its own code or the mean code, nothing between
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    net.eval()
+    torch.testing.assert_close(net(image, gene), full)
+    with pytest.raises(ValueError, match="identity_dim"):
+        GeneQueryNet(6, 4, identity_dim=4)
+    with pytest.raises(ValueError, match="identity_dropout"):
+        GeneQueryNet(6, 10, identity_dim=4, identity_dropout=1.0)
+
+
+def _twins(n_genes: int = 16, seed: int = 0):
+    """Gene pairs with the same text but independent spatial factors: the text cannot tell them apart."""
+    adata, table = _synthetic(n_slides=5, n_genes=n_genes, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    feats = adata.obsm["X_image_features"]
+    a = feats @ rng.normal(size=(feats.shape[1], 3)) / np.sqrt(feats.shape[1])
+    y = np.log1p(np.exp(1.5 * a @ rng.normal(size=(n_genes, 3)).T)) + 0.05 * rng.random(
+        (adata.n_obs, n_genes)
+    )
+    adata.layers["log1p"] = y.astype(np.float32)
+    adata.X = np.round(np.expm1(y)).astype(np.float32)
+    genes = list(adata.var_names)
+    for j in range(1, n_genes, 2):
+        table.loc[genes[j]] = table.loc[genes[j - 1]].to_numpy()
+    return adata, table, genes
+
+
+def test_gene_identity_separates_genes_that_share_their_text():
+    adata, table, genes = _twins()
+    te = (adata.obs["split"] == "test").to_numpy()
+    truth = adata.layers["log1p"][te]
+    kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 30, "batch_size": 8, "seed": 0}
+    text_only = GeneQueryModel(**kw).train(adata.copy(), genes=genes).predict(adata)[te]
+    ident = GeneQueryModel(gene_identity=8, identity_dropout=0.2, **kw).train(adata.copy(), genes=genes)
+    with_code = ident.predict(adata)[te]
+    # text only: twins get the same tokens, hence perfectly correlated maps whatever their truth
+    twin_pcc = [_pcc(text_only[:, [j - 1]], text_only[:, [j]])[0] for j in range(1, len(genes), 2)]
+    np.testing.assert_allclose(twin_pcc, 1.0, atol=1e-4)
+    p_text, p_ident = _pcc(text_only, truth).mean(), _pcc(with_code, truth).mean()
+    assert p_ident > p_text + 0.15 and p_ident > 0.7, (p_text, p_ident)
+    assert ident.get_params()["gene_identity"] == 8
+
+
+def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_path):
+    adata, table = data
+    kw = {**SMALL, "mode": "spot", "gene_embeddings": table, "max_epochs": 3, "batch_size": 8, "tta": False}
+    genes = [f"G{j}" for j in range(8)]
+    m = GeneQueryModel(gene_identity=5, seed=0, **kw).train(adata.copy(), genes=genes)
+    assert m.gene_dim_ == table.shape[1] + 5 and m.net_.identity_dim == 5
+    codes = gene_identity_codes(genes, 5)
+    np.testing.assert_array_equal(m.gene_embeddings_[:, -5:], codes)
+    np.testing.assert_array_equal(m.gene_embeddings_[:, :-5], table.loc[genes].to_numpy(np.float32))
+    np.testing.assert_allclose(m.net_.gene_shift[-5:].numpy(), codes.mean(0), rtol=1e-5, atol=1e-6)
+    # NOVEL has G3's text and no code: it is G3 with the mean code (z-scores; spot mode is per gene)
+    P = m.predict(adata, ["G3", "NOVEL"])
+    no_code = copy.deepcopy(m)
+    no_code.gene_embeddings_[3, -5:] = codes.mean(0)
+    g3_mean_code = no_code.predict(adata, ["G3"])[:, 0]
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+
+    np.testing.assert_allclose(z(P[:, 1]), z(g3_mean_code), atol=1e-4)
+    assert np.abs(z(P[:, 1]) - z(P[:, 0])).max() > 1e-2  # the trained gene's own code matters
+    m.save(tmp_path / "gq")
+    loaded = GeneQueryModel.load(tmp_path / "gq")
+    assert loaded.gene_identity == 5
+    q = ["G0", "G5", "G22", "NOVEL"]
+    np.testing.assert_array_equal(loaded.predict(adata, q), m.predict(adata, q))
+    with pytest.raises(ValueError, match="gene_identity"):
+        GeneQueryModel(gene_identity=-1)
+    with pytest.raises(ValueError, match="identity_dropout"):
+        GeneQueryModel(identity_dropout=1.5)

@@ -34,6 +34,7 @@ __all__ = [
     "GeneQueryNet",
     "GeneQueryPlan",
     "SpotDataset",
+    "gene_identity_codes",
     "BestStateCallback",
     "FrozenNormEncoder",
     "masked_mse",
@@ -64,6 +65,13 @@ class GeneQueryNet(nn.Module):
         Dropout in the projections and the transformer's residual and feed-forward paths (inactive in
         ``eval()`` mode). The attention weights are not dropped, so the fused (flash) attention kernel
         is used and memory stays linear in the sequence length.
+    identity_dim
+        How many of the last ``gene_dim`` input dimensions are a per-gene identity code rather than text
+        (see :func:`gene_identity_codes`); 0 for none.
+    identity_dropout
+        While training, the probability that a gene token's identity code is replaced by 0 (after
+        standardisation: the training genes' mean code), which is what a gene without a code (one not
+        trained on) gets, so the network also learns to predict from the text alone.
 
     Notes
     -----
@@ -89,6 +97,8 @@ class GeneQueryNet(nn.Module):
         n_heads: int = 8,
         ff_dim: int = 512,
         dropout: float = 0.1,
+        identity_dim: int = 0,
+        identity_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -106,7 +116,16 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"n_heads={n_heads} must divide width={width}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        if isinstance(identity_dim, bool) or not isinstance(identity_dim, int | np.integer):
+            raise ValueError(f"identity_dim must be a non-negative integer, got {identity_dim!r}.")
+        if not 0 <= identity_dim < gene_dim:
+            raise ValueError(
+                f"identity_dim={identity_dim} must be >= 0 and leave text dimensions in gene_dim={gene_dim}."
+            )
+        if not 0.0 <= identity_dropout < 1.0:
+            raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
         self.image_dim, self.gene_dim, self.width = int(image_dim), int(gene_dim), int(width)
+        self.identity_dim, self.identity_dropout = int(identity_dim), float(identity_dropout)
         self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
         self.gene_proj = nn.Sequential(nn.Linear(gene_dim, width), nn.Dropout(dropout))
         if n_layers > 0:
@@ -188,6 +207,10 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"gene must be (B, L, {self.gene_dim}), got {tuple(gene.shape)}.")
         image = (image - self.image_shift.to(image.dtype)) / self.image_scale.to(image.dtype)
         gene = (gene - self.gene_shift.to(gene.dtype)) / self.gene_scale.to(gene.dtype)
+        if self.training and self.identity_dim and self.identity_dropout > 0:
+            k = self.identity_dim
+            keep = torch.rand(gene.shape[:-1] + (1,), device=gene.device) >= self.identity_dropout
+            gene = torch.cat([gene[..., :-k], gene[..., -k:] * keep.to(gene.dtype)], dim=-1)
         h = self.image_proj(image) + self.gene_proj(gene)
         if padding_mask is not None:
             if padding_mask.shape != h.shape[:2]:
@@ -229,6 +252,24 @@ class GeneQueryNet(nn.Module):
         if self.encoder.norm is not None:
             h = self.encoder.norm(h)
         return h
+
+
+def gene_identity_codes(genes: Sequence[str], dim: int) -> np.ndarray:
+    """Fixed random identity codes ``(len(genes), dim)``, standard normal, one per gene symbol.
+
+    Each gene's code is drawn from a generator seeded by the CRC-32 of its symbol, so it depends on
+    the symbol alone: not on the gene order, the gene list or the training seed. GeneQuery appends
+    these to the text embeddings of the training genes (``GeneQueryModel(gene_identity=dim)``), which
+    lets the network fit what is particular to a gene beyond what its description says.
+    """
+    import zlib
+
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 0:
+        raise ValueError(f"dim must be a non-negative integer, got {dim!r}.")
+    out = np.empty((len(genes), int(dim)), dtype=np.float32)
+    for i, g in enumerate(genes):
+        out[i] = np.random.default_rng(zlib.crc32(str(g).encode())).standard_normal(int(dim))
+    return out
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:

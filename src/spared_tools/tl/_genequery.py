@@ -213,6 +213,15 @@ class GeneQueryModel(Predictor):
         Feed-forward width of the transformer layers.
     dropout
         Dropout rate during training.
+    gene_identity
+        Width of a fixed random identity code appended to each training gene's text embedding
+        (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol
+        alone); 0 (default) for text only. The code lets the network fit what is particular to a gene
+        beyond what its description says. Genes not trained on get the mean code, so they are predicted
+        from their text alone, and ``identity_dropout`` trains the network for that case.
+    identity_dropout
+        While training, the probability that a gene's identity code is replaced by the mean code in a
+        step (only with ``gene_identity > 0``).
     standardize
         Standardise the image features and the gene embeddings per dimension before the projections,
         with the mean and standard deviation of the training spots' features (fine-tune mode: of the
@@ -360,6 +369,8 @@ class GeneQueryModel(Predictor):
         n_heads: int = 8,
         ff_dim: int = 512,
         dropout: float = 0.1,
+        gene_identity: int = 0,
+        identity_dropout: float = 0.5,
         standardize: bool = True,
         max_len: int = 512,
         scaling: Scaling | None = None,
@@ -443,6 +454,16 @@ class GeneQueryModel(Predictor):
             int(ff_dim),
         )
         self.dropout = float(dropout)
+        if (
+            isinstance(gene_identity, bool)
+            or not isinstance(gene_identity, int | np.integer)
+            or gene_identity < 0
+        ):
+            raise ValueError(f"gene_identity must be a non-negative integer, got {gene_identity!r}.")
+        self.gene_identity = int(gene_identity)
+        if not 0.0 <= float(identity_dropout) < 1.0:
+            raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
+        self.identity_dropout = float(identity_dropout)
         if not isinstance(standardize, bool | np.bool_):
             raise TypeError(f"standardize must be True or False, got {standardize!r}.")
         self.standardize = bool(standardize)
@@ -669,9 +690,10 @@ class GeneQueryModel(Predictor):
             )
         if emb.shape[0] != len(genes) or emb.ndim != 2:
             raise RuntimeError(f"Gene encoder returned shape {emb.shape} for {len(genes)} genes.")
-        if self.gene_dim_ is not None and emb.shape[1] != self.gene_dim_:
+        text_dim = None if self.gene_dim_ is None else self.gene_dim_ - self.gene_identity
+        if text_dim is not None and emb.shape[1] != text_dim:
             raise ValueError(
-                f"Gene embeddings have width {emb.shape[1]} but the model was trained on {self.gene_dim_}; "
+                f"Gene embeddings have width {emb.shape[1]} but the model was trained on {text_dim}; "
                 "use the same gene encoder."
             )
         return emb
@@ -722,6 +744,8 @@ class GeneQueryModel(Predictor):
             n_heads=self.n_heads,
             ff_dim=self.ff_dim,
             dropout=self.dropout,
+            identity_dim=self.gene_identity,
+            identity_dropout=self.identity_dropout,
         )
 
     def _fit(  # type: ignore[override]
@@ -771,12 +795,18 @@ class GeneQueryModel(Predictor):
                     f"GeneQuery: adata.obsm[{self.features_key!r}] holds one view per spot, so training "
                     "goes without dihedral augmentation; image_features(adata, views=True) computes all 8."
                 )
-        emb = self._embed(self.genes_, adata)
+        text = self._embed(self.genes_, adata)
+        scaler = _TextScaler.from_base(self.scaler_)
+        scaler.fit_text(text)
+        self.scaler_ = scaler
+        if self.gene_identity:
+            from spared_tools.models.genequery import gene_identity_codes
+
+            emb = np.hstack([text, gene_identity_codes(self.genes_, self.gene_identity)])
+        else:
+            emb = text
         self.image_dim_, self.gene_dim_ = image_dim, int(emb.shape[1])
         self.gene_embeddings_ = emb
-        scaler = _TextScaler.from_base(self.scaler_)
-        scaler.fit_text(emb)
-        self.scaler_ = scaler
 
         stats: np.ndarray | None = None
         if self.standardize:  # training spots and training genes only
@@ -965,6 +995,9 @@ class GeneQueryModel(Predictor):
             )
             if isinstance(self.scaler_, _TextScaler):
                 self.scaler_.set_unseen(unseen, emb_unseen)
+            if self.gene_identity:  # no code of their own: the training genes' mean code
+                mean_code = self.net_.gene_shift[-self.gene_identity :].cpu().numpy()
+                emb_unseen = np.hstack([emb_unseen, np.tile(mean_code, (len(unseen), 1))])
         if self.mode == "spot":
             names = list(dict.fromkeys(genes))
         else:
