@@ -1050,6 +1050,11 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
 
     np.testing.assert_allclose(z(P[:, 1]), z(g3_mean_code), atol=1e-4)
     assert np.abs(z(P[:, 1]) - z(P[:, 0])).max() > 1e-2  # the trained gene's own code matters
+    m.use_identity = False  # every gene from its text: G3 as with the mean code, and NOVEL's twin
+    P_text = m.predict(adata, ["G3", "NOVEL"])
+    np.testing.assert_allclose(P_text[:, 0], g3_mean_code, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(z(P_text[:, 0]), z(P_text[:, 1]), atol=1e-4)
+    m.use_identity = True
     m.save(tmp_path / "gq")
     loaded = GeneQueryModel.load(tmp_path / "gq")
     assert loaded.gene_identity == 5
@@ -1059,3 +1064,5 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
         GeneQueryModel(gene_identity=-1)
     with pytest.raises(ValueError, match="identity_dropout"):
         GeneQueryModel(identity_dropout=1.5)
+    with pytest.raises(TypeError, match="use_identity"):
+        GeneQueryModel(use_identity="no")

@@ -222,6 +222,10 @@ class GeneQueryModel(Predictor):
     identity_dropout
         While training, the probability that a gene's identity code is replaced by the mean code in a
         step (only with ``gene_identity > 0``).
+    use_identity
+        At prediction, give the trained genes their identity codes (``True``) or the mean code, which
+        predicts every gene from its text alone (``False``); only with ``gene_identity > 0``. Can be
+        changed on a trained model.
     standardize
         Standardise the image features and the gene embeddings per dimension before the projections,
         with the mean and standard deviation of the training spots' features (fine-tune mode: of the
@@ -371,6 +375,7 @@ class GeneQueryModel(Predictor):
         dropout: float = 0.1,
         gene_identity: int = 0,
         identity_dropout: float = 0.5,
+        use_identity: bool = True,
         standardize: bool = True,
         max_len: int = 512,
         scaling: Scaling | None = None,
@@ -464,6 +469,9 @@ class GeneQueryModel(Predictor):
         if not 0.0 <= float(identity_dropout) < 1.0:
             raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
         self.identity_dropout = float(identity_dropout)
+        if not isinstance(use_identity, bool | np.bool_):
+            raise TypeError(f"use_identity must be True or False, got {use_identity!r}.")
+        self.use_identity = bool(use_identity)
         if not isinstance(standardize, bool | np.bool_):
             raise TypeError(f"standardize must be True or False, got {standardize!r}.")
         self.standardize = bool(standardize)
@@ -1006,6 +1014,8 @@ class GeneQueryModel(Predictor):
         upos = {g: i for i, g in enumerate(unseen)}
         rows = [self.gene_embeddings_[pos[g]] if g in pos else emb_unseen[upos[g]] for g in names]
         emb = np.stack(rows).astype(np.float32)
+        if self.gene_identity and not self.use_identity:  # every gene from its text alone
+            emb[:, -self.gene_identity :] = self.net_.gene_shift[-self.gene_identity :].cpu().numpy()
         device = resolve_device(self.device)
         nets = [n.to(device).eval() for n in (self.nets_ or [self.net_])]
         views = range(feats.shape[1]) if self.tta else [0]
