@@ -451,6 +451,11 @@ def unseen(report: Report, args) -> None:
                 if args.views
                 else "one view, no augmentation"
             )
+            + (
+                f", gene_identity={args.gene_identity} (identity_dropout={args.identity_dropout})"
+                if args.gene_identity
+                else ""
+            )
         )
         report(
             f"{'% seen':>7s} | {'seen HEG/HVG/ALL':>20s} | {'unseen HEG/HVG/ALL':>20s} | {'all HEG/HVG/ALL':>20s}"
