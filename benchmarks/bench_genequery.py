@@ -521,6 +521,38 @@ def _members(model: sp.tl.GeneQueryModel, k: slice | int) -> sp.tl.GeneQueryMode
     return sub
 
 
+def _fold_with_ridges(data: ad.AnnData, test: str, report: Report, rows: list[dict], width: int):
+    """One fold: its AnnData, the test mask and a scorer (appends to ``rows``); both ridges scored."""
+    a = fold_data(data, test)
+    report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
+    te = (a.obs["split"] == "test").to_numpy()
+    truth = a[te].layers["log1p"]
+    truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+    genes = list(a.var_names)
+
+    def score(label: str, pred: np.ndarray, extra: str = "") -> None:
+        res = sp.tl.evaluate_prediction(truth, pred, genes=genes)
+        report(f"  {label:{width}s} {fmt(res)}{extra}")
+        rows.append({"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}})
+
+    for label, ridge in ridges().items():
+        ridge.train(a)
+        score(label, np.asarray(ridge.predict(a[te])))
+    return a, te, score
+
+
+def _fold_means(report: Report, df: pd.DataFrame, width: int) -> pd.DataFrame:
+    """Print each model's mean over the folds; return the better ridge's HEG and HVG per fold."""
+    report("\nmean over folds (HEG / HVG / ALL):")
+    for name, g in df.groupby("model", sort=False):
+        report(
+            f"  {name:{width}s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
+            f"({g.fold.nunique()} folds)"
+        )
+    base = df[df.model.str.startswith("Ridge")].groupby(["fold", "model"])[["pcc_heg", "pcc_hvg"]].first()
+    return base.groupby("fold").max()
+
+
 def ensemble(report: Report, args) -> None:
     """GeneQuery with ``n_models`` networks (seeds 0..n-1): each network's scores and the ensemble's."""
     data = load(args, report)
@@ -535,25 +567,9 @@ def ensemble(report: Report, args) -> None:
     )
     mode = args.modes[0]
     scaling = gq(mode, args).scaling  # --scaling, else the package's per-mode default
-    rows = []
+    rows: list[dict] = []
     for test in args.folds:
-        a = fold_data(data, test)
-        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
-        te = (a.obs["split"] == "test").to_numpy()
-        truth = a[te].layers["log1p"]
-        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
-        genes = list(a.var_names)
-
-        def score(label: str, pred: np.ndarray, extra: str = "", truth=truth, genes=genes, test=test) -> None:
-            res = sp.tl.evaluate_prediction(truth, pred, genes=genes)
-            report(f"  {label:38s} {fmt(res)}{extra}")
-            rows.append(
-                {"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
-            )
-
-        for label, ridge in ridges().items():
-            ridge.train(a)
-            score(label, np.asarray(ridge.predict(a[te])))
+        a, te, score = _fold_with_ridges(data, test, report, rows, 38)
         t0 = time.perf_counter()
         model = gq(mode, args, scaling=scaling, n_models=n).train(a)
         t_train = time.perf_counter() - t0
@@ -576,14 +592,7 @@ def ensemble(report: Report, args) -> None:
             )
     df = pd.DataFrame(rows)
     df["model"] = df["model"].str.replace(r"seed \d+$", "one seed (mean score)", regex=True)
-    report("\nmean over folds (HEG / HVG / ALL):")
-    for name, g in df.groupby("model", sort=False):
-        report(
-            f"  {name:38s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
-            f"({g.fold.nunique()} folds)"
-        )
-    base = df[df.model.str.startswith("Ridge")].groupby(["fold", "model"])[["pcc_heg", "pcc_hvg"]].first()
-    best_ridge = base.groupby("fold").max()
+    best_ridge = _fold_means(report, df, 38)
     for m in sizes:
         ens = df[df.model == f"GeneQuery {mode}, n_models={m}"].set_index("fold")[["pcc_heg", "pcc_hvg"]]
         wins = (ens > best_ridge.loc[ens.index]).sum()
@@ -614,25 +623,9 @@ def identity(report: Report, args) -> None:
         f"'mean code' = that network with every gene given the mean code, i.e. predicting from the text "
         f"alone as it does for genes it was not trained on"
     )
-    rows = []
+    rows: list[dict] = []
     for test in args.folds:
-        a = fold_data(data, test)
-        report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
-        te = (a.obs["split"] == "test").to_numpy()
-        truth = a[te].layers["log1p"]
-        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
-        genes = list(a.var_names)
-
-        def score(label: str, pred: np.ndarray, extra: str = "", truth=truth, genes=genes, test=test) -> None:
-            res = sp.tl.evaluate_prediction(truth, pred, genes=genes)
-            report(f"  {label:44s} {fmt(res)}{extra}")
-            rows.append(
-                {"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}}
-            )
-
-        for label, ridge in ridges().items():
-            ridge.train(a)
-            score(label, np.asarray(ridge.predict(a[te])))
+        a, te, score = _fold_with_ridges(data, test, report, rows, 44)
         for mode in args.modes:
             for label, kw in (
                 ("text", {"gene_identity": 0}),
@@ -651,14 +644,7 @@ def identity(report: Report, args) -> None:
                         f"GeneQuery {mode}, {label}, mean code", np.asarray(_mean_code(model).predict(a[te]))
                     )
     df = pd.DataFrame(rows)
-    report("\nmean over folds (HEG / HVG / ALL):")
-    for name, g in df.groupby("model", sort=False):
-        report(
-            f"  {name:44s} {g.pcc_heg.mean():.3f} / {g.pcc_hvg.mean():.3f} / {g.pcc_all.mean():.3f}  "
-            f"({g.fold.nunique()} folds)"
-        )
-    base = df[df.model.str.startswith("Ridge")].groupby(["fold", "model"])[["pcc_heg", "pcc_hvg"]].first()
-    best_ridge = base.groupby("fold").max()
+    best_ridge = _fold_means(report, df, 44)
     for name in df.model[df.model.str.startswith("GeneQuery")].unique():
         res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
         wins = (res > best_ridge.loc[res.index]).sum()
