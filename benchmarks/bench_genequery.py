@@ -34,6 +34,11 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   identity code (``gene_identity``, ``--gene-identity``, default here 384), same folds and seed, ridge
   alongside; also the identity model with every gene given the mean code (the text path alone).
   → results/genequery_identity[_<modes>][_average].txt
+* ``context`` – image context (``context_rings``): spot- and gene-aware GeneQuery on each patch's features
+  alone and with their mean over the spot's lattice neighbourhood (``context_rings=1``, the package
+  default), gene-aware also with the identity code; ridge on the tta features with that context next to
+  the two HEST-style ridges. → results/genequery_context[_average].txt. Every other stage runs GeneQuery
+  with ``--context-rings`` (default 0, the setting of their committed results; suffix ``_ctx<k>`` otherwise).
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
@@ -229,6 +234,8 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
         accelerator="cpu",
         seed=getattr(args, "seed", 0),
         checkpoint=getattr(args, "checkpoint", "best"),
+        # 0 reproduces the results made before context_rings existed (the package default is 1)
+        context_rings=getattr(args, "context_rings", 0),
     )
     if getattr(args, "gene_identity", None):
         params.update(gene_identity=args.gene_identity, identity_dropout=args.identity_dropout)
@@ -653,6 +660,56 @@ def identity(report: Report, args) -> None:
         )
 
 
+def context(report: Report, args) -> None:
+    """Image context (``context_rings``): GeneQuery and ridge on each patch's features alone vs with
+    their mean over the spot's lattice neighbourhood, same folds, seed and settings."""
+    data = load(args, report)
+    k = args.gene_identity or 384
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes; GeneQuery width {args.width}, {args.epochs} epochs, "
+        f"per-mode default target scaling, 8 views and tta, checkpoint={args.checkpoint!r}, seed {args.seed}; "
+        "'context 1' = context_rings=1: each spot's features followed by their mean over the spot and its "
+        "4 lattice neighbours on the same section (view k with the neighbours' view k; for ridge, of the "
+        "tta features); 'context 0' = the patch's own features only (the previous default); 'identity' = "
+        f"gene_identity={k}, identity_dropout={args.identity_dropout}, and 'identity, mean code' the same "
+        "network predicting every gene from its text alone (use_identity=False)"
+    )
+    rows: list[dict] = []
+    for test in args.folds:
+        a, te, score = _fold_with_ridges(data, test, report, rows, 44)
+        ridge = sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta", context_rings=1)
+        ridge.train(a)
+        score("Ridge (HEST-style), tta features, context 1", np.asarray(ridge.predict(a[te])))
+        runs = [(mode, ctx, 0) for mode in args.modes for ctx in (0, 1)]
+        runs += [("gene", 1, k)] if "gene" in args.modes else []
+        for mode, ctx, ident in runs:
+            kw = {"context_rings": ctx, "gene_identity": ident, "identity_dropout": args.identity_dropout}
+            t0 = time.perf_counter()
+            model = gq(mode, args, **kw).train(a)
+            t_train = time.perf_counter() - t0
+            label = f"GeneQuery {mode}, context {ctx}" + (", identity" if ident else "")
+            score(
+                label,
+                np.asarray(model.predict(a[te])),
+                f"  best epoch {model.history_['best_epoch']}, train {t_train:.0f} s",
+            )
+            if ident:
+                model.use_identity = False
+                score(f"{label}, mean code", np.asarray(model.predict(a[te])))
+    df = pd.DataFrame(rows)
+    best_ridge = _fold_means(report, df, 44)
+    report("  (ridges compared: own features and tta features, context 0 -- the HEST-style baselines)")
+    ctx_ridge = df[df.model == "Ridge (HEST-style), tta features, context 1"].set_index("fold")
+    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
+        res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
+        wins = (res > best_ridge.loc[res.index]).sum()
+        wins1 = (res > ctx_ridge.loc[res.index, ["pcc_heg", "pcc_hvg"]]).sum()
+        report(
+            f"  {name:44s} ahead of both context-0 ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg}, "
+            f"of the context-1 ridge on HEG in {wins1.pcc_heg} / HVG in {wins1.pcc_hvg} of {len(res)} folds"
+        )
+
+
 def finetune(report: Report, args) -> None:
     """Spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned, same epochs."""
     data = load(args, report)
@@ -820,6 +877,7 @@ if __name__ == "__main__":
             "precision",
             "ensemble",
             "identity",
+            "context",
         ],
     )
     p.add_argument("--epochs", type=int, default=5)
@@ -851,6 +909,13 @@ if __name__ == "__main__":
         type=int,
         default=None,
         help="GeneQuery's gene_identity (main, unseen, ensemble: default 0, text only; identity stage: 384)",
+    )
+    p.add_argument(
+        "--context-rings",
+        type=int,
+        default=0,
+        help="GeneQuery's context_rings in every stage but context (default 0: the setting of the results "
+        "made before it existed; the package default is 1)",
     )
     p.add_argument(
         "--identity-dropout",
@@ -897,12 +962,13 @@ if __name__ == "__main__":
         "precision": "genequery_precision",
         "ensemble": "genequery_ensemble",
         "identity": "genequery_identity",
+        "context": "genequery_context",
     }
     # one results file per fold set for the fine-tune comparison (each run is long)
     suffix = "_" + "_".join(args.folds) if args.stage == "finetune" else ""
     if args.stage in ("main", "unseen") and not args.views:  # the one-view ablation keeps its own file
         suffix += "_one_view"
-    if args.stage not in ("unseen", "ensemble", "identity") and args.scaling is None:
+    if args.stage not in ("unseen", "ensemble", "identity", "context") and args.scaling is None:
         args.scaling = "minmax"
     if args.stage in ("main", "unseen") and args.scaling not in (None, "minmax"):
         suffix += "_" + args.scaling
@@ -914,7 +980,9 @@ if __name__ == "__main__":
         suffix += "_spot"
     if args.stage in ("main", "unseen", "ensemble") and args.gene_identity:
         suffix += f"_id{args.gene_identity}"
-    if args.stage == "identity" and args.modes != ["spot", "gene"]:
+    if args.stage not in ("context", "prep") and args.context_rings:
+        suffix += f"_ctx{args.context_rings}"
+    if args.stage in ("identity", "context") and args.modes != ["spot", "gene"]:
         suffix += "_" + "_".join(args.modes)
     if args.checkpoint != "best":
         suffix += f"_{args.checkpoint}"
@@ -936,5 +1004,6 @@ if __name__ == "__main__":
         "precision": lambda: precision(report, args),
         "ensemble": lambda: ensemble(report, args),
         "identity": lambda: identity(report, args),
+        "context": lambda: context(report, args),
     }[args.stage]()
     report.save()

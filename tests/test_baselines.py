@@ -195,6 +195,35 @@ def test_ridge_on_image_features_save_load(tmp_path):
         m.predict(ad.AnnData(np.ones((3, 5), np.float32)))
 
 
+def test_ridge_with_neighbourhood_context(tmp_path):
+    from spared_tools.models.image import context_features
+
+    a = make_adata()
+    a.obs["slide_id"] = pd.Categorical(np.repeat(["s0", "s1"], 20))
+    a.obs["array_row"], a.obs["array_col"] = np.tile(np.divmod(np.arange(20), 5), 2)
+    ctx = context_features(a, a.obsm["feats"], n_rings=1)
+    assert ctx.shape == (40, 12) and ctx.dtype == np.float64
+    m = sp.tl.RidgePredictor(encoder="precomputed", features_key="feats", context_rings=1).train(a)
+    # the closed form on [features, neighbourhood mean], penalty chosen as without context
+    tr = SPLITS == "train"
+    Z = m.scaler_.transform(a.layers["log1p"])
+    ref = _ridge_reference(ctx[tr], Z[tr], m.alpha_ * tr.sum())(ctx)
+    np.testing.assert_allclose(m.predict(a), m.scaler_.inverse_transform(ref), rtol=1e-5, atol=1e-5)
+    a.obsm["ctx"] = ctx
+    m0 = sp.tl.RidgePredictor(encoder="precomputed", features_key="ctx").train(a)
+    np.testing.assert_allclose(m.predict(a), m0.predict(a), rtol=1e-10, atol=1e-10)
+    m.save(tmp_path / "r")
+    back = Predictor.load(tmp_path / "r", a)
+    assert back.context_rings == 1
+    np.testing.assert_array_equal(back.predict(a), m.predict(a))
+    with pytest.raises(ValueError, match="context_rings"):
+        sp.tl.RidgePredictor(context_rings=-2)
+    b = a.copy()
+    del b.obs["slide_id"]
+    with pytest.raises(KeyError, match="slide_id"):
+        m.predict(b)
+
+
 # ------------------------------------------------------------------------------------------ linear head
 def test_linear_head_frozen_converges_to_least_squares():
     a = make_adata()

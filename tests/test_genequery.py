@@ -843,7 +843,7 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     from spared_tools.models.image import encode_patches
 
     feats = encode_patches(a.obsm["patches"], m1.encoder_)
-    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", **SMALL)
+    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", context_rings=0, **SMALL)
     frozen.__dict__.update({k: v for k, v in m1.__dict__.items() if k.endswith("_")})
     b = a.copy()
     b.obsm["X_image_features"] = feats
@@ -929,7 +929,11 @@ def test_standardisation_uses_training_data_and_survives_save_load(data, trained
     adata, table = data
     net = trained_spot.net_
     tr = (adata.obs["split"] == "train").to_numpy()
-    feats = np.asarray(adata.obsm["X_image_features"], dtype=np.float64)
+    from spared_tools.models.image import context_features
+
+    # the image input: each spot's features and their mean over its 1-ring neighbourhood (context_rings)
+    feats = context_features(adata, np.asarray(adata.obsm["X_image_features"], dtype=np.float64), n_rings=1)
+    assert trained_spot.context_rings == 1 and net.image_dim == feats.shape[1]
     # image statistics from the training spots only, gene statistics from the 20 training genes only
     np.testing.assert_allclose(net.image_shift.numpy(), feats[tr].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.image_scale.numpy(), feats[tr].std(0), rtol=1e-5, atol=1e-6)
@@ -1018,6 +1022,7 @@ def test_gene_identity_separates_genes_that_share_their_text():
     te = (adata.obs["split"] == "test").to_numpy()
     truth = adata.layers["log1p"][te]
     kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 30, "batch_size": 8, "seed": 0}
+    kw["context_rings"] = 0  # the maps are functions of each spot's own features
     text_only = GeneQueryModel(**kw).train(adata.copy(), genes=genes).predict(adata)[te]
     ident = GeneQueryModel(gene_identity=8, identity_dropout=0.2, **kw).train(adata.copy(), genes=genes)
     with_code = ident.predict(adata)[te]
@@ -1066,3 +1071,50 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
         GeneQueryModel(identity_dropout=1.5)
     with pytest.raises(TypeError, match="use_identity"):
         GeneQueryModel(use_identity="no")
+
+
+# ------------------------------------------------------------------------------------- image context
+def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_path):
+    from spared_tools.models.image import context_features
+
+    adata, table = data
+    genes = [f"G{j}" for j in range(8)]
+    kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 3, "seed": 2}
+    kw["inference_precision"] = "32"
+    m1 = GeneQueryModel(context_rings=1, **kw).train(adata.copy(), genes=genes)
+    assert m1.image_dim_ == 2 * adata.obsm["X_image_features"].shape[1]
+    # the same as a model without context trained on precomputed context features
+    b = adata.copy()
+    b.obsm["ctx"] = context_features(b, b.obsm["X_image_features"], n_rings=1)
+    m0 = GeneQueryModel(context_rings=0, features_key="ctx", **kw).train(b, genes=genes)
+    P = m1.predict(adata, genes)
+    np.testing.assert_array_equal(P, m0.predict(b, genes))
+    # a spot's features reach its lattice neighbours' predictions and no further spot's (gene mode)
+    c = adata.copy()
+    rows, cols = c.obs["array_row"].to_numpy(), c.obs["array_col"].to_numpy()
+    slide = c.obs["slide_id"].to_numpy()
+    i = int(np.flatnonzero((slide == "s4") & (rows == 3) & (cols == 3))[0])
+    c.obsm["X_image_features"] = c.obsm["X_image_features"].copy()
+    c.obsm["X_image_features"][i] += 3.0
+    changed = np.flatnonzero(np.abs(m1.predict(c, genes) - P).max(1) > 0)
+    near = np.flatnonzero((slide == "s4") & (np.abs(rows - 3) + np.abs(cols - 3) <= 1))
+    np.testing.assert_array_equal(changed, near)
+    # defaults, save -> load
+    assert GeneQueryModel().context_rings == 1 and GeneQueryModel(finetune=True).context_rings == 0
+    m1.save(tmp_path / "m")
+    back = GeneQueryModel.load(tmp_path / "m", adata)
+    assert back.context_rings == 1
+    np.testing.assert_array_equal(back.predict(adata, genes), P)
+    # errors that name the problem
+    with pytest.raises(ValueError, match="context_rings"):
+        GeneQueryModel(context_rings=-1)
+    with pytest.raises(ValueError, match="context_rings=1 with finetune=True"):
+        GeneQueryModel(context_rings=1, finetune=True)
+    d = adata.copy()
+    del d.obs["array_col"]
+    with pytest.raises(KeyError, match="array_col.*context_rings=0"):
+        m1.predict(d, genes)
+    e = adata.copy()
+    e.obsm["X_image_features"] = e.obsm["X_image_features"][:, :10]
+    with pytest.raises(ValueError, match="has 10 features per spot but the model was trained on 16"):
+        m1.predict(e, genes)

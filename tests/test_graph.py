@@ -474,3 +474,74 @@ def test_stutility_mob_sections_checkerboard():
     i = np.broadcast_to(np.arange(a.n_obs)[:, None], t2.shape)[ok]
     d2 = np.linalg.norm(xy[i] - xy[t2[ok]], axis=1)
     assert d1.max() < d2.min()
+
+
+# ---------------------------------------------------------------------------------------------------
+# neighbourhood image context
+
+
+def _brute_context(a, F, n_rings, geometry):
+    """Mean over the spot and every same-slide spot within n_rings lattice rings (double loop)."""
+    rows, cols = a.obs.array_row.to_numpy(), a.obs.array_col.to_numpy()
+    slide = a.obs.slide_id.to_numpy()
+    out = np.zeros_like(F, dtype=np.float64)
+    for i in range(a.n_obs):
+        near = [
+            j
+            for j in range(a.n_obs)
+            if slide[j] == slide[i]
+            and lattice_ring(np.array([rows[j] - rows[i]]), np.array([cols[j] - cols[i]]), geometry)[0]
+            <= n_rings
+        ]
+        out[i] = F[near].mean(0)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("geometry", "n_rings"), [("square", 1), ("square", 2), ("hex", 1), ("checkerboard", 1)]
+)
+def test_context_features_brute_force(geometry, n_rings):
+    from spared_tools.models.image import context_features
+
+    a = make_lattice(geometry, 6, 8, holes={(2, 2), (3, 3), (0, 4)}, slides=2)
+    rng = np.random.default_rng(1)
+    F = rng.normal(size=(a.n_obs, 5)).astype(np.float32)
+    out = context_features(a, F, n_rings=n_rings, geometry=geometry)
+    assert out.shape == (a.n_obs, 10) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, :5], F)
+    np.testing.assert_allclose(out[:, 5:], _brute_context(a, F, n_rings, geometry), rtol=1e-5, atol=1e-6)
+    # views: view k of a spot is averaged with view k of its neighbours
+    V = rng.normal(size=(a.n_obs, 3, 4)).astype(np.float32)
+    outv = context_features(a, V, n_rings=n_rings, geometry=geometry)
+    assert outv.shape == (a.n_obs, 3, 8)
+    for k in range(3):
+        np.testing.assert_allclose(
+            outv[:, k, 4:], _brute_context(a, V[:, k], n_rings, geometry), rtol=1e-5, atol=1e-6
+        )
+    # slides are never mixed: moving slide s1's features leaves slide s0's context unchanged
+    G = F.copy()
+    G[(a.obs.slide_id == "s1").to_numpy()] += 100.0
+    s0 = (a.obs.slide_id == "s0").to_numpy()
+    np.testing.assert_allclose(context_features(a, G, n_rings=n_rings, geometry=geometry)[s0], out[s0])
+
+
+def test_context_features_zero_rings_and_errors():
+    from spared_tools._kernels.lattice import neighbour_mean
+    from spared_tools.models.image import context_features
+
+    a = make_lattice("square", 3, 3)
+    F = np.arange(a.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    np.testing.assert_array_equal(context_features(a, F, n_rings=0), F)
+    # isolated spot (no neighbour present): its own features
+    np.testing.assert_array_equal(
+        neighbour_mean(F, np.array([[0, -1], [1, 0], [2, -1]] + [[i, -1] for i in range(3, a.n_obs)])),
+        np.vstack([F[0], F[:2].mean(0), F[2:]]),
+    )
+    with pytest.raises(ValueError, match="n_rings"):
+        context_features(a, F, n_rings=-1)
+    with pytest.raises(ValueError, match="features must be"):
+        context_features(a, F[:3], n_rings=1)
+    b = a.copy()
+    del b.obs["array_row"]
+    with pytest.raises(KeyError, match="array_row.*context_rings=0"):
+        context_features(b, F, n_rings=1)

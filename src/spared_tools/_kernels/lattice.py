@@ -337,3 +337,41 @@ def table_to_graph(table: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[s
     conn = dist_m.copy()
     conn.data = np.ones_like(conn.data)
     return conn, dist_m
+
+
+def neighbour_mean(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over each spot and the neighbours listed in its row of ``table``.
+
+    Parameters
+    ----------
+    values
+        ``(n, ...)`` array, one entry per spot (e.g. image features ``(n, d)`` or ``(n, n_views, d)``).
+    table
+        ``(n, 1 + K)`` neighbour table (:func:`neighbor_lookup` with the spot itself in column 0), ``-1``
+        where no spot sits at an offset.
+
+    Returns
+    -------
+    ``float`` array shaped like ``values`` (``float32`` for ``float32`` input, else ``float64``): row ``i``
+    is the mean of ``values[j]`` over the entries ``j >= 0`` of ``table[i]``. A row with no valid entry
+    (impossible when column 0 is the spot itself) is 0.
+
+    Notes
+    -----
+    One pass per table column, so the memory is two arrays the size of ``values`` whatever ``K`` is.
+    """
+    values = np.asarray(values)
+    table = np.asarray(table)
+    if table.ndim != 2 or table.shape[0] != values.shape[0]:
+        raise ValueError(f"table must be (n, 1 + K) with n = {values.shape[0]}, got {table.shape}.")
+    dtype = np.float32 if values.dtype == np.float32 else np.float64
+    out = np.zeros(values.shape, dtype=dtype)
+    count = np.zeros(values.shape[0], dtype=np.int64)
+    for k in range(table.shape[1]):
+        idx = table[:, k]
+        hit = np.flatnonzero(idx >= 0)
+        out[hit] += values[idx[hit]]
+        count[hit] += 1
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    out /= np.maximum(count, 1).reshape(shape).astype(dtype)
+    return out

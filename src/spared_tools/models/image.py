@@ -23,7 +23,14 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
 from spared_tools._validation import check_adata
 
-__all__ = ["ImageEncoder", "dihedral", "dihedral_inverse", "image_features", "load_image_encoder"]
+__all__ = [
+    "ImageEncoder",
+    "context_features",
+    "dihedral",
+    "dihedral_inverse",
+    "image_features",
+    "load_image_encoder",
+]
 
 #: Normalisation of the TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels.
 EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
@@ -531,3 +538,68 @@ def _same_params(a: dict, b: dict) -> bool:
         return False
     pa, pb = dict(a.get("patch_params", {})), dict(b.get("patch_params", {}))
     return {k: str(v) for k, v in pa.items()} == {k: str(v) for k, v in pb.items()}
+
+
+def context_features(
+    adata: AnnData,
+    features: np.ndarray,
+    *,
+    n_rings: int = 1,
+    library_key: str | None = "slide_id",
+    geometry: str = "auto",
+) -> np.ndarray:
+    """Each spot's image features next to their mean over its lattice neighbourhood.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with integer ``obs['array_row']`` / ``obs['array_col']`` (the spots of
+        ``features``, in the same order).
+    features
+        ``(n_obs, d)`` features, or ``(n_obs, n_views, d)`` with several views per spot (e.g. the 8
+        dihedral symmetries from :func:`image_features` with ``views=True``).
+    n_rings
+        Rings of lattice neighbours averaged (see :func:`spared_tools.pp.neighbor_table`): 1 is the 4
+        nearest spots on legacy-ST square grids and the 6 nearest on Visium. ``0`` returns ``features``
+        unchanged.
+    library_key
+        ``obs`` column of slide identifiers: neighbours are taken within a slide only. ``None``: one slide.
+    geometry
+        Lattice, as in :func:`spared_tools.pp.neighbor_table` (``"auto"`` detects it).
+
+    Returns
+    -------
+    ``float32`` array (``float64`` for ``float64`` features) ``(..., 2 d)``: the features, followed by the mean of the features of the spot and
+    of its neighbours present in ``adata`` (view ``k`` averaged with the neighbours' view ``k``). Spots at
+    the tissue edge average over fewer neighbours; a spot with none gets its own features.
+
+    Notes
+    -----
+    Gene expression is spatially smooth, so the tissue around a spot tells about its expression beyond
+    its own patch. On HER2+ ridge regression on these features scored HEG 0.306 against 0.269 for the
+    patch's own features (mean of four held-out sections; ``benchmarks/results/genequery_context_average.txt``).
+    The neighbours are the spots of ``adata``: predicting on a subset of a slide averages over the
+    neighbours in that subset only.
+    """
+    from spared_tools._kernels.lattice import neighbour_mean
+    from spared_tools.pp._graph import neighbor_table
+
+    if isinstance(n_rings, bool) or not isinstance(n_rings, int | np.integer) or n_rings < 0:
+        raise ValueError(f"n_rings must be a non-negative integer, got {n_rings!r}.")
+    features = np.asarray(features)
+    if features.ndim not in (2, 3) or features.shape[0] != adata.n_obs:
+        raise ValueError(
+            f"features must be (n_obs, d) or (n_obs, n_views, d) with n_obs = {adata.n_obs}, got "
+            f"{features.shape}."
+        )
+    features = features.astype(np.float64 if features.dtype == np.float64 else np.float32, copy=False)
+    if n_rings == 0:
+        return features
+    missing = [k for k in ("array_row", "array_col") if k not in adata.obs.columns]
+    if missing:
+        raise KeyError(
+            f"Neighbourhood image context needs the lattice coordinates adata.obs{missing}, which are "
+            "missing; add them (the readers in sp.io write them) or pass context_rings=0."
+        )
+    table, _ = neighbor_table(adata, n_rings=int(n_rings), library_key=library_key, geometry=geometry)  # type: ignore[arg-type]
+    return np.concatenate([features, neighbour_mean(features, table)], axis=-1)
