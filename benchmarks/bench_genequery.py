@@ -35,10 +35,10 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   alongside; also the identity model with every gene given the mean code (the text path alone).
   → results/genequery_identity[_<modes>][_average].txt
 * ``context`` – image context (``context_rings``): spot- and gene-aware GeneQuery on each patch's features
-  alone and with their mean over the spot's lattice neighbourhood (``context_rings=1``, the package
-  default), gene-aware also with the identity code; ridge on the tta features with that context next to
-  the two HEST-style ridges. → results/genequery_context[_average].txt. Every other stage runs GeneQuery
-  with ``--context-rings`` (default 0, the setting of their committed results; suffix ``_ctx<k>`` otherwise).
+  alone and with their mean over the spot's lattice neighbourhood (``context_rings=1``), gene-aware also
+  with the identity code; ridge on the tta features with that context next to the two HEST-style
+  ridges. → results/genequery_context[_average].txt. Every other stage runs GeneQuery with
+  ``--context-rings`` (default 0, the package default; suffix ``_ctx<k>`` otherwise).
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
@@ -234,8 +234,7 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
         accelerator="cpu",
         seed=getattr(args, "seed", 0),
         checkpoint=getattr(args, "checkpoint", "best"),
-        # 0 reproduces the results made before context_rings existed (the package default is 1)
-        context_rings=getattr(args, "context_rings", 0),
+        context_rings=getattr(args, "context_rings", 0),  # the package default
     )
     if getattr(args, "gene_identity", None):
         params.update(gene_identity=args.gene_identity, identity_dropout=args.identity_dropout)
@@ -670,7 +669,7 @@ def context(report: Report, args) -> None:
         f"per-mode default target scaling, 8 views and tta, checkpoint={args.checkpoint!r}, seed {args.seed}; "
         "'context 1' = context_rings=1: each spot's features followed by their mean over the spot and its "
         "4 lattice neighbours on the same section (view k with the neighbours' view k; for ridge, of the "
-        "tta features); 'context 0' = the patch's own features only (the previous default); 'identity' = "
+        "tta features); 'context 0' = the patch's own features only (the default); 'identity' = "
         f"gene_identity={k}, identity_dropout={args.identity_dropout}, and 'identity, mean code' the same "
         "network predicting every gene from its text alone (use_identity=False)"
     )
@@ -806,16 +805,16 @@ def speed(report: Report, args) -> None:
         "previous behaviour"
     )
     report(
-        "context = context_rings (default 1: each spot's 1,280 features followed by their mean over its "
-        "lattice neighbourhood, computed at prediction); 'context 0' = the patch's own features only"
+        "context = context_rings (default 0: the patch's own features; 1: each spot's 1,280 features "
+        "followed by their mean over its lattice neighbourhood, computed at prediction)"
     )
     for mode in ("spot", "gene"):
         for max_len in (512, 1024):
             ref = None
             variants = (
-                [("32", True, 1), ("32", False, 1), ("bf16", True, 1), ("bf16", True, 0)]
+                [("32", True, 0), ("32", False, 0), ("bf16", True, 0), ("bf16", True, 1)]
                 if max_len == 512
-                else [("32", True, 1)]
+                else [("32", True, 0)]
             )
             for precision, heap, ctx in variants:
                 model = sp.tl.GeneQueryModel(
@@ -845,7 +844,7 @@ def speed(report: Report, args) -> None:
                 vs = ""
                 if precision == "32" and heap:
                     ref = out
-                elif ref is not None and ctx:  # (context 0 is another network: nothing to compare)
+                elif ref is not None and not ctx:  # (context 1 is another network: nothing to compare)
                     spread = ref.std(axis=0)
                     rel = float(np.median(np.abs(out - ref).max(axis=0) / spread))
                     zr = (ref - ref.mean(0)) / ref.std(0)
@@ -922,8 +921,7 @@ if __name__ == "__main__":
         "--context-rings",
         type=int,
         default=0,
-        help="GeneQuery's context_rings in every stage but context (default 0: the setting of the results "
-        "made before it existed; the package default is 1)",
+        help="GeneQuery's context_rings in every stage but context (default 0, the package default)",
     )
     p.add_argument(
         "--identity-dropout",

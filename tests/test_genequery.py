@@ -843,7 +843,7 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     from spared_tools.models.image import encode_patches
 
     feats = encode_patches(a.obsm["patches"], m1.encoder_)
-    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", context_rings=0, **SMALL)
+    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", **SMALL)
     frozen.__dict__.update({k: v for k, v in m1.__dict__.items() if k.endswith("_")})
     b = a.copy()
     b.obsm["X_image_features"] = feats
@@ -929,11 +929,7 @@ def test_standardisation_uses_training_data_and_survives_save_load(data, trained
     adata, table = data
     net = trained_spot.net_
     tr = (adata.obs["split"] == "train").to_numpy()
-    from spared_tools.models.image import context_features
-
-    # the image input: each spot's features and their mean over its 1-ring neighbourhood (context_rings)
-    feats = context_features(adata, np.asarray(adata.obsm["X_image_features"], dtype=np.float64), n_rings=1)
-    assert trained_spot.context_rings == 1 and net.image_dim == feats.shape[1]
+    feats = np.asarray(adata.obsm["X_image_features"], dtype=np.float64)
     # image statistics from the training spots only, gene statistics from the 20 training genes only
     np.testing.assert_allclose(net.image_shift.numpy(), feats[tr].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.image_scale.numpy(), feats[tr].std(0), rtol=1e-5, atol=1e-6)
@@ -1022,7 +1018,6 @@ def test_gene_identity_separates_genes_that_share_their_text():
     te = (adata.obs["split"] == "test").to_numpy()
     truth = adata.layers["log1p"][te]
     kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 30, "batch_size": 8, "seed": 0}
-    kw["context_rings"] = 0  # the maps are functions of each spot's own features
     text_only = GeneQueryModel(**kw).train(adata.copy(), genes=genes).predict(adata)[te]
     ident = GeneQueryModel(gene_identity=8, identity_dropout=0.2, **kw).train(adata.copy(), genes=genes)
     with_code = ident.predict(adata)[te]
@@ -1100,7 +1095,7 @@ def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_
     near = np.flatnonzero((slide == "s4") & (np.abs(rows - 3) + np.abs(cols - 3) <= 1))
     np.testing.assert_array_equal(changed, near)
     # defaults, save -> load
-    assert GeneQueryModel().context_rings == 1 and GeneQueryModel(finetune=True).context_rings == 0
+    assert GeneQueryModel().context_rings == 0  # the default: the patch's own features
     m1.save(tmp_path / "m")
     back = GeneQueryModel.load(tmp_path / "m", adata)
     assert back.context_rings == 1

@@ -139,8 +139,9 @@ class RidgePredictor(Predictor):
         ``0`` (default, HEST-style): regress on each spot's own features. ``k > 0``: on the features
         followed by their mean over the spot and its lattice neighbours within ``k`` rings on the same
         slide (:func:`~spared_tools.models.image.context_features`; needs ``obs['array_row']`` /
-        ``obs['array_col']``). On HER2+ ``context_rings=1`` raised ridge's mean test HEG over four
-        held-out sections from 0.269 to 0.306 (``benchmarks/results/genequery_context_average.txt``).
+        ``obs['array_col']``). On HER2+ ``context_rings=1`` (on the mean of the 8 dihedral views'
+        features) raised ridge's test HEG on every one of four held-out sections, on average from 0.269 to
+        0.306 (``benchmarks/results/genequery_context_average.txt``).
     library_key
         ``obs`` column of slide identifiers for ``context_rings`` (``None``: one slide).
     batch_size

@@ -160,13 +160,15 @@ class GeneQueryModel(Predictor):
         Neighbourhood context of the image: each spot's features are followed by their mean over the spot
         and its lattice neighbours within this many rings on the same slide
         (:func:`~spared_tools.models.image.context_features`; needs ``obs['array_row']`` /
-        ``obs['array_col']``), so the image input is twice as wide. ``0``: the spot's own patch only.
-        ``None`` (default): 1 with frozen features, 0 with ``finetune=True`` (which does not support it).
-        On HER2+ it raised gene-aware GeneQuery's test HEG on another patient's section from 0.208 to
-        0.284 and on two of the three held-out sections of the training patient
-        (``benchmarks/results/genequery_context_average.txt``); ridge regression gains from the same features
-        (:class:`~spared_tools.tl.RidgePredictor` ``context_rings``). Predicting on a subset of a slide
-        averages over the neighbours in that subset only.
+        ``obs['array_col']``), so the image input is twice as wide. ``0`` (default): the spot's own patch
+        only. Not available with ``finetune=True``. On HER2+ (width 128, 12 epochs,
+        ``checkpoint="average"``; ``benchmarks/results/genequery_context_average.txt``) ``1`` raised the
+        test HEG on another patient's section from 0.208 to 0.284 (gene mode) and from 0.205 to 0.273 (spot
+        mode), ahead of ridge with the same context, and lowered it on the held-out sections of the
+        training patient (gene mode by 0.006–0.038, spot mode by 0.011–0.077), where ridge with the context
+        leads. With one cross-patient test section and one seed that is a lead to check on validation
+        sections of your own, not a default: try ``context_rings=1`` for new patients. Predicting on a
+        subset of a slide averages over the neighbours in that subset only.
     augment
         Dihedral augmentation of the training spots (validation and prediction never are): each spot's
         image enters every epoch under one of the 8 symmetries of the square, drawn at random. Frozen
@@ -375,7 +377,7 @@ class GeneQueryModel(Predictor):
         features_key: str = "X_image_features",
         patches_key: str = "patches",
         image_encoder: Any = "efficientnet-lite0",
-        context_rings: int | None = None,
+        context_rings: int = 0,
         augment: bool = True,
         tta: bool = False,
         finetune: bool = False,
@@ -437,14 +439,12 @@ class GeneQueryModel(Predictor):
             raise TypeError("descriptions must be a dict gene -> text or the name of an adata.var column.")
         self.mode = mode
         self.features_key = features_key
-        if context_rings is None:  # frozen features: the neighbourhood's too; fine-tune mode: none
-            context_rings = 0 if finetune else 1
         if (
             isinstance(context_rings, bool)
             or not isinstance(context_rings, int | np.integer)
             or context_rings < 0
         ):
-            raise ValueError(f"context_rings must be a non-negative integer or None, got {context_rings!r}.")
+            raise ValueError(f"context_rings must be a non-negative integer, got {context_rings!r}.")
         if context_rings and finetune:
             raise ValueError(
                 f"context_rings={context_rings} with finetune=True: the fine-tuned encoder sees each training "
