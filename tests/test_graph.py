@@ -545,3 +545,15 @@ def test_context_features_zero_rings_and_errors():
     del b.obs["array_row"]
     with pytest.raises(KeyError, match="array_row.*context_rings=0"):
         context_features(b, F, n_rings=1)
+
+
+def test_context_features_needs_the_slide_column():
+    from spared_tools.models.image import context_features
+
+    a = make_lattice("square", 3, 3)
+    F = np.ones((a.n_obs, 2), dtype=np.float32)
+    del a.obs["slide_id"]
+    with pytest.raises(KeyError, match="no slide column 'slide_id'.*library_key=None"):
+        context_features(a, F, n_rings=1)
+    # one slide: library_key=None
+    np.testing.assert_array_equal(context_features(a, F, n_rings=1, library_key=None)[:, 2:], F)

@@ -602,5 +602,10 @@ def context_features(
             f"Neighbourhood image context needs the lattice coordinates adata.obs{missing}, which are "
             "missing; add them (the readers in sp.io write them) or pass context_rings=0."
         )
+    if library_key is not None and library_key not in adata.obs.columns:
+        raise KeyError(
+            f"adata.obs has no slide column {library_key!r} to keep the neighbourhoods within a slide; "
+            "pass library_key=None for one slide."
+        )
     table, _ = neighbor_table(adata, n_rings=int(n_rings), library_key=library_key, geometry=geometry)  # type: ignore[arg-type]
     return np.concatenate([features, neighbour_mean(features, table)], axis=-1)

@@ -211,10 +211,6 @@ class RidgePredictor(Predictor):
             return F
         from spared_tools.models.image import context_features
 
-        if self.library_key is not None and self.library_key not in adata.obs.columns:
-            raise KeyError(
-                f"adata.obs has no slide column {self.library_key!r}; pass library_key=None for one slide."
-            )
         return context_features(adata, F, n_rings=self.context_rings, library_key=self.library_key)
 
     def _own_features(self, adata: AnnData) -> np.ndarray:

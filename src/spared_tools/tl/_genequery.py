@@ -641,9 +641,7 @@ class GeneQueryModel(Predictor):
         if self.context_rings:
             from spared_tools.models.image import context_features
 
-            feats = context_features(
-                adata, feats, n_rings=self.context_rings, library_key=self._library_column(adata)
-            )
+            feats = context_features(adata, feats, n_rings=self.context_rings, library_key=self.library_key)
         return feats
 
     def _fresh_encoder(self) -> Any:
@@ -747,16 +745,6 @@ class GeneQueryModel(Predictor):
                 "use the same gene encoder."
             )
         return emb
-
-    def _library_column(self, adata: AnnData) -> str | None:
-        """The ``obs`` column of slides (``None``: one slide); a clear error when it is missing."""
-        if self.library_key is None:
-            return None
-        if self.library_key not in adata.obs.columns:
-            raise KeyError(
-                f"adata.obs has no slide column {self.library_key!r}; pass library_key=None for one slide."
-            )
-        return self.library_key
 
     def _sequences(self, adata: AnnData, spots: np.ndarray, max_len: int | None = None) -> list[np.ndarray]:
         """Spot-mode sequences: the spots grouped by slide, split spatially beyond ``max_len`` spots."""
