@@ -109,3 +109,10 @@ def check_new_key(container, key: str, *, where: str, overwrite: bool = True) ->
     """Raise if ``key`` exists in ``container`` and ``overwrite`` is False."""
     if not overwrite and key in container:
         raise KeyError(f"{where}[{key!r}] already exists; pass another key_added= or overwrite=True.")
+
+
+def check_nonnegative_int(value: object, name: str) -> int:
+    """``value`` as an ``int``, or a ``ValueError`` naming ``name`` unless it is an integer ``>= 0`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    return int(value)

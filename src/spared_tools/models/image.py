@@ -21,7 +21,7 @@ from torch import nn
 
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
-from spared_tools._validation import check_adata
+from spared_tools._validation import check_adata, check_nonnegative_int
 
 __all__ = [
     "ImageEncoder",
@@ -585,8 +585,7 @@ def context_features(
     from spared_tools._kernels.lattice import neighbour_mean
     from spared_tools.pp._graph import neighbor_table
 
-    if isinstance(n_rings, bool) or not isinstance(n_rings, int | np.integer) or n_rings < 0:
-        raise ValueError(f"n_rings must be a non-negative integer, got {n_rings!r}.")
+    n_rings = check_nonnegative_int(n_rings, "n_rings")
     features = np.asarray(features)
     if features.ndim not in (2, 3) or features.shape[0] != adata.n_obs:
         raise ValueError(
@@ -607,5 +606,5 @@ def context_features(
             f"adata.obs has no slide column {library_key!r} to keep the neighbourhoods within a slide; "
             "pass library_key=None for one slide."
         )
-    table, _ = neighbor_table(adata, n_rings=int(n_rings), library_key=library_key, geometry=geometry)  # type: ignore[arg-type]
+    table, _ = neighbor_table(adata, n_rings=n_rings, library_key=library_key, geometry=geometry)  # type: ignore[arg-type]
     return np.concatenate([features, neighbour_mean(features, table)], axis=-1)

@@ -22,6 +22,7 @@ from torch import nn
 
 from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import resolve_device, settings
+from spared_tools._validation import check_nonnegative_int
 from spared_tools.tl._evaluate_prediction import pearson_per_gene
 from spared_tools.tl._predictor import Predictor, Scaling
 
@@ -173,13 +174,7 @@ class RidgePredictor(Predictor):
         seed: int | None = None,
     ) -> None:
         super().__init__(patches_key=patches_key, scaling=scaling, seed=seed)
-        if (
-            isinstance(context_rings, bool)
-            or not isinstance(context_rings, int | np.integer)
-            or context_rings < 0
-        ):
-            raise ValueError(f"context_rings must be a non-negative integer, got {context_rings!r}.")
-        self.context_rings = int(context_rings)
+        self.context_rings = check_nonnegative_int(context_rings, "context_rings")
         self.library_key = library_key
         alphas = [float(a) for a in alphas]
         if not alphas or any(not np.isfinite(a) or a < 0 for a in alphas):

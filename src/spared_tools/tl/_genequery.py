@@ -20,7 +20,7 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import native_bf16, resolve_device, settings
-from spared_tools._validation import check_adata, check_new_key, slide_labels
+from spared_tools._validation import check_adata, check_new_key, check_nonnegative_int, slide_labels
 
 from ._predictor import Predictor, Scaling, TargetScaler, split_indices, target_matrix
 
@@ -439,19 +439,14 @@ class GeneQueryModel(Predictor):
             raise TypeError("descriptions must be a dict gene -> text or the name of an adata.var column.")
         self.mode = mode
         self.features_key = features_key
-        if (
-            isinstance(context_rings, bool)
-            or not isinstance(context_rings, int | np.integer)
-            or context_rings < 0
-        ):
-            raise ValueError(f"context_rings must be a non-negative integer, got {context_rings!r}.")
+        context_rings = check_nonnegative_int(context_rings, "context_rings")
         if context_rings and finetune:
             raise ValueError(
                 f"context_rings={context_rings} with finetune=True: the fine-tuned encoder sees each training "
                 "patch on its own, so the neighbourhood's features are not available; use context_rings=0 "
                 "with finetune=True."
             )
-        self.context_rings = int(context_rings)
+        self.context_rings = context_rings
         self.image_encoder = image_encoder
         for name, flag in (("augment", augment), ("tta", tta)):
             if not isinstance(flag, bool | np.bool_):
@@ -581,12 +576,17 @@ class GeneQueryModel(Predictor):
             )
         if has_feats:
             d = np.shape(adata.obsm[self.features_key])[-1]
-            factor = 2 if self.context_rings else 1
+            factor = self._context_factor
             if self.image_dim_ is not None and d * factor != self.image_dim_:
                 raise ValueError(
                     f"adata.obsm[{self.features_key!r}] has {d} features per spot but the model was trained "
                     f"on {self.image_dim_ // factor}; compute them with the training image encoder."
                 )
+
+    @property
+    def _context_factor(self) -> int:
+        """How many times wider the network's image input is than the features (2 with ``context_rings``)."""
+        return 2 if self.context_rings else 1
 
     def _features(self, adata: AnnData, views: bool = False) -> np.ndarray:
         """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent.
@@ -632,7 +632,7 @@ class GeneQueryModel(Predictor):
         feats = feats.astype(np.float32, copy=False)
         if not np.isfinite(feats).all():
             raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
-        factor = 2 if self.context_rings else 1
+        factor = self._context_factor
         if self.image_dim_ is not None and feats.shape[-1] * factor != self.image_dim_:
             raise ValueError(
                 f"adata.obsm[{key!r}] has {feats.shape[-1]} features per spot but the model was trained on "
