@@ -996,6 +996,35 @@ def test_identity_dropout_swaps_in_the_mean_code_while_training_only():
         GeneQueryNet(6, 10, identity_dim=4, identity_dropout=1.0)
 
 
+def test_image_dropout_zeroes_standardised_image_features_while_training_only():
+    rng = np.random.default_rng(0)
+    kw = dict(width=16, n_heads=2, ff_dim=16, n_layers=1, dropout=0.0)
+    net = GeneQueryNet(40, 10, image_dropout=0.5, **kw)
+    ref = GeneQueryNet(40, 10, **kw)  # the same weights without image dropout
+    ref.load_state_dict(net.state_dict())
+    stats = dict(image=rng.normal(1.0, 2.0, size=(30, 40)), gene=rng.normal(size=(30, 10)))
+    net.set_input_stats(**stats)
+    ref.set_input_stats(**stats)
+    image, gene = torch.randn(3, 1, 40), torch.randn(3, 7, 10)
+    net.eval(), ref.eval()
+    torch.testing.assert_close(net(image, gene), ref(image, gene))  # off at prediction
+    net.train(), ref.train()
+    torch.manual_seed(5)
+    out = net(image, gene)
+    torch.manual_seed(5)
+    mask = torch.nn.functional.dropout(torch.ones_like(image), 0.5)  # the same draw: 0 or 1 / (1 - p)
+    assert set(torch.unique(mask).tolist()) == {0.0, 2.0}
+    assert 0.35 < (mask == 0).float().mean().item() < 0.65
+    # brute force: drop the standardised features by hand and map them back to the input scale
+    z = (image - net.image_shift) / net.image_scale * mask
+    torch.testing.assert_close(out, ref(z * net.image_scale + net.image_shift, gene), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, ref(image, gene))
+    with pytest.raises(ValueError, match="image_dropout"):
+        GeneQueryNet(40, 10, image_dropout=1.0)
+    with pytest.raises(ValueError, match="image_dropout"):
+        GeneQueryModel(image_dropout=-0.1)
+
+
 def _twins(n_genes: int = 16, seed: int = 0):
     """Gene pairs with the same text but independent spatial factors: the text cannot tell them apart."""
     adata, table = _synthetic(n_slides=5, n_genes=n_genes, seed=seed)

@@ -99,6 +99,7 @@ class GeneQueryNet(nn.Module):
         dropout: float = 0.1,
         identity_dim: int = 0,
         identity_dropout: float = 0.0,
+        image_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -124,6 +125,9 @@ class GeneQueryNet(nn.Module):
             )
         if not 0.0 <= identity_dropout < 1.0:
             raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
+        if not 0.0 <= image_dropout < 1.0:
+            raise ValueError(f"image_dropout must be in [0, 1), got {image_dropout!r}.")
+        self.image_dropout = float(image_dropout)
         self.image_dim, self.gene_dim, self.width = int(image_dim), int(gene_dim), int(width)
         self.identity_dim, self.identity_dropout = int(identity_dim), float(identity_dropout)
         self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
@@ -207,6 +211,8 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"gene must be (B, L, {self.gene_dim}), got {tuple(gene.shape)}.")
         image = (image - self.image_shift.to(image.dtype)) / self.image_scale.to(image.dtype)
         gene = (gene - self.gene_shift.to(gene.dtype)) / self.gene_scale.to(gene.dtype)
+        if self.training and self.image_dropout > 0:
+            image = nn.functional.dropout(image, self.image_dropout)
         if self.training and self.identity_dim and self.identity_dropout > 0:
             k = self.identity_dim
             keep = torch.rand(gene.shape[:-1] + (1,), device=gene.device) >= self.identity_dropout

@@ -226,6 +226,10 @@ class GeneQueryModel(Predictor):
         Feed-forward width of the transformer layers.
     dropout
         Dropout rate during training.
+    image_dropout
+        While training, the probability that each (standardised) image feature is zeroed before the
+        image projection (inverted dropout; off at prediction). For a linear projection this is a
+        ridge-like penalty on the image weights, scaled by each feature's variance.
     gene_identity
         Width of a fixed random identity code appended to each training gene's text embedding
         (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol
@@ -394,6 +398,7 @@ class GeneQueryModel(Predictor):
         n_heads: int = 8,
         ff_dim: int = 512,
         dropout: float = 0.1,
+        image_dropout: float = 0.0,
         gene_identity: int = 0,
         identity_dropout: float = 0.5,
         use_identity: bool = True,
@@ -488,6 +493,9 @@ class GeneQueryModel(Predictor):
             int(ff_dim),
         )
         self.dropout = float(dropout)
+        if not 0.0 <= float(image_dropout) < 1.0:
+            raise ValueError(f"image_dropout must be in [0, 1), got {image_dropout!r}.")
+        self.image_dropout = float(image_dropout)
         if (
             isinstance(gene_identity, bool)
             or not isinstance(gene_identity, int | np.integer)
@@ -794,6 +802,7 @@ class GeneQueryModel(Predictor):
             dropout=self.dropout,
             identity_dim=self.gene_identity,
             identity_dropout=self.identity_dropout,
+            image_dropout=self.image_dropout,
         )
 
     def _fit(  # type: ignore[override]
