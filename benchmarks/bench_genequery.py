@@ -40,8 +40,8 @@ Stages (``python benchmarks/bench_genequery.py STAGE [options]``):
   ridges. → results/genequery_context[_average].txt. Every other stage runs GeneQuery with
   ``--context-rings`` (default 0, the package default; suffix ``_ctx<k>`` otherwise).
 * ``dropout`` – image dropout (``image_dropout``): GeneQuery with ``context_rings=1`` (gene-aware also
-  with the identity code) at each rate of ``--image-dropouts`` and with ``--n-models`` networks at the
-  last rate, the three ridges alongside. → results/genequery_image_dropout[_<modes>][_average].txt
+  with the identity code) at each rate of ``--image-dropouts``, each trained with ``--n-models``
+  networks (each network's scores and the ensemble's), the three ridges alongside. → results/genequery_image_dropout[_<modes>][_average].txt
 * ``precision`` – each GeneQuery mode trained once and evaluated with float32 and bfloat16 prediction
   (``inference_precision``). → results/genequery_precision.txt
 * ``finetune`` – spot-aware GeneQuery with frozen features vs with the image encoder fine-tuned
@@ -710,18 +710,20 @@ def context(report: Report, args) -> None:
 
 
 def dropout(report: Report, args) -> None:
-    """Image dropout (``image_dropout``): GeneQuery with context 1 and the identity code, each rate of
-    ``--image-dropouts`` (and ``--n-models`` networks at the last rate), against the three ridges."""
+    """Image dropout (``image_dropout``): GeneQuery with context 1 (gene-aware also with the identity
+    code) at each rate of ``--image-dropouts``, trained with ``--n-models`` networks; each network's
+    scores and the ensemble's, against the three ridges."""
     data = load(args, report)
     k = args.gene_identity or 384
-    rates = args.image_dropouts
+    n = args.n_models
     report(
         f"{data.n_obs} spots × {data.n_vars} genes; {'/'.join(args.modes)}-aware GeneQuery width {args.width}, "
         f"{args.epochs} epochs, per-mode default target scaling, 8 views and tta, checkpoint={args.checkpoint!r}, "
-        f"seed {args.seed}, context_rings=1, gene_identity={k} (identity_dropout={args.identity_dropout}; "
-        "gene-aware only); 'image dropout p' = image_dropout=p: each standardised image feature zeroed with "
-        "probability p in every training step (a ridge-like penalty on the image projection); "
-        f"'n_models={args.n_models}' = that many networks (seeds {args.seed}..) at image dropout {rates[-1]}"
+        f"context_rings=1, gene-aware with gene_identity={k} (identity_dropout={args.identity_dropout}); "
+        "'image dropout p' = image_dropout=p: each standardised image feature zeroed with probability p in "
+        "every training step (a ridge-like penalty on the image projection); each rate trained once with "
+        f"n_models={n} (networks of seeds {args.seed}..{args.seed + n - 1}; network k is the one a single model "
+        f"with seed k trains): 'seed k' = network k alone, 'n_models={n}' = the package's mean prediction"
     )
     rows: list[dict] = []
     for test in args.folds:
@@ -729,21 +731,31 @@ def dropout(report: Report, args) -> None:
         ridge = sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta", context_rings=1)
         ridge.train(a)
         score("Ridge (HEST-style), tta features, context 1", np.asarray(ridge.predict(a[te])))
-        runs = [(mode, p, 1) for mode in args.modes for p in rates]
-        runs += [(mode, rates[-1], args.n_models) for mode in args.modes if args.n_models > 1]
-        for mode, p, n in runs:
-            kw = {"context_rings": 1, "image_dropout": p, "n_models": n}
-            if mode == "gene":
-                kw.update(gene_identity=k, identity_dropout=args.identity_dropout)
-            t0 = time.perf_counter()
-            model = gq(mode, args, **kw).train(a)
-            t_train = time.perf_counter() - t0
-            label = f"GeneQuery {mode}, image dropout {p}" + (f", n_models={n}" if n > 1 else "")
-            score(label, np.asarray(model.predict(a[te])), f"  train {t_train:.0f} s")
+        for mode in args.modes:
+            for p in args.image_dropouts:
+                kw = {"context_rings": 1, "image_dropout": p, "n_models": n}
+                if mode == "gene":
+                    kw.update(gene_identity=k, identity_dropout=args.identity_dropout)
+                t0 = time.perf_counter()
+                model = gq(mode, args, **kw).train(a)
+                t_train = time.perf_counter() - t0
+                label = f"GeneQuery {mode}, image dropout {p}"
+                members = model.history_.get("members", [{**model.history_, "seed": model.seed}])
+                for j, rec in enumerate(members):
+                    score(
+                        f"{label}, seed {rec['seed']}",
+                        np.asarray(_members(model, j).predict(a[te])),
+                        f"  best epoch {rec['best_epoch']}",
+                    )
+                if n > 1:
+                    score(
+                        f"{label}, n_models={n}", np.asarray(model.predict(a[te])), f"  train {t_train:.0f} s"
+                    )
     df = pd.DataFrame(rows)
+    df["model"] = df["model"].str.replace(r"seed \d+$", "one seed (mean score)", regex=True)
     best_ridge = _fold_means(report, df, 48)  # the best of the three ridges, per fold
     for name in df.model[df.model.str.startswith("GeneQuery")].unique():
-        res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
+        res = df[df.model == name].groupby("fold")[["pcc_heg", "pcc_hvg"]].mean()
         wins = (res > best_ridge.loc[res.index]).sum()
         report(
             f"  {name:48s} ahead of all three ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of "
@@ -977,7 +989,7 @@ if __name__ == "__main__":
         nargs="+",
         type=float,
         default=[0.0, 0.8],
-        help="dropout stage: GeneQuery's image_dropout rates (the last one also with --n-models networks)",
+        help="dropout stage: GeneQuery's image_dropout rates (each trained with --n-models networks)",
     )
     p.add_argument(
         "--identity-dropout",

@@ -229,7 +229,10 @@ class GeneQueryModel(Predictor):
     image_dropout
         While training, the probability that each (standardised) image feature is zeroed before the
         image projection (inverted dropout; off at prediction). For a linear projection this is a
-        ridge-like penalty on the image weights, scaled by each feature's variance.
+        ridge-like penalty on the image weights, scaled by each feature's variance. On HER2+ (gene-aware,
+        ``context_rings=1``, identity code, 0.8 against 0, three seeds) it raised HEG on two of four
+        held-out sections and lowered it on the other two, no change on average:
+        ``benchmarks/results/genequery_image_dropout_gene_average.txt``.
     gene_identity
         Width of a fixed random identity code appended to each training gene's text embedding
         (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol
@@ -312,7 +315,9 @@ class GeneQueryModel(Predictor):
         ALL 0.271 / 0.348 / 0.250 against 0.264 / 0.343 / 0.245 for one network (mean of five seeds) with
         ``checkpoint="average"``, and 0.262 / 0.337 / 0.249 against 0.245 / 0.311 / 0.236 with
         ``checkpoint="best"``, where single networks vary much more with the seed
-        (``benchmarks/results/genequery_ensemble_average.txt``, ``..._ensemble.txt``).
+        (``benchmarks/results/genequery_ensemble_average.txt``, ``..._ensemble.txt``). With
+        ``context_rings=1`` and ``gene_identity=384``: 0.311 / 0.384 / 0.271 against 0.306 / 0.378 / 0.266
+        (mean of three seeds; ``genequery_image_dropout_gene_average.txt``), the best GeneQuery measured.
         Not available with ``finetune=True``. ``history_`` holds the first network's record at the top level
         (what :func:`spared_tools.pl.training_history` draws) and every network's, with its seed, under
         ``"members"``.
