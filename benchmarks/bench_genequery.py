@@ -530,8 +530,11 @@ def _members(model: sp.tl.GeneQueryModel, k: slice | int) -> sp.tl.GeneQueryMode
     return sub
 
 
-def _fold_with_ridges(data: ad.AnnData, test: str, report: Report, rows: list[dict], width: int):
-    """One fold: its AnnData, the test mask and a scorer (appends to ``rows``); both ridges scored."""
+def _fold_with_ridges(
+    data: ad.AnnData, test: str, report: Report, rows: list[dict], width: int, context: bool = False
+):
+    """One fold: its AnnData, the test mask and a scorer (appends to ``rows``); both ridges scored, and
+    with ``context`` also ridge on the tta features with ``context_rings=1``."""
     a = fold_data(data, test)
     report(f"\nfold test={test} train={FOLDS[test]}: {dict(a.obs['split'].value_counts())}")
     te = (a.obs["split"] == "test").to_numpy()
@@ -544,7 +547,12 @@ def _fold_with_ridges(data: ad.AnnData, test: str, report: Report, rows: list[di
         report(f"  {label:{width}s} {fmt(res)}{extra}")
         rows.append({"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}})
 
-    for label, ridge in ridges().items():
+    models = ridges()
+    if context:
+        models["Ridge (HEST-style), tta features, context 1"] = sp.tl.RidgePredictor(
+            encoder="precomputed", features_key="X_image_tta", context_rings=1
+        )
+    for label, ridge in models.items():
         ridge.train(a)
         score(label, np.asarray(ridge.predict(a[te])))
     return a, te, score
@@ -678,10 +686,7 @@ def context(report: Report, args) -> None:
     )
     rows: list[dict] = []
     for test in args.folds:
-        a, te, score = _fold_with_ridges(data, test, report, rows, 44)
-        ridge = sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta", context_rings=1)
-        ridge.train(a)
-        score("Ridge (HEST-style), tta features, context 1", np.asarray(ridge.predict(a[te])))
+        a, te, score = _fold_with_ridges(data, test, report, rows, 44, context=True)
         runs = [(mode, ctx, 0) for mode in args.modes for ctx in (0, 1)]
         runs += [("gene", 1, k)] if "gene" in args.modes else []
         for mode, ctx, ident in runs:
@@ -727,10 +732,7 @@ def dropout(report: Report, args) -> None:
     )
     rows: list[dict] = []
     for test in args.folds:
-        a, te, score = _fold_with_ridges(data, test, report, rows, 48)
-        ridge = sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_tta", context_rings=1)
-        ridge.train(a)
-        score("Ridge (HEST-style), tta features, context 1", np.asarray(ridge.predict(a[te])))
+        a, te, score = _fold_with_ridges(data, test, report, rows, 48, context=True)
         for mode in args.modes:
             for p in args.image_dropouts:
                 kw = {"context_rings": 1, "image_dropout": p, "n_models": n}
