@@ -570,6 +570,19 @@ def _fold_means(report: Report, df: pd.DataFrame, width: int) -> pd.DataFrame:
     return base.groupby("fold").max()
 
 
+def _report_wins(report: Report, df: pd.DataFrame, width: int, ridges_label: str) -> None:
+    """Each model's mean over the folds, then in how many folds each GeneQuery row (its mean over seeds
+    where there are several) is ahead of the best ridge of that fold on HEG and on HVG."""
+    best_ridge = _fold_means(report, df, width)
+    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
+        res = df[df.model == name].groupby("fold")[["pcc_heg", "pcc_hvg"]].mean()
+        wins = (res > best_ridge.loc[res.index]).sum()
+        report(
+            f"  {name:{width}s} ahead of {ridges_label} on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of "
+            f"{len(res)} folds"
+        )
+
+
 def ensemble(report: Report, args) -> None:
     """GeneQuery with ``n_models`` networks (seeds 0..n-1): each network's scores and the ensemble's."""
     data = load(args, report)
@@ -661,13 +674,7 @@ def identity(report: Report, args) -> None:
                         f"GeneQuery {mode}, {label}, mean code", np.asarray(_mean_code(model).predict(a[te]))
                     )
     df = pd.DataFrame(rows)
-    best_ridge = _fold_means(report, df, 44)
-    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
-        res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
-        wins = (res > best_ridge.loc[res.index]).sum()
-        report(
-            f"  {name:44s} ahead of both ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of {len(res)} folds"
-        )
+    _report_wins(report, df, 44, "both ridges")
 
 
 def context(report: Report, args) -> None:
@@ -704,14 +711,7 @@ def context(report: Report, args) -> None:
                 model.use_identity = False
                 score(f"{label}, mean code", np.asarray(model.predict(a[te])))
     df = pd.DataFrame(rows)
-    best_ridge = _fold_means(report, df, 44)  # the best of the three ridges, per fold
-    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
-        res = df[df.model == name].set_index("fold")[["pcc_heg", "pcc_hvg"]]
-        wins = (res > best_ridge.loc[res.index]).sum()
-        report(
-            f"  {name:44s} ahead of all three ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of "
-            f"{len(res)} folds"
-        )
+    _report_wins(report, df, 44, "all three ridges")
 
 
 def dropout(report: Report, args) -> None:
@@ -755,14 +755,7 @@ def dropout(report: Report, args) -> None:
                     )
     df = pd.DataFrame(rows)
     df["model"] = df["model"].str.replace(r"seed \d+$", "one seed (mean score)", regex=True)
-    best_ridge = _fold_means(report, df, 48)  # the best of the three ridges, per fold
-    for name in df.model[df.model.str.startswith("GeneQuery")].unique():
-        res = df[df.model == name].groupby("fold")[["pcc_heg", "pcc_hvg"]].mean()
-        wins = (res > best_ridge.loc[res.index]).sum()
-        report(
-            f"  {name:48s} ahead of all three ridges on HEG in {wins.pcc_heg} / HVG in {wins.pcc_hvg} of "
-            f"{len(res)} folds"
-        )
+    _report_wins(report, df, 48, "all three ridges")
     report(
         "paper HER2+ (5-fold over 36 sections): spot-aware 0.317 / 0.315 / 0.174; gene-aware 0.315 / 0.318 / 0.159"
     )

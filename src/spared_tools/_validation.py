@@ -116,3 +116,14 @@ def check_nonnegative_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
     return int(value)
+
+
+def check_rate(value: object, name: str) -> float:
+    """``value`` as a ``float``, or a ``ValueError`` naming ``name`` unless it is a number in ``[0, 1)`` (a dropout rate)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.integer | np.floating)
+        or not 0.0 <= value < 1.0
+    ):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    return float(value)

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from spared_tools._validation import check_rate
+
 __all__ = [
     "GeneDataset",
     "GeneQueryNet",
@@ -115,21 +117,17 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"n_layers must be a non-negative integer, got {n_layers!r}.")
         if width % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide width={width}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        check_rate(dropout, "dropout")
         if isinstance(identity_dim, bool) or not isinstance(identity_dim, int | np.integer):
             raise ValueError(f"identity_dim must be a non-negative integer, got {identity_dim!r}.")
         if not 0 <= identity_dim < gene_dim:
             raise ValueError(
                 f"identity_dim={identity_dim} must be >= 0 and leave text dimensions in gene_dim={gene_dim}."
             )
-        if not 0.0 <= identity_dropout < 1.0:
-            raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
-        if not 0.0 <= image_dropout < 1.0:
-            raise ValueError(f"image_dropout must be in [0, 1), got {image_dropout!r}.")
-        self.image_dropout = float(image_dropout)
+        self.identity_dropout = check_rate(identity_dropout, "identity_dropout")
+        self.image_dropout = check_rate(image_dropout, "image_dropout")
         self.image_dim, self.gene_dim, self.width = int(image_dim), int(gene_dim), int(width)
-        self.identity_dim, self.identity_dropout = int(identity_dim), float(identity_dropout)
+        self.identity_dim = int(identity_dim)
         self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
         self.gene_proj = nn.Sequential(nn.Linear(gene_dim, width), nn.Dropout(dropout))
         if n_layers > 0:

@@ -34,6 +34,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from spared_tools._validation import check_rate
+
 LossOn = Literal["hidden", "observed", "all"]
 
 #: Metric names reported by :class:`SpackleTrainingPlan` and :func:`spared_tools.tl.evaluate_completion`.
@@ -135,8 +137,7 @@ class SpackleEncoder(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}.")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        check_rate(dropout, "dropout")
         self.n_genes = int(n_genes)
         self.d_model = int(d_model)
         self.input = nn.Linear(2 * self.n_genes, self.d_model)

@@ -20,7 +20,13 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger, quiet_lightning
 from spared_tools._settings import native_bf16, resolve_device, settings
-from spared_tools._validation import check_adata, check_new_key, check_nonnegative_int, slide_labels
+from spared_tools._validation import (
+    check_adata,
+    check_new_key,
+    check_nonnegative_int,
+    check_rate,
+    slide_labels,
+)
 
 from ._predictor import Predictor, Scaling, TargetScaler, split_indices, target_matrix
 
@@ -498,19 +504,9 @@ class GeneQueryModel(Predictor):
             int(ff_dim),
         )
         self.dropout = float(dropout)
-        if not 0.0 <= float(image_dropout) < 1.0:
-            raise ValueError(f"image_dropout must be in [0, 1), got {image_dropout!r}.")
-        self.image_dropout = float(image_dropout)
-        if (
-            isinstance(gene_identity, bool)
-            or not isinstance(gene_identity, int | np.integer)
-            or gene_identity < 0
-        ):
-            raise ValueError(f"gene_identity must be a non-negative integer, got {gene_identity!r}.")
-        self.gene_identity = int(gene_identity)
-        if not 0.0 <= float(identity_dropout) < 1.0:
-            raise ValueError(f"identity_dropout must be in [0, 1), got {identity_dropout!r}.")
-        self.identity_dropout = float(identity_dropout)
+        self.image_dropout = check_rate(image_dropout, "image_dropout")
+        self.gene_identity = check_nonnegative_int(gene_identity, "gene_identity")
+        self.identity_dropout = check_rate(identity_dropout, "identity_dropout")
         if not isinstance(use_identity, bool | np.bool_):
             raise TypeError(f"use_identity must be True or False, got {use_identity!r}.")
         self.use_identity = bool(use_identity)
