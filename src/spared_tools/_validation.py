@@ -127,3 +127,18 @@ def check_rate(value: object, name: str) -> float:
     ):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
     return float(value)
+
+
+def check_unique_var_names(adata: AnnData, *, what: str = "adata.var_names") -> None:
+    """Raise ``ValueError`` naming the duplicated gene names (per-gene tables cannot be joined on them)."""
+    names = pd.Index(adata.var_names)
+    if names.is_unique:
+        return
+    dup = names[names.duplicated(keep=False)]
+    counts = pd.Series(dup).value_counts()
+    show = ", ".join(f"{g!r} ×{n}" for g, n in counts.iloc[:10].items()) + (" …" if counts.size > 10 else "")
+    raise ValueError(
+        f"{what} has {counts.size} duplicated gene name(s) ({int(counts.sum())} genes): {show}. "
+        "Per-gene values (lengths, statistics) cannot be matched to them unambiguously; sum or drop the "
+        "duplicates, or call adata.var_names_make_unique() if they are different genes."
+    )
