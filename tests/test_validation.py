@@ -30,3 +30,53 @@ def test_negative_values_and_allowed_cases():
     with pytest.raises(TypeError, match="numeric"):
         check_finite_nonnegative(np.zeros((2, 2), dtype=bool))
     check_finite_nonnegative(np.arange(6).reshape(2, 3))  # integers: no finiteness check needed
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("human", "human"),
+        ("Human", "human"),
+        (" Homo sapiens ", "human"),
+        ("hs", "human"),
+        ("MOUSE", "mouse"),
+        ("Mus musculus", "mouse"),
+        ("mm", "mouse"),
+    ],
+)
+def test_check_organism_accepts_names_and_aliases(given, canonical):
+    from spared_tools._validation import check_organism
+
+    assert check_organism(given) == canonical
+
+
+@pytest.mark.parametrize("bad", ["rat", "", None, 3, "homo"])
+def test_check_organism_names_the_argument_and_the_choices(bad):
+    from spared_tools._validation import check_organism
+
+    with pytest.raises(ValueError, match=r"Unknown species .*species must be 'human' or 'mouse'"):
+        check_organism(bad, "species")
+
+
+def test_validation_reexports_the_argument_checks():
+    import spared_tools._checks as checks
+    import spared_tools._validation as validation
+
+    for name in ("check_int", "check_number", "check_choice", "check_organism"):
+        assert getattr(validation, name) is getattr(checks, name)
+    public = {n for n in vars(validation) if n.startswith("check_") or n in ("get_matrix", "slide_labels")}
+    assert set(validation.__all__) == public | {"ORGANISMS"}
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(0, True), (5, True), (np.int64(2), True), (-1, False), (True, False), (1.0, False)]
+)
+def test_check_nonnegative_int_keeps_its_message(value, ok):
+    from spared_tools._validation import check_nonnegative_int
+
+    if ok:
+        assert check_nonnegative_int(value, "n_rings") == int(value)
+        assert type(check_nonnegative_int(value, "n_rings")) is int
+    else:
+        with pytest.raises(ValueError, match=r"^n_rings must be a non-negative integer, got"):
+            check_nonnegative_int(value, "n_rings")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_choice", "check_int", "check_number"]
+__all__ = ["ORGANISMS", "check_choice", "check_int", "check_number", "check_organism"]
 
 
 def check_int(
@@ -108,3 +108,35 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}.")
     return value
+
+
+#: Accepted spellings of the two organisms the package bundles data for, mapped to the canonical name.
+ORGANISMS: dict[str, str] = {
+    "human": "human",
+    "homo sapiens": "human",
+    "hsapiens": "human",
+    "hs": "human",
+    "mouse": "mouse",
+    "mus musculus": "mouse",
+    "mmusculus": "mouse",
+    "mm": "mouse",
+}
+
+
+def check_organism(value: object, name: str = "organism") -> str:
+    """``"human"`` or ``"mouse"`` for ``value`` (case and an alias such as ``"Homo sapiens"`` allowed), else a ``ValueError``.
+
+    Parameters
+    ----------
+    value
+        The organism as the user wrote it.
+    name
+        The argument's name, used in the message.
+    """
+    key = value.strip().lower() if isinstance(value, str) else ""
+    if key not in ORGANISMS:
+        raise ValueError(
+            f"Unknown {name} {value!r}; {name} must be 'human' or 'mouse' "
+            f"(also accepted: {', '.join(repr(k) for k in ORGANISMS if k not in ('human', 'mouse'))})."
+        )
+    return ORGANISMS[key]

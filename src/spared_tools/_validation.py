@@ -1,4 +1,9 @@
-"""Input checks shared by every public function. Each raises an error that names the problem."""
+"""Input checks shared by every public function. Each raises an error that names the problem.
+
+The argument checks that need no AnnData (:func:`check_int`, :func:`check_number`, :func:`check_choice`,
+:func:`check_organism`) live in :mod:`spared_tools._checks` so that ``_kernels`` and ``models`` can use them;
+they are re-exported here, so every module outside those two imports its checks from this one place.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,27 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ._checks import ORGANISMS, check_choice, check_int, check_number, check_organism
 from ._keys import Key
+
+__all__ = [
+    "ORGANISMS",
+    "check_adata",
+    "check_array_coords",
+    "check_choice",
+    "check_finite_nonnegative",
+    "check_genes",
+    "check_int",
+    "check_new_key",
+    "check_nonnegative_int",
+    "check_number",
+    "check_obs_key",
+    "check_organism",
+    "check_rate",
+    "check_unique_var_names",
+    "get_matrix",
+    "slide_labels",
+]
 
 
 def check_adata(adata: object, *, name: str = "adata") -> AnnData:
@@ -113,9 +138,7 @@ def check_new_key(container, key: str, *, where: str, overwrite: bool = True) ->
 
 def check_nonnegative_int(value: object, name: str) -> int:
     """``value`` as an ``int``, or a ``ValueError`` naming ``name`` unless it is an integer ``>= 0`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-    return int(value)
+    return int(check_int(value, name, min=0))  # type: ignore[arg-type]
 
 
 def check_rate(value: object, name: str) -> float:
