@@ -21,6 +21,20 @@ from conftest import shared_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def spared_log(caplog):
+    """caplog that also sees the package's non-propagating logger."""
+    import logging
+
+    logger = logging.getLogger("spared_tools")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="spared_tools"):
+            yield caplog
+    finally:
+        logger.propagate = False
+
+
 def _build_script():
     spec = importlib.util.spec_from_file_location(
         "build_gene_lengths", ROOT / "scripts" / "build_gene_lengths.py"
@@ -147,11 +161,73 @@ def test_tpm_missing_genes_drop_keep_raise():
     np.testing.assert_allclose(kept.layers["tpm"].sum(1), 1e6, rtol=1e-5)
 
     n_obs = a.n_obs
-    sp.pp.tpm(a, organism="human", missing="drop")
-    assert list(a.var_names) == ["GAPDH", "ACTB", "ERBB2"]
-    assert a.n_obs == n_obs  # spots never dropped
-    assert a.uns["tpm"]["genes_without_length"] == ["FAM132A_RENAMED"]
-    np.testing.assert_allclose(a.layers["tpm"].sum(1), 1e6, rtol=1e-5)
+    X0 = a.X.copy()
+    # dropping never happens to the user's object: in place it is refused, with copy=True it is a new one
+    with pytest.raises(ValueError, match="would remove these genes from your AnnData in place"):
+        sp.pp.tpm(a, organism="human", missing="drop")
+    assert a.n_vars == 4 and "tpm" not in a.layers
+    dropped = sp.pp.tpm(a, organism="human", missing="drop", copy=True)
+    assert list(dropped.var_names) == ["GAPDH", "ACTB", "ERBB2"]
+    assert dropped.n_obs == n_obs  # spots never dropped
+    assert dropped.uns["tpm"]["genes_without_length"] == ["FAM132A_RENAMED"]
+    np.testing.assert_allclose(dropped.layers["tpm"].sum(1), 1e6, rtol=1e-5)
+    assert a.n_vars == 4 and "tpm" not in a.layers and "gene_length" not in a.var
+    np.testing.assert_array_equal(a.X, X0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_tpm_default_mask_keeps_every_gene(sparse, spared_log):
+    genes = ("GAPDH", "ACTB", "FAM132A_RENAMED", "ERBB2")
+    a = _counts(genes=genes, sparse=sparse)
+    X0 = a.X.toarray() if sparse else a.X.copy()
+    sp.pp.tpm(a, organism="human")
+    assert list(a.var_names) == list(genes)  # nothing removed from the user's AnnData
+    assert a.var["has_gene_length"].tolist() == [True, True, False, True]
+    assert np.isnan(a.var.loc["FAM132A_RENAMED", "gene_length"])
+    tpm = a.layers["tpm"].toarray() if sparse else a.layers["tpm"]
+    assert np.isnan(tpm[:, 2]).all()
+    known = [0, 1, 3]
+    L = sp.pp.gene_lengths("human", [genes[i] for i in known]).to_numpy()
+    rpk = X0[:, known] / L
+    np.testing.assert_allclose(tpm[:, known], 1e6 * rpk / rpk.sum(1, keepdims=True), rtol=1e-5)
+    assert "1 of 4 genes" in spared_log.text and "has_gene_length" in spared_log.text
+    # the explicit subset equals missing="drop" on a copy
+    sub = a[:, a.var["has_gene_length"]].copy()
+    ref = sp.pp.tpm(_counts(genes=genes, sparse=sparse), organism="human", missing="drop", copy=True)
+    sub_t = sub.layers["tpm"].toarray() if sparse else sub.layers["tpm"]
+    ref_t = ref.layers["tpm"].toarray() if sparse else ref.layers["tpm"]
+    np.testing.assert_allclose(sub_t, ref_t, rtol=1e-6)
+
+
+def test_tpm_refuses_duplicate_var_names():
+    a = _counts(genes=("GAPDH", "ACTB", "GAPDH", "ERBB2"))
+    with pytest.raises(ValueError, match=r"duplicated gene name.*'GAPDH' ×2"):
+        sp.pp.tpm(a, organism="human")
+    assert "tpm" not in a.layers
+    b = _counts(genes=("g1", "g2", "g3"))
+    b.var["symbol"] = ["GAPDH", "ACTB", "GAPDH"]
+    with pytest.raises(ValueError, match=r"duplicated gene ids \('GAPDH'\)"):
+        sp.pp.tpm(b, organism="human", gene_id_key="symbol")
+
+
+def test_tpm_mixed_symbol_and_ensembl_ids(spared_log):
+    table = sp.pp.gene_lengths("human")
+    pc = table[table.gene_type == "protein_coding"]
+    ens = list(pc.gene_id.iloc[:3])
+    sym = ["GAPDH", "ACTB"]
+    a = _counts(genes=ens + sym)
+    sp.pp.tpm(a, organism="human")  # auto: each id looked up as its own kind
+    expect = np.concatenate(
+        [pc["length"].iloc[:3].to_numpy(), sp.pp.gene_lengths("human", sym, id_type="symbol").to_numpy()]
+    )
+    np.testing.assert_array_equal(a.var["gene_length"].to_numpy(), expect)
+    assert a.uns["tpm"]["params"]["id_type"] == "mixed"
+    assert "mixed: 3 look like Ensembl ids and 2 like gene symbols" in spared_log.text
+    # forcing one kind: the message says the ids are mixed, how many of each, and what to do
+    with pytest.raises(
+        KeyError, match=r"mixed: 3 look like Ensembl ids and 2 like gene symbols.*id_type='auto'"
+    ):
+        sp.pp.tpm(_counts(genes=ens + sym), organism="human", id_type="ensembl", missing="raise")
 
 
 def test_tpm_empty_spot_gets_zero_row():
@@ -188,7 +264,7 @@ def test_tpm_bad_input():
     c = _counts(genes=("x1", "x2"))
     with pytest.raises(ValueError, match="No gene could be matched"):
         sp.pp.tpm(c, organism="human")
-    with pytest.raises(ValueError, match="missing must be"):
+    with pytest.raises(ValueError, match="missing must be 'mask', 'drop'"):
         sp.pp.tpm(a, organism="human", missing="ignore")
     with pytest.raises(KeyError, match="Layer 'counts' not found"):
         sp.pp.tpm(a, organism="human", layer="counts")
