@@ -367,6 +367,35 @@ def test_generic_radius_and_knn_against_brute_force():
     np.testing.assert_array_equal(c, ref)
 
 
+def test_generic_refuses_coincident_spots():
+    """Spots of one slide at the same pixel position would give zero-length edges: named ValueError."""
+    rng = np.random.default_rng(1)
+    n = 40
+    coords = rng.uniform(0, 100, size=(n, 2))
+    obs = pd.DataFrame(
+        {"slide_id": pd.Categorical(["A"] * 20 + ["B"] * 20)}, index=[f"c{i}" for i in range(n)]
+    )
+    a = ad.AnnData(np.ones((n, 2), dtype=np.float32), obs=obs)
+    a.obsm["spatial"] = coords.copy()
+    a.obsm["spatial"][25] = a.obsm["spatial"][30]  # two spots of slide B at one position
+    with pytest.raises(
+        ValueError, match=r"2 spots of slide 'B' share their pixel position.*zero-length edges"
+    ):
+        sp.pp.spatial_graph(a, coord_type="generic", n_neighs=4)
+    assert "spatial_connectivities" not in a.obsp
+    # every spot at one position (the probe's case), with a radius too
+    same = a.copy()
+    same.obsm["spatial"] = np.zeros((n, 2))
+    with pytest.raises(ValueError, match=r"20 spots of slide 'A' share.*zero-length"):
+        sp.pp.spatial_graph(same, coord_type="generic", radius=5.0)
+    # the same position in two different slides is fine (slides are never joined)
+    ok = a.copy()
+    ok.obsm["spatial"] = coords.copy()
+    ok.obsm["spatial"][25] = ok.obsm["spatial"][5]
+    sp.pp.spatial_graph(ok, coord_type="generic", n_neighs=4)
+    assert ok.obsp["spatial_distances"].data.min() > 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # bad input
 

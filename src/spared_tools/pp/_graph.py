@@ -161,8 +161,28 @@ def neighbor_table(
     return table, np.concatenate([[0], ring]).astype(np.int64)
 
 
+def _check_distinct_positions(xy: np.ndarray, idx: np.ndarray, slide_name: str) -> None:
+    """Raise ``ValueError`` when spots of one slide share a pixel position (zero-length edges)."""
+    _, inverse, counts = np.unique(xy, axis=0, return_inverse=True, return_counts=True)
+    shared = counts[inverse.ravel()] > 1
+    if not shared.any():
+        return
+    first = np.flatnonzero(shared)[0]
+    same = np.flatnonzero(inverse.ravel() == inverse.ravel()[first])
+    raise ValueError(
+        f"{int(shared.sum())} spots of slide {slide_name!r} share their pixel position with another spot "
+        f"({int((counts > 1).sum())} positions hold several spots; e.g. spots {idx[same[:3]].tolist()} "
+        f"at {xy[first].tolist()}). A generic graph would join them with zero-length edges. Remove or "
+        "merge the duplicated spots, or check the coordinates (obsm) of that slide."
+    )
+
+
 def _generic_graph(
-    coords: np.ndarray, slide: np.ndarray, radius: float | None, n_neighs: int
+    coords: np.ndarray,
+    slide: np.ndarray,
+    radius: float | None,
+    n_neighs: int,
+    names: list[str] | None = None,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Per-slide radius or symmetric kNN graph on pixel coordinates (Euclidean distances, no self loops)."""
     n = coords.shape[0]
@@ -171,6 +191,7 @@ def _generic_graph(
         idx = np.flatnonzero(slide == s)
         if idx.size < 2:
             continue
+        _check_distinct_positions(coords[idx], idx, str(s) if names is None else names[int(s)])
         tree = cKDTree(coords[idx])
         if radius is not None:
             pairs = tree.query_pairs(r=radius, output_type="ndarray")
@@ -289,7 +310,8 @@ def spatial_graph(
     KeyError
         If array coordinates (grid), pixel coordinates (generic) or the slide column are missing.
     ValueError
-        For NaN or non-integer array coordinates, two spots of a slide at one position, a geometry that
+        For NaN or non-integer array coordinates, two spots of a slide at one position (array position
+        for grid graphs, pixel position for generic ones: zero-length edges), a geometry that
         does not fit the coordinates, or bad ``n_rings`` / ``radius`` / ``n_neighs``.
     """
     check_adata(adata)
@@ -344,7 +366,8 @@ def spatial_graph(
         if isinstance(n_neighs, bool) or not isinstance(n_neighs, int | np.integer) or n_neighs < 1:
             raise ValueError(f"n_neighs must be a positive integer, got {n_neighs!r}.")
         slide = slide_labels(adata, library_key)
-        conn, dist = _generic_graph(coords, slide, radius_f, int(n_neighs))
+        names = _slide_names(adata, library_key)
+        conn, dist = _generic_graph(coords, slide, radius_f, int(n_neighs), names)
         params.update(n_neighbors=int(n_neighs))
         if radius_f is not None:
             params["radius"] = radius_f
