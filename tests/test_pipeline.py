@@ -278,3 +278,164 @@ def test_pipeline_visium_slide(visium_hex):
     np.testing.assert_array_equal(
         out.layers["mask"], out.X.toarray() > 0 if sps.issparse(out.X) else out.X > 0
     )
+
+
+# ---------------------------------------------------------------- scverse inputs (issue 20 item 2, 4, 8)
+
+
+def _layers_equal(x, y):
+    for k in ("tpm", "log1p", "median", "deltas", "mask", "counts"):
+        xa, ya = x.layers[k], y.layers[k]
+        xa = xa.toarray() if sps.issparse(xa) else np.asarray(xa)
+        ya = ya.toarray() if sps.issparse(ya) else np.asarray(ya)
+        np.testing.assert_array_equal(xa, ya, err_msg=k)
+
+
+def test_pipeline_library_key_none_is_one_slide():
+    a = synthetic_collection(seed=4, n_slides=1)
+    ref = sp.pp.spared_pipeline(a, organism="human")
+    b = a.copy()
+    del b.obs["slide_id"]
+    out = sp.pp.spared_pipeline(b, organism="human", library_key=None)
+    assert "slide_id" not in out.obs.columns  # nothing invented in obs
+    assert list(out.var_names) == list(ref.var_names) and list(out.obs_names) == list(ref.obs_names)
+    _layers_equal(out, ref)
+    np.testing.assert_array_equal(out.var["moran_I"], ref.var["moran_I"])
+    assert out.uns["spared"]["params"]["library_key"] is None
+    assert out.uns["spared"]["params"]["combat_key"] is None and "combat" not in out.layers
+    # with a split that mixes the one slide, Moran's I uses the training spots of that slide
+    b.obs["split"] = np.where(np.arange(b.n_obs) % 4 == 0, "test", "train")
+    c = a.copy()
+    c.obs["split"] = b.obs["split"].to_numpy()
+    out_b = sp.pp.spared_pipeline(b, organism="human", library_key=None, split_key="split")
+    out_c = sp.pp.spared_pipeline(c, organism="human", split_key="split")
+    assert out_b.uns["spared"]["stats"]["moran_fitted_on"] == "training spots"
+    np.testing.assert_array_equal(out_b.var["moran_I"], out_c.var["moran_I"])
+    _layers_equal(out_b, out_c)
+    # the error names the missing column and the fix
+    with pytest.raises(KeyError, match="library_key=None"):
+        sp.pp.spared_pipeline(b, organism="human")
+
+
+def test_pipeline_combat_key_follows_library_key(collection):
+    ref = sp.pp.spared_pipeline(collection, organism="human", top_moran_genes=40)
+    b = collection.copy()
+    b.obs["section"] = b.obs.pop("slide_id")
+    out = sp.pp.spared_pipeline(b, organism="human", library_key="section", top_moran_genes=40)
+    assert out.uns["combat"]["params"]["key"] == "section"
+    assert out.uns["spared"]["params"]["combat_key"] == "section"
+    np.testing.assert_array_equal(out.layers["combat"], ref.layers["combat"])
+    np.testing.assert_array_equal(out.var["moran_I"], ref.var["moran_I"])
+    # ComBat on another column, or skipped
+    assert (
+        sp.pp.spared_pipeline(b, organism="human", library_key="section", combat_key="patient").uns["combat"][
+            "params"
+        ]["key"]
+        == "patient"
+    )
+
+
+def test_pipeline_refuses_log_transformed_counts(collection):
+    a = collection.copy()
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X.log1p()
+    with pytest.raises(ValueError, match=r"non-integer values.*layer='counts'"):
+        sp.pp.spared_pipeline(a, organism="human")
+    out = sp.pp.spared_pipeline(a, organism="human", layer="counts", top_moran_genes=40)
+    ref = sp.pp.spared_pipeline(collection, organism="human", top_moran_genes=40)
+    _layers_equal(out, ref)
+    del a.layers["counts"]
+    with pytest.raises(ValueError, match="pass layer= naming a layer with the raw counts"):
+        sp.pp.spared_pipeline(a, organism="human")
+
+
+def test_pipeline_refuses_nan_in_split(collection):
+    a = collection.copy()
+    sp.pp.split_by(a, key="slide_id", train=["S0", "S1"], test=["S2"])
+    a.obs.iloc[:7, a.obs.columns.get_loc("split")] = np.nan
+    with pytest.raises(ValueError, match=r"adata.obs\['split'\] has 7 missing values"):
+        sp.pp.spared_pipeline(a, organism="human", split_key="split")
+    with pytest.raises(ValueError, match="7 missing values"):
+        sp.pp.filter_spared(a, split_key="split")
+
+
+def test_pipeline_declares_log2_for_scanpy(processed):
+    import scanpy as sc
+
+    _, out = processed
+    assert out.uns["log1p"] == {"base": 2}
+    b = out.copy()
+    sc.tl.rank_genes_groups(b, "slide_id", groups=["S0"], reference="rest", layer="log1p", method="t-test")
+    lfc = pd.Series(
+        b.uns["rank_genes_groups"]["logfoldchanges"]["S0"].astype(float),
+        index=b.uns["rank_genes_groups"]["names"]["S0"],
+    )
+    # brute force: log2 of the ratio of mean TPM + pseudo-count expm1 on the log2 scale
+    log = out.layers["log1p"].toarray()
+    g = (out.obs["slide_id"] == "S0").to_numpy()
+    m1 = np.expm1(log[g].mean(0) * np.log(2))
+    m0 = np.expm1(log[~g].mean(0) * np.log(2))
+    ref = pd.Series(np.log2((m1 + 1e-9) / (m0 + 1e-9)), index=out.var_names)
+    np.testing.assert_allclose(lfc.to_numpy(), ref[lfc.index].to_numpy(), rtol=1e-4, atol=1e-4)
+    # sp.pp.log1p declares its base when nothing is declared yet, and leaves another base alone
+    c = ad.AnnData(X=sps.csr_matrix(np.arange(12, dtype=np.float32).reshape(4, 3)))
+    sp.pp.log1p(c, layer=None, key_added="l2")
+    assert c.uns["log1p"] == {"base": 2}
+    c.uns["log1p"] = {"base": None}
+    sp.pp.log1p(c, layer=None, key_added="l10", base=10)
+    assert c.uns["log1p"] == {"base": None}
+
+
+def _warnings_of(fn):
+    import logging
+
+    from spared_tools._logging import logger
+
+    records: list[logging.LogRecord] = []
+    h = logging.Handler(level=logging.WARNING)
+    h.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(h)
+    try:
+        fn()
+    finally:
+        logger.removeHandler(h)
+    return [r.getMessage() for r in records]
+
+
+def test_filter_warns_when_under_ten_percent_kept(collection):
+    a = collection.copy()
+    msg = _warnings_of(lambda: sp.pp.filter_spared(a, real_data_percentage=0.97))
+    kept = a.n_vars
+    assert kept < 0.1 * collection.n_vars
+    assert len(msg) == 1 and f"only {kept} of {collection.n_vars} genes" in msg[0]
+    assert "real_data_percentage=0.97 removed" in msg[0]
+    b = collection.copy()
+    assert _warnings_of(lambda: sp.pp.filter_spared(b)) == []
+    c = collection.copy()
+    msg = _warnings_of(lambda: sp.pp.filter_spared(c, cell_min_counts=1500))
+    assert len(msg) == 1 and f"only {c.n_obs} of {collection.n_obs} spots" in msg[0]
+    assert "cell_min_counts=1500" in msg[0]
+
+
+def test_pipeline_scanpy_layout_straight_in(visium_hex):
+    """scanpy's read_visium layout (no slide column, float32 counts, one library) goes in as one slide."""
+    import scanpy as sc
+
+    ref = sp.pp.spared_pipeline(visium_hex, organism="mouse", combat_key=None)
+    a = ad.AnnData(
+        X=visium_hex.X.astype(np.float32),
+        obs=visium_hex.obs[["in_tissue", "array_row", "array_col"]].copy(),
+        var=visium_hex.var.copy(),
+        obsm={"spatial": visium_hex.obsm["spatial"].copy()},
+        uns={"spatial": dict(visium_hex.uns["spatial"])},
+    )
+    with pytest.raises(KeyError, match="library_key=None"):
+        sp.pp.spared_pipeline(a, organism="mouse")
+    out = sp.pp.spared_pipeline(a, organism="mouse", library_key=None)
+    assert list(out.var_names) == list(ref.var_names) and list(out.obs_names) == list(ref.obs_names)
+    _layers_equal(out, ref)
+    assert out.uns["spatial_neighbors"]["params"]["geometry"] == "hex"
+    # scanpy continues on the result
+    sc.pp.pca(out, layer="median", n_comps=5)
+    sc.pp.neighbors(out, use_rep="X_pca")
+    assert out.obsm["X_pca"].shape == (out.n_obs, 5) and "connectivities" in out.obsp

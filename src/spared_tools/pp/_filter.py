@@ -37,7 +37,8 @@ def resolve_fit_mask(
     fit_obs
         Boolean mask over ``adata.obs_names`` (array or Series aligned by index).
     split_key
-        ``adata.obs`` column with the split labels (alternative to ``fit_obs``).
+        ``adata.obs`` column with the split labels (alternative to ``fit_obs``); missing values (NaN)
+        raise a ``ValueError`` rather than being treated as "not training".
     train_value
         Value(s) of ``adata.obs[split_key]`` marking training spots; a list selects several.
 
@@ -63,6 +64,12 @@ def resolve_fit_mask(
         if split_key not in adata.obs.columns:
             raise KeyError(
                 f"adata.obs has no split column {split_key!r}; available: {list(adata.obs.columns)}."
+            )
+        n_nan = int(adata.obs[split_key].isna().sum())
+        if n_nan:
+            raise ValueError(
+                f"adata.obs[{split_key!r}] has {n_nan} missing values (NaN); label every spot "
+                "(e.g. with sp.pp.split_by) or drop the unlabelled spots first."
             )
         values = (
             [train_value] if isinstance(train_value, str) or np.isscalar(train_value) else list(train_value)
@@ -140,6 +147,40 @@ def prefix_rule(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, real_data_perce
     return keep
 
 
+#: Below this fraction of genes or spots kept, :func:`filter_spared` warns (the thresholds may not fit the data).
+HEAVY_FILTERING_FRACTION = 0.1
+
+
+def _warn_heavy_filtering(stats: dict[str, int], params: dict[str, Any]) -> None:
+    """Log a warning when fewer than 10 % of the genes or of the spots survive, naming the thresholds."""
+    parts = []
+    if stats["n_vars_out"] < HEAVY_FILTERING_FRACTION * stats["n_vars_in"]:
+        rule = (
+            "the wildcard gene list"
+            if params["wildcard_genes"] is not None
+            else (
+                f"gene_min_counts={params['gene_min_counts']:g} / gene_max_counts={params['gene_max_counts']:g} "
+                f"removed {stats['n_vars_gene_counts']}, real_data_percentage="
+                f"{params['real_data_percentage']:g} removed {stats['n_vars_exp_frac']}"
+            )
+        )
+        parts.append(f"only {stats['n_vars_out']} of {stats['n_vars_in']} genes are kept ({rule})")
+    if stats["n_obs_out"] < HEAVY_FILTERING_FRACTION * stats["n_obs_in"]:
+        parts.append(
+            f"only {stats['n_obs_out']} of {stats['n_obs_in']} spots are kept (cell_min_counts="
+            f"{params['cell_min_counts']:g} removed {stats['n_obs_below_cell_min_counts']}, cell_max_counts="
+            f"{params['cell_max_counts']:g} removed {stats['n_obs_above_cell_max_counts']}, "
+            f"{stats['n_obs_zero_after_gene_filter']} had no counts in the kept genes)"
+        )
+    if parts:
+        logger.warning(
+            "filter_spared: %s. SpaRED's defaults were set for its curated datasets; for a sparse section "
+            "(e.g. a CytAssist or whole-transcriptome panel) lower real_data_percentage or the count "
+            "thresholds, or pass wildcard_genes=.",
+            "; ".join(parts),
+        )
+
+
 def filter_spared(
     adata: AnnData,
     *,
@@ -172,6 +213,10 @@ def filter_spared(
 
     With a split (``fit_obs=`` or ``split_key=``) the gene statistics are fitted on the training spots only,
     so validation/test spots do not influence which genes are kept; spot rules apply to every spot.
+
+    When fewer than 10 % of the genes or of the spots are kept, a warning names the thresholds and how
+    many genes/spots each removed (SpaRED's defaults can cut a sparse whole-transcriptome section to a
+    few dozen genes).
 
     Parameters
     ----------
@@ -355,6 +400,7 @@ def filter_spared(
         stats["n_obs_out"],
         stats["n_vars_out"],
     )
+    _warn_heavy_filtering(stats, params)
     adata._inplace_subset_var(np.flatnonzero(var_mask))  # genes first: the row copy is then smaller
     adata._inplace_subset_obs(np.flatnonzero(obs_mask))
     adata.var[Key.EXP_FRAC] = ef.to_numpy()[var_mask]

@@ -43,8 +43,11 @@ def log1p(
 
     Returns
     -------
-    ``None`` (or the copy when ``copy=True``); writes ``adata.layers[key_added]`` and
-    ``adata.uns["log1p_layer"]["params"]`` (``base``, ``layer``, ``key_added``).
+    ``None`` (or the copy when ``copy=True``); writes ``adata.layers[key_added]``,
+    ``adata.uns["log1p_layer"]["params"]`` (``base``, ``layer``, ``key_added``) and, when absent,
+    ``adata.uns["log1p"] = {"base": base}``, where scanpy looks for the base of log-transformed data (so
+    :func:`scanpy.tl.rank_genes_groups` with ``layer=key_added`` reports log2 fold changes correctly); an
+    existing ``uns["log1p"]`` with another base is left alone and a warning says so.
     """
     check_adata(adata)
     if base is not None:
@@ -76,6 +79,18 @@ def log1p(
             out /= np.asarray(div, dtype=out.dtype)
     adata.layers[key_added] = out
     adata.uns["log1p_layer"] = {"params": {"base": base, "layer": layer, "key_added": key_added}}
+    declared = adata.uns.get("log1p")
+    if declared is None:
+        # scanpy reads the base of log data from uns["log1p"]["base"] (rank_genes_groups' fold changes)
+        adata.uns["log1p"] = {"base": base}
+    elif not isinstance(declared, dict) or declared.get("base") != base:
+        logger.warning(
+            "log1p: adata.uns['log1p'] already declares base %r (scanpy uses it for every log layer); "
+            "layers[%r] has base %r: pass layer=/set uns['log1p'] accordingly before scanpy fold changes.",
+            declared.get("base") if isinstance(declared, dict) else declared,
+            key_added,
+            base,
+        )
     logger.info(
         "log1p: layers[%r] = log%s(x + 1) of %s.", key_added, "" if base is None else base, layer or "X"
     )

@@ -13,14 +13,55 @@ from anndata import AnnData
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._validation import check_adata, check_array_coords, check_finite_nonnegative, get_matrix
+from spared_tools._validation import (
+    check_adata,
+    check_array_coords,
+    check_finite_nonnegative,
+    check_obs_key,
+    get_matrix,
+)
 from spared_tools.pp._combat import combat as _combat
 from spared_tools.pp._deltas import deltas as _deltas
 from spared_tools.pp._filter import filter_spared, resolve_fit_mask
 from spared_tools.pp._log import log1p as _log1p
 from spared_tools.pp._median import median_complete
 from spared_tools.pp._tpm import _check_organism
-from spared_tools.pp._tpm import tpm as _tpm
+from spared_tools.pp._tpm import tpm_working_copy as _tpm
+
+
+def check_counts(X, *, what: str, layer: str | None, layers: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``X`` holds integer counts (log-transformed or normalised data fails).
+
+    Parameters
+    ----------
+    X
+        The matrix the pipeline would treat as raw counts (dense or sparse).
+    what
+        How to name it in the message (``"adata.X"``).
+    layer
+        The layer it came from (``None``: ``X``).
+    layers
+        The layers ``adata`` has, to suggest one holding counts.
+    """
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.issubdtype(data.dtype, np.floating) or not data.size:
+        return
+    flat = data.ravel()
+    frac = np.flatnonzero(flat != np.floor(flat))
+    if not frac.size:
+        return
+    example = float(flat[frac[0]])
+    hint = f" (a log-transformed or normalised matrix: max {float(flat.max()):.3g})"
+    candidates = [k for k in layers if k in (Key.COUNTS, "raw", "raw_counts") and k != layer]
+    fix = (
+        f"pass layer={candidates[0]!r}"
+        if candidates
+        else "pass layer= naming a layer with the raw counts (or put them in X)"
+    )
+    raise ValueError(
+        f"spared_pipeline needs raw integer counts, but {what} holds {frac.size} non-integer values, e.g. "
+        f"{example:.4g}{hint}; {fix}."
+    )
 
 
 def _geometry(hex_geometry: bool | None, geometry: str | None) -> Any:
@@ -38,7 +79,7 @@ def spared_pipeline(
     layer: str | None = None,
     split_key: str | None = None,
     train_value: Any = Key.TRAIN,
-    library_key: str = Key.SLIDE,
+    library_key: str | None = Key.SLIDE,
     hex_geometry: bool | None = None,
     geometry: Literal["auto", "hex", "square", "checkerboard"] | None = None,
     cell_min_counts: float = 10,
@@ -47,7 +88,7 @@ def spared_pipeline(
     gene_max_counts: float = 1e6,
     real_data_percentage: float = 0.7,
     top_moran_genes: int | None = None,
-    combat_key: str | None = Key.SLIDE,
+    combat_key: str | Literal[True] | None = True,
     wildcard_genes: Sequence[str] | None = None,
     missing_lengths: Literal["drop", "keep", "raise"] = "drop",
     gene_id_key: str | None = None,
@@ -85,19 +126,23 @@ def spared_pipeline(
     Parameters
     ----------
     adata
-        Raw counts of one or more slides, with ``obs[library_key]`` and integer ``array_row``/``array_col``.
-        Never modified.
+        Raw counts of one or more slides with integer ``obs['array_row']``/``obs['array_col']`` (as
+        written by :func:`scanpy.read_visium`, :func:`squidpy.read.visium`, :func:`spared_tools.io.read_visium`
+        or :func:`spared_tools.io.from_spatialdata`) and, for several slides, a slide column
+        ``obs[library_key]``. Never modified. The counts must be integers: log-transformed or normalised
+        values raise a ``ValueError`` (pass the raw counts with ``layer=``).
     organism
         ``"human"`` or ``"mouse"`` (TPM gene lengths).
     layer
         Layer with raw counts; ``None`` uses ``X``.
     split_key
         ``obs`` column with ``train``/``val``/``test`` labels (see :func:`~spared_tools.pp.split_by`);
-        ``None`` fits every statistic on all spots.
+        ``None`` fits every statistic on all spots. Missing values (NaN) in it raise a ``ValueError``.
     train_value
         Training label in ``obs[split_key]``.
     library_key
-        ``obs`` column identifying slides.
+        ``obs`` column identifying slides; ``None``: every spot belongs to one slide (e.g. an AnnData from
+        :func:`scanpy.read_visium`).
     hex_geometry
         ``True`` for Visium hexagonal arrays, ``False`` for square legacy-ST grids, ``None`` to detect it.
     geometry
@@ -116,7 +161,8 @@ def spared_pipeline(
         Number of genes kept by Moran's I; ``None`` or ``<= 0``: 128 when more than 320 genes survive
         filtering, else 32 (SpaRED's rule).
     combat_key
-        ``obs`` column with ComBat batches (``"slide_id"`` or ``"patient"``); ``None`` skips ComBat.
+        ``obs`` column with ComBat batches (e.g. ``"patient"``); ``True`` (default): the slide column
+        ``library_key`` (skipped when ``library_key`` is None); ``None`` skips ComBat.
     wildcard_genes
         Explicit list of genes to keep instead of the expression-fraction rule and the Moran selection.
     missing_lengths
@@ -146,6 +192,9 @@ def spared_pipeline(
         ``params`` (every argument), ``stats`` (filtering counts), ``timings`` (seconds per step) and
         ``gene_stats`` (DataFrame of every gene that survived filtering: fractions, length, Moran's I,
         whether selected).
+    ``uns["log1p"]``
+        ``{"base": 2}``: the base of ``layers["log1p"]``, where scanpy looks for it (so
+        :func:`scanpy.tl.rank_genes_groups` with ``layer="log1p"`` reports true log2 fold changes).
     """
     from spared_tools.pp._graph import spatial_graph
     from spared_tools.pp._moran import moran
@@ -153,15 +202,22 @@ def spared_pipeline(
 
     check_adata(adata)
     organism_name = _check_organism(organism)
-    if library_key not in adata.obs.columns:
-        raise KeyError(
-            f"adata.obs has no slide column {library_key!r}; add one (one value per slide/section) or pass "
-            f"library_key=; available columns: {list(adata.obs.columns)}."
-        )
+    if library_key is not None:
+        if library_key not in adata.obs.columns:
+            raise KeyError(
+                f"adata.obs has no slide column {library_key!r}; pass library_key=None if every spot "
+                f"belongs to one slide, or the name of the column that identifies slides; available "
+                f"columns: {list(adata.obs.columns)}."
+            )
+        check_obs_key(adata, library_key, what="slide column")
     check_array_coords(adata)
     X_in = get_matrix(adata, layer)
-    check_finite_nonnegative(X_in, what="adata.X" if layer is None else f"adata.layers[{layer!r}]")
-    if combat_key is not None and combat_key not in adata.obs.columns:
+    what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite_nonnegative(X_in, what=what)
+    check_counts(X_in, what=what, layer=layer, layers=list(adata.layers))
+    if combat_key is True:
+        combat_key = library_key
+    elif combat_key is not None and combat_key not in adata.obs.columns:
         raise KeyError(
             f"combat_key {combat_key!r} is not a column of adata.obs; pass combat_key=None to skip ComBat."
         )
@@ -211,7 +267,8 @@ def spared_pipeline(
         import copy as _copy
 
         out.uns = _copy.deepcopy(out.uns)
-    out.obs[library_key] = pd.Categorical(out.obs[library_key].astype(str))
+    if library_key is not None:
+        out.obs[library_key] = pd.Categorical(out.obs[library_key].astype(str))
 
     # 1. filter
     filter_spared(
@@ -226,14 +283,20 @@ def spared_pipeline(
         split_key=split_key,
         train_value=train_value,
     )
-    sizes = out.obs[library_key].value_counts()
-    tiny = sizes[sizes < 2]
-    if tiny.size:
-        raise ValueError(
-            f"Slide(s) {list(tiny.index.astype(str))} keep fewer than two spots after filtering; spatial "
-            f"statistics need at least two spots per slide. Remove them from the input (adata.obs[{library_key!r}])."
-        )
-    out.obs[library_key] = out.obs[library_key].cat.remove_unused_categories()
+    if library_key is None:
+        if out.n_obs < 2:
+            raise ValueError(
+                "Fewer than two spots are left after filtering; spatial statistics need at least two spots."
+            )
+    else:
+        sizes = out.obs[library_key].value_counts()
+        tiny = sizes[sizes < 2]
+        if tiny.size:
+            raise ValueError(
+                f"Slide(s) {list(tiny.index.astype(str))} keep fewer than two spots after filtering; spatial "
+                f"statistics need at least two spots per slide. Remove them from the input (adata.obs[{library_key!r}])."
+            )
+        out.obs[library_key] = out.obs[library_key].cat.remove_unused_categories()
     timings["filter"] = time.perf_counter() - t0
 
     # 2-3. TPM and log2(TPM + 1)
@@ -265,22 +328,29 @@ def spared_pipeline(
         moran(out, layer=Key.MEDIAN, library_key=library_key, device=device)
         moran_on = "all spots"
     else:
-        slide = out.obs[library_key].astype(str).to_numpy()
+        slide = (
+            np.zeros(out.n_obs, dtype=str)
+            if library_key is None
+            else out.obs[library_key].astype(str).to_numpy()
+        )
         mixed = sorted(set(slide[fit]) & set(slide[~fit]))
         train_slides = sorted(set(slide[fit]))
-        if not mixed:
+        if not mixed and library_key is not None:
             moran(out, layer=Key.MEDIAN, library_key=library_key, slides=train_slides, device=device)
             moran_on = f"training slides {train_slides}"
         else:
             logger.info(
-                "spared_pipeline: slides %s mix splits; Moran's I uses their training spots only.", mixed
+                "spared_pipeline: %s mix splits; Moran's I uses their training spots only.",
+                "the slide's spots" if library_key is None else f"slides {mixed}",
             )
+            keys = [Key.ARRAY_ROW, Key.ARRAY_COL] + ([] if library_key is None else [library_key])
             sub = AnnData(
                 X=np.asarray(out.layers[Key.MEDIAN][fit]),
-                obs=out.obs.loc[fit, [library_key, Key.ARRAY_ROW, Key.ARRAY_COL]].copy(),
+                obs=out.obs.loc[fit, keys].copy(),
                 var=pd.DataFrame(index=out.var_names),
             )
-            sub.obs[library_key] = sub.obs[library_key].cat.remove_unused_categories()
+            if library_key is not None:
+                sub.obs[library_key] = sub.obs[library_key].cat.remove_unused_categories()
             spatial_graph(sub, geometry=geom, library_key=library_key)
             moran(sub, layer=None, library_key=library_key, device=device)
             for col in sub.var.columns:
@@ -352,6 +422,9 @@ def spared_pipeline(
             )
         ]
     )
+    # scanpy reads the log base of log-transformed data from uns["log1p"]["base"] (rank_genes_groups'
+    # fold changes, highly_variable_genes); layers["log1p"] is log2(TPM + 1).
+    out.uns["log1p"] = {"base": 2}
     out.uns[Key.PIPELINE] = {
         "params": params,
         "stats": stats,
