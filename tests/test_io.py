@@ -718,3 +718,147 @@ def test_read_her2st_one_section_per_patient_exact():
         assert sub.sum() == raw.loc[kept].to_numpy().sum()  # nothing else in the other genes' columns
         total += len(kept)
     assert total == adata.n_obs
+
+
+# --------------------------------------------------------------------------- reliability: damaged files
+
+
+def _truncate(path: Path, frac: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * frac)])
+
+
+def test_read_visium_damaged_h5_names_the_file(visium_dir, tmp_path):
+    out = visium_dir[0]
+    h5 = out / "filtered_feature_bc_matrix.h5"
+    _truncate(h5)
+    with pytest.raises(
+        ValueError,
+        match=r"Count matrix .*filtered_feature_bc_matrix\.h5 could not be read: the file is truncated",
+    ):
+        st.io.read_visium(out)
+    h5.write_bytes(b"this is a text file, not HDF5\n" * 20)
+    with pytest.raises(
+        ValueError, match=r"filtered_feature_bc_matrix\.h5 could not be read: it is not an HDF5 file"
+    ):
+        st.io.read_visium(out)
+
+
+def test_read_visium_damaged_mtx_folder_and_image(visium_dir):
+    out, X, bcs, _ = visium_dir
+    mdir = out / "filtered_feature_bc_matrix"
+    mdir.mkdir()
+    from scipy.io import mmwrite
+
+    mmwrite(str(mdir / "matrix.mtx"), sp.coo_matrix(X.T))
+    with gzip.open(mdir / "features.tsv.gz", "wt") as fh:
+        fh.write("".join(f"E{i}\tG{i}\tGene Expression\n" for i in range(1, 5)))
+    with gzip.open(mdir / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("".join(f"{b}\n" for b in bcs) * 200)  # long enough that half of it cuts a record
+    (out / "filtered_feature_bc_matrix.h5").unlink()
+    _truncate(mdir / "barcodes.tsv.gz")
+    with pytest.raises(
+        ValueError, match=r"Barcode file .*barcodes\.tsv\.gz could not be read: the file is truncated"
+    ):
+        st.io.read_visium(out)
+    with gzip.open(mdir / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("".join(f"{b}\n" for b in bcs))
+    assert st.io.read_visium(out).n_obs == len(bcs)
+    img = out / "spatial" / "tissue_hires_image.png"
+    _truncate(img, 0.3)
+    with pytest.raises(ValueError, match=r"Image file .*tissue_hires_image\.png could not be read"):
+        st.io.read_visium(out)
+    (out / "spatial" / "scalefactors_json.json").write_text("{not json")
+    with pytest.raises(
+        ValueError,
+        match=r"Scale factor file .*scalefactors_json\.json could not be read: it is not valid JSON",
+    ):
+        st.io.read_visium(out, load_images=False)
+
+
+def test_read_st_truncated_counts_names_the_file(tmp_path):
+    xy = np.array([[x, y] for y in range(1, 30) for x in range(1, 30)])
+    ids = [f"{x}x{y}" for x, y in xy]
+    c, s = _write_st(tmp_path, np.ones((len(ids), 3), dtype=int), ids, ["A", "B", "C"], _positions(xy))
+    _truncate(c)
+    with pytest.raises(
+        ValueError, match=r"Count file .*S1\.tsv\.gz could not be read: the file is truncated"
+    ):
+        st.io.read_st(c, s)
+    c.write_bytes(b"\x1f\x8b" + b"garbage" * 50)  # a gzip magic number, then no gzip stream
+    with pytest.raises(ValueError, match=r"S1\.tsv\.gz could not be read"):
+        st.io.read_st(c, s)
+
+
+def test_read_h5ad_helper_names_the_file(tmp_path):
+    from spared_tools.io._utils import read_h5ad
+
+    a = ad.AnnData(np.arange(2000, dtype=np.float32).reshape(100, 20))
+    a.write_h5ad(tmp_path / "good.h5ad")
+    back = read_h5ad(tmp_path / "good.h5ad")
+    np.testing.assert_array_equal(back.X, a.X)
+    _truncate(tmp_path / "good.h5ad")
+    with pytest.raises(
+        ValueError, match=r"AnnData file .*good\.h5ad could not be read: the file is truncated"
+    ):
+        read_h5ad(tmp_path / "good.h5ad")
+    (tmp_path / "junk.h5ad").write_bytes(b"junk" * 100)
+    with pytest.raises(ValueError, match=r"junk\.h5ad could not be read: it is not an HDF5 file"):
+        read_h5ad(tmp_path / "junk.h5ad")
+    with pytest.raises(FileNotFoundError, match="missing.h5ad"):
+        read_h5ad(tmp_path / "missing.h5ad")
+
+
+# --------------------------------------------------------------------------- reliability: pairing, plots
+
+
+def test_read_st_refuses_files_of_different_sections(tmp_path, log_messages):
+    # counts of a 10 x 10 section, spots of another one that covers only the left 6 columns of it
+    xy = np.array([[x, y] for y in range(10) for x in range(10)])
+    ids = [f"{x}x{y}" for x, y in xy]
+    other = np.array([[x, y] for y in range(10) for x in range(6)])
+    c, s = _write_st(tmp_path, np.ones((100, 2), dtype=int), ids, ["A", "B"], _positions(other))
+    with pytest.raises(
+        ValueError,
+        match=r"share only 60 spots: 60\.0% of the 100 counted spots and 100\.0% of the 60 positions",
+    ):
+        st.io.read_st(c, s)
+    a = st.io.read_st(c, s, min_overlap=0)  # explicit: pair them anyway (routine message)
+    assert a.n_obs == 60
+    assert any("dropped 40 spots" in m for m in log_messages)
+    with pytest.raises(ValueError, match="min_overlap"):
+        st.io.read_st(c, s, min_overlap=1.5)
+
+
+def test_image_less_st_section_plots_with_squidpy(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    xy = np.array([[x, y] for y in range(1, 5) for x in range(1, 5)])
+    ids = [f"{x}x{y}" for x, y in xy]
+    rng = np.random.default_rng(0)
+    parts = []
+    for name in ("S1", "S2"):
+        c, s = _write_st(tmp_path / name, rng.poisson(3, (16, 2)), ids, ["A", "B"], _positions(xy), name=name)
+        parts.append(st.io.read_st(c, s))
+    sf = parts[0].uns["spatial"]["S1"]["scalefactors"]
+    assert sf["tissue_hires_scalef"] == 1.0 and sf["tissue_lowres_scalef"] == 1.0
+    both = st.io.concat_slides(parts)
+    sq.pl.spatial_scatter(both, color="A", library_key="slide_id", img=False)
+    from matplotlib.collections import PatchCollection
+
+    fig = plt.gcf()
+    spots = [c for ax in fig.axes for c in ax.collections if isinstance(c, PatchCollection)]
+    assert len(spots) == 2  # one panel per section
+    for coll in spots:  # every spot a circle of the spot diameter at its full-resolution position
+        ext = [p.get_extents() for p in coll.get_paths()]
+        centres = np.array([[(e.x0 + e.x1) / 2, (e.y0 + e.y1) / 2] for e in ext])
+        np.testing.assert_allclose(centres, xy * 100.0 + 50.0, atol=1e-6)
+        np.testing.assert_allclose([e.width for e in ext], sf["spot_diameter_fullres"], rtol=1e-6)
+    plt.close("all")
+    one = parts[0]
+    sq.pl.spatial_scatter(one, color="B", shape=None)  # points, the squidpy default for image-less data
+    plt.close("all")

@@ -25,16 +25,19 @@ def _open_large_image(path: Path) -> Iterator:
     """
     from PIL import Image
 
+    from ._utils import reading
+
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        try:
-            yield img
-        finally:
-            img.close()
+        with reading(path, "Image file"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            try:
+                yield img
+            finally:
+                img.close()
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 

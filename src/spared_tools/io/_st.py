@@ -14,7 +14,7 @@ from spared_tools._keys import Key
 from spared_tools._logging import logger
 
 from ._image import HIRES_MAX_SIDE, LOWRES_MAX_SIDE, downscale_array, downscale_image
-from ._utils import open_text, read_header, require_file, to_count_matrix
+from ._utils import open_text, read_header, reading, require_file, to_count_matrix
 
 _SPOT_ID = re.compile(r"^\s*(-?\d+)x(-?\d+)\s*$")
 _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
@@ -38,7 +38,7 @@ def _read_counts_table(path: Path, sep: str) -> tuple[np.ndarray, list[str], lis
     """Read an ST count table (spots x genes or genes x spots) as ``(values, spot_ids, genes)``."""
     header = read_header(path, sep)
     try:
-        with open_text(path) as fh:
+        with reading(path, "Count file"), open_text(path) as fh:
             body = pd.read_csv(
                 fh, sep=sep, header=None, skiprows=1, index_col=0, keep_default_na=False, na_values=[""],
             )  # fmt: skip
@@ -73,7 +73,8 @@ def _read_counts_table(path: Path, sep: str) -> tuple[np.ndarray, list[str], lis
 
 def _read_spot_table(path: Path, sep: str) -> pd.DataFrame:
     """Read an ST spot file (columns ``x y [new_x new_y] pixel_x pixel_y [selected]``) indexed by ``<x>x<y>``."""
-    df = pd.read_csv(path, sep=sep)
+    with reading(path, "Spot file"):
+        df = pd.read_csv(path, sep=sep)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in _SPOT_COLUMNS if c not in df.columns]
     if missing:
@@ -130,6 +131,7 @@ def read_st(
     hires_max_side: int = HIRES_MAX_SIDE,
     sep: str = "\t",
     dtype: str = "float32",
+    min_overlap: float = 0.8,
 ) -> AnnData:
     """Read one legacy Spatial Transcriptomics (ST) section in the her2st / ST spot detector layout.
 
@@ -140,6 +142,14 @@ def read_st(
 
     Only spots present in both files are kept, in the order of the count file; the number of spots
     dropped from either file is logged and recorded in ``uns['spatial'][library_id]['metadata']``.
+    Files of one section agree on (nearly) every spot — the 28 her2st sections keep all their counted
+    spots and at least 98 % of the positions — so when fewer than ``min_overlap`` of the count file's
+    spots, or of the spot file's positions, are shared, the two files are taken to describe different
+    sections and a ``ValueError`` gives the numbers.
+
+    Sections without an image still get ``tissue_hires_scalef = tissue_lowres_scalef = 1`` (the
+    plotting "image" space is then the full-resolution pixel space of ``obsm['spatial']``), so that
+    squidpy and scanpy plot them with ``img=False`` like any Visium slide.
 
     Parameters
     ----------
@@ -173,6 +183,9 @@ def read_st(
     dtype
         Data type of the CSR count matrix ``X`` (``"float32"``, ``"float64"``, ``"int32"`` or
         ``"int64"``); the values are the file's integers exactly.
+    min_overlap
+        Smallest accepted fraction (in ``[0, 1]``) of the count file's spots and of the spot file's
+        positions found in the other file; ``0`` pairs any two files that share a spot.
 
     Returns
     -------
@@ -197,7 +210,7 @@ def read_st(
     ``uns['spatial'][library_id]``
         ``images`` (``hires``/``lowres`` ``uint8`` H x W x 3 when ``image`` is given, else empty),
         ``scalefactors`` (``spot_diameter_fullres``, ``microns_per_pixel``, ``center_to_center_fullres``,
-        and ``tissue_hires_scalef``/``tissue_lowres_scalef`` with an image) and ``metadata`` (platform,
+        and ``tissue_hires_scalef``/``tissue_lowres_scalef``: 1 without an image) and ``metadata`` (platform,
         file paths, ``fullres_path``, full-resolution size, dropped-spot counts).
 
     Examples
@@ -217,6 +230,8 @@ def read_st(
             raise ValueError(f"{name} must be a positive number, got {val!r}.")
     if microns_per_pixel is not None and (not np.isfinite(microns_per_pixel) or microns_per_pixel <= 0):
         raise ValueError(f"microns_per_pixel must be a positive number, got {microns_per_pixel!r}.")
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, int | float) or not 0 <= min_overlap <= 1:
+        raise ValueError(f"min_overlap must be a number in [0, 1], got {min_overlap!r}.")
 
     values, spot_ids, genes = _read_counts_table(counts, sep)
     id_index = pd.Index(spot_ids)
@@ -232,6 +247,16 @@ def read_st(
         raise ValueError(
             f"No spot id of the count file {counts} (e.g. {spot_ids[:3]}) appears in the spot file {spots} "
             f"(e.g. {list(table.index[:3])}); are they from the same section?"
+        )
+    n_both = int(in_spots.sum())
+    frac_counts, frac_spots = n_both / len(id_index), n_both / len(table)
+    if min(frac_counts, frac_spots) < min_overlap:
+        raise ValueError(
+            f"read_st({library_id!r}): the count file {counts} and the spot file {spots} share only "
+            f"{n_both} spots: {100 * frac_counts:.1f}% of the {len(id_index)} counted spots and "
+            f"{100 * frac_spots:.1f}% of the {len(table)} positions (files of one section share nearly "
+            f"all; min_overlap={min_overlap}). They look like files of different sections; check the "
+            "pairing, or pass min_overlap=0 to pair them anyway."
         )
     if n_no_pos or n_no_counts:
         logger.warning(
@@ -296,7 +321,11 @@ def read_st(
         "array_coordinates": "array_row = y, array_col = x of the '<x>x<y>' spot id",
     }
     images: dict[str, np.ndarray] = {}
-    if image is not None:
+    if image is None:
+        # no image: the plotting space is the full-resolution pixel space (squidpy/scanpy need the keys)
+        scalefactors["tissue_hires_scalef"] = 1.0
+        scalefactors["tissue_lowres_scalef"] = 1.0
+    else:
         hires, hires_scalef, (width, height) = downscale_image(image, hires_max_side)
         lowres_scalef = min(hires_scalef, LOWRES_MAX_SIDE / max(width, height))
         images["hires"] = hires
@@ -357,7 +386,9 @@ def _her2st_labels(root: Path, section: str, adata: AnnData) -> pd.Series | None
     path = root / "ST-pat-lbl" / f"{section}_labeled_coordinates.tsv"
     if not path.is_file() or "array_col_adj" not in adata.obs:
         return None
-    lbl = pd.read_csv(path, sep="\t").dropna(subset=["x", "y", "label"])
+    with reading(path, "Pathology label file"):
+        lbl = pd.read_csv(path, sep="\t")
+    lbl = lbl.dropna(subset=["x", "y", "label"])
     key = lbl["x"].round(3).astype(str) + "_" + lbl["y"].round(3).astype(str)
     lbl = pd.Series(lbl["label"].astype(str).to_numpy(), index=key.to_numpy())
     lbl = lbl[~lbl.index.duplicated(keep=False)]

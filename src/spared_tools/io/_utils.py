@@ -3,13 +3,96 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
+import json
 import lzma
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+
+#: Errors that mean "the bytes of this file are not what its name promises" (truncated, corrupt, other format).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+    pd.errors.ParserError,
+)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    low = text.lower()
+    if isinstance(exc, EOFError) or "truncated" in low or "eof" in low or "end of file" in low:
+        return "the file is truncated (it ends before its data do); copy or download it again"
+    if "file signature not found" in low:
+        return "it is not an HDF5 file (no HDF5 signature)"
+    if isinstance(exc, gzip.BadGzipFile) or "not a gzipped file" in low:
+        return "it is not a valid gzip file"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text (a binary or differently encoded file?)"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not valid JSON ({text})"
+    if "cannot identify image file" in low:
+        return "it is not an image format Pillow can read"
+    return f"it is corrupt or not in the expected format ({type(exc).__name__}: {text})"
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str) -> Iterator[None]:
+    """Turn low-level read errors (h5py, gzip, zlib, Pillow, pandas) into a ``ValueError`` naming the file.
+
+    Missing files and permission errors pass through unchanged; so do the readers' own, already named
+    errors.
+
+    Parameters
+    ----------
+    path
+        The file being read.
+    what
+        What the file is, for the message (e.g. ``"Count matrix"``).
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except _READ_ERRORS as exc:
+        raise ValueError(f"{what} {path} could not be read: {_describe(exc)}.") from exc
+
+
+def read_h5ad(path: str | Path, *, what: str = "AnnData file") -> object:
+    """:func:`anndata.read_h5ad` with a ``ValueError`` naming the file when it is truncated or corrupt.
+
+    Parameters
+    ----------
+    path
+        ``.h5ad`` file.
+    what
+        What the file is, for the message.
+
+    Returns
+    -------
+    The :class:`~anndata.AnnData` read.
+    """
+    import anndata as ad
+
+    path = require_file(path, what)
+    with reading(path, what):
+        try:
+            return ad.read_h5ad(path)
+        except (KeyError, TypeError, AttributeError) as exc:  # h5py/anndata on a damaged group tree
+            raise ValueError(
+                f"{what} {path} could not be read: it is corrupt or not an AnnData file "
+                f"({type(exc).__name__}: {exc})."
+            ) from exc
 
 
 def require_file(path: str | Path, what: str) -> Path:
@@ -35,7 +118,7 @@ def open_text(path: Path) -> IO[str]:
 
 def read_header(path: Path, sep: str) -> list[str]:
     """Return the fields of the first line of a delimited (possibly compressed) text file."""
-    with open_text(path) as fh:
+    with reading(path, "File"), open_text(path) as fh:
         line = fh.readline()
     if not line:
         raise ValueError(f"{path} is empty.")

@@ -15,7 +15,7 @@ from spared_tools._keys import Key
 from spared_tools._logging import logger
 
 from ._image import image_size, read_image
-from ._utils import check_counts, open_text, require_file, to_count_matrix
+from ._utils import check_counts, open_text, reading, require_file, to_count_matrix
 
 #: Diameter of a Visium spot in µm (10x Genomics specification).
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -36,6 +36,11 @@ def _decode(values) -> np.ndarray:
 
 def _read_h5(path: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, dict]:
     """Read a Cell/Space Ranger v3+ HDF5 feature-barcode matrix as ``(X barcodes x features, barcodes, var, attrs)``."""
+    with reading(path, "Count matrix"):
+        return _read_h5_file(path)
+
+
+def _read_h5_file(path: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, dict]:
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -90,8 +95,6 @@ def _find(folder: Path, stems: list[str]) -> Path | None:
 
 def _read_mtx(folder: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, dict]:
     """Read a ``*_feature_bc_matrix/`` folder (``matrix.mtx``, ``features.tsv``/``genes.tsv``, ``barcodes.tsv``)."""
-    from scipy.io import mmread
-
     mtx = _find(folder, ["matrix.mtx"])
     feats = _find(folder, ["features.tsv", "genes.tsv"])
     bcs = _find(folder, ["barcodes.tsv"])
@@ -102,8 +105,16 @@ def _read_mtx(folder: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, di
             if p is None
         ]
         raise FileNotFoundError(f"Count matrix folder {folder} has no {', '.join(absent)}.")
+    return _read_mtx_files(mtx, feats, bcs)
+
+
+def _read_mtx_files(
+    mtx: Path, feats: Path, bcs: Path
+) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, dict]:
+    from scipy.io import mmread
+
     attrs: dict = {}
-    with open_text(mtx) as fh:
+    with reading(mtx, "Matrix Market file"), open_text(mtx) as fh:
         for _ in range(3):
             line = fh.readline()
             if line.startswith("%metadata_json:"):
@@ -111,14 +122,18 @@ def _read_mtx(folder: Path) -> tuple[sp.csr_matrix, np.ndarray, pd.DataFrame, di
                     attrs = json.loads(line.split(":", 1)[1])
                 except json.JSONDecodeError:
                     attrs = {}
-    M = mmread(str(mtx))
+    with reading(mtx, "Matrix Market file"):
+        M = mmread(str(mtx))
     X = sp.csr_matrix(sp.coo_matrix(M).T)
-    f = pd.read_csv(feats, sep="\t", header=None, dtype=str, keep_default_na=False)
+    with reading(feats, "Feature file"):
+        f = pd.read_csv(feats, sep="\t", header=None, dtype=str, keep_default_na=False)
     var = pd.DataFrame(
         {"gene_ids": f[0].to_numpy(object), "gene_symbols": f[1 if f.shape[1] > 1 else 0].to_numpy(object)}
     )
     var["feature_types"] = f[2].to_numpy(object) if f.shape[1] > 2 else "Gene Expression"
-    barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str, keep_default_na=False)[0].to_numpy(object)
+    with reading(bcs, "Barcode file"):
+        bc_table = pd.read_csv(bcs, sep="\t", header=None, dtype=str, keep_default_na=False)
+    barcodes = bc_table[0].to_numpy(object)
     if X.shape != (len(barcodes), len(var)):
         raise ValueError(
             f"{mtx} is {M.shape[0]} features x {M.shape[1]} barcodes but {feats.name} lists {len(var)} features "
@@ -133,11 +148,14 @@ def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         spatial / n for n in ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
     )
     if p2.is_file():
-        pos, path = pd.read_csv(p2, dtype={"barcode": str}), p2
+        with reading(p2, "Spot position file"):
+            pos, path = pd.read_csv(p2, dtype={"barcode": str}), p2
     elif p1.is_file():
-        pos, path = pd.read_csv(p1, header=None, names=_POSITION_COLUMNS, dtype={"barcode": str}), p1
+        with reading(p1, "Spot position file"):
+            pos, path = pd.read_csv(p1, header=None, names=_POSITION_COLUMNS, dtype={"barcode": str}), p1
     elif pq.is_file():
-        pos, path = pd.read_parquet(pq), pq
+        with reading(pq, "Spot position file"):
+            pos, path = pd.read_parquet(pq), pq
     else:
         raise FileNotFoundError(
             f"No spot positions in {spatial}: expected tissue_positions.csv (Space Ranger >= 2.0) or "
@@ -283,7 +301,7 @@ def read_visium(
         )
     pos = pos.loc[barcodes]
     sf_path = require_file(spatial_dir / "scalefactors_json.json", "Scale factor file")
-    with open(sf_path, encoding="utf-8") as fh:
+    with reading(sf_path, "Scale factor file"), open(sf_path, encoding="utf-8") as fh:
         scalefactors = {k: float(v) if isinstance(v, int | float) else v for k, v in json.load(fh).items()}
     if "spot_diameter_fullres" not in scalefactors:
         raise ValueError(f"{sf_path} has no 'spot_diameter_fullres'.")
