@@ -1,7 +1,5 @@
 """Datasets: the SpaRED registry, her2st and a bundled example."""
 
-from __future__ import annotations
-
 from ._example import example
 from ._registry import available, get_path, her2st, load_spared, spared_info
 

@@ -1,7 +1,5 @@
 """Readers for Space Ranger folders and legacy ST files."""
 
-from __future__ import annotations
-
 from ._concat import concat_slides
 from ._st import read_her2st, read_st
 from ._visium import read_visium

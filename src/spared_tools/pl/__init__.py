@@ -1,7 +1,5 @@
 """Plotting."""
 
-from __future__ import annotations
-
 from ._completion import completion
 from ._filtering import filtering
 from ._history import training_history

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from spared_tools._keys import Key
 from spared_tools._settings import resolve_seed
 
 from ._utils import METHOD_COLORS, finish, frame_from, new_figure, style_axes
@@ -92,9 +93,9 @@ def _lookup(result: Mapping[str, Any], names: Sequence[str]) -> Any:
 def completion(
     result: Mapping[str, Any] | pd.DataFrame | AnnData,
     *,
-    key: str = "spackle_evaluation",
+    key: str = Key.uns.spackle_evaluation,
     values: pd.DataFrame | Mapping[str, Any] | None = None,
-    methods: Sequence[str] = ("spackle", "median"),
+    methods: Sequence[str] = (Key.layers.spackle, Key.layers.median),
     method_labels: Mapping[str, str] | None = None,
     metric: str = "MSE",
     overlay: bool = False,

@@ -23,7 +23,7 @@ def moran(
     key: str = Key.MORAN_I,
     stats_key: str | None = Key.PIPELINE,
     selected_key: str | None = Key.SELECTED,
-    per_slide_key: str | None = "moran_I_per_slide",
+    per_slide_key: str | None = Key.varm.moran_I_per_slide,
     n_labels: int = 10,
     ax: Axes | None = None,
     figsize: tuple[float, float] = (6.0, 4.0),

@@ -1,7 +1,5 @@
 """Preprocessing: the SpaRED pipeline and its steps."""
 
-from __future__ import annotations
-
 from ._combat import combat
 from ._deltas import deltas
 from ._filter import filter_spared

@@ -1,7 +1,5 @@
 """Tools: SpaCKLE completion, GeneQuery prediction, baselines and evaluation."""
 
-from __future__ import annotations
-
 from ._baselines import LinearHeadPredictor, MeanPredictor, RidgePredictor
 from ._evaluate_completion import evaluate_completion
 from ._evaluate_prediction import evaluate_prediction
