@@ -261,9 +261,10 @@ def spared_pipeline(
         obs=adata.obs.copy(),
         var=adata.var.copy(),
         obsm={k: np.array(v, copy=True) for k, v in adata.obsm.items() if isinstance(v, np.ndarray)},
-        uns={k: v for k, v in adata.uns.items() if k == Key.SPATIAL},
+        # images/scale factors, and where a SpatialData table came from (io.to_spatialdata links back)
+        uns={k: v for k, v in adata.uns.items() if k in (Key.SPATIAL, "spatialdata")},
     )
-    if Key.SPATIAL in out.uns:
+    if out.uns:
         import copy as _copy
 
         out.uns = _copy.deepcopy(out.uns)
