@@ -296,3 +296,78 @@ def test_her2st_fullres_via_reader(tmp_path):
                 img.crop((x0, y0, x0 + side, y0 + side)).resize((64, 64), Image.Resampling.BILINEAR)
             )
             np.testing.assert_array_equal(P[i], ref)
+
+
+# ---------------------------------------------------------------------------------------------- reliability
+
+
+@pytest.fixture
+def spared_log(caplog):
+    """caplog that also sees the package's non-propagating logger."""
+    import logging
+
+    logger = logging.getLogger("spared_tools")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="spared_tools"):
+            yield caplog
+    finally:
+        logger.propagate = False
+
+
+def test_spots_outside_the_image_are_counted_and_warned(spared_log):
+    far = np.array([[80.0, 60.0], [5000.0, 60.0], [80.0, -900.0], [-4.0, 130.0], [159.0, 119.0]])
+    a = make_adata(xy=far)
+    sp.pp.extract_patches(a, size=21)
+    P = a.obsm["patches"]
+    # the three spots whose window misses the image are pure fill; the corner spot is partly real
+    assert [bool((P[i] == 255).all()) for i in range(5)] == [False, True, True, True, False]
+    np.testing.assert_array_equal(P[4], brute_crop(IMAGE, 159.0, 119.0, 21))
+    assert a.uns["patches"]["n_outside"] == {"s1": 3}
+    assert "3 of 5 spots of slide 's1' lie wholly outside its 160 x 120 px image" in spared_log.text
+    # all outside: refuse, with the span of the centres
+    b = make_adata(xy=far[1:4])
+    with pytest.raises(
+        ValueError, match=r"All 3 spots of slide 's1' lie outside its 160 x 120 px image.*span x -4\.\.5000"
+    ):
+        sp.pp.extract_patches(b, size=21)
+    assert "patches" not in b.obsm
+
+
+def test_too_large_request_fails_early_with_the_estimate(tmp_path):
+    a = make_adata()
+    need = len(XY) * 64 * 64 * 3
+    with pytest.raises(MemoryError, match=r"patch array 6 x 64 x 64 x 3 = 0\.00 GiB.*more than max_memory"):
+        sp.pp.extract_patches(a, size=64, max_memory=need - 1)
+    assert "patches" not in a.obsm and "patches" not in a.uns
+    sp.pp.extract_patches(a, size=64, max_memory=need)  # exactly enough
+    # a whole decode (PNG) counts 4 bytes per pixel; the disk store needs no patch array
+    Image.fromarray(IMAGE).save(tmp_path / "full.png")
+    a.uns["spatial"]["s1"]["metadata"]["fullres_path"] = str(tmp_path / "full.png")
+    with pytest.raises(MemoryError, match=r"decoding slide 's1' \(160 x 120 px.*full\.png\) = 0\.00 GiB"):
+        sp.pp.extract_patches(a, size=8, store="disk", path=tmp_path / "p.npy", max_memory=160 * 120 * 4 - 1)
+    assert not (tmp_path / "p.npy").exists()
+    with pytest.raises(ValueError, match="max_memory"):
+        sp.pp.extract_patches(a, size=8, max_memory=-5)
+
+
+@pytest.mark.parametrize(
+    ("tile", "compression"), [((32, 32), None), ((16, 48), "zlib"), (None, "zlib"), (None, None)]
+)
+def test_tiff_read_window_by_window_equals_whole_decode(tmp_path, tile, compression, spared_log):
+    tifffile = pytest.importorskip("tifffile")
+    kw = {"tile": tile} if tile else {"rowsperstrip": 8}
+    tifffile.imwrite(tmp_path / "full.tif", IMAGE, photometric="rgb", compression=compression, **kw)
+    Image.fromarray(IMAGE).save(tmp_path / "full.png")
+    out = {}
+    for name in ("full.tif", "full.png"):
+        a = make_adata()
+        a.uns["spatial"]["s1"]["metadata"]["fullres_path"] = str(tmp_path / name)
+        del a.uns["spatial"]["s1"]["images"]["hires"]
+        sp.pp.extract_patches(a, size=21)
+        out[name] = a.obsm["patches"]
+    np.testing.assert_array_equal(out["full.tif"], out["full.png"])
+    for i, (x, y) in enumerate(XY):
+        np.testing.assert_array_equal(out["full.tif"][i], brute_crop(IMAGE, x, y, 21))
+    how = "memory-mapped TIFF" if (tile is None and compression is None) else "TIFF windows"
+    assert how in spared_log.text and "decoded whole (Pillow)" in spared_log.text

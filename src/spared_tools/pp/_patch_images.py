@@ -1,0 +1,322 @@
+"""Slide images for the patch extractor: library entries, pixel sizes and the image each slide is cut from."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from spared_tools._keys import Key
+
+from ._patch_crop import crop_padded, crop_pil, crop_window
+
+_MPP_KEYS = ("microns_per_pixel", "microns_per_pixel_fullres")
+
+
+def _library_entry(adata: AnnData, slide: str, n_slides: int) -> tuple[str, dict]:
+    spatial = adata.uns.get(Key.SPATIAL)
+    if not isinstance(spatial, dict) or not spatial:
+        raise KeyError(
+            "adata.uns['spatial'] is missing: extract_patches needs the slide images "
+            "(uns['spatial'][library_id]['images'] or ['metadata']['fullres_path'])."
+        )
+    if slide in spatial:
+        return slide, spatial[slide]
+    suffix = [k for k in spatial if str(k).endswith(f"_{slide}")]
+    if len(suffix) == 1:
+        return suffix[0], spatial[suffix[0]]
+    if n_slides == 1 and len(spatial) == 1:
+        key = next(iter(spatial))
+        return key, spatial[key]
+    raise KeyError(
+        f"No image entry for slide {slide!r} in adata.uns['spatial'] (libraries: {sorted(spatial)}). "
+        "The values of the library_key column must name the entries of uns['spatial']."
+    )
+
+
+def _microns_per_pixel(scalefactors: dict, lib: str) -> float:
+    for key in _MPP_KEYS:
+        if key in scalefactors:
+            return float(scalefactors[key])
+    if "spot_diameter_um" in scalefactors and "spot_diameter_fullres" in scalefactors:
+        return float(scalefactors["spot_diameter_um"]) / float(scalefactors["spot_diameter_fullres"])
+    raise KeyError(
+        f"mpp= needs the pixel size of slide {lib!r}: set uns['spatial'][{lib!r}]['scalefactors']"
+        "['microns_per_pixel'] (µm per full-resolution pixel)."
+    )
+
+
+@contextlib.contextmanager
+def _allow_large_images() -> Iterator[None]:
+    """Let Pillow open whole-slide JPEGs (~100 Mpx) that a user explicitly points us to."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _load_fullres(path: Path) -> Any:
+    """Decode a full-resolution image once, as an RGB Pillow image (no extra NumPy copy of the slide)."""
+    from PIL import Image
+
+    with _allow_large_images():
+        img: Any = Image.open(path)
+        img.load()
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def _as_rgb_uint8(img: np.ndarray, lib: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"The image of slide {lib!r} has shape {img.shape}; expected (H, W, 3) RGB.")
+    img = img[:, :, :3]
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.floating):
+        if not np.isfinite(img).all():
+            raise ValueError(f"The image of slide {lib!r} contains NaN or infinite values.")
+        hi = 1.0 if img.max() <= 1.0 else 255.0
+        return np.clip(np.round(img / hi * 255.0), 0, 255).astype(np.uint8)
+    if img.dtype == np.uint16:
+        return np.round(img / 257.0).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.integer):
+        if img.size and (img.min() < 0 or img.max() > 255):
+            raise ValueError(
+                f"The image of slide {lib!r} has integer values outside [0, 255]; convert it to uint8."
+            )
+        return img.astype(np.uint8)
+    raise TypeError(f"The image of slide {lib!r} has unsupported dtype {img.dtype}.")
+
+
+#: Bytes per pixel Pillow holds for a decoded RGB image (it stores RGB as 32-bit pixels).
+PIL_BYTES_PER_PIXEL = 4
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class SlideReader(abc.ABC):
+    """Crops of one slide image; subclasses read them from an array, a Pillow image or TIFF windows."""
+
+    #: Short description of how the slide is read (logged).
+    how = ""
+
+    @abc.abstractmethod
+    def crop(self, x: float, y: float, side: int, fill: int) -> np.ndarray:
+        """uint8 ``(side, side, 3)`` crop centred on ``(x, y)``, padded with ``fill`` outside the image."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the image."""
+
+
+class _ArrayReader(SlideReader):
+    how = "in memory"
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+
+    def crop(self, x: float, y: float, side: int, fill: int) -> np.ndarray:
+        return crop_padded(self.image, x, y, side, fill=fill)
+
+    def close(self) -> None:
+        self.image = np.zeros((0, 0, 3), np.uint8)
+
+
+class _PilReader(SlideReader):
+    how = "decoded whole (Pillow)"
+
+    def __init__(self, path: Path) -> None:
+        self.image: Any = _load_fullres(path)
+
+    def crop(self, x: float, y: float, side: int, fill: int) -> np.ndarray:
+        return crop_pil(self.image, x, y, side, fill=fill)
+
+    def close(self) -> None:
+        self.image.close()
+
+
+class _WindowReader(SlideReader):
+    """TIFF read window by window: only the tiles or strips under each crop are decoded."""
+
+    def __init__(self, path: Path, lib: str) -> None:
+        import tifffile
+
+        self.lib = lib
+        self._tif = tifffile.TiffFile(path)
+        self._store: Any = None
+        page = self._tif.series[0].levels[0].keyframe
+        if page.is_memmappable:
+            self.array: Any = tifffile.memmap(path, page=0, mode="r")
+            self.how = "memory-mapped TIFF"
+        else:
+            import zarr
+
+            self._store = self._tif.aszarr(level=0)
+            self.array = zarr.open(self._store, mode="r")
+            self.how = f"TIFF windows ({'tiles' if page.is_tiled else 'strips'})"
+        self.height, self.width = int(self.array.shape[0]), int(self.array.shape[1])
+
+    def crop(self, x: float, y: float, side: int, fill: int) -> np.ndarray:
+        c0, c1 = crop_window(x, side)
+        r0, r1 = crop_window(y, side)
+        out = np.full((side, side, 3), fill, dtype=np.uint8)
+        rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, self.height), max(c0, 0), min(c1, self.width)
+        if rr0 < rr1 and cc0 < cc1:
+            win = _as_rgb_uint8(np.asarray(self.array[rr0:rr1, cc0:cc1]), self.lib)
+            out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = win
+        return out
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        self.array = None
+        self._tif.close()
+
+
+def _tiff_layout(path: Path) -> tuple[int, int, int] | None:
+    """``(width, height, bytes held per crop read)`` when ``path`` is a TIFF readable window by window."""
+    with open(path, "rb") as fh:
+        if fh.read(4) not in _TIFF_MAGIC:
+            return None
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - tifffile comes with squidpy
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            level = tif.series[0].levels[0]
+            page = level.keyframe
+            shape, axes = tuple(level.shape), level.axes
+            if axes not in ("YXS", "YX") or (axes == "YXS" and shape[2] not in (3, 4)):
+                return None
+            if np.dtype(level.dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+                return None
+            if page.is_tiled:
+                chunk = int(page.tilelength) * int(page.tilewidth)
+            else:
+                chunk = int(page.rowsperstrip or shape[0]) * int(shape[1])
+            if not page.is_memmappable and chunk * 4 > shape[0] * shape[1]:
+                return None  # one strip holds (nearly) the whole image: nothing to gain
+            n_ch = shape[2] if axes == "YXS" else 1
+            return int(shape[1]), int(shape[0]), chunk * n_ch * np.dtype(level.dtype).itemsize
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+class SlideSource:
+    """The image a slide's patches are cut from, sized without decoding it.
+
+    Attributes
+    ----------
+    scale
+        Factor from full-resolution pixels to pixels of this image.
+    width, height
+        Size of this image in pixels.
+    description
+        ``images['hires']`` or the file path.
+    decode_bytes
+        Memory held while the slide is open for cropping (a whole decoded image, or a few tiles).
+    """
+
+    def __init__(self, entry: dict, lib: str) -> None:
+        self.lib = lib
+        meta = entry.get("metadata", {}) or {}
+        fullres = meta.get("fullres_path")
+        self.path: Path | None = None
+        self.array: np.ndarray | None = None
+        self.windowed = False
+        if fullres is not None and str(fullres):
+            path = Path(str(fullres))
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"Full-resolution image of slide {lib!r} not found at {path} "
+                    f"(uns['spatial'][{lib!r}]['metadata']['fullres_path'])."
+                )
+            self.path, self.scale, self.description = path, 1.0, str(path)
+            layout = _tiff_layout(path)
+            if layout is not None:
+                self.width, self.height, chunk = layout
+                self.windowed = True
+                self.decode_bytes = 4 * chunk
+            else:
+                from spared_tools.io._image import image_size
+
+                self.width, self.height = image_size(path)
+                self.decode_bytes = self.width * self.height * PIL_BYTES_PER_PIXEL
+            return
+        images = entry.get("images", {}) or {}
+        if "hires" not in images:
+            raise KeyError(
+                f"Slide {lib!r} has no image: set uns['spatial'][{lib!r}]['metadata']['fullres_path'] or "
+                f"provide uns['spatial'][{lib!r}]['images']['hires'] (found images: {sorted(images)})."
+            )
+        sf = entry.get("scalefactors", {}) or {}
+        if "tissue_hires_scalef" not in sf:
+            raise KeyError(
+                f"uns['spatial'][{lib!r}]['scalefactors'] lacks 'tissue_hires_scalef' for the hires image."
+            )
+        self.array = _as_rgb_uint8(images["hires"], lib)
+        self.scale, self.description = float(sf["tissue_hires_scalef"]), "images['hires']"
+        self.height, self.width = int(self.array.shape[0]), int(self.array.shape[1])
+        self.decode_bytes = 0  # already in memory
+
+    def open(self) -> SlideReader:
+        """A reader for this slide's crops (decodes the image unless it is read window by window)."""
+        if self.array is not None:
+            return _ArrayReader(self.array)
+        assert self.path is not None
+        from spared_tools.io._utils import reading
+
+        with reading(self.path, f"Full-resolution image of slide {self.lib!r}"):
+            if self.windowed:
+                return _WindowReader(self.path, self.lib)
+            return _PilReader(self.path)
+
+
+def windows_outside(xy: np.ndarray, side: int, width: int, height: int) -> np.ndarray:
+    """Boolean mask of the crops (centres ``xy``, side ``side``) that do not overlap a ``width`` × ``height`` image.
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` crop centres ``[x, y]`` in image pixels.
+    side
+        Crop side in pixels.
+    width
+        Image width in pixels.
+    height
+        Image height in pixels.
+
+    Returns
+    -------
+    True for each crop made only of padding.
+    """
+    start = np.round(xy).astype(np.int64) - side // 2
+    stop = start + side
+    return (stop[:, 0] <= 0) | (start[:, 0] >= width) | (stop[:, 1] <= 0) | (start[:, 1] >= height)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (``MemAvailable``; psutil where /proc is absent)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
