@@ -151,10 +151,21 @@ class Report:
         sys.stdout.flush()
 
     def save(self) -> Path:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{self.name}.txt"
-        path.write_text("\n".join(self.lines) + "\n")
-        return path
+        """Write the lines to ``benchmarks/results/<name>.txt`` atomically; return the path."""
+        return write_text_atomic(RESULTS / f"{self.name}.txt", "\n".join(self.lines) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`spared_tools._atomic.atomic_path` (temp file + rename).
+
+    An interrupted benchmark never leaves a half-written result (or cache) file where a good one was.
+    """
+    from spared_tools._atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ import scipy.sparse as sps
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import HER2ST, Report, machine_info
+from _common import HER2ST, Report, machine_info, write_text_atomic
 
 import spared_tools as sp
 from spared_tools.models.image import encode_patches, image_features, load_image_encoder
@@ -111,7 +111,7 @@ def prep(report: Report, args) -> None:
         report(f"gene set (cached in {gfile.name}): {len(genes)} genes")
     else:
         genes = gene_set(report)
-        gfile.write_text("\n".join(genes))
+        write_text_atomic(gfile, "\n".join(genes))
     a = sp.io.read_her2st(HER2ST, SECTIONS)
     a.layers["log1p"] = log1p_layer(a)
     absent = [g for g in genes if g not in a.var_names]

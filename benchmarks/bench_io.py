@@ -10,6 +10,7 @@ import gzip
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -20,6 +21,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 import spared_tools as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -130,8 +134,7 @@ def main() -> None:
         f"   ours adds validation (NaN/negative/non-integer/duplicate checks) and the AnnData layout. C2 table: {raw_mb:.1f} MB.",
         "Note: the machine is shared by several engineers (2 cores); timings are indicative.",
     ]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    write_text_atomic(OUT, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
