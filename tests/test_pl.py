@@ -851,3 +851,59 @@ def test_show_returns_none_and_save_dpi(adata, tmp_path, monkeypatch):
 
     w, h = Image.open(tmp_path / "m.png").size
     assert ax is not None and abs(w - 4 * 30) <= 10 and abs(h - 3 * 30) <= 10  # "tight" bbox: a few px off
+
+
+def test_save_is_atomic_and_keeps_matplotlibs_extension_rule(adata, tmp_path, monkeypatch):
+    # a figure saved without an extension gets the default format's, as with Figure.savefig
+    sp.pl.moran(adata, show=False, save=tmp_path / "plain", dpi=20)
+    fmt = mpl.rcParams["savefig.format"]
+    assert (tmp_path / f"plain.{fmt}").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "keep.pdf").write_bytes(b"old figure")
+    sp.pl.moran(adata, show=False, save=tmp_path / "keep.pdf")
+    assert (tmp_path / "keep.pdf").read_bytes()[:5] == b"%PDF-"
+    # a failing write leaves the previous file and no temporary file behind
+    from matplotlib.figure import Figure
+
+    def broken(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sp.pl.moran(adata, show=False, save=tmp_path / "keep.pdf")
+    assert (tmp_path / "keep.pdf").read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pdf", f"plain.{fmt}"]
+
+
+def test_plot_docstrings_carry_the_shared_fragments():
+    from spared_tools._docs import d
+
+    for name in sp.pl.__all__:
+        doc = getattr(sp.pl, name).__doc__
+        assert "%(" not in doc, name
+        assert d.fragments["show_save_dpi"].replace("\n", "\n    ") in doc, name
+    assert "    ax\n        Axes to draw on; a new figure" in sp.pl.moran.__doc__
+
+
+def test_doc_fragments_fill_whole_lines_at_their_indentation():
+    from spared_tools._docs import DocFragments
+
+    frag = DocFragments(two="a\n    first\nb\n    second\n")
+    doc = "Summary, 10 % of it.\n\n    Parameters\n    ----------\n    x\n        X.\n    %(two)s\n    Returns\n"
+    out = frag.substitute(doc)
+    assert out == (
+        "Summary, 10 % of it.\n\n    Parameters\n    ----------\n    x\n        X.\n"
+        "    a\n        first\n    b\n        second\n    Returns\n"
+    )
+    assert frag.substitute("inline %(two)s stays") == "inline %(two)s stays"
+    with pytest.raises(KeyError, match="No docstring fragment 'three'"):
+        frag.substitute("    %(three)s\n")
+
+    @frag.inject
+    def f():
+        """Doc.
+
+        %(two)s
+        """
+
+    assert "        a\n            first" in f.__doc__

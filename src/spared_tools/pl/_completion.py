@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._settings import resolve_seed
 
@@ -90,6 +91,7 @@ def _lookup(result: Mapping[str, Any], names: Sequence[str]) -> Any:
     return None
 
 
+@d.inject
 def completion(
     result: Mapping[str, Any] | pd.DataFrame | AnnData,
     *,
@@ -145,12 +147,7 @@ def completion(
         Seed for choosing the drawn entries (``None``: ``sp.settings.seed``).
     figsize
         Figure size in inches; default 3.6 inches per panel.
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(show_save_dpi)s
 
     Returns
     -------

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata, check_finite_nonnegative, slide_labels
 
@@ -122,6 +123,7 @@ def _params(adata: AnnData, given: dict[str, float | None], uns_key: str | None)
     return out
 
 
+@d.inject
 def filtering(
     adata: AnnData,
     *,
@@ -188,12 +190,7 @@ def filtering(
         Number of histogram bins.
     figsize
         Figure size in inches.
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(show_save_dpi)s
 
     Returns
     -------

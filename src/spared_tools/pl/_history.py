@@ -12,6 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 
 from ._utils import finish, new_figure, style_axes
@@ -58,6 +59,7 @@ def _history_frame(data: Any, key: str) -> pd.DataFrame:
     return df
 
 
+@d.inject
 def training_history(
     data: AnnData | pd.DataFrame | Sequence[Mapping[str, float]] | Mapping[str, Any],
     key: str = Key.SPACKLE,
@@ -99,16 +101,8 @@ def training_history(
         ``MSE``, ``val_MSE``, ``loss``; ``None`` marks nothing.
     logy
         Logarithmic y axis.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    figsize
-        Size of the new figure in inches (ignored with ``ax``).
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(ax_figsize)s
+    %(show_save_dpi)s
 
     Returns
     -------

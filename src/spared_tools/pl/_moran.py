@@ -11,12 +11,14 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata
 
 from ._utils import finish, new_figure, style_axes
 
 
+@d.inject
 def moran(
     adata: AnnData | pd.DataFrame,
     *,
@@ -57,16 +59,8 @@ def moran(
         The band is drawn for the genes present in ``adata.var`` only.
     n_labels
         Label the names of this many top-ranked genes (listed in a column, with a line to each gene).
-    ax
-        Axes to draw on; a new figure when ``None``.
-    figsize
-        Size of the new figure in inches (ignored with ``ax``).
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(ax_figsize)s
+    %(show_save_dpi)s
 
     Returns
     -------

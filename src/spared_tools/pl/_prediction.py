@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure, SubFigure
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 
 from ._geometry import SpotShape
@@ -43,6 +44,7 @@ def _per_model(results: Any, model_key: str) -> dict[str, pd.DataFrame]:
     )
 
 
+@d.inject
 def prediction(
     results: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -111,12 +113,7 @@ def prediction(
         Size of one map panel in inches.
     figsize
         Size of the figure in inches; default from the number of models and maps.
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(show_save_dpi)s
 
     Returns
     -------

@@ -15,6 +15,7 @@ from matplotlib.colors import Colormap, ListedColormap, Normalize, to_hex
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Patch
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata
 
@@ -22,6 +23,7 @@ from ._geometry import SpotShape, draw_slide, slide_groups, slide_view
 from ._utils import as_list, finish, gene_values, new_figure, resolve_limit
 
 
+@d.inject
 def spatial(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -116,12 +118,7 @@ def spatial(
         Width and height of one panel in inches.
     ax
         Existing axes to draw on; only possible when there is exactly one panel.
-    show
-        Show the figure; ``None`` shows it only in interactive matplotlib sessions.
-    save
-        File to save the figure to (format from the extension).
-    dpi
-        Resolution for ``save``.
+    %(show_save_dpi)s
 
     Returns
     -------

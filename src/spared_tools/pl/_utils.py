@@ -15,6 +15,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
+from spared_tools._atomic import atomic_path
 from spared_tools._logging import logger
 
 #: Colours used for the methods / models that appear in several plots, so that a method keeps its colour.
@@ -65,7 +66,11 @@ def finish(
         if path.parent != Path() and not path.parent.exists():
             raise FileNotFoundError(f"Cannot save the figure: directory {str(path.parent)!r} does not exist.")
         root = fig if isinstance(fig, Figure) else fig.figure  # a SubFigure saves its whole figure
-        root.savefig(path, dpi=dpi if dpi is not None else "figure", bbox_inches="tight")
+        fmt = path.suffix[1:] or str(mpl.rcParams["savefig.format"])
+        if not path.suffix:  # matplotlib's rule: the default format's extension is appended
+            path = path.with_name(f"{path.name}.{fmt}")
+        with atomic_path(path) as tmp:  # never a half-written figure where a good one was
+            root.savefig(tmp, format=fmt, dpi=dpi if dpi is not None else "figure", bbox_inches="tight")
         logger.info("saved figure to %s", path)
     if show is None:
         show = mpl.is_interactive()
