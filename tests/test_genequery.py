@@ -326,11 +326,11 @@ def test_n_models_is_the_mean_of_the_single_seed_models(data, mode, tmp_path):
 
 
 def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
-    import spared_tools.models.genequery as G
+    import spared_tools.models._runner as G
 
     adata, table = data
     states = []
-    orig = G.BestStateCallback.on_train_epoch_end
+    orig = G.BestState.on_train_epoch_end
 
     def record(self, trainer, pl_module):
         states.append(
@@ -338,7 +338,7 @@ def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
         )
         orig(self, trainer, pl_module)
 
-    monkeypatch.setattr(G.BestStateCallback, "on_train_epoch_end", record)
+    monkeypatch.setattr(G.BestState, "on_train_epoch_end", record)
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 5, "batch_size": 8, "seed": 2}
     genes = [f"G{j}" for j in range(8)]
     model = GeneQueryModel(checkpoint="average", inference_precision="32", **kw).train(

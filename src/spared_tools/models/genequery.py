@@ -18,7 +18,6 @@ views, e.g. the 8 dihedral symmetries) is applied to training batches only.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -37,7 +36,6 @@ __all__ = [
     "GeneQueryPlan",
     "SpotDataset",
     "gene_identity_codes",
-    "BestStateCallback",
     "FrozenNormEncoder",
     "masked_mse",
     "spatial_chunks",
@@ -801,81 +799,3 @@ class GeneQueryPlan(pl.LightningModule):
             opt, lambda e: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(e, max_epochs) / max_epochs))
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
-class BestStateCallback(pl.Callback):
-    """Keep the weights of the epoch with the lowest ``monitor`` in memory and restore them at the end.
-
-    Parameters
-    ----------
-    monitor
-        Logged metric to minimise (``"val_loss"``); when it is never logged (no validation split) the
-        weights of the last epoch are kept.
-    average_from
-        When set, keep instead the mean of the weights at the end of epochs ``average_from`` to the last
-        (Polyak averaging; floating-point parameters and buffers are averaged, integer buffers taken from
-        the last epoch), whatever the validation loss.
-
-    Attributes
-    ----------
-    best_score
-        Lowest value seen, or ``None``.
-    best_epoch
-        Epoch (0-based) of the best value, or ``None``.
-    history
-        Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records.
-    average_state
-        With ``average_from``: the running mean of the weights (float64), or ``None``.
-    n_averaged
-        Epochs averaged into it.
-    """
-
-    def __init__(self, monitor: str = "val_loss", average_from: int | None = None) -> None:
-        self.monitor = monitor
-        self.average_from = average_from
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.average_state: dict[str, torch.Tensor] | None = None
-        self.n_averaged = 0
-        self.history: list[dict[str, float]] = []
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":  # not a trainer.validate() afterwards
-            return
-        metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None:
-            return
-        value = float(metric)
-        if math.isfinite(value) and (self.best_score is None or value < self.best_score):
-            self.best_score, self.best_epoch = value, int(trainer.current_epoch)
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rec: dict[str, float] = {"epoch": int(trainer.current_epoch)}
-        for key in ("train_loss", "val_loss"):
-            if key in trainer.callback_metrics:
-                rec[key] = float(trainer.callback_metrics[key])
-        self.history.append(rec)
-        if self.average_from is not None and trainer.current_epoch >= self.average_from:
-            state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
-            self.n_averaged += 1
-            if self.average_state is None:
-                self.average_state = {  # copies: .cpu() of a CPU parameter shares its storage
-                    k: v.to(torch.float64, copy=True) if v.is_floating_point() else v.clone()
-                    for k, v in state.items()
-                }
-            else:
-                for k, v in state.items():
-                    avg = self.average_state[k]
-                    if v.is_floating_point():
-                        avg += (v.double() - avg) / self.n_averaged
-                    else:
-                        self.average_state[k] = v.clone()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.average_state is not None:
-            ref = pl_module.state_dict()
-            pl_module.load_state_dict({k: v.to(ref[k].dtype) for k, v in self.average_state.items()})
-        elif self.best_state is not None:
-            pl_module.load_state_dict(self.best_state)

@@ -25,7 +25,6 @@ the other neighbourhoods of its mini-batch.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -525,8 +524,6 @@ class SpackleTrainingPlan(pl.LightningModule):
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
         self._val: MetricSums | None = None
-        self.history: list[dict[str, float]] = []
-        self.best: dict | None = None
 
     # ---- training -------------------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -575,49 +572,11 @@ class SpackleTrainingPlan(pl.LightningModule):
             self._val.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         metrics = self._val.compute()
         self._val = None
+        # the run's best-state rule (spared_tools.models._runner.BestState) reads these logged values
         self.log_dict({f"val_{k}": float(v) for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
-        record = {"step": int(self.global_step), **metrics}
-        self.history.append(record)
-        if np.isfinite(metrics["MSE"]) and (self.best is None or metrics["MSE"] < self.best["record"]["MSE"]):
-            self.best = {
-                "record": record,
-                "state_dict": copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
-                ),
-            }
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-
-class ResultHandOver(pl.Callback):
-    """Hand the training result (best-validation weights, history, final weights) to the calling process.
-
-    At the end of training every process receives rank 0's result (a DDP broadcast) and writes it to
-    ``f"{path}.rank{global_rank}"``; the process that called ``fit`` reads it back. This works for every
-    strategy: in-process, ``ddp`` (each rank continues the user's script) and ``ddp_spawn`` (the workers'
-    memory is lost when they exit).
-
-    Parameters
-    ----------
-    path
-        File prefix for the hand-over files (a temporary directory by default).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not isinstance(pl_module, SpackleTrainingPlan):
-            raise TypeError("ResultHandOver only works with SpackleTrainingPlan.")
-        payload = {
-            "history": list(pl_module.history),
-            "best": pl_module.best,
-            "final_state": {k: v.detach().cpu() for k, v in pl_module.encoder.state_dict().items()},
-            "global_step": int(trainer.global_step),
-        }
-        payload = trainer.strategy.broadcast(payload, src=0)
-        torch.save(payload, f"{self.path}.rank{trainer.global_rank}")
 
 
 def check_mask_prob(mask_prob: float | tuple[float, float]) -> tuple[float, float]:

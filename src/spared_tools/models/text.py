@@ -292,6 +292,24 @@ def _hf_offline(enabled: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Show the "Loading weights" bar of transformers only when progress bars are on (restored after)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - depends on the environment
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(
     name: str | Any = _DEFAULT_TEXT_MODEL, *, device: str | None = None, batch_size: int = 64
 ) -> TextEncoder:
@@ -324,7 +342,7 @@ def load_text_encoder(
             batch_size=batch_size,
             cacheable=isinstance(ident, str) and bool(ident),
         )
-    from spared_tools._settings import resolve_device
+    from spared_tools._settings import resolve_device, settings
 
     dev = str(resolve_device(device))
     key = f"{name}@{dev}"
@@ -349,7 +367,7 @@ def load_text_encoder(
         offline = Path(path).exists()
         if offline:
             ident = f"{Path(path).resolve()}"
-    with _hf_offline(offline):
+    with _hf_offline(offline), _hf_progress(settings.progress and settings.verbosity >= 2):
         model = SentenceTransformer(path, device=dev)
     enc = TextEncoder(model, ident, batch_size=batch_size)
     _ENCODERS[key] = enc

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-import tempfile
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +20,8 @@ import torch
 from anndata import AnnData
 from torch import nn
 
-from spared_tools._logging import logger, quiet_lightning
-from spared_tools._settings import resolve_device, settings
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device
 from spared_tools._validation import check_nonnegative_int
 from spared_tools.tl._evaluate_prediction import pearson_per_gene
 from spared_tools.tl._predictor import Predictor, Scaling
@@ -334,9 +334,7 @@ def _lightning_module(net: _LinearHeadNet, lr: float, head_lr: float, weight_dec
         def __init__(self) -> None:
             super().__init__()
             self.net = net
-            self.best_state: dict[str, torch.Tensor] | None = None
-            self.best_val = float("inf")
-            self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+            self.history: dict[str, list[float]] = {"train_loss": []}
             self._train_losses: list[float] = []
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -375,16 +373,11 @@ def _lightning_module(net: _LinearHeadNet, lr: float, head_lr: float, weight_dec
                 self.history["train_loss"].append(float(np.mean(self._train_losses)))
             self._train_losses = []
 
-        def on_validation_epoch_end(self) -> None:
-            if self.trainer.sanity_checking:
-                return
-            val = float(self.trainer.callback_metrics.get("val_loss", torch.tensor(float("nan"))))
-            self.history["val_loss"].append(val)
-            if val < self.best_val:
-                self.best_val = val
-                self.best_state = copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-                )
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint["train_loss_history"] = list(self.history["train_loss"])
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.history["train_loss"] = list(checkpoint.get("train_loss_history", []))
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             groups = [{"params": self.net.head.parameters(), "lr": head_lr}]
@@ -535,15 +528,26 @@ class LinearHeadPredictor(Predictor):
             return _LinearHeadNet(copy.deepcopy(enc), enc.out_dim, n_genes)
         return _LinearHeadNet(None, enc.out_dim, n_genes)
 
-    def _fit(
-        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **kwargs: Any
+    def _fit(  # type: ignore[override]
+        self,
+        adata: AnnData,
+        Z: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        *,
+        checkpoint_dir: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        trainer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        import pytorch_lightning as pl
+        """Train the head (and the encoder when fine-tuning); the options reach it through :meth:`train`.
 
+        ``checkpoint_dir`` writes a resumable checkpoint after every epoch (``last.ckpt``, removed when
+        training finishes); ``ckpt_path`` resumes an interrupted training from it, to the same result as an
+        uninterrupted run. ``trainer_kwargs`` go to :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
+        """
+        from spared_tools.models._runner import run_training, show_progress
         from spared_tools.pp._patches import PatchDataset
 
-        if kwargs:
-            raise TypeError(f"LinearHeadPredictor.train got unexpected options {sorted(kwargs)}.")
         enc = self._image_encoder()
         # Seed after the encoder is in hand: loading the default encoder draws from the global generator
         # the first time only (it is cached per process), which made the head's initialisation, and so
@@ -577,31 +581,27 @@ class LinearHeadPredictor(Predictor):
         )
         net.train()
         plan = _lightning_module(net, self.lr, self.head_lr, self.weight_decay)
-        with (
-            tempfile.TemporaryDirectory(prefix="spared_tools_lh_") as root,
-            quiet_lightning(settings.verbosity >= 3, validation=val_dl is not None),
-        ):
-            trainer = pl.Trainer(
-                accelerator=self.accelerator,
-                devices=self.devices,
-                strategy=self.strategy,
-                max_epochs=self.max_epochs,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=settings.progress and settings.verbosity >= 2,
-                enable_model_summary=False,
-                default_root_dir=root,
-                deterministic=True if not torch.cuda.is_available() else "warn",
-                num_sanity_val_steps=0,
-            )
-            trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
-        if plan.best_state is not None:
-            net.load_state_dict(plan.best_state)
+        fit = run_training(
+            plan,
+            train_dl,
+            val_dl,
+            monitor="val_loss",
+            ckpt_path=ckpt_path,
+            checkpoint_dir=checkpoint_dir,
+            max_epochs=self.max_epochs,
+            accelerator=self.accelerator,
+            devices=self.devices,
+            strategy=self.strategy,
+            progress=show_progress(),
+            desc="LinearHead",
+            deterministic=True if not torch.cuda.is_available() else "warn",
+            **dict(trainer_kwargs or {}),
+        )
         self.net_ = net.cpu().eval()
         self.history_ = {
             "train_loss": plan.history["train_loss"],
-            "val_loss": plan.history["val_loss"],
-            "best_val_loss": None if plan.best_state is None else plan.best_val,
+            "val_loss": [v["val_loss"] for v in fit.best.validations if "val_loss" in v],
+            "best_val_loss": fit.best.best_score,
         }
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import pandas as pd
 from anndata import AnnData
 
 from spared_tools._keys import Key
-from spared_tools._logging import logger, quiet_lightning
+from spared_tools._logging import logger
 from spared_tools._settings import native_bf16, resolve_device, settings
 from spared_tools._validation import (
     check_adata,
@@ -815,14 +816,26 @@ class GeneQueryModel(Predictor):
         *,
         max_epochs: int | None = None,
         progress: bool | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        trainer_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Train the network; ``max_epochs`` and ``progress`` override the constructor for this call."""
+        """Train the network (the options reach it as keywords of :meth:`train`).
+
+        ``max_epochs`` and ``progress`` override the constructor for this call. ``checkpoint_dir`` writes a
+        resumable checkpoint after every epoch (``<checkpoint_dir>/member<k>/last.ckpt`` for network ``k``,
+        removed when it finishes); ``ckpt_path`` resumes an interrupted training (``n_models=1``) from such
+        a checkpoint, to the same result as an uninterrupted run with the same data, arguments and seed.
+        ``trainer_kwargs`` go to :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
+        """
+        if ckpt_path is not None and self.n_models > 1:
+            raise ValueError("ckpt_path resumes one network; it needs n_models=1.")
         import pytorch_lightning as pl
         import torch
         from torch.utils.data import DataLoader
 
+        from spared_tools.models._runner import run_training
         from spared_tools.models.genequery import (
-            BestStateCallback,
             GeneDataset,
             GeneQueryPlan,
             SpotDataset,
@@ -954,7 +967,6 @@ class GeneQueryModel(Predictor):
                 make(train_idx, True, seed), batch_size=None, shuffle=True, generator=gen
             )
             val_loader = DataLoader(make(val_idx, False, seed), batch_size=None) if val_idx.size else None
-            best = BestStateCallback("val_loss", average_from=average_from)
             plan = GeneQueryPlan(
                 net,
                 lr=self.lr,
@@ -963,34 +975,34 @@ class GeneQueryModel(Predictor):
                 encoder_lr=self.encoder_lr,
                 encoder_chunk=self.encoder_chunk,
             )
-            with quiet_lightning(
-                settings.verbosity >= 3, validation=val_loader is not None, eval_modules=encoder is not None
-            ):
-                trainer = pl.Trainer(
-                    max_epochs=epochs,
-                    accelerator=self.accelerator,
-                    devices=self.devices,
-                    strategy=self.strategy,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_model_summary=False,
-                    enable_progress_bar=show,
-                    num_sanity_val_steps=0,
-                    callbacks=[best],
-                    precision=self.precision,  # type: ignore[arg-type]  # validated by Lightning
-                )
-                trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
-                average_val = None
-                if best.average_state is not None and val_loader is not None:
-                    out = trainer.validate(plan, dataloaders=val_loader, verbose=False)
-                    average_val = float(out[0]["val_loss"]) if out and "val_loss" in out[0] else None
+            fit = run_training(
+                plan,
+                train_loader,
+                val_loader,
+                monitor="val_loss",
+                average_from=average_from,
+                validate_restored=average_from is not None,
+                eval_modules=encoder is not None,
+                ckpt_path=ckpt_path if k == 0 else None,
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / f"member{k}",
+                max_epochs=epochs,
+                accelerator=self.accelerator,
+                devices=self.devices,
+                strategy=self.strategy,
+                precision=self.precision,
+                progress=show,
+                desc="GeneQuery" if self.n_models == 1 else f"GeneQuery {k + 1}/{self.n_models}",
+                **dict(trainer_kwargs or {}),
+            )
+            best = fit.best
+            average_val = fit.restored_metrics.get("val_loss")
             nets.append(plan.net.cpu().eval())
             if plan.encoder is not None:  # fine-tune mode (n_models == 1)
                 self.encoder_ = plan.encoder.module.cpu().eval()
             members.append(
                 {
                     "seed": seed,
-                    "epochs": best.history,
+                    "epochs": best.epochs,
                     "best_epoch": best.best_epoch if best.best_epoch is not None else epochs - 1,
                     "best_val_loss": best.best_score,
                     "selected": "best validation loss"

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +14,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from spared_tools._keys import Key
-from spared_tools._logging import logger, quiet_lightning
-from spared_tools._settings import resolve_device, resolve_seed, seed_everything, settings
+from spared_tools._logging import logger
+from spared_tools._settings import resolve_device, resolve_seed, settings
 from spared_tools._validation import (
     check_adata,
     check_finite_nonnegative,
@@ -376,6 +373,7 @@ class SpackleModel:
         num_workers: int = 0,
         enable_progress_bar: bool | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | None = None,
         trainer_kwargs: dict[str, Any] | None = None,
     ) -> SpackleModel:
         """Train with PyTorch Lightning on the training slides, keeping the best-validation weights.
@@ -427,8 +425,13 @@ class SpackleModel:
         enable_progress_bar
             Lightning progress bar; ``None`` → ``sp.settings.progress`` and verbosity ≥ 2.
         checkpoint_dir
-            Directory where training processes hand over the best weights (``None``: a temporary
-            directory, removed afterwards; nothing is written to the working directory).
+            Working directory of the run: processes hand over the best weights there under DDP (give one
+            on a shared file system for multi-node runs), and a resumable ``last.ckpt`` is written there
+            at the end of every epoch over the training spots, removed once training finishes (``None``:
+            a temporary directory, removed afterwards; nothing is written to the working directory).
+        ckpt_path
+            Resume an interrupted training from this checkpoint (``checkpoint_dir / "last.ckpt"`` of the
+            interrupted run, with the same data and arguments): the result equals an uninterrupted run.
         trainer_kwargs
             Further keyword arguments for :class:`pytorch_lightning.Trainer`.
 
@@ -439,10 +442,10 @@ class SpackleModel:
         import pytorch_lightning as pl
         import torch
 
+        from spared_tools.models._runner import run_training, show_progress
         from spared_tools.models.spackle import (
             IndexDataset,
             NeighbourhoodCollate,
-            ResultHandOver,
             SpackleTrainingPlan,
             check_mask_prob,
         )
@@ -531,77 +534,44 @@ class SpackleModel:
             weight_decay=float(weight_decay),
             seed=self.seed,
         )
-        if enable_progress_bar is None:
-            enable_progress_bar = bool(settings.progress and settings.verbosity >= 2)
-        own_dir = checkpoint_dir is None
-        work = Path(tempfile.mkdtemp(prefix="spackle_")) if checkpoint_dir is None else Path(checkpoint_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        dump = str(work / f"spackle_result_{os.getpid()}_{time.time_ns()}.pt")
-        callbacks: list = [ResultHandOver(dump)]
+        extra = dict(trainer_kwargs or {})
+        callbacks: list = list(extra.pop("callbacks", None) or [])
         if early_stopping_patience is not None and val_loader is not None:
             callbacks.append(
                 pl.callbacks.EarlyStopping(
                     monitor="val_MSE", mode="min", patience=int(early_stopping_patience)
                 )
             )
-        kwargs: dict[str, Any] = {
-            "max_steps": int(max_steps),
-            "max_epochs": -1,
-            "accelerator": accelerator,
-            "devices": devices,
-            "strategy": strategy,
-            "num_nodes": int(num_nodes),
-            "precision": precision,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-            "enable_progress_bar": bool(enable_progress_bar),
-            "num_sanity_val_steps": 0,
-            "default_root_dir": str(work),
-            "callbacks": callbacks,
-            "log_every_n_steps": max(1, min(50, int(max_steps))),
-        }
-        if val_loader is not None:
-            kwargs["val_check_interval"] = min(int(val_check_interval), int(max_steps))
-            kwargs["check_val_every_n_epoch"] = None
-        else:
-            kwargs["limit_val_batches"] = 0
-        kwargs.update(trainer_kwargs or {})
-        t0 = time.perf_counter()
-        try:
-            with quiet_lightning(settings.verbosity >= 3, validation=val_loader is not None):
-                seed_everything(self.seed)
-                trainer = pl.Trainer(**kwargs)
-                trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
-                # make sure the last step is validated (max_steps may not fall on the interval)
-                if val_loader is not None and (
-                    not plan.history or plan.history[-1]["step"] != trainer.global_step
-                ):
-                    if trainer.world_size == 1 and trainer.is_global_zero:
-                        trainer.validate(plan, dataloaders=val_loader, verbose=False)
-            payload_path = f"{dump}.rank{trainer.global_rank}"
-            if not os.path.exists(payload_path):
-                payload_path = f"{dump}.rank0"
-            payload = torch.load(payload_path, map_location="cpu", weights_only=True)
-        finally:
-            if own_dir:
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                for f in work.glob(Path(dump).name + ".rank*"):
-                    f.unlink(missing_ok=True)
-        elapsed = time.perf_counter() - t0
-
-        history = list(payload["history"])
-        best = payload["best"]
-        # the extra final validation run in this process (single-process runs) may be the best
-        for rec in plan.history[len(history) :]:
-            history.append(rec)
-        if plan.best is not None and (best is None or plan.best["record"]["MSE"] < best["record"]["MSE"]):
-            best = plan.best
-        if best is not None:
-            self.encoder.load_state_dict(best["state_dict"])
-        else:
-            self.encoder.load_state_dict(payload["final_state"])
+        result = run_training(
+            plan,
+            train_loader,
+            val_loader,
+            monitor="val_MSE",
+            seed=self.seed,
+            validate_last=True,
+            ckpt_path=ckpt_path,
+            checkpoint_dir=checkpoint_dir,
+            callbacks=callbacks,
+            max_steps=int(max_steps),
+            val_check_interval=int(val_check_interval),
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=int(num_nodes),
+            precision=precision,
+            progress=show_progress(enable_progress_bar),
+            desc="SpaCKLE",
+            **extra,
+        )
+        elapsed = result.seconds
+        history = [
+            {"step": rec["step"], **{k[4:]: rec[k] for k in rec if k.startswith("val_")}}
+            for rec in result.best.validations
+        ]
+        best = None
+        if result.selected == "best":
+            best_rec = next(r for r in history if r["step"] == result.best.best_step)
+            best = {"record": best_rec}
         self.encoder.cpu().eval()
         self.is_trained = True
         self.history_ = pd.DataFrame(
@@ -618,7 +588,7 @@ class SpackleModel:
             "val_slides": sorted(set(slides[is_val].tolist())),
             "n_train_spots": int(is_train.sum()),
             "n_val_spots": int(is_val.sum()),
-            "steps": int(payload["global_step"]),
+            "steps": int(result.global_step),
             "best_step": None if best is None else int(best["record"]["step"]),
             "best_val": None
             if best is None

@@ -1,0 +1,702 @@
+"""One training runner for every Lightning model of the package (SpaCKLE, GeneQuery, the linear head).
+
+scvi-tools' ``TrainRunner`` idea, reduced to what the models here need:
+
+* :func:`make_trainer` is the only place in the package that builds a :class:`pytorch_lightning.Trainer`
+  (accelerator / devices / strategy / precision / progress bar / quiet defaults);
+* :class:`BestState` is the one best-weights mechanism: it keeps the weights with the lowest monitored
+  validation metric (or the running mean of the late epochs' weights), records the validation history,
+  restores the selected weights at the end and hands them to the calling process under DDP;
+* :class:`UnitProgressBar` shows one bar in the unit of the run: steps out of ``max_steps`` for
+  step-based training, epochs out of ``max_epochs`` for epoch-based training;
+* :func:`run_training` runs ``fit`` (optionally resuming from a checkpoint, optionally writing
+  checkpoints to resume from) and returns a :class:`TrainResult`.
+
+Tensors only: nothing here reads AnnData.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from spared_tools._settings import seed_everything, settings
+
+__all__ = ["BestState", "TrainResult", "UnitProgressBar", "make_trainer", "run_training", "show_progress"]
+
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+
+
+def show_progress(progress: bool | None = None) -> bool:
+    """Whether a progress bar is shown: ``progress``, or ``sp.settings.progress`` with verbosity ≥ 2."""
+    if progress is not None:
+        return bool(progress) and settings.verbosity > 0
+    return bool(settings.progress and settings.verbosity >= 2)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+
+
+class BestState(pl.Callback):
+    """Keep the weights with the lowest validation ``monitor`` (or the mean of the late epochs' weights).
+
+    The one best-state mechanism of the package. At each validation of ``fit`` it reads ``monitor`` from
+    the logged metrics (values logged in ``validation_step`` or in ``on_validation_epoch_end``), records
+    the validation, and keeps a copy of the plan's weights when the value is the lowest so far. At the end
+    of each training epoch it records the epoch's logged losses and, with ``average_from``, folds the
+    weights into a running mean (Polyak averaging). :meth:`restore` loads the selected weights.
+
+    Parameters
+    ----------
+    monitor
+        Logged validation metric to minimise (``"val_loss"``, ``"val_MSE"``); never logged (no validation)
+        means the last weights are kept.
+    average_from
+        When set, select the mean of the weights at the end of epochs ``average_from`` to the last
+        instead (floating-point parameters and buffers averaged in float64, integer buffers taken from the
+        last epoch), whatever the validation metric.
+
+    Attributes
+    ----------
+    best_score
+        Lowest monitored value, or ``None``.
+    best_epoch
+        Epoch (0-based) of the best value, or ``None``.
+    best_step
+        Global step of the best value, or ``None``.
+    best_state
+        Copy of the weights at the best value, or ``None``.
+    average_state
+        With ``average_from``: the running mean of the weights (float64), or ``None``.
+    n_averaged
+        Epochs averaged into :attr:`average_state`.
+    epochs
+        Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records (the logged values present).
+    validations
+        Per-validation ``{"epoch", "step", <every logged val_* metric>}`` records.
+    """
+
+    def __init__(self, monitor: str = "val_loss", average_from: int | None = None) -> None:
+        self.monitor = monitor
+        self.average_from = average_from
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.average_state: dict[str, torch.Tensor] | None = None
+        self.n_averaged = 0
+        self.epochs: list[dict[str, float]] = []
+        self.validations: list[dict[str, float]] = []
+        self.track_validate = False  # set by run_training for the final validation after fit
+        self._trainer: pl.Trainer | None = None
+
+    # ---- Lightning hooks -------------------------------------------------------------------------------
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn != "fit" and not self.track_validate:  # a trainer.validate() of the result
+            return
+        self.observe(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rec: dict[str, float] = {"epoch": int(trainer.current_epoch)}
+        for key in ("train_loss", "val_loss"):
+            if key in trainer.callback_metrics:
+                rec[key] = float(trainer.callback_metrics[key])
+        self.epochs.append(rec)
+        if self.average_from is not None and trainer.current_epoch >= self.average_from:
+            state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+            self.n_averaged += 1
+            if self.average_state is None:  # copies: .cpu() of a CPU parameter shares its storage
+                self.average_state = {
+                    k: v.to(torch.float64, copy=True) if v.is_floating_point() else v.clone()
+                    for k, v in state.items()
+                }
+            else:
+                for k, v in state.items():
+                    avg = self.average_state[k]
+                    if v.is_floating_point():
+                        avg += (v.double() - avg) / self.n_averaged
+                    else:
+                        self.average_state[k] = v.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (saved in Lightning checkpoints), with the random-number states."""
+        return {
+            "rng": _rng_states(self._trainer),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+            "average_state": self.average_state,
+            "n_averaged": self.n_averaged,
+            "epochs": list(self.epochs),
+            "validations": list(self.validations),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        rng = state.pop("rng", None)
+        for key, value in state.items():
+            setattr(self, key, value)
+        if rng is not None and self._trainer is not None:
+            # resuming: restored before the training loader's first batch is drawn, so the random
+            # streams (shuffling, dropout, augmentation) continue where the interrupted run stopped
+            _set_rng_states(rng, self._trainer)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    # ---- public helpers --------------------------------------------------------------------------------
+    def observe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record the current validation metrics and keep the weights when ``monitor`` improved."""
+        rec: dict[str, float] = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
+        for key, logged in trainer.callback_metrics.items():
+            if key.startswith("val_"):
+                rec[key] = float(logged)
+        if len(rec) > 2:
+            self.validations.append(rec)
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            return
+        value = float(metric)
+        if math.isfinite(value) and (self.best_score is None or value < self.best_score):
+            self.best_score = value
+            self.best_epoch = int(trainer.current_epoch)
+            self.best_step = int(trainer.global_step)
+            self.best_state = _cpu_state(pl_module)
+
+    @property
+    def selected(self) -> str:
+        """``"average"``, ``"best"`` or ``"last"``: which weights :meth:`restore` loads."""
+        if self.average_state is not None:
+            return "average"
+        return "best" if self.best_state is not None else "last"
+
+    def restore(self, pl_module: pl.LightningModule) -> None:
+        """Load the selected weights into ``pl_module`` (nothing for ``"last"``)."""
+        if self.average_state is not None:
+            ref = pl_module.state_dict()
+            pl_module.load_state_dict({k: v.to(ref[k].dtype) for k, v in self.average_state.items()})
+        elif self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+
+
+def _train_generator(trainer: pl.Trainer | None) -> torch.Generator | None:
+    """The generator of the training loader's sampler, when it has its own (``DataLoader(generator=...)``)."""
+    if trainer is None:
+        return None
+    try:
+        loader = trainer.fit_loop._data_source.instance  # the loader as given to fit
+    except AttributeError:
+        return None
+    sampler = getattr(loader, "sampler", None)
+    gen = getattr(sampler, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def _rng_states(trainer: pl.Trainer | None) -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    gen = _train_generator(trainer)
+    # the legacy global NumPy state Lightning and users draw from, in types a weights-only load accepts
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]  # noqa: NPY002
+    keys = np.asarray(keys)
+    return {
+        "python": random.getstate(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "sampler": None if gen is None else gen.get_state(),
+    }
+
+
+def _set_rng_states(state: dict[str, Any], trainer: pl.Trainer) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen = _train_generator(trainer)
+    if gen is not None and state.get("sampler") is not None:
+        gen.set_state(state["sampler"])
+
+
+class _EpochCheckpoint(pl.callbacks.Checkpoint):
+    """Write ``last.ckpt`` (atomically) at the end of every ``every``-th epoch, in a state Lightning resumes.
+
+    Epoch-based runs save at the end of the epoch (after its validation and the plan's epoch-end hook);
+    step-based runs (``max_steps``) save at the epoch's last step, and again after that step's validation
+    when there is one, since Lightning resumes step-based runs from there (not from the epoch-end hook).
+    """
+
+    def __init__(self, path: Path, every: int, step_based: bool) -> None:
+        self.path = path
+        self.every = int(every)
+        self.step_based = step_based
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every == 0
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if (
+            self.step_based
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            and self._due(trainer)
+        ):
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (
+            self.step_based
+            and trainer.state.fn == "fit"
+            and not trainer.sanity_checking
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            and self._due(trainer)
+        ):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.step_based and self._due(trainer):
+            self._save(trainer)
+
+
+class _HandOver(pl.Callback):
+    """Under DDP, broadcast rank 0's :class:`BestState` and final weights and write them for the caller.
+
+    Every strategy works: in-process (nothing is written), ``ddp`` (each rank continues the user's script)
+    and ``ddp_spawn`` (the workers' memory is lost when they exit, so the result travels through a file).
+    """
+
+    def __init__(self, best: BestState, path: str) -> None:
+        self.best = best
+        self.path = path
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1:
+            return
+        payload = {
+            "best": self.best.state_dict(),
+            "final_state": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+            "global_step": int(trainer.global_step),
+            "current_epoch": int(trainer.current_epoch),
+        }
+        payload = trainer.strategy.broadcast(payload, src=0)
+        torch.save(payload, f"{self.path}.rank{trainer.global_rank}")
+
+
+class UnitProgressBar(pl.callbacks.ProgressBar):
+    """One tqdm bar in the unit of the run: steps out of ``max_steps``, or epochs out of ``max_epochs``.
+
+    Lightning's own bar counts batches within an epoch and prints ``Epoch 49/-2`` for step-based training
+    (``max_epochs=-1``); this one counts what the user asked for and shows the last logged losses.
+
+    Parameters
+    ----------
+    desc
+        Label of the bar (the model's name).
+    unit
+        ``"steps"`` or ``"epochs"``.
+    """
+
+    def __init__(self, desc: str, unit: str) -> None:
+        super().__init__()
+        self.desc = desc
+        self.unit = unit
+        self._bar: Any = None
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def _postfix(self, trainer: pl.Trainer) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key in ("train_loss", "val_loss", "val_MSE"):
+            if key in trainer.callback_metrics:
+                out[key] = f"{float(trainer.callback_metrics[key]):.4g}"
+        return out
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        total = trainer.max_steps if self.unit == "steps" else trainer.max_epochs
+        done = trainer.global_step if self.unit == "steps" else trainer.current_epoch
+        self._bar = tqdm(
+            total=total,
+            initial=done,
+            desc=self.desc,
+            unit=self.unit[:-1],
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._bar is not None and self.unit == "steps":
+            self._bar.n = int(trainer.global_step)
+            self._bar.set_postfix(self._postfix(trainer), refresh=False)
+            self._bar.refresh()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is not None and self.unit == "epochs":
+            self._bar.n = int(trainer.current_epoch) + 1
+            self._bar.set_postfix(self._postfix(trainer), refresh=False)
+            self._bar.refresh()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end(trainer, pl_module)
+
+
+@contextlib.contextmanager
+def lightning_quiet(*, validation: bool = True, eval_modules: bool = False) -> Iterator[None]:
+    """Lightning's chatter follows ``sp.settings.verbosity``; its known irrelevant warnings stay local.
+
+    At verbosity ≤ 2 Lightning's info lines ("GPU available", "Seed set") are dropped, at verbosity 0 its
+    warnings too. Without validation data the "validation_step but no val_dataloader" warning is dropped;
+    ``eval_modules`` drops the warning about modules kept in eval mode on purpose (frozen batch norms).
+    The deprecation warning Lightning's own code triggers in torch's ``_pytree`` (``LeafSpec``) is
+    dropped here, for the duration of the call only (no global filter).
+    """
+    saved = {n: logging.getLogger(n).level for n in _LIGHTNING_LOGGERS}
+    level = (
+        logging.INFO
+        if settings.verbosity >= 3
+        else logging.WARNING
+        if settings.verbosity > 0
+        else logging.ERROR
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r".*treespec.*")
+            if not validation:
+                warnings.filterwarnings("ignore", message=".*validation_step.*but have no .val_dataloader")
+            if eval_modules:
+                warnings.filterwarnings(
+                    "ignore", message=r".*module\(s\) in eval mode at the start of training"
+                )
+            if settings.verbosity == 0:
+                warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning.*")
+            for n in _LIGHTNING_LOGGERS:
+                logging.getLogger(n).setLevel(level)
+            yield
+    finally:
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def make_trainer(
+    *,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
+    accelerator: str = "auto",
+    devices: Any = "auto",
+    strategy: Any = "auto",
+    num_nodes: int = 1,
+    precision: Any = "32-true",
+    progress: bool = False,
+    desc: str = "training",
+    callbacks: Sequence[pl.Callback] = (),
+    default_root_dir: str | os.PathLike | None = None,
+    validation: bool = True,
+    val_check_interval: int | None = None,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """The only place in the package that builds a :class:`pytorch_lightning.Trainer`.
+
+    Parameters
+    ----------
+    max_epochs
+        Epoch budget (epoch-based training); ``None`` with ``max_steps``.
+    max_steps
+        Step budget (step-based training: ``max_epochs`` becomes unlimited).
+    accelerator
+        Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``...).
+    devices
+        Lightning devices (``"auto"``, a count or a list).
+    strategy
+        Lightning strategy (``"auto"``, ``"ddp"``, ``"ddp_spawn"``...).
+    num_nodes
+        Nodes for multi-node DDP.
+    precision
+        Lightning precision (``"32-true"``, ``"bf16-mixed"``...).
+    progress
+        Show :class:`UnitProgressBar` (steps or epochs, as the run is counted).
+    desc
+        Label of the progress bar.
+    callbacks
+        Further callbacks.
+    default_root_dir
+        Lightning's working directory (``None``: a directory the caller removes; nothing is written
+        unless checkpoints are asked for).
+    validation
+        Whether validation data will be given (without it validation is switched off).
+    val_check_interval
+        Step-based training: validate every this many steps (``None``: at each epoch's end).
+    **trainer_kwargs
+        Further :class:`pytorch_lightning.Trainer` arguments; they override the defaults above.
+
+    Returns
+    -------
+    The trainer.
+    """
+    if (max_steps is None) == (max_epochs is None):
+        raise ValueError("make_trainer needs exactly one of max_epochs and max_steps.")
+    cbs = [*callbacks, *(trainer_kwargs.pop("callbacks", None) or [])]
+    if progress:
+        cbs.append(UnitProgressBar(desc, "steps" if max_steps is not None else "epochs"))
+    kwargs: dict[str, Any] = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": strategy,
+        "num_nodes": int(num_nodes),
+        "precision": precision,
+        "logger": False,
+        "enable_checkpointing": any(isinstance(c, pl.callbacks.Checkpoint) for c in cbs),
+        "enable_model_summary": False,
+        "enable_progress_bar": bool(progress),
+        "num_sanity_val_steps": 0,
+        "callbacks": cbs,
+    }
+    if default_root_dir is not None:
+        kwargs["default_root_dir"] = str(default_root_dir)
+    if max_steps is not None:
+        kwargs.update(
+            max_steps=int(max_steps), max_epochs=-1, log_every_n_steps=max(1, min(50, int(max_steps)))
+        )
+        if validation and val_check_interval is not None:
+            kwargs.update(
+                val_check_interval=min(int(val_check_interval), int(max_steps)), check_val_every_n_epoch=None
+            )
+    else:
+        kwargs["max_epochs"] = int(max_epochs)  # type: ignore[arg-type]
+    if not validation:
+        kwargs["limit_val_batches"] = 0
+    kwargs.update(trainer_kwargs)
+    return pl.Trainer(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns (the plan itself holds the restored weights).
+
+    Attributes
+    ----------
+    best
+        The :class:`BestState` callback (best score, epoch, step, validation history, per-epoch losses).
+    selected
+        ``"best"``, ``"average"`` or ``"last"``: the weights now in the plan.
+    global_step
+        Steps trained.
+    current_epoch
+        Epochs trained.
+    seconds
+        Wall time of ``fit``.
+    restored_metrics
+        With ``validate_restored``: the validation metrics of the restored weights.
+    trainer
+        The trainer (for a further ``validate``).
+    """
+
+    best: BestState
+    selected: str
+    global_step: int
+    current_epoch: int
+    seconds: float
+    restored_metrics: dict[str, float] = field(default_factory=dict)
+    trainer: Any = None
+
+
+def run_training(
+    plan: pl.LightningModule,
+    train_loader: Any,
+    val_loader: Any = None,
+    *,
+    monitor: str = "val_loss",
+    average_from: int | None = None,
+    seed: int | None = None,
+    validate_last: bool = False,
+    validate_restored: bool = False,
+    eval_modules: bool = False,
+    ckpt_path: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    **trainer_args: Any,
+) -> TrainResult:
+    """Fit ``plan`` with the package's trainer and best-state rule; the selected weights end up in ``plan``.
+
+    Parameters
+    ----------
+    plan
+        The Lightning training plan.
+    train_loader
+        Training data loader.
+    val_loader
+        Validation data loader, or ``None`` (the last weights are kept).
+    monitor
+        Validation metric to minimise (see :class:`BestState`).
+    average_from
+        Select the mean of the weights from this epoch on instead (see :class:`BestState`).
+    seed
+        Seed Python, NumPy and torch right before the trainer is built (``None``: the caller has seeded).
+    validate_last
+        Step-based training: validate the final weights too when the last step is not a validation step
+        (single process only), so that they can be selected.
+    validate_restored
+        Validate the restored weights once more and return their metrics (e.g. for averaged weights).
+    eval_modules
+        The plan keeps some modules in eval mode on purpose (silences Lightning's warning about them).
+    ckpt_path
+        Resume from this checkpoint (``last.ckpt`` of an interrupted run with ``checkpoint_dir``): weights,
+        optimiser, scheduler, loop position, best-state record and random-number states are restored, so
+        the run continues to the same result as an uninterrupted one with the same arguments.
+    checkpoint_dir
+        Working directory (on a shared file system for multi-node DDP): the DDP hand-over files and a
+        resumable ``last.ckpt`` written at the end of every ``checkpoint_every``-th epoch. The checkpoint
+        is removed once training finishes and kept when it is interrupted. ``None``: a temporary
+        directory, removed afterwards, and no checkpoints.
+    checkpoint_every
+        Epochs between checkpoints (``None``: 1).
+    callbacks
+        Further callbacks (e.g. early stopping).
+    **trainer_args
+        Arguments of :func:`make_trainer` (``max_epochs`` or ``max_steps``, ``accelerator``, ``devices``,
+        ``strategy``, ``precision``, ``progress``, ``desc``, ``val_check_interval``, Trainer keywords).
+
+    Returns
+    -------
+    The :class:`TrainResult`.
+    """
+    best = BestState(monitor, average_from=average_from)
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a checkpoint file.")
+    own_dir = checkpoint_dir is None
+    work = Path(tempfile.mkdtemp(prefix="spared_tools_fit_")) if own_dir else Path(checkpoint_dir)  # type: ignore[arg-type]
+    work.mkdir(parents=True, exist_ok=True)
+    dump = str(work / f"handover_{os.getpid()}_{time.time_ns()}.pt")
+    cbs: list[pl.Callback] = [best, _HandOver(best, dump), *callbacks]
+    step_based = trainer_args.get("max_steps") is not None
+    ckpt_cb = None
+    if not own_dir:  # resumable checkpoints at the end of every (checkpoint_every-th) epoch
+        ckpt_cb = _EpochCheckpoint(work / "last.ckpt", int(checkpoint_every or 1), step_based)
+        cbs.append(ckpt_cb)
+    t0 = time.perf_counter()
+    sigint = signal.getsignal(signal.SIGINT)
+    trainer: pl.Trainer | None = None
+    try:
+        with lightning_quiet(validation=val_loader is not None, eval_modules=eval_modules):
+            if seed is not None:
+                seed_everything(seed)
+            trainer = make_trainer(
+                callbacks=cbs, default_root_dir=work, validation=val_loader is not None, **trainer_args
+            )
+            try:
+                trainer.fit(
+                    plan,
+                    train_dataloaders=train_loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                )
+            except SystemExit as exc:  # Lightning turns Ctrl+C into sys.exit(1) and ignores SIGINT after
+                signal.signal(signal.SIGINT, sigint)
+                if trainer.state.status != "interrupted":
+                    raise
+                where = (
+                    f"resume with ckpt_path={str(work / 'last.ckpt')!r}"
+                    if ckpt_cb is not None and (work / "last.ckpt").exists()
+                    else "give checkpoint_dir= to be able to resume an interrupted training"
+                )
+                raise KeyboardInterrupt(
+                    f"Training interrupted at step {trainer.global_step}; {where}."
+                ) from exc
+            rank_file = Path(f"{dump}.rank{trainer.global_rank}")
+            if not rank_file.exists():
+                rank_file = Path(f"{dump}.rank0")
+            if (
+                rank_file.exists()
+            ):  # DDP: rank 0's record (ddp_spawn: the caller's plan has its final weights)
+                payload = torch.load(rank_file, map_location="cpu", weights_only=False)
+                best.load_state_dict({k: v for k, v in payload["best"].items() if k != "rng"})
+                plan.load_state_dict(payload["final_state"])
+                global_step, current_epoch = int(payload["global_step"]), int(payload["current_epoch"])
+            else:
+                global_step, current_epoch = int(trainer.global_step), int(trainer.current_epoch)
+            if (
+                validate_last
+                and val_loader is not None
+                and trainer.world_size == 1
+                and (not best.validations or best.validations[-1]["step"] != trainer.global_step)
+            ):
+                best.track_validate = True
+                try:
+                    trainer.validate(plan, dataloaders=val_loader, verbose=False)
+                finally:
+                    best.track_validate = False
+            best.restore(plan)
+            restored: dict[str, float] = {}
+            if validate_restored and val_loader is not None and best.selected != "last":
+                out = trainer.validate(plan, dataloaders=val_loader, verbose=False)
+                restored = {k: float(v) for k, v in (out[0] if out else {}).items()}
+        if ckpt_cb is not None:  # finished: the resumable checkpoint has served its purpose
+            (work / "last.ckpt").unlink(missing_ok=True)
+    finally:
+        if own_dir:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            for f in work.glob(Path(dump).name + ".rank*"):
+                f.unlink(missing_ok=True)
+    return TrainResult(
+        best=best,
+        selected=best.selected,
+        global_step=global_step,
+        current_epoch=current_epoch,
+        seconds=time.perf_counter() - t0,
+        restored_metrics=restored,
+        trainer=trainer,
+    )
