@@ -907,3 +907,16 @@ def test_doc_fragments_fill_whole_lines_at_their_indentation():
         """
 
     assert "        a\n            first" in f.__doc__
+
+
+def test_plot_arguments_are_checked_by_the_shared_helpers(adata):
+    with pytest.raises(ValueError, match=r"^n_labels must be a non-negative integer, got -1"):
+        sp.pl.moran(adata, n_labels=-1, show=False)
+    with pytest.raises(
+        ValueError, match=r"^shape must be one of 'auto', 'hex', 'square', 'circle'; got 'oval'"
+    ):
+        sp.pl.spatial(adata, "G0", shape="oval", show=False)
+    with pytest.raises(ValueError, match=r"^size must be a finite number in \(0, inf\), got 0"):
+        sp.pl.spatial(adata, "G0", size=0, show=False)
+    with pytest.raises(ValueError, match=r"^n_best must be a non-negative integer, got 1.5"):
+        sp.pl.prediction(pd.DataFrame({"pcc": [0.1], "heg": [True], "hvg": [True]}), n_best=1.5, show=False)

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
 __all__ = ["ORGANISMS", "check_choice", "check_int", "check_number", "check_organism"]
 
 
+@overload
+def check_int(
+    value: object,
+    name: str,
+    *,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: Literal[False] = ...,
+) -> int: ...
+@overload
+def check_int(
+    value: object,
+    name: str,
+    *,
+    min: int | None = ...,
+    max: int | None = ...,
+    allow_none: bool,
+) -> int | None: ...
 def check_int(
     value: object,
     name: str,
@@ -112,14 +130,12 @@ def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
 
 #: Accepted spellings of the two organisms the package bundles data for, mapped to the canonical name.
 ORGANISMS: dict[str, str] = {
-    "human": "human",
-    "homo sapiens": "human",
-    "hsapiens": "human",
-    "hs": "human",
-    "mouse": "mouse",
-    "mus musculus": "mouse",
-    "mmusculus": "mouse",
-    "mm": "mouse",
+    alias: name
+    for name, aliases in (
+        ("human", ("human", "homo sapiens", "hsapiens", "hs")),
+        ("mouse", ("mouse", "mus musculus", "mmusculus", "mm")),
+    )
+    for alias in aliases
 }
 
 

@@ -138,7 +138,7 @@ def check_new_key(container, key: str, *, where: str, overwrite: bool = True) ->
 
 def check_nonnegative_int(value: object, name: str) -> int:
     """``value`` as an ``int``, or a ``ValueError`` naming ``name`` unless it is an integer ``>= 0`` (not a bool)."""
-    return int(check_int(value, name, min=0))  # type: ignore[arg-type]
+    return check_int(value, name, min=0)
 
 
 def check_rate(value: object, name: str) -> float:

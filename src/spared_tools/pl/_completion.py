@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._settings import resolve_seed
+from spared_tools._validation import check_int
 
 from ._utils import METHOD_COLORS, finish, frame_from, new_figure, style_axes
 
@@ -163,8 +164,7 @@ def completion(
         result = {"results": result}
     if not isinstance(result, Mapping):
         raise TypeError(f"result must be a DataFrame, a mapping or an AnnData, got {type(result).__name__}.")
-    if max_points < 1:
-        raise ValueError(f"max_points must be at least 1, got {max_points}.")
+    check_int(max_points, "max_points")
     labels = dict(method_labels or {})
     curve_obj = _lookup(result, _CURVE_KEYS)
     values_obj = values if values is not None else _lookup(result, _VALUE_KEYS)

@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
+from spared_tools._validation import check_choice
 
 SpotShape = Literal["auto", "hex", "square", "circle"]
 
@@ -202,9 +203,8 @@ def slide_view(
             f"Slide {slide!r} has a single spot and no 'spot_diameter_fullres' scale factor, so its spot size "
             "is unknown."
         )
+    check_choice(shape, "shape", ("auto", "hex", "square", "circle"))
     resolved = detected if shape == "auto" else shape
-    if resolved not in ("hex", "square", "circle"):
-        raise ValueError(f"shape must be 'auto', 'hex', 'square' or 'circle', got {shape!r}.")
     return SlideView(slide, index, xy, diameter, resolved, angle, image, lib)
 
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
-from spared_tools._validation import check_adata
+from spared_tools._validation import check_adata, check_int
 
 from ._utils import finish, new_figure, style_axes
 
@@ -143,7 +143,7 @@ def moran(
                 color="#d62728",
                 fontsize="small",
             )
-    n_lab = min(n_labels, len(order))
+    n_lab = min(check_int(n_labels, "n_labels", min=0), len(order))
     for i, (r, v, name) in enumerate(zip(ranks[:n_lab], ranked[:n_lab], names[:n_lab])):
         ax.annotate(
             str(name),

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
+from spared_tools._validation import check_int
 
 from ._geometry import SpotShape
 from ._spatial import _spatial_grid
@@ -135,6 +136,7 @@ def prediction(
                 )
     names = list(tables)
     n_models = len(names)
+    n_best, n_worst = check_int(n_best, "n_best", min=0), check_int(n_worst, "n_worst", min=0)
     maps = adata is not None and (n_best + n_worst) > 0
     if maps and pred_layer is None:
         raise ValueError("pred_layer= is required to draw the best and worst genes' maps.")

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
-from spared_tools._validation import check_adata
+from spared_tools._validation import check_adata, check_number
 
 from ._geometry import SpotShape, draw_slide, slide_groups, slide_view
 from ._utils import as_list, finish, gene_values, new_figure, resolve_limit
@@ -205,8 +205,7 @@ def _spatial_grid(
             f"{len(unknown)} names are neither in adata.var_names nor columns of adata.obs: {show}."
         )
     layer_list = as_list(layers)
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size!r}.")
+    check_number(size, "size", min=0, min_inclusive=False)
     titles = {None: "X"} | dict(layer_titles or {})
     groups = slide_groups(adata, library_key, slides)
     n_slides = len(groups)
