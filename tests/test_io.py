@@ -341,6 +341,7 @@ def test_concat_slides_errors():
     b = _slide("s1", ["g1"], 2, 1)
     with pytest.raises(ValueError, match="unique across inputs"):
         st.io.concat_slides([a, b])
+    b.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"] = 2.0  # same library, other content
     with pytest.raises(ValueError, match="more than one input"):
         st.io.concat_slides([a, b], slide_ids=["x", "y"])
     with pytest.raises(ValueError, match="at least one"):

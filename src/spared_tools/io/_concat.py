@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -14,15 +15,29 @@ from spared_tools._keys import Key
 from spared_tools._logging import logger
 
 
+def _slides_in(adata: AnnData, library_key: str) -> list:
+    """The distinct values of ``obs[library_key]`` (empty when the column is absent)."""
+    if library_key not in adata.obs.columns:
+        return []
+    return list(pd.unique(adata.obs[library_key].astype(object)))
+
+
+def _check_one_slide(adata: AnnData, library_key: str, position: int) -> None:
+    """Refuse an input that already holds several slides: naming it would relabel them as one."""
+    vals = _slides_in(adata, library_key)
+    if len(vals) > 1 or (vals and pd.isna(vals[0])):
+        raise ValueError(
+            f"Input {position} holds {len(vals)} slides in obs[{library_key!r}] ({[str(v) for v in vals[:5]]}); "
+            "concat_slides expects one slide per AnnData and never relabels several slides as one. Split "
+            f"it first (e.g. [a[a.obs[{library_key!r}] == s].copy() for s in ...]) or, if it is already "
+            "combined, use it as is."
+        )
+
+
 def _slide_id_of(adata: AnnData, library_key: str, position: int) -> str:
     """Infer the slide id of one input from ``obs[library_key]`` or a single ``uns['spatial']`` library."""
-    if library_key in adata.obs.columns:
-        vals = pd.unique(adata.obs[library_key].astype(object))
-        if len(vals) != 1 or pd.isna(vals[0]):
-            raise ValueError(
-                f"Input {position} has {len(vals)} values in obs[{library_key!r}] ({list(vals[:5])}); "
-                "concat_slides expects one slide per AnnData (pass slide_ids= to name them)."
-            )
+    vals = _slides_in(adata, library_key)
+    if vals:
         return str(vals[0])
     libs = list(adata.uns.get(Key.SPATIAL, {}) or {})
     if len(libs) == 1:
@@ -33,27 +48,44 @@ def _slide_id_of(adata: AnnData, library_key: str, position: int) -> str:
     )
 
 
-def _align(mat, cols: np.ndarray, n_genes: int, out_sparse: bool):
-    """Place the columns of ``mat`` at positions ``cols`` of an ``n_genes``-wide matrix (zeros elsewhere)."""
-    if sp.issparse(mat):
-        coo = sp.coo_matrix(mat)
-        out = sp.csr_matrix((coo.data, (coo.row, cols[coo.col])), shape=(mat.shape[0], n_genes))
-        out.sort_indices()
-        return out if out_sparse else out.toarray()
-    arr = np.asarray(mat)
-    out = np.zeros((arr.shape[0], n_genes), dtype=arr.dtype)
-    out[:, cols] = arr
-    return sp.csr_matrix(out) if out_sparse else out
+def _same(x, y) -> bool:
+    """Deep equality of two ``uns['spatial']`` entries (dicts, arrays, scalars)."""
+    if isinstance(x, Mapping) and isinstance(y, Mapping):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        xa, ya = np.asarray(x), np.asarray(y)
+        return xa.shape == ya.shape and xa.dtype == ya.dtype and bool(np.array_equal(xa, ya))
+    try:
+        return bool(x == y)
+    except (TypeError, ValueError):
+        return False
 
 
-def _stack(mats: list, cols: list[np.ndarray], n_genes: int):
-    """Align every matrix on the gene union and stack them by rows (sparse if any input is sparse)."""
-    out_sparse = any(sp.issparse(m) for m in mats)
-    dtype = np.result_type(*[m.dtype for m in mats])
-    parts = [_align(m, c, n_genes, out_sparse) for m, c in zip(mats, cols)]
-    if out_sparse:
-        return sp.vstack(parts, format="csr", dtype=dtype)
-    return np.vstack(parts).astype(dtype, copy=False)
+def _merge_spatial(adatas: list[AnnData], slide_ids: list[str], library_key: str) -> dict:
+    """Union of the inputs' ``uns['spatial']`` libraries.
+
+    An input whose libraries include its own slide id (or its original ``obs[library_key]`` value) keeps
+    only those: a part subset from a multi-slide object still lists every library of the original. The
+    same library in several inputs is merged when the entries are identical and refused otherwise.
+    """
+    spatial: dict = {}
+    owner: dict[str, int] = {}
+    for i, (a, sid) in enumerate(zip(adatas, slide_ids)):
+        libs = dict(a.uns.get(Key.SPATIAL) or {})
+        own = {sid, *map(str, _slides_in(a, library_key))}
+        if own & set(libs):
+            libs = {k: v for k, v in libs.items() if k in own}
+        for lib, content in libs.items():
+            if lib in spatial:
+                if _same(spatial[lib], content):
+                    continue
+                raise ValueError(
+                    f"Library {lib!r} appears in uns['spatial'] of more than one input (inputs {owner[lib]} "
+                    f"and {i}) with different content; rename one of them."
+                )
+            spatial[lib] = copy.deepcopy(content)
+            owner[lib] = i
+    return spatial
 
 
 def _merge_var(adatas: list[AnnData], genes: pd.Index) -> pd.DataFrame:
@@ -84,19 +116,30 @@ def concat_slides(
     library_key: str = Key.SLIDE,
     patient_key: str = Key.PATIENT,
 ) -> AnnData:
-    """Combine slides into one AnnData with genes aligned on their union.
+    """Combine slides into one AnnData with genes aligned on their union (built on :func:`anndata.concat`).
 
-    Spots keep their input order (slide by slide), genes appear in first-seen order (all genes of the
-    first slide, then the new genes of the second, ...), and a gene absent from a slide gets zero counts
-    there. ``uns['spatial']`` is merged per library. ``obs_names`` are kept when they are unique across
-    slides; otherwise every name is prefixed with ``"<slide_id>_"`` (and this is logged).
+    ``anndata.concat(join="outer", fill_value=0)`` stacks the matrices; around it this function names the
+    slides, keeps the input order of spots (slide by slide) and the first-seen order of genes (all genes
+    of the first slide, then the new genes of the second, ...), prefixes ``obs_names`` with
+    ``"<slide_id>_"`` only when they repeat across slides (logged), keeps only layers and ``obsm`` keys
+    that every input has (``anndata.concat`` would fill the missing ones with zeros), merges ``var`` per
+    gene and ``uns['spatial']`` per library.
+
+    A gene absent from a slide gets zero counts there, which looks like a dropout: ``varm['measured']``
+    (genes x slides, bool) records which slide measured which gene, and a warning gives the counts when
+    the gene sets differ.
+
+    Parts subset from one object (``[adata[adata.obs["slide_id"] == s].copy() for s in ...]``) each still
+    list every library in ``uns['spatial']``: an input keeps only the libraries named by its slide, and
+    a library found in several inputs is merged when identical (refused when different).
 
     Parameters
     ----------
     adatas
         The slides: a sequence of AnnData (slide ids from ``slide_ids``, else from each one's single
         ``obs[library_key]`` value, else its single ``uns['spatial']`` library) or a mapping
-        ``{slide_id: adata}``. Each input holds exactly one slide.
+        ``{slide_id: adata}``. Each input holds exactly one slide: an input whose ``obs[library_key]``
+        already holds several slides is refused (naming it would relabel them as one slide).
     slide_ids
         Slide ids, one per input (only with a sequence).
     patients
@@ -119,11 +162,13 @@ def concat_slides(
         slides in input order; ``obs[patient_key]`` categorical when patients are known.
     ``var``
         Union of the input columns; per gene the value from the first slide holding the gene.
+    ``varm['measured']``
+        DataFrame (index ``var_names``, one bool column per slide): True where the slide measured the gene.
     ``obsm``
         Keys present in every input with the same number of columns.
     ``uns['spatial']``
-        The union of the inputs' libraries (each must belong to a single input). Other ``uns`` keys,
-        ``obsp`` (per-slide graphs) and ``varm`` are not carried over; their names are logged.
+        The union of the inputs' libraries (identical duplicates merged). Other ``uns`` keys, ``obsp``
+        (per-slide graphs) and the inputs' ``varm`` are not carried over; their names are logged.
     """
     if isinstance(adatas, Mapping):
         if slide_ids is not None:
@@ -146,6 +191,7 @@ def concat_slides(
             raise ValueError(f"Input {i} has duplicated var_names {list(dup[:5])}; make them unique first.")
         if a.obs_names.has_duplicates:
             raise ValueError(f"Input {i} has duplicated obs_names; make them unique first.")
+        _check_one_slide(a, library_key, i)
     if slide_ids is None:
         slide_ids = [_slide_id_of(a, library_key, i) for i, a in enumerate(adatas)]
     slide_ids = [str(s) for s in slide_ids]
@@ -165,71 +211,92 @@ def concat_slides(
             if len(patients) != len(adatas):
                 raise ValueError(f"Got {len(patients)} patients for {len(adatas)} AnnData objects.")
 
-    # genes: union in first-seen order
+    # genes: union in first-seen order; which slide measured which gene
     genes = pd.Index(pd.unique(np.concatenate([a.var_names.to_numpy(dtype=object) for a in adatas])))
     genes = genes.astype(str)
-    cols = [genes.get_indexer(a.var_names) for a in adatas]
-    n_genes = len(genes)
-    X = _stack([a.X for a in adatas], cols, n_genes)
+    measured = pd.DataFrame(
+        {sid: genes.isin(a.var_names.astype(str)) for a, sid in zip(adatas, slide_ids)}, index=genes
+    )
+    lacking = {sid: int((~measured[sid]).sum()) for sid in slide_ids if not measured[sid].all()}
+    if lacking:
+        logger.warning(
+            "concat_slides: the slides measured different genes: %d of %d genes are missing from some "
+            "slides (%s); their counts there are 0 like a dropout, varm['measured'] says which slide "
+            "measured which gene.",
+            int((~measured.all(axis=1)).sum()),
+            len(genes),
+            ", ".join(f"{sid} lacks {n}" for sid, n in lacking.items()),
+        )
+
+    # what anndata.concat would invent: layers / obsm keys missing from some inputs (filled with zeros)
     common_layers = [k for k in adatas[0].layers if all(k in a.layers for a in adatas[1:])]
-    layers = {k: _stack([a.layers[k] for a in adatas], cols, n_genes) for k in common_layers}
     dropped_layers = sorted({k for a in adatas for k in a.layers} - set(common_layers))
     if dropped_layers:
         logger.warning(
             f"concat_slides: layers {dropped_layers} are missing from some inputs and were not kept."
         )
-
-    # obs
-    frames = []
-    for a, sid in zip(adatas, slide_ids):
-        df = a.obs.copy()
-        for c in df.columns:
-            if isinstance(df[c].dtype, pd.CategoricalDtype):
-                df[c] = df[c].astype(object)
-        df[library_key] = sid
-        frames.append(df)
-    obs = pd.concat(frames, axis=0, join="outer", sort=False)
-    names = np.concatenate([a.obs_names.to_numpy(dtype=object) for a in adatas]).astype(str)
-    if pd.Index(names).has_duplicates:
-        names = np.concatenate([[f"{sid}_{n}" for n in a.obs_names] for a, sid in zip(adatas, slide_ids)])
-        if pd.Index(names).has_duplicates:
-            raise ValueError("obs_names are not unique even after prefixing the slide ids.")
-        logger.info("concat_slides: obs_names repeat across slides; prefixed every name with '<slide_id>_'.")
-    obs.index = pd.Index(names)
-    for c in obs.columns:
-        was_cat = any(c in a.obs and isinstance(a.obs[c].dtype, pd.CategoricalDtype) for a in adatas)
-        if was_cat:
-            cats = pd.unique(obs[c].dropna())
-            obs[c] = pd.Categorical(obs[c], categories=cats)
-        elif obs[c].dtype == object:
-            obs[c] = obs[c].infer_objects()
-    obs[library_key] = pd.Categorical(np.repeat(slide_ids, [a.n_obs for a in adatas]), categories=slide_ids)
-    if patients is not None:
-        pats = np.repeat(patients, [a.n_obs for a in adatas])
-        obs[patient_key] = pd.Categorical(pats, categories=list(dict.fromkeys(patients)))
-
-    # obsm: keys every input has, with equal widths
-    obsm = {}
+    common_obsm = []
     for k in adatas[0].obsm:
         vals = [a.obsm.get(k) for a in adatas]
-        if any(v is None for v in vals) or any(isinstance(v, pd.DataFrame) for v in vals):
+        if any(v is None or isinstance(v, pd.DataFrame) for v in vals):
             continue
-        vals = [np.asarray(v) for v in vals]
-        if len({v.shape[1:] for v in vals}) == 1:
-            obsm[k] = np.concatenate(vals, axis=0)
-    dropped_obsm = sorted({k for a in adatas for k in a.obsm} - set(obsm))
+        if len({np.asarray(v).shape[1:] for v in vals}) == 1:
+            common_obsm.append(k)
+    dropped_obsm = sorted({k for a in adatas for k in a.obsm} - set(common_obsm))
     if dropped_obsm:
         logger.warning(
             f"concat_slides: obsm keys {dropped_obsm} are missing from some inputs, are DataFrames or differ "
             "in width, and were not kept."
         )
-    # uns['spatial'] per library
-    spatial: dict = {}
-    for a in adatas:
-        for lib, content in (a.uns.get(Key.SPATIAL) or {}).items():
-            if lib in spatial:
-                raise ValueError(f"Library {lib!r} appears in uns['spatial'] of more than one input.")
-            spatial[lib] = copy.deepcopy(content)
+
+    names = np.concatenate([a.obs_names.to_numpy(dtype=object) for a in adatas]).astype(str)
+    prefix = pd.Index(names).has_duplicates
+    if prefix:
+        names = np.concatenate([[f"{sid}_{n}" for n in a.obs_names] for a, sid in zip(adatas, slide_ids)])
+        if pd.Index(names).has_duplicates:
+            raise ValueError("obs_names are not unique even after prefixing the slide ids.")
+        logger.info("concat_slides: obs_names repeat across slides; prefixed every name with '<slide_id>_'.")
+    parts = []
+    offset = 0
+    for a, sid in zip(adatas, slide_ids):
+        obs = a.obs.copy()
+        obs.index = pd.Index(names[offset : offset + a.n_obs])
+        offset += a.n_obs
+        obs[library_key] = sid
+        parts.append(
+            AnnData(
+                X=a.X,
+                obs=obs,
+                var=pd.DataFrame(index=a.var_names.astype(str)),
+                layers={k: a.layers[k] for k in common_layers},
+                obsm={k: np.asarray(a.obsm[k]) for k in common_obsm},
+            )
+        )
+    out = ad.concat(parts, join="outer", fill_value=0, merge=None, uns_merge=None)
+    if not out.var_names.equals(genes):
+        out = out[:, genes].copy()
+    if any(sp.issparse(a.X) for a in adatas) and not sp.issparse(out.X):
+        out.X = sp.csr_matrix(out.X)
+    for k in common_layers:
+        if any(sp.issparse(a.layers[k]) for a in adatas) and not sp.issparse(out.layers[k]):
+            out.layers[k] = sp.csr_matrix(out.layers[k])
+    for m in [out.X, *out.layers.values()]:
+        if sp.issparse(m):
+            m.sort_indices()
+    out.var = _merge_var(adatas, genes)
+    out.varm["measured"] = measured
+    obs = out.obs
+    for c in obs.columns:
+        was_cat = any(c in a.obs and isinstance(a.obs[c].dtype, pd.CategoricalDtype) for a in adatas)
+        if was_cat:
+            cats = pd.unique(obs[c].dropna().astype(object))
+            obs[c] = pd.Categorical(obs[c].astype(object), categories=cats)
+    obs[library_key] = pd.Categorical(np.repeat(slide_ids, [a.n_obs for a in adatas]), categories=slide_ids)
+    if patients is not None:
+        pats = np.repeat(patients, [a.n_obs for a in adatas])
+        obs[patient_key] = pd.Categorical(pats, categories=list(dict.fromkeys(patients)))
+
+    spatial = _merge_spatial(adatas, slide_ids, library_key)
     lost = sorted(
         {f"uns[{k!r}]" for a in adatas for k in a.uns if k != Key.SPATIAL}
         | {f"obsp[{k!r}]" for a in adatas for k in a.obsp}
@@ -237,8 +304,6 @@ def concat_slides(
     )
     if lost:
         logger.info(f"concat_slides: {', '.join(lost)} are per-slide results and were not carried over.")
-
-    out = AnnData(X=X, obs=obs, var=_merge_var(adatas, genes), obsm=obsm, layers=layers)
     if spatial:
         out.uns[Key.SPATIAL] = spatial
     return out
