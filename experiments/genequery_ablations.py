@@ -58,11 +58,10 @@ import scipy.sparse as sps
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import Report, peak_rss_during
+from _common import Report, peak_rss_during, write_text_atomic
 from bench_genequery import FOLDS, Stage, fmt, fold_data, gq, load, parser, ridges, run
 
 import spared_tools as sp
-from spared_tools._atomic import atomic_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,11 +70,7 @@ class ExperimentReport(Report):
     """A :class:`Report` saved to ``experiments/results/<name>.txt``."""
 
     def save(self) -> Path:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{self.name}.txt"
-        with atomic_path(path) as tmp:
-            tmp.write_text("\n".join(self.lines) + "\n")
-        return path
+        return write_text_atomic(RESULTS / f"{self.name}.txt", "\n".join(self.lines) + "\n")
 
 
 def _dense_log1p(a: ad.AnnData) -> np.ndarray:

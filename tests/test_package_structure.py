@@ -295,3 +295,37 @@ def test_every_slot_holds_distinct_strings():
         names = slot.names()
         assert names and all(isinstance(v, str) and v for v in names.values()), name
         assert len(set(names.values())) == len(names), f"Key.{name} names one key twice"
+
+
+# ---------------------------------------------------------------------------------------------------
+# module size
+
+MAX_LINES = 500
+# Modules over the limit that their owners are splitting (issue 18): each must still be over it.
+PENDING_SIZE = {
+    "_kernels/median.py",
+    "models/genequery.py",
+    "models/image.py",
+    "models/spackle.py",
+    "models/_runner.py",
+    "tl/_baselines.py",
+    "tl/_genequery.py",
+    "tl/_predictor.py",
+    "tl/_spackle.py",
+}
+SRC = ROOT / "src" / "spared_tools"
+
+
+def _sizes() -> dict[str, int]:
+    return {p.relative_to(SRC).as_posix(): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
+
+
+def test_no_module_over_500_lines():
+    big = {name: n for name, n in _sizes().items() if n > MAX_LINES and name not in PENDING_SIZE}
+    assert not big, f"modules over {MAX_LINES} lines (split them; data goes to _data/): {big}"
+
+
+def test_pending_size_exemptions_are_still_needed():
+    sizes = _sizes()
+    fixed = sorted(name for name in PENDING_SIZE if sizes.get(name, 0) <= MAX_LINES)
+    assert not fixed, f"now within {MAX_LINES} lines, remove from PENDING_SIZE: {fixed}"
