@@ -10,23 +10,16 @@ import numpy as np
 __all__ = ["ORGANISMS", "check_choice", "check_int", "check_number", "check_organism"]
 
 
+_Bound = int | None
+
+
 @overload
 def check_int(
-    value: object,
-    name: str,
-    *,
-    min: int | None = ...,
-    max: int | None = ...,
-    allow_none: Literal[False] = ...,
+    value: object, name: str, *, min: _Bound = ..., max: _Bound = ..., allow_none: Literal[False] = ...
 ) -> int: ...
 @overload
 def check_int(
-    value: object,
-    name: str,
-    *,
-    min: int | None = ...,
-    max: int | None = ...,
-    allow_none: bool,
+    value: object, name: str, *, min: _Bound = ..., max: _Bound = ..., allow_none: bool
 ) -> int | None: ...
 def check_int(
     value: object,
