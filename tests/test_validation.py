@@ -80,3 +80,19 @@ def test_check_nonnegative_int_keeps_its_message(value, ok):
     else:
         with pytest.raises(ValueError, match=r"^n_rings must be a non-negative integer, got"):
             check_nonnegative_int(value, "n_rings")
+
+
+def test_check_subset_none_one_many_unknown_repeated():
+    from spared_tools._validation import check_subset
+
+    avail = ["B4", "C2", "C3"]
+    kw = {"name": "sections", "what": "her2st sections", "where": "available in /x"}
+    assert check_subset(None, avail, **kw) == avail and check_subset(None, avail, **kw) is not avail
+    assert check_subset("C2", avail, **kw) == ["C2"]
+    assert check_subset(("C3", "B4"), avail, **kw) == ["C3", "B4"]  # the order asked for
+    with pytest.raises(
+        KeyError, match=r"Unknown her2st sections \['Z9'\]; available in /x: \['B4', 'C2', 'C3'\]"
+    ):
+        check_subset(["B4", "Z9"], avail, **kw)
+    with pytest.raises(ValueError, match=r"^sections lists a name more than once: \['B4', 'B4'\]"):
+        check_subset(["B4", "B4"], avail, **kw)

@@ -31,6 +31,7 @@ __all__ = [
     "check_obs_key",
     "check_organism",
     "check_rate",
+    "check_subset",
     "check_unique_var_names",
     "get_matrix",
     "slide_labels",
@@ -165,3 +166,33 @@ def check_unique_var_names(adata: AnnData, *, what: str = "adata.var_names") -> 
         "Per-gene values (lengths, statistics) cannot be matched to them unambiguously; sum or drop the "
         "duplicates, or call adata.var_names_make_unique() if they are different genes."
     )
+
+
+def check_subset(
+    values: str | Sequence[object] | None, available: Sequence[str], *, name: str, what: str, where: str
+) -> list[str]:
+    """``values`` as a list of distinct names of ``available`` (``None``: all of them; a ``str``: one).
+
+    Parameters
+    ----------
+    values
+        The names asked for.
+    available
+        The names that exist.
+    name
+        The argument's name, used in the message about repeated names.
+    what
+        What the names are ("her2st sections"), used in the message about unknown names.
+    where
+        Where the available names come from ("available in <folder>"), used in that message.
+    """
+    if values is None:
+        return list(available)
+    names = [values] if isinstance(values, str) else [str(v) for v in values]
+    known = set(available)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"Unknown {what} {unknown}; {where}: {list(available)}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name} lists a name more than once: {names}.")
+    return names

@@ -16,6 +16,7 @@ import pandas as pd
 from anndata import AnnData
 
 from spared_tools._keys import Key
+from spared_tools._validation import check_subset
 
 from ._archives import (
     _erickson_dirs,
@@ -349,14 +350,9 @@ def her2st(
     """
     from spared_tools.io import read_her2st
 
-    if sections is None:
-        sections = list(HER2ST_SECTIONS)
-    elif isinstance(sections, str):
-        sections = [sections]
-    sections = [str(s) for s in sections]
-    unknown = [s for s in sections if s not in HER2ST_SECTIONS]
-    if unknown:
-        raise KeyError(f"Unknown her2st sections {unknown}; the repository has {HER2ST_SECTIONS}.")
+    sections = check_subset(
+        sections, HER2ST_SECTIONS, name="sections", what="her2st sections", where="the repository has"
+    )
     base = base_url or HER2ST_BASE_URL
     if not base.endswith("/"):
         base += "/"
