@@ -89,3 +89,55 @@ def test_validation_errors_name_the_problem():
         v.check_array_coords(c)
     np.testing.assert_array_equal(v.slide_labels(a), [0, 0, 1, 1])
     np.testing.assert_array_equal(v.check_array_coords(a), np.c_[np.arange(4), np.arange(4) * 2])
+
+
+def test_n_jobs_drives_torch_numba_and_blas():
+    import os
+
+    import numba
+    from threadpoolctl import threadpool_info
+
+    cores = len(os.sched_getaffinity(0))
+    assert sp.settings.n_jobs == cores  # default: the cores this process may use
+    try:
+        sp.settings.n_jobs = 1
+        assert sp.settings.n_jobs == 1
+        assert torch.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+        pools = threadpool_info()
+        assert pools and all(p["num_threads"] == 1 for p in pools)
+        # numba kernels still give the same answer on one thread
+        from spared_tools._kernels.median import slide_nonzero_median
+
+        X = np.random.default_rng(0).random((50, 7)).astype(np.float32)
+        X[X < 0.5] = 0
+        med = slide_nonzero_median(X, np.zeros(50, dtype=np.int64), 1)[0]
+        ref = [np.median(c[c != 0]) for c in X.T]
+        np.testing.assert_allclose(med, ref, rtol=1e-6)
+    finally:
+        sp.settings.n_jobs = None
+    assert sp.settings.n_jobs == cores
+    assert torch.get_num_threads() == cores
+    assert numba.get_num_threads() == min(cores, numba.config.NUMBA_NUM_THREADS)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_jobs"):
+            sp.settings.n_jobs = bad  # type: ignore[assignment]
+
+
+def test_import_sets_passive_openmp_wait_policy_unless_user_set():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, spared_tools, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
+    # torch imported first: its OpenMP runtime already read the environment, which is left alone
+    del env["OMP_WAIT_POLICY"]
+    code = "import os, torch, spared_tools; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

@@ -3,8 +3,11 @@
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import datasets, io, pl, pp, tl
+# first: importing _settings sets the OpenMP wait policy before anything loads torch
 from ._settings import settings
+
+# isort: split
+from . import datasets, io, pl, pp, tl
 
 try:
     __version__ = _version("spared-tools")

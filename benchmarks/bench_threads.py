@@ -1,0 +1,154 @@
+"""SpaCKLE training alone and beside a competing 2-thread process: does ``sp.settings.n_jobs`` behave?
+
+    .venv/bin/python benchmarks/bench_threads.py [--steps 120] [--side 58]
+
+Each measurement is a fresh process that builds a synthetic 3-slide lattice (``side`` x ``side`` spots per
+slide, 128 genes; ``tests/_synthetic_spackle.py``), then times ``sp.tl.spackle_complete(adata,
+max_steps=...)`` twice, with 10 steps and with ``--steps`` steps: the difference over the extra steps is
+the training step time, free of Lightning start-up and of the completion pass. The competitor is a
+second process running a 2-thread OpenBLAS matrix-product loop for the whole measurement (the kind of
+neighbour a shared machine has). The load average at the start and end of every measurement is printed:
+on a machine that others are using too, the "alone" numbers are not alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import ROOT, Report, machine_info
+
+_WORKER = r"""
+import json, os, sys, time
+cfg = json.loads(sys.argv[1])
+if cfg["torch_first"]:  # torch's libgomp reads the environment before spared_tools can set it
+    import torch
+sys.path.insert(0, {tests!r})
+import spared_tools as sp
+from _synthetic_spackle import make_adata
+if cfg["n_jobs"] is not None:
+    sp.settings.n_jobs = cfg["n_jobs"]
+sp.settings.verbosity = 1
+sp.settings.progress = False
+a = make_adata(n_slides=3, side=cfg["side"], n_genes=128, splits=("train", "val", "train"))
+times = []
+for steps in (10, cfg["steps"]):
+    t0 = time.perf_counter()
+    sp.tl.spackle_complete(a, max_steps=steps, seed=0)
+    times.append(time.perf_counter() - t0)
+import torch
+policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+print(json.dumps({{"short": times[0], "long": times[1], "n_obs": a.n_obs, "torch_threads": torch.get_num_threads(),
+                  "policy": policy}}))
+"""
+
+_COMPETITOR = r"""
+import os, sys, time
+os.environ["OPENBLAS_NUM_THREADS"] = "2"
+import numpy as np
+a = np.random.default_rng(0).random((600, 600))
+end = time.time() + float(sys.argv[1])
+n = 0
+while time.time() < end:
+    a @ a
+    n += 1
+print(n)
+"""
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"})
+    env.update(extra)
+    return env
+
+
+def run_once(cfg: dict, env_extra: dict[str, str], compete: bool) -> dict:
+    """One fresh worker process (optionally beside the competitor); returns its timings and load."""
+    code = _WORKER.format(tests=str(ROOT / "tests"))
+    load0 = os.getloadavg()[0]
+    comp = None
+    if compete:
+        comp = subprocess.Popen(
+            [sys.executable, "-c", _COMPETITOR, "100000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_env({}),
+        )
+        time.sleep(0.5)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            env=_env(env_extra),
+            check=True,
+        )
+    finally:
+        if comp is not None:
+            comp.terminate()
+            comp.wait()
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["load0"] = load0
+    out["load1"] = os.getloadavg()[0]
+    out["step_ms"] = 1000.0 * (out["long"] - out["short"]) / (cfg["steps"] - 10)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=120, help="training steps of the long call")
+    ap.add_argument("--side", type=int, default=58, help="lattice side per slide (3 slides)")
+    ap.add_argument("--configs", default="default,spinning,n_jobs=1", help="comma list of configurations")
+    ap.add_argument("--name", default="threads", help="result file name")
+    args = ap.parse_args()
+    configs = {
+        # the defaults: n_jobs = available cores, OMP_WAIT_POLICY=PASSIVE set on import
+        "default": ({"n_jobs": None, "torch_first": False}, {}),
+        # before this change: torch imported first, so libgomp keeps its spinning default
+        "spinning": ({"n_jobs": None, "torch_first": True}, {}),
+        "n_jobs=1": ({"n_jobs": 1, "torch_first": False}, {}),
+        "omp-active": ({"n_jobs": None, "torch_first": False}, {"OMP_WAIT_POLICY": "ACTIVE"}),
+    }
+    rep = Report(args.name)
+    rep("# SpaCKLE training step time alone and beside a 2-thread OpenBLAS loop (fresh process each)")
+    rep(f"# {machine_info()}")
+    rep(
+        f"# cores this process may use: {len(os.sched_getaffinity(0))}; load average at start {os.getloadavg()}"
+    )
+    rep(
+        f"{'configuration':<14s} {'OpenMP wait':>11s} {'spots':>6s} {'threads':>7s} {'alone ms/step':>13s} "
+        f"{'beside ms/step':>14s} {'slowdown':>8s}  load avg (alone / beside)"
+    )
+    for name in args.configs.split(","):
+        cfg, env = configs[name]
+        cfg = dict(cfg, steps=args.steps, side=args.side)
+        alone = run_once(cfg, env, compete=False)
+        beside = run_once(cfg, env, compete=True)
+        rep(
+            f"{name:<14s} {alone['policy']:>11s} {alone['n_obs']:6d} {alone['torch_threads']:7d} {alone['step_ms']:13.1f} "
+            f"{beside['step_ms']:14.1f} {beside['step_ms'] / alone['step_ms']:7.2f}x  "
+            f"{alone['load0']:.2f}->{alone['load1']:.2f} / {beside['load0']:.2f}->{beside['load1']:.2f}"
+        )
+    busy = os.getloadavg()[0]
+    rep(
+        f"# load average at the end {busy:.2f}"
+        + (
+            "  (other jobs were running: the 'alone' column shares the cores with them too)"
+            if busy > 1.0
+            else ""
+        )
+    )
+    rep("# target: slowdown <= 2.5x beside the 2-thread competitor with the defaults")
+    path = rep.save()
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
