@@ -116,7 +116,7 @@ PENDING_UPWARD = {
     ("spared_tools.models.image", "spared_tools.pp._graph"),
 }
 PENDING_CYCLES = {
-    frozenset({"spared_tools.models.image", "spared_tools.pp._patches"}),
+    frozenset({"spared_tools.models.image", "spared_tools.pp._patch_store", "spared_tools.pp._patches"}),
     frozenset({"spared_tools.tl._evaluate_completion", "spared_tools.tl._spackle"}),
 }
 
