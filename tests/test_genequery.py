@@ -377,9 +377,9 @@ def test_n_models_bad_values(data, tmp_path):
     # a saved model whose network count disagrees with its parameters
     model = GeneQueryModel(gene_embeddings=table, max_epochs=1, seed=0, n_models=2, **SMALL)
     model.train(adata.copy(), genes=["G0", "G1"]).save(tmp_path / "m")
-    state = torch.load(tmp_path / "m" / "genequery_state.pt", weights_only=True)
-    state["more_nets"] = []
-    torch.save(state, tmp_path / "m" / "genequery_state.pt")
+    state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    state["nets"] = state["nets"][:1]
+    torch.save(state, tmp_path / "m" / "weights.pt")
     with pytest.raises(ValueError, match="holds 1 networks but its parameters say n_models=2"):
         Predictor.load(tmp_path / "m")
 
@@ -938,9 +938,9 @@ def test_standardisation_uses_training_data_and_survives_save_load(data, trained
     assert not np.allclose(net.image_shift.numpy(), feats.mean(0), rtol=1e-3, atol=1e-4)
     # a model saved before the standardisation existed (no such buffers) loads as the identity
     trained_spot.save(tmp_path / "gq")
-    path = tmp_path / "gq" / "genequery_state.pt"
+    path = tmp_path / "gq" / "weights.pt"
     state = torch.load(path, weights_only=True)
-    state["net"] = {k: v for k, v in state["net"].items() if not k.endswith(("_shift", "_scale"))}
+    state["nets"][0] = {k: v for k, v in state["nets"][0].items() if not k.endswith(("_shift", "_scale"))}
     torch.save(state, path)
     old = GeneQueryModel.load(tmp_path / "gq")
     for name, value in (("image_shift", 0.0), ("image_scale", 1.0), ("gene_shift", 0.0), ("gene_scale", 1.0)):

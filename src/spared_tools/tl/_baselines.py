@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import nn
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device
 from spared_tools._validation import check_nonnegative_int
+from spared_tools.tl._base import register_model
 from spared_tools.tl._evaluate_prediction import pearson_per_gene
 from spared_tools.tl._predictor import Predictor, Scaling
 
@@ -30,6 +30,7 @@ __all__ = ["LinearHeadPredictor", "MeanPredictor", "RidgePredictor", "ridge_path
 
 
 # --------------------------------------------------------------------------------------------- mean
+@register_model("Mean")
 class MeanPredictor(Predictor):
     """Predict, for every spot, the mean of each gene over the training spots.
 
@@ -62,12 +63,12 @@ class MeanPredictor(Predictor):
         row = self.mean_[[pos[g] for g in genes]]
         return np.broadcast_to(row, (adata.n_obs, len(genes))).copy()
 
-    def _save_state(self, path: Path) -> None:
+    def _state(self) -> dict[str, Any]:
         assert self.mean_ is not None
-        np.save(path / "mean.npy", self.mean_)
+        return {"mean": torch.from_numpy(np.asarray(self.mean_))}
 
-    def _load_state(self, path: Path) -> None:
-        self.mean_ = np.load(path / "mean.npy")
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.mean_ = state["mean"].numpy()
 
 
 # --------------------------------------------------------------------------------------------- ridge
@@ -113,6 +114,7 @@ def _encoder_param(encoder: Any) -> Any:
     )
 
 
+@register_model("Ridge")
 class RidgePredictor(Predictor):
     """Ridge regression of every gene on frozen image features (HEST-style baseline).
 
@@ -293,23 +295,24 @@ class RidgePredictor(Predictor):
         X = (F - self.x_mean_) / self.x_scale_
         return X @ self.coef_[:, cols] + self.intercept_[cols]  # type: ignore[index]
 
-    def _save_state(self, path: Path) -> None:
+    def _state(self) -> dict[str, Any]:
         assert self.coef_ is not None and self.intercept_ is not None
         assert self.x_mean_ is not None and self.x_scale_ is not None
-        np.savez(
-            path / "ridge.npz",
-            coef=self.coef_,
-            intercept=self.intercept_,
-            x_mean=self.x_mean_,
-            x_scale=self.x_scale_,
-            alpha=np.float64(self.alpha_),
-        )
+        arrays = {
+            "coef": self.coef_,
+            "intercept": self.intercept_,
+            "x_mean": self.x_mean_,
+            "x_scale": self.x_scale_,
+        }
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
-    def _load_state(self, path: Path) -> None:
-        with np.load(path / "ridge.npz") as z:
-            self.coef_, self.intercept_ = z["coef"], z["intercept"]
-            self.x_mean_, self.x_scale_ = z["x_mean"], z["x_scale"]
-            self.alpha_ = float(z["alpha"])
+    def _extra_config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha_}
+
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.coef_, self.intercept_ = state["coef"].numpy(), state["intercept"].numpy()
+        self.x_mean_, self.x_scale_ = state["x_mean"].numpy(), state["x_scale"].numpy()
+        self.alpha_ = float(extra["alpha"])
 
 
 # --------------------------------------------------------------------------------------------- linear head
@@ -405,6 +408,7 @@ class _PatchTargets(torch.utils.data.Dataset):
         return img, self.Z[pos]
 
 
+@register_model("LinearHead")
 class LinearHeadPredictor(Predictor):
     """Image encoder + linear head over all genes, trained end to end (STNet-style) or on frozen features.
 
@@ -632,12 +636,12 @@ class LinearHeadPredictor(Predictor):
         finally:
             self.net_ = net.cpu()
 
-    def _save_state(self, path: Path) -> None:
+    def _state(self) -> dict[str, Any]:
         assert self.net_ is not None
-        torch.save(self.net_.state_dict(), path / "linear_head.pt")
+        return {"net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()}}
 
-    def _load_state(self, path: Path) -> None:
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
         assert self.genes_ is not None
         net = self._build_net(len(self.genes_), self._image_encoder())
-        net.load_state_dict(torch.load(path / "linear_head.pt", map_location="cpu", weights_only=True))
+        net.load_state_dict(state["net"])
         self.net_ = net.eval()

@@ -29,12 +29,10 @@ from spared_tools._validation import (
     slide_labels,
 )
 
+from ._base import register_model, to_uns
 from ._predictor import Predictor, Scaling, TargetScaler, split_indices, target_matrix
 
 __all__ = ["GeneQueryModel", "genequery_predict"]
-
-_STATE_FILE = "genequery_state.pt"
-_EMB_FILE = "genequery_gene_embeddings.npz"
 
 
 class _TextScaler(TargetScaler):
@@ -138,6 +136,7 @@ def _embedding_table(value: Any) -> pd.DataFrame:
     return df
 
 
+@register_model("GeneQuery")
 class GeneQueryModel(Predictor):
     """GeneQuery (Xiong et al.): gene expression from spot images queried by the gene's text.
 
@@ -1122,61 +1121,51 @@ class GeneQueryModel(Predictor):
                 params[key] = "auto"
         return params
 
-    def _save_state(self, path: Path) -> None:
+    def _state(self) -> dict[str, Any]:
         import torch
 
         if self.net_ is None or self.gene_embeddings_ is None:
             raise RuntimeError("GeneQueryModel has no trained network to save.")
-        assert self.genes_ is not None
         nets = self.nets_ or [self.net_]
-        state = {
-            "net": {k: v.detach().cpu() for k, v in nets[0].state_dict().items()},
-            "more_nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets[1:]],
+        state: dict[str, Any] = {
+            "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets],
+            "train_emb": torch.from_numpy(np.ascontiguousarray(self.gene_embeddings_, dtype=np.float32)),
+        }
+        if self.gene_embeddings is not None:
+            state["user_emb"] = torch.from_numpy(self.gene_embeddings.to_numpy(dtype=np.float32))
+        if self.finetune:
+            enc = self._tuned_encoder()
+            state["image_encoder_state"] = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
+        return state
+
+    def _extra_config(self) -> dict[str, Any]:
+        return {
             "image_dim": self.image_dim_,
             "gene_dim": self.gene_dim_,
             "image_encoder": self.image_encoder if isinstance(self.image_encoder, str) else None,
             "image_encoder_class": type(self.image_encoder).__name__,
             "text_scaler": self.scaler_.text_state() if isinstance(self.scaler_, _TextScaler) else None,
+            "user_genes": None
+            if self.gene_embeddings is None
+            else [str(g) for g in self.gene_embeddings.index],
         }
-        if self.finetune:
-            enc = self._tuned_encoder()
-            state["image_encoder_state"] = {k: v.detach().cpu() for k, v in enc.state_dict().items()}
-        torch.save(state, path / _STATE_FILE)
-        arrays: dict[str, Any] = {
-            "train_genes": np.asarray(self.genes_, dtype=str),
-            "train_emb": self.gene_embeddings_,
-        }
-        if self.gene_embeddings is not None:
-            arrays["user_genes"] = self.gene_embeddings.index.to_numpy(dtype=str)
-            arrays["user_emb"] = self.gene_embeddings.to_numpy(dtype=np.float32)
-        np.savez(path / _EMB_FILE, **arrays)
 
-    def _load_state(self, path: Path) -> None:
-        import torch
-
-        if not (path / _STATE_FILE).exists() or not (path / _EMB_FILE).exists():
-            raise FileNotFoundError(
-                f"{path} lacks {_STATE_FILE} or {_EMB_FILE}; it is not a saved GeneQueryModel."
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.image_dim_, self.gene_dim_ = int(extra["image_dim"]), int(extra["gene_dim"])
+        self.gene_embeddings_ = state["train_emb"].numpy().astype(np.float32)
+        if "user_emb" in state:
+            self.gene_embeddings = pd.DataFrame(
+                state["user_emb"].numpy(), index=pd.Index(extra["user_genes"])
             )
-        state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
-        self.image_dim_, self.gene_dim_ = int(state["image_dim"]), int(state["gene_dim"])
-        with np.load(path / _EMB_FILE, allow_pickle=False) as z:
-            self.gene_embeddings_ = z["train_emb"].astype(np.float32)
-            if list(z["train_genes"]) != list(self.genes_ or []):
-                raise ValueError(f"{path}: the gene list of the embeddings does not match predictor.json.")
-            if "user_emb" in z:
-                self.gene_embeddings = pd.DataFrame(
-                    z["user_emb"], index=pd.Index(z["user_genes"].astype(str))
-                )
-        if state["image_encoder"] is None and self.image_encoder is None:
+        if extra["image_encoder"] is None and self.image_encoder is None:
             logger.info(
-                f"GeneQueryModel was trained with a custom image encoder ({state['image_encoder_class']}); "
+                f"GeneQueryModel was trained with a custom image encoder ({extra['image_encoder_class']}); "
                 "set model.image_encoder or provide features in obsm."
             )
-        saved = [state["net"], *state.get("more_nets", [])]
+        saved = list(state["nets"])
         if len(saved) != self.n_models:
             raise ValueError(
-                f"{path}: holds {len(saved)} networks but its parameters say n_models={self.n_models}."
+                f"The saved model holds {len(saved)} networks but its parameters say n_models={self.n_models}."
             )
         nets = []
         for sd in saved:
@@ -1192,29 +1181,12 @@ class GeneQueryModel(Predictor):
         self.encoder_ = None
         self._encoder_state = state.get("image_encoder_state") if self.finetune else None
         if self.finetune and self._encoder_state is None:
-            raise ValueError(f"{path}: a fine-tuned GeneQueryModel without its image-encoder weights.")
+            raise ValueError("A saved fine-tuned GeneQueryModel without its image-encoder weights.")
         assert self.scaler_ is not None
         scaler = _TextScaler.from_base(self.scaler_)
-        if state["text_scaler"] is not None:
-            scaler.load_text_state(state["text_scaler"])
+        if extra["text_scaler"] is not None:
+            scaler.load_text_state(extra["text_scaler"])
         self.scaler_ = scaler
-
-
-def _uns_safe(obj: Any) -> Any:
-    """Make ``obj`` writable to ``.h5ad``: drop ``None``, lists of records become DataFrames."""
-    if isinstance(obj, Mapping):
-        return {str(k): _uns_safe(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, list | tuple):
-        if obj and all(isinstance(v, Mapping) for v in obj):
-            return pd.DataFrame(list(obj))
-        if obj and all(isinstance(v, str) for v in obj):
-            return np.asarray(obj, dtype=object)
-        if all(isinstance(v, bool | int | float | np.number) for v in obj):
-            return np.asarray(obj)
-        return json.dumps(obj, default=str)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _scalar_metrics(metrics: Any) -> dict[str, Any]:
@@ -1376,7 +1348,7 @@ def genequery_predict(
             "train_params": model.train_params_,
         }
     )
-    adata.uns[key_added] = _uns_safe(
+    adata.uns[key_added] = to_uns(
         {
             "params": json.loads(json.dumps(params, default=str)),
             "history": json.loads(json.dumps(model.history_, default=str)),

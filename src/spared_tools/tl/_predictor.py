@@ -8,17 +8,16 @@
   training split only, and hands the scaled targets to the subclass's :meth:`Predictor._fit`;
 * ``predict(adata, genes)`` returns ``(n_obs, n_genes)`` predictions in log1p units;
 * ``evaluate(adata, ...)`` scores the test split with :func:`~spared_tools.tl.evaluate_prediction`;
-* ``save(dir)`` / ``load(dir, adata)`` round-trip hyper-parameters, gene list, target scaling, patch size
+* ``save(dir)`` / ``load(dir, adata)`` (the package's one model format) round-trip hyper-parameters, gene list, target scaling, patch size
   and the subclass's weights, and refuse data whose genes or patch size differ.
 
 Subclasses implement :meth:`Predictor._fit` and :meth:`Predictor._predict` (both in scaled target
-units) and, when they hold weights, :meth:`Predictor._save_state` / :meth:`Predictor._load_state`.
+units) and, when they hold weights, :meth:`Predictor._state` / :meth:`Predictor._set_state`.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 import inspect
 import json
 from collections.abc import Sequence
@@ -40,11 +39,9 @@ from spared_tools._validation import (
     check_obs_key,
     get_matrix,
 )
+from spared_tools.tl._base import check_image_size, model_class, read_model, write_model
 
 __all__ = ["Predictor", "TargetScaler", "split_indices", "target_matrix"]
-
-_CONFIG_FILE = "predictor.json"
-_FORMAT_VERSION = 1
 
 Scaling = Literal["minmax", "standard", "none"]
 
@@ -278,11 +275,16 @@ class Predictor(abc.ABC):
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
         """Predict scaled targets ``(adata.n_obs, len(genes))`` for every spot of ``adata``."""
 
-    def _save_state(self, path: Path) -> None:  # noqa: B027 - optional hook
-        """Write weights or arrays into the directory ``path`` (default: nothing)."""
+    def _state(self) -> dict[str, Any]:
+        """Tensors to save in ``weights.pt`` (default: none)."""
+        return {}
 
-    def _load_state(self, path: Path) -> None:  # noqa: B027 - optional hook
-        """Read what :meth:`_save_state` wrote (default: nothing)."""
+    def _extra_config(self) -> dict[str, Any]:
+        """JSON settings beyond the constructor parameters to save in ``model.json`` (default: none)."""
+        return {}
+
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what :meth:`_state` and :meth:`_extra_config` returned (default: nothing)."""
 
     def _params_for_save(self) -> dict[str, Any]:
         """Constructor parameters written to disk; subclasses replace non-JSON values (e.g. modules)."""
@@ -341,13 +343,7 @@ class Predictor(abc.ABC):
                     f"not in adata.var_names ({show}). Load it for data with the same genes, or pass genes=."
                 )
         if self.uses_images and self.image_size_ is not None:
-            size = self._image_size(adata)
-            if tuple(size) != tuple(self.image_size_):
-                raise ValueError(
-                    f"The {type(self).__name__} was trained on {self.image_size_[0]}x{self.image_size_[1]} px "
-                    f"patches but adata's {self.patches_key!r} patches are {size[0]}x{size[1]} px; re-extract "
-                    f"them with sp.pp.extract_patches(adata, size={self.image_size_[0]})."
-                )
+            check_image_size(self.image_size_, self._image_size(adata), type(self).__name__, self.patches_key)
 
     def train(
         self,
@@ -508,22 +504,22 @@ class Predictor(abc.ABC):
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save hyper-parameters, genes, target scaling, patch size and weights to the directory ``path``.
 
+        The package's one model format (:mod:`spared_tools.tl._base`): ``model.json`` + ``weights.pt``,
+        written into a temporary directory and renamed into place, so a failure never leaves a
+        half-written model (nor touches a model already at ``path``).
+
         Parameters
         ----------
         path
-            Directory to create (or reuse with ``overwrite=True``).
+            Directory to create (an existing one only with ``overwrite=True``).
         overwrite
-            Allow writing into an existing model directory.
+            Replace a model saved at ``path``.
 
         Returns
         -------
-        Nothing; writes ``predictor.json`` plus the subclass's state files.
+        Nothing; writes ``model.json`` and ``weights.pt``.
         """
         genes = self._check_trained()
-        path = Path(path)
-        if (path / _CONFIG_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{path} already holds a saved model; pass overwrite=True.")
-        path.mkdir(parents=True, exist_ok=True)
         params = self._params_for_save()
         bad = [k for k, v in params.items() if not _jsonable(v)]
         if bad:
@@ -532,17 +528,21 @@ class Predictor(abc.ABC):
             )
         assert self.scaler_ is not None
         config = {
-            "format_version": _FORMAT_VERSION,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "params": params,
-            "genes": list(genes),
             "scaler": self.scaler_.to_dict(),
-            "image_size": list(self.image_size_) if self.image_size_ is not None else None,
             "train_params": self.train_params_,
             "history": self.history_ if _jsonable(self.history_) else {},
+            "extra": self._extra_config(),
         }
-        self._save_state(path)
-        (path / _CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        write_model(
+            path,
+            model=type(self).model_name,  # type: ignore[attr-defined]
+            genes=list(genes),
+            config=config,
+            weights=self._state(),
+            image_size=self.image_size_,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> Predictor:
@@ -558,28 +558,20 @@ class Predictor(abc.ABC):
 
         Returns
         -------
-        The trained model, of the class that was saved (``Predictor.load`` dispatches on it).
+        The trained model, of the class that was saved (``Predictor.load`` dispatches on the registry).
         """
-        path = Path(path)
-        cfg_file = path / _CONFIG_FILE
-        if not cfg_file.exists():
-            raise FileNotFoundError(f"{path} does not hold a saved model (no {_CONFIG_FILE}).")
-        config = json.loads(cfg_file.read_text())
-        if config.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"Unsupported model format version {config.get('format_version')!r} in {cfg_file}."
-            )
-        module_name, _, qualname = config["class"].rpartition(".")
-        klass = getattr(importlib.import_module(module_name), qualname)
+        header, weights = read_model(path)
+        klass = model_class(header["model"])
         if not (isinstance(klass, type) and issubclass(klass, cls)):
-            raise TypeError(f"{path} holds a {config['class']}, not a {cls.__name__}.")
+            raise TypeError(f"{path} holds a {header['model']} model, not a {cls.__name__}.")
+        config = header["config"]
         obj = klass(**config["params"])
-        obj.genes_ = list(config["genes"])
+        obj.genes_ = list(header["genes"])
         obj.scaler_ = TargetScaler.from_dict(config["scaler"])
-        obj.image_size_ = tuple(config["image_size"]) if config["image_size"] is not None else None
-        obj.train_params_ = dict(config.get("train_params", {}))
-        obj.history_ = dict(config.get("history", {}))
-        obj._load_state(path)
+        obj.image_size_ = tuple(header["image_size"]) if header["image_size"] is not None else None
+        obj.train_params_ = dict(config.get("train_params") or {})
+        obj.history_ = dict(config.get("history") or {})
+        obj._set_state(weights, config.get("extra") or {})
         if adata is not None:
             check_adata(adata)
             obj.check_compatible(adata, require_genes=True)

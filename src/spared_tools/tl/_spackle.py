@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,12 +21,10 @@ from spared_tools._validation import (
     get_matrix,
     slide_labels,
 )
+from spared_tools.tl._base import FORMAT_VERSION, read_model, register_model, to_json, write_model
 
 __all__ = ["SpackleModel", "spackle_complete"]
 
-_CONFIG_FILE = "spackle.json"
-_WEIGHTS_FILE = "spackle.pt"
-_FORMAT_VERSION = 1
 #: Neighbour positions of the paper's hexagonal 2-ring neighbourhood; ``n_rings=None`` picks the
 #: smallest ring count whose lattice neighbourhood has at least this many positions.
 _PAPER_NEIGHBOURS = 18
@@ -133,6 +129,7 @@ def _neighbourhoods(
 # ---------------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------------
+@register_model("SpaCKLE")
 class SpackleModel:
     """SpaCKLE: transformer completion of missing gene-expression entries from the lattice neighbourhood.
 
@@ -777,51 +774,55 @@ class SpackleModel:
     # ---- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description of the model (everything but the weights)."""
-        return {
-            "format_version": _FORMAT_VERSION,
-            "model": "SpaCKLE",
-            "genes": list(self.genes),
-            "layer": self.layer,
-            "mask_layer": self.mask_layer,
-            "library_key": self.library_key,
-            "geometry": self.geometry,
-            "n_rings": int(self.n_rings),
-            "ring": [int(r) for r in self.ring],
-            "seed": int(self.seed),
-            "hparams": dict(self.hparams),
-            "is_trained": bool(self.is_trained),
-            "train_info": self.train_info_,
-            "history": self.history_.to_dict(orient="list"),
-        }
+        return to_json(
+            {
+                "format_version": FORMAT_VERSION,
+                "model": "SpaCKLE",
+                "genes": list(self.genes),
+                "layer": self.layer,
+                "mask_layer": self.mask_layer,
+                "library_key": self.library_key,
+                "geometry": self.geometry,
+                "n_rings": int(self.n_rings),
+                "ring": [int(r) for r in self.ring],
+                "seed": int(self.seed),
+                "hparams": dict(self.hparams),
+                "is_trained": bool(self.is_trained),
+                "train_info": self.train_info_,
+                "history": self.history_.to_dict(orient="list"),
+            }
+        )
 
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Write the model to ``dir_path``.
+        """Write the model to ``dir_path`` in the package's model format (``model.json`` + ``weights.pt``).
 
-        ``spackle.json`` holds the genes, layers, geometry, hyper-parameters and training record;
-        ``spackle.pt`` the weights and the gene standardisation.
+        ``model.json`` holds the genes, layers, geometry, hyper-parameters and training record,
+        ``weights.pt`` the weights and the gene standardisation. Written into a temporary directory and
+        renamed into place: a failure never leaves a half-written model, nor touches one at ``dir_path``.
 
         Parameters
         ----------
         dir_path
-            Directory to create (or reuse with ``overwrite=True``).
+            Directory to create (an existing one only with ``overwrite=True``).
         overwrite
-            Replace an existing saved model in ``dir_path``.
+            Replace a model saved at ``dir_path``.
         """
         import torch
 
         self._require_trained()
-        d = Path(dir_path)
-        if (d / _CONFIG_FILE).exists() and not overwrite:
-            raise FileExistsError(f"{d / _CONFIG_FILE} exists; pass overwrite=True to replace it.")
-        d.mkdir(parents=True, exist_ok=True)
-        state = {
-            "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
-            "gene_mean": torch.from_numpy(np.asarray(self.gene_mean, dtype=np.float32)),
-            "gene_std": torch.from_numpy(np.asarray(self.gene_std, dtype=np.float32)),
-        }
-        torch.save(state, d / _WEIGHTS_FILE)
-        with open(d / _CONFIG_FILE, "w") as fh:
-            json.dump(self.config(), fh, indent=1, default=_json_default)
+        cfg = self.config()
+        write_model(
+            dir_path,
+            model="SpaCKLE",
+            genes=list(self.genes),
+            config={k: v for k, v in cfg.items() if k not in ("format_version", "model", "genes")},
+            weights={
+                "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
+                "gene_mean": torch.from_numpy(np.asarray(self.gene_mean, dtype=np.float32)),
+                "gene_std": torch.from_numpy(np.asarray(self.gene_std, dtype=np.float32)),
+            },
+            overwrite=overwrite,
+        )
 
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata: AnnData) -> SpackleModel:
@@ -839,21 +840,10 @@ class SpackleModel:
         -------
         The trained model.
         """
-        import torch
-
-        d = Path(dir_path)
-        if not (d / _CONFIG_FILE).exists() or not (d / _WEIGHTS_FILE).exists():
-            raise FileNotFoundError(
-                f"{d} does not hold a saved SpaCKLE model ({_CONFIG_FILE} + {_WEIGHTS_FILE})."
-            )
-        with open(d / _CONFIG_FILE) as fh:
-            cfg = json.load(fh)
-        if cfg.get("model") != "SpaCKLE":
-            raise ValueError(f"{d / _CONFIG_FILE} does not describe a SpaCKLE model.")
-        if int(cfg.get("format_version", 0)) > _FORMAT_VERSION:
-            raise ValueError(f"{d} was saved by a newer spared_tools (format {cfg['format_version']}).")
+        header, state = read_model(dir_path, expected="SpaCKLE")
+        cfg = header["config"]
         check_adata(adata)
-        _gene_index(adata, cfg["genes"])  # clear error when the genes differ
+        _gene_index(adata, header["genes"])  # clear error when the genes differ
         self = cls.__new__(cls)
         self.adata = adata
         self.layer = cfg["layer"]
@@ -861,7 +851,7 @@ class SpackleModel:
         self.library_key = cfg["library_key"]
         self.geometry = cfg["geometry"]
         self.seed = int(cfg["seed"])
-        self.genes = list(cfg["genes"])
+        self.genes = list(header["genes"])
         self.n_rings = int(cfg["n_rings"])
         self.ring = np.asarray(cfg["ring"], dtype=np.int64)
         self.hparams = dict(cfg["hparams"])
@@ -873,7 +863,6 @@ class SpackleModel:
             )
         self._table = table
         self._build_encoder()
-        state = torch.load(d / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
         self.encoder.load_state_dict(state["encoder"])
         self.encoder.eval()
         self.gene_mean = state["gene_mean"].numpy().astype(np.float32)
@@ -884,16 +873,6 @@ class SpackleModel:
             cfg.get("history") or {}, columns=["step", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_scored"]
         )
         return self
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------------------
