@@ -1,10 +1,16 @@
-"""Command-line interface: ``spared-tools process`` and ``spared-tools demo``.
+"""Command-line interface: ``spared-tools process | complete | predict | demo``.
 
 ``spared-tools process INPUT -o OUT.h5ad --organism human`` runs :func:`spared_tools.pp.spared_pipeline`
-on a Space Ranger output folder, a her2st-style folder (``ST-cnts/``, ``ST-spotfiles/``) or an ``.h5ad``
-file and writes the processed ``.h5ad``; every parameter (and the command line) is recorded in
-``uns["spared"]``. ``spared-tools demo --out DIR`` processes the bundled mouse olfactory bulb example and
-draws the top Moran gene over the raw, log1p and median-completed layers.
+on a Space Ranger output folder, a her2st-style folder or an ``.h5ad`` file and writes the processed
+``.h5ad``; every parameter (and the command line) is recorded in ``uns["spared"]``.
+``spared-tools complete PROCESSED.h5ad -o OUT.h5ad`` trains (or, with ``--model`` holding a saved model,
+loads) SpaCKLE and writes the completed layer (:func:`spared_tools.tl.spackle_complete`).
+``spared-tools predict PROCESSED.h5ad -o OUT.h5ad --genes ...`` trains or loads GeneQuery and predicts
+trained and unseen genes from the H&E image (:func:`spared_tools.tl.genequery_predict`), with optional
+PNG maps. ``spared-tools demo -o DIR`` processes the bundled mouse olfactory bulb example.
+
+Every output is written atomically (a temporary file renamed into place). Bad usage exits with status 2
+(argparse); bad data exits with status 1 and a one-line message on stderr, without a traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +20,23 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 from spared_tools._keys import Key
 
 _VERBOSITY = {"quiet": 1, "info": 2, "debug": 3}
+_FOLLOW = "=library-key"  # --combat-key default: follow --library-key
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default in ``--help`` and keeps the descriptions' line breaks."""
+
+
+class DataError(ValueError):
+    """Bad input data or files: reported as one line, exit status 1."""
 
 
 def _none_or_str(value: str) -> str | None:
@@ -29,7 +47,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline parameters (defaults: SpaRED's published values)")
     g.add_argument("--organism", required=True, choices=["human", "mouse"], help="gene lengths for TPM")
     g.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    g.add_argument("--library-key", default=Key.SLIDE, help="obs column naming the slide of each spot")
+    g.add_argument(
+        "--library-key",
+        type=_none_or_str,
+        default=Key.SLIDE,
+        help="obs column naming the slide of each spot; 'none': every spot is on one slide",
+    )
     g.add_argument(
         "--split-key", type=_none_or_str, default=None, help="obs column with train/val/test labels"
     )
@@ -50,22 +73,54 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "hex", "square", "checkerboard"],
         help="spot lattice (hex = Visium, square = legacy ST 1k, checkerboard = ST 2k)",
     )
-    g.add_argument("--cell-min-counts", type=float, default=10)
-    g.add_argument("--cell-max-counts", type=float, default=1e6)
-    g.add_argument("--gene-min-counts", type=float, default=10)
-    g.add_argument("--gene-max-counts", type=float, default=1e6)
-    g.add_argument("--real-data-percentage", type=float, default=0.7)
+    g.add_argument(
+        "--cell-min-counts", type=float, default=10, help="spots need a total count strictly above this"
+    )
+    g.add_argument(
+        "--cell-max-counts", type=float, default=1e6, help="spots need a total count strictly below this"
+    )
+    g.add_argument(
+        "--gene-min-counts", type=float, default=10, help="genes need a total count strictly above this"
+    )
+    g.add_argument(
+        "--gene-max-counts", type=float, default=1e6, help="genes need a total count strictly below this"
+    )
+    g.add_argument(
+        "--real-data-percentage",
+        type=float,
+        default=0.7,
+        help="minimum mean expression fraction of the kept genes (SpaRED's rule)",
+    )
     g.add_argument(
         "--top-moran-genes", type=int, default=None, help="default: 128 if > 320 genes survive, else 32"
     )
     g.add_argument(
-        "--combat-key", type=_none_or_str, default=Key.SLIDE, help="ComBat batch column, or 'none'"
+        "--combat-key",
+        type=_none_or_str,
+        default=_FOLLOW,
+        help="ComBat batch column, or 'none' (default: the --library-key column)",
     )
     g.add_argument("--wildcard-genes", type=Path, default=None, help="text file, one gene per line")
-    g.add_argument("--missing-lengths", default="drop", choices=["drop", "keep", "raise"])
+    g.add_argument(
+        "--missing-lengths",
+        default="drop",
+        choices=["drop", "keep", "raise"],
+        help="genes without a known length: drop them, keep them (median length) or stop",
+    )
     g.add_argument("--gene-id-key", default=None, help="var column with the ids used for gene lengths")
     g.add_argument("--n-rings", type=int, default=4, help="largest median-completion window (rings)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: sp.settings.device)")
+
+
+def _add_common_output(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-o", "--output", type=Path, required=True, help=f"{what} to write")
+    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or auto (default None: sp.settings.device)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,24 +128,111 @@ def build_parser() -> argparse.ArgumentParser:
     from spared_tools import __version__
 
     parser = argparse.ArgumentParser(
-        prog="spared-tools", description="SpaRED preprocessing for spatial transcriptomics, on AnnData."
+        prog="spared-tools",
+        description="SpaRED preprocessing, SpaCKLE completion and GeneQuery prediction, on AnnData.",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"spared-tools {__version__}")
     parser.add_argument("-v", "--verbosity", choices=list(_VERBOSITY), default="info", help="log level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("process", help="run the SpaRED pipeline on a dataset and write an .h5ad")
-    p.add_argument("input", type=Path, help="Space Ranger output folder, her2st-style folder or .h5ad file")
-    p.add_argument("-o", "--output", type=Path, required=True, help="processed .h5ad to write")
-    p.add_argument(
-        "--sections", nargs="*", default=None, help="her2st folders: sections to read (default all)"
+    p = sub.add_parser(
+        "process",
+        help="run the SpaRED pipeline on a dataset and write an .h5ad",
+        formatter_class=_Formatter,
     )
-    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("input", type=Path, help="Space Ranger output folder, her2st-style folder or .h5ad file")
+    _add_common_output(p, "processed .h5ad")
+    p.add_argument(
+        "--sections", nargs="*", default=None, help="her2st folders: sections to read (default: all)"
+    )
     _add_pipeline_args(p)
 
-    d = sub.add_parser("demo", help="process the bundled MOB example and draw the top Moran gene")
-    d.add_argument("--out", type=Path, required=True, help="output folder")
-    d.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    c = sub.add_parser(
+        "complete",
+        help="complete dropouts with SpaCKLE (train, or load --model) and write the .h5ad",
+        formatter_class=_Formatter,
+    )
+    c.add_argument("input", type=Path, help="processed .h5ad (from 'spared-tools process')")
+    _add_common_output(c, "completed .h5ad")
+    c.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder: loaded when it holds a saved SpaCKLE model, else the trained model is saved there",
+    )
+    c.add_argument("--fine-tune", action="store_true", help="with a loaded --model: train it further")
+    c.add_argument("--layer", default=Key.MEDIAN, help="layer to complete")
+    c.add_argument("--mask-layer", default=Key.MASK, help="bool layer, True where an entry was measured")
+    c.add_argument("--key-added", default=Key.SPACKLE, help="layer receiving the completed matrix")
+    c.add_argument(
+        "--library-key", type=_none_or_str, default=Key.SLIDE, help="slide column, or 'none' for one slide"
+    )
+    c.add_argument(
+        "--split-key",
+        type=_none_or_str,
+        default=Key.SPLIT,
+        help="obs column with train/val labels ('none': automatic validation slides)",
+    )
+    c.add_argument("--max-steps", type=int, default=3000, help="training steps")
+    c.add_argument("--batch-size", type=int, default=256, help="neighbourhoods per training step")
+    c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    c.add_argument("--mask-prob", type=float, default=0.3, help="observed entries hidden per neighbourhood")
+    c.add_argument("--d-model", type=int, default=128, help="transformer width")
+    c.add_argument("--n-heads", type=int, default=4, help="attention heads")
+    c.add_argument("--n-layers", type=int, default=2, help="transformer layers")
+    c.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
+    _add_device(c)
+
+    q = sub.add_parser(
+        "predict",
+        help="predict expression from the H&E image with GeneQuery (train, or load --model)",
+        formatter_class=_Formatter,
+    )
+    q.add_argument("input", type=Path, help="processed .h5ad with images in uns['spatial'] (or patches)")
+    _add_common_output(q, "output .h5ad (layers[KEY_ADDED], obsm[KEY_ADDED_unseen])")
+    q.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder: loaded when it holds a saved GeneQuery model, else the trained model is saved there",
+    )
+    q.add_argument(
+        "--genes",
+        nargs="+",
+        default=None,
+        help="genes to predict; names not in the data are 'unseen' and predicted from their text "
+        "(default: the training genes)",
+    )
+    q.add_argument(
+        "--gene-names",
+        default=None,
+        help="var column with the gene symbols the text queries use (e.g. gene_symbol for Ensembl ids)",
+    )
+    q.add_argument("--organism", default="human", choices=["human", "mouse"], help="gene descriptions")
+    q.add_argument("--mode", default="spot", choices=["spot", "gene"], help="GeneQuery variant")
+    q.add_argument("--layer", default=Key.LOG, help="log1p expression used as training targets")
+    q.add_argument(
+        "--split-key",
+        type=_none_or_str,
+        default=Key.SPLIT,
+        help="obs column with train/val/test labels ('none': train on every spot)",
+    )
+    q.add_argument("--key-added", default=Key.GENEQUERY, help="output layer / uns entry")
+    q.add_argument("--patch-size", type=int, default=224, help="H&E patch side in pixels (when extracted)")
+    q.add_argument("--max-epochs", type=int, default=20, help="training epochs")
+    q.add_argument("--batch-size", type=int, default=8, help="sequences per training step")
+    q.add_argument("--width", type=int, default=256, help="transformer width")
+    q.add_argument("--n-heads", type=int, default=8, help="attention heads")
+    q.add_argument("--maps", type=Path, default=None, help="folder for one PNG map per predicted gene")
+    q.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
+    _add_device(q)
+
+    d = sub.add_parser(
+        "demo", help="process the bundled MOB example and draw the top Moran gene", formatter_class=_Formatter
+    )
+    d.add_argument("-o", "--output", "--out", dest="output", type=Path, required=True, help="output folder")
+    _add_device(d)
     return parser
 
 
@@ -116,8 +258,11 @@ def read_input(path: Path, *, sections: Sequence[str] | None = None):
         raise FileNotFoundError(f"Input {path} does not exist.")
     if path.is_file():
         if path.suffix != ".h5ad":
-            raise ValueError(f"Input file {path} is not an .h5ad file; pass a folder or an .h5ad.")
-        return ad.read_h5ad(path), "h5ad"
+            raise DataError(f"Input file {path} is not an .h5ad file; pass a folder or an .h5ad.")
+        try:
+            return ad.read_h5ad(path), "h5ad"
+        except OSError as err:
+            raise DataError(f"Cannot read {path} as .h5ad ({type(err).__name__}: {err}).") from err
     for root in (path, path / "data"):
         if (root / "ST-cnts").is_dir():
             return sp.io.read_her2st(root, sections, images=False), "her2st"
@@ -134,11 +279,56 @@ def read_input(path: Path, *, sections: Sequence[str] | None = None):
     )
 
 
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it.")
+
+
+def _write_h5ad(adata, path: Path, force: bool) -> None:
+    """Write ``adata`` atomically (temporary file renamed onto ``path``)."""
+    from spared_tools._atomic import atomic_path
+
+    with atomic_path(path, overwrite=force) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+
+
+def _read_h5ad(path: Path, what: str):
+    import anndata as ad
+
+    if not path.exists():
+        raise FileNotFoundError(f"Input {path} does not exist.")
+    if path.is_dir() or path.suffix != ".h5ad":
+        raise DataError(f"Input {path} is not an .h5ad file; {what} reads the .h5ad written by 'process'.")
+    try:
+        return ad.read_h5ad(path)
+    except OSError as err:
+        raise DataError(f"Cannot read {path} as .h5ad ({type(err).__name__}: {err}).") from err
+
+
+def _require_layers(adata, layers: Sequence[str | None], path: Path) -> None:
+    missing = [k for k in layers if k is not None and k not in adata.layers]
+    if missing:
+        raise DataError(
+            f"{path} has no layers {missing} (it has {sorted(adata.layers)}); run 'spared-tools process' "
+            "on the raw data first, or name other layers."
+        )
+
+
+def _cli_record(args: argparse.Namespace, argv: Sequence[str], **extra: Any) -> dict[str, Any]:
+    import spared_tools as sp
+
+    return {
+        "argv": ["spared-tools", *argv],
+        "input": str(args.input),
+        "version": sp.__version__,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+
+
 def _process(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import spared_tools as sp
 
-    if args.output.exists() and not args.force:
-        raise FileExistsError(f"{args.output} exists; pass --force to overwrite it.")
+    _check_output(args.output, args.force)
     t0 = time.perf_counter()
     adata, kind = read_input(args.input, sections=args.sections)
     split_key = args.split_key
@@ -162,7 +352,7 @@ def _process(args: argparse.Namespace, argv: Sequence[str]) -> int:
         gene_max_counts=args.gene_max_counts,
         real_data_percentage=args.real_data_percentage,
         top_moran_genes=args.top_moran_genes,
-        combat_key=args.combat_key,
+        combat_key=True if args.combat_key == _FOLLOW else args.combat_key,
         wildcard_genes=wildcard,
         missing_lengths=args.missing_lengths,
         gene_id_key=args.gene_id_key,
@@ -178,11 +368,187 @@ def _process(args: argparse.Namespace, argv: Sequence[str]) -> int:
         else {"key": args.split_by, "train": args.train, "val": args.val, "test": args.test},
         "version": sp.__version__,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    out.write_h5ad(args.output, compression="gzip")
+    _write_h5ad(out, args.output, args.force)
     print(
         f"{args.input} ({kind}, {adata.n_obs} spots x {adata.n_vars} genes) -> {args.output}: "
         f"{out.n_obs} spots x {out.n_vars} genes, layers {sorted(out.layers)}, {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _saved_model(path: Path | None) -> bool:
+    return path is not None and (path / "model.json").is_file()
+
+
+def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import spared_tools as sp
+
+    _check_output(args.output, args.force)
+    if args.model is not None and args.model.exists() and not _saved_model(args.model):
+        raise DataError(f"--model {args.model} exists but holds no saved model (no model.json).")
+    t0 = time.perf_counter()
+    adata = _read_h5ad(args.input, "complete")
+    _require_layers(adata, [args.layer, args.mask_layer], args.input)
+    loaded = _saved_model(args.model)
+    train_args = {
+        "split_key": args.split_key,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "mask_prob": args.mask_prob,
+    }
+    if loaded:
+        model = sp.tl.SpackleModel.load(args.model, adata)
+        sp.tl.spackle_complete(
+            adata,
+            layer=args.layer,
+            mask_layer=args.mask_layer,
+            key_added=args.key_added,
+            model=model,
+            train=args.fine_tune,
+            device=args.device,
+            **(train_args if args.fine_tune else {}),
+        )
+    else:
+        if args.fine_tune:
+            raise DataError("--fine-tune needs --model naming a folder with a saved model.")
+        model = sp.tl.SpackleModel(
+            adata,
+            layer=args.layer,
+            mask_layer=args.mask_layer,
+            library_key=args.library_key,
+            d_model=args.d_model,
+            n_heads=args.n_heads,
+            n_layers=args.n_layers,
+            seed=args.seed,
+        )
+        sp.tl.spackle_complete(
+            adata,
+            layer=args.layer,
+            mask_layer=args.mask_layer,
+            key_added=args.key_added,
+            model=model,
+            train=True,
+            device=args.device,
+            **train_args,
+        )
+    if args.model is not None and (not loaded or args.fine_tune):
+        model.save(args.model, overwrite=loaded or args.force)
+    adata.uns[args.key_added]["cli"] = _cli_record(
+        args, argv, model=None if args.model is None else str(args.model), model_loaded=loaded
+    )
+    _write_h5ad(adata, args.output, args.force)
+    n = int(adata.uns[args.key_added].get("n_completed", 0))
+    print(
+        f"{args.input} -> {args.output}: layers[{args.key_added!r}] ({n} entries completed, model "
+        f"{'loaded from ' + str(args.model) if loaded else 'trained'}"
+        f"{', saved to ' + str(args.model) if args.model is not None and (not loaded or args.fine_tune) else ''}), "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
+
+    import spared_tools as sp
+    from spared_tools._atomic import atomic_path
+
+    _check_output(args.output, args.force)
+    if args.model is not None and args.model.exists() and not _saved_model(args.model):
+        raise DataError(f"--model {args.model} exists but holds no saved model (no model.json).")
+    t0 = time.perf_counter()
+    adata = _read_h5ad(args.input, "predict")
+    if args.gene_names is not None:
+        if args.gene_names not in adata.var.columns:
+            raise DataError(
+                f"--gene-names {args.gene_names!r} is not a column of adata.var ({list(adata.var.columns)})."
+            )
+        names = adata.var[args.gene_names].astype(str).to_numpy()
+        adata.var["var_names_in_input"] = adata.var_names.to_numpy()
+        adata.var_names = [n if n and n != "nan" else g for n, g in zip(names, adata.var_names)]
+        adata.var_names_make_unique()
+    loaded = _saved_model(args.model)
+    if not loaded:
+        _require_layers(adata, [args.layer], args.input)
+        if args.split_key is not None and args.split_key not in adata.obs.columns:
+            raise DataError(
+                f"adata.obs has no split column {args.split_key!r}; create one (process --split-by) or pass "
+                "--split-key none to train on every spot."
+            )
+    patches_key = "patches"
+    if patches_key not in adata.obsm and "X_image_features" not in adata.obsm:
+        sp.pp.extract_patches(adata, size=args.patch_size, key_added=patches_key)
+    if loaded:
+        model = cast("sp.tl.GeneQueryModel", sp.tl.GeneQueryModel.load(args.model))
+        unseen = cast(
+            "AnnData | None",
+            sp.tl.genequery_predict(
+                adata,
+                genes=args.genes,
+                model=model,
+                train=False,
+                layer=args.layer,
+                split_key=args.split_key,
+                key_added=args.key_added,
+            ),
+        )
+    else:
+        unseen, model = cast(Any, sp.tl.genequery_predict)(
+            adata,
+            genes=args.genes,
+            mode=args.mode,
+            layer=args.layer,
+            split_key=args.split_key,
+            val_value=Key.VAL
+            if args.split_key is not None and (adata.obs[args.split_key] == Key.VAL).any()
+            else None,
+            key_added=args.key_added,
+            return_model=True,
+            organism=args.organism,
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            width=args.width,
+            n_heads=args.n_heads,
+            seed=args.seed,
+            device=args.device,
+        )
+        if args.model is not None:
+            model.save(args.model, overwrite=args.force)
+    # patches are inputs, not results: keep the output small
+    if patches_key in adata.obsm:
+        del adata.obsm[patches_key]
+    adata.uns[args.key_added]["cli"] = _cli_record(
+        args, argv, model=None if args.model is None else str(args.model), model_loaded=loaded
+    )
+    _write_h5ad(adata, args.output, args.force)
+    written = [str(args.output)]
+    if args.maps is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        args.maps.mkdir(parents=True, exist_ok=True)
+        seen = list(adata.uns[args.key_added]["seen_genes"])
+        for gene in [*seen, *([] if unseen is None else list(unseen.var_names))]:
+            target = adata if gene in seen else unseen
+            layer = args.key_added if gene in seen else None
+            fig = sp.pl.spatial(target, genes=[gene], layers=layer, show=False)
+            if fig is None:
+                continue
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in gene)
+            with atomic_path(args.maps / f"{safe}.png", overwrite=True) as tmp:
+                fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
+            plt.close(fig)
+            written.append(str(args.maps / f"{safe}.png"))
+    info = adata.uns[args.key_added]
+    m = info.get("metrics") or {}
+    pcc = f", test PCC {float(m['pcc_all']):.3f}" if "pcc_all" in m else ""
+    print(
+        f"{args.input} -> {', '.join(written[:3])}{' ...' if len(written) > 3 else ''}: "
+        f"{len(info['seen_genes'])} genes in layers[{args.key_added!r}], {len(info['unseen_genes'])} unseen "
+        f"in obsm['{args.key_added}_unseen']{pcc}, model {'loaded' if loaded else 'trained'}, "
+        f"{time.perf_counter() - t0:.1f} s"
     )
     return 0
 
@@ -216,23 +582,25 @@ def _expression_map(adata, gene: str, label: str, path: Path) -> None:
         for c, (layer, title, scale) in enumerate(panels):
             sp.pl.spatial(adata, gene, layers=layer, slides=slide, ax=axes[r, c], show=False, **scale)
             axes[r, c].set_title(f"{slide}: {label}\n{title}", fontsize="medium")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
     plt.close(fig)
 
 
 def _demo(args: argparse.Namespace) -> int:
     import spared_tools as sp
+    from spared_tools._atomic import atomic_path
 
     t0 = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     adata = sp.datasets.example()
     out = sp.pp.spared_pipeline(adata, organism="mouse", geometry="checkerboard", device=args.device)
-    h5 = args.out / "example_processed.h5ad"
-    out.write_h5ad(h5, compression="gzip")
+    h5 = args.output / "example_processed.h5ad"
+    _write_h5ad(out, h5, True)
     top = out.var[Key.MORAN_I].astype(float).idxmax()
     symbol = out.var["gene_symbol"].get(top, "") if "gene_symbol" in out.var else ""
-    png = args.out / "expression_map.png"
-    _expression_map(out, top, symbol or top, png)
+    png = args.output / "expression_map.png"
+    with atomic_path(png) as tmp:
+        _expression_map(out, top, symbol or top, tmp)
     st = out.uns[Key.PIPELINE]["stats"]
     print("spared-tools demo: bundled mouse olfactory bulb example (2 sections, ST 2k)")
     print(f"  input          : {adata.n_obs} spots x {adata.n_vars} genes")
@@ -253,20 +621,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns
     -------
-    Exit status: 0 on success, 1 on an input or parameter error (the message is printed to stderr).
+    Exit status: 0 on success, 1 on an input or data error (a one-line message on stderr, no traceback),
+    2 on bad usage (argparse's message and usage line).
     """
     import spared_tools as sp
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     sp.settings.verbosity = _VERBOSITY[args.verbosity]
+    commands = {"process": _process, "complete": _complete, "predict": _predict}
     try:
-        if args.command == "process":
-            return _process(args, argv)
+        if args.command in commands:
+            return commands[args.command](args, argv)
         return _demo(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"spared-tools {args.command}: error: {msg}", file=sys.stderr)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        line = " ".join(str(msg).split())  # one line, whatever the message held
+        print(f"spared-tools {args.command}: error: {line}", file=sys.stderr)
         return 1
 
 
