@@ -371,3 +371,18 @@ def test_tiff_read_window_by_window_equals_whole_decode(tmp_path, tile, compress
         np.testing.assert_array_equal(out["full.tif"][i], brute_crop(IMAGE, x, y, 21))
     how = "memory-mapped TIFF" if (tile is None and compression is None) else "TIFF windows"
     assert how in spared_log.text and "decoded whole (Pillow)" in spared_log.text
+
+
+def test_tiff_chunk_cache_eviction_keeps_crops_exact(tmp_path, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    import spared_tools.pp._patch_images as images
+
+    monkeypatch.setattr(images, "CHUNK_CACHE_BYTES", 1)  # the minimum of 4 chunks: constant eviction
+    tifffile.imwrite(tmp_path / "full.tif", IMAGE, photometric="rgb", compression="zlib", tile=(16, 16))
+    rng = np.random.default_rng(5)
+    xy = np.column_stack([rng.uniform(-5, 165, 40), rng.uniform(-5, 125, 40)])
+    a = make_adata(xy=xy)
+    a.uns["spatial"]["s1"]["metadata"]["fullres_path"] = str(tmp_path / "full.tif")
+    sp.pp.extract_patches(a, size=21)
+    for i, (x, y) in enumerate(xy):
+        np.testing.assert_array_equal(a.obsm["patches"][i], brute_crop(IMAGE, x, y, 21))

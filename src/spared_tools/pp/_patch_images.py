@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def _as_rgb_uint8(img: np.ndarray, lib: str) -> np.ndarray:
     raise TypeError(f"The image of slide {lib!r} has unsupported dtype {img.dtype}.")
 
 
+#: Decoded TIFF tiles / strips kept for neighbouring crops (bytes).
+CHUNK_CACHE_BYTES = 48 * 2**20
 #: Bytes per pixel Pillow holds for a decoded RGB image (it stores RGB as 32-bit pixels).
 PIL_BYTES_PER_PIXEL = 4
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -119,6 +122,10 @@ class SlideReader(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the image."""
+
+    def order(self, xy: np.ndarray) -> np.ndarray:
+        """Order in which to cut the crops centred on ``xy`` (the given order unless a reader prefers one)."""
+        return np.arange(xy.shape[0])
 
 
 class _ArrayReader(SlideReader):
@@ -167,6 +174,42 @@ class _WindowReader(SlideReader):
             self.array = zarr.open(self._store, mode="r")
             self.how = f"TIFF windows ({'tiles' if page.is_tiled else 'strips'})"
         self.height, self.width = int(self.array.shape[0]), int(self.array.shape[1])
+        # decoded chunks (tiles / strips) shared by neighbouring crops, least recently used dropped first
+        self._chunk = (
+            (int(self.array.chunks[0]), int(self.array.chunks[1])) if self._store is not None else None
+        )
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        if self._chunk is not None:
+            per_chunk = self._chunk[0] * self._chunk[1] * 3
+            self._capacity = max(4, CHUNK_CACHE_BYTES // max(per_chunk, 1))
+
+    def _chunk_at(self, i: int, j: int) -> np.ndarray:
+        key = (i, j)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        assert self._chunk is not None
+        ch, cw = self._chunk
+        block = _as_rgb_uint8(np.asarray(self.array[i * ch : (i + 1) * ch, j * cw : (j + 1) * cw]), self.lib)
+        self._cache[key] = block
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return block
+
+    def _window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        if self._chunk is None:  # memory map: slice directly
+            return _as_rgb_uint8(np.asarray(self.array[r0:r1, c0:c1]), self.lib)
+        ch, cw = self._chunk
+        out = np.empty((r1 - r0, c1 - c0, 3), dtype=np.uint8)
+        for i in range(r0 // ch, (r1 - 1) // ch + 1):
+            for j in range(c0 // cw, (c1 - 1) // cw + 1):
+                block = self._chunk_at(i, j)
+                br0, bc0 = i * ch, j * cw
+                a0, a1 = max(r0, br0), min(r1, br0 + block.shape[0])
+                b0, b1 = max(c0, bc0), min(c1, bc0 + block.shape[1])
+                out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = block[a0 - br0 : a1 - br0, b0 - bc0 : b1 - bc0]
+        return out
 
     def crop(self, x: float, y: float, side: int, fill: int) -> np.ndarray:
         c0, c1 = crop_window(x, side)
@@ -174,11 +217,18 @@ class _WindowReader(SlideReader):
         out = np.full((side, side, 3), fill, dtype=np.uint8)
         rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, self.height), max(c0, 0), min(c1, self.width)
         if rr0 < rr1 and cc0 < cc1:
-            win = _as_rgb_uint8(np.asarray(self.array[rr0:rr1, cc0:cc1]), self.lib)
-            out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = win
+            out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = self._window(rr0, rr1, cc0, cc1)
         return out
 
+    def order(self, xy: np.ndarray) -> np.ndarray:
+        """Visit crops row of chunks by row of chunks, so that neighbours reuse the decoded chunks."""
+        if self._chunk is None:
+            return np.arange(xy.shape[0])
+        band = np.floor(xy[:, 1] / self._chunk[0]).astype(np.int64)
+        return np.lexsort((xy[:, 0], band))
+
     def close(self) -> None:
+        self._cache.clear()
         if self._store is not None:
             self._store.close()
         self.array = None
@@ -249,7 +299,7 @@ class SlideSource:
             if layout is not None:
                 self.width, self.height, chunk = layout
                 self.windowed = True
-                self.decode_bytes = 4 * chunk
+                self.decode_bytes = CHUNK_CACHE_BYTES + 4 * chunk
             else:
                 from spared_tools.io._image import image_size
 

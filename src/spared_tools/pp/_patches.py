@@ -227,7 +227,7 @@ def extract_patches(
                 f"extract_patches: slide {slide!r}: {idx.size} spots, {side} px crops from "
                 f"{source.description} ({reader.how})."
             )
-            it = range(idx.size)
+            it: Any = reader.order(xy)
             if show:
                 from tqdm.auto import tqdm
 
@@ -305,6 +305,7 @@ def _check_memory(plans: list, n_obs: int, size: int, store: str, max_memory: fl
     out_bytes = n_obs * size * size * 3 if store == "memory" else 0
     worst = max(plans, key=lambda p: p[2].decode_bytes)
     decode = int(worst[2].decode_bytes)
+    whole = worst[2].path is not None and not worst[2].windowed  # a whole decode, worth naming
     need = out_bytes + decode
     limit = float(max_memory) if max_memory is not None else float(available_memory())
     if need <= limit:
@@ -312,7 +313,9 @@ def _check_memory(plans: list, n_obs: int, size: int, store: str, max_memory: fl
     parts = []
     if out_bytes:
         parts.append(f"the patch array {n_obs} x {size} x {size} x 3 = {out_bytes / _GIB:.2f} GiB")
-    if decode:
+    elif decode and not whole:
+        parts.append(f"{decode / _GIB:.2f} GiB of image tiles")
+    if whole:
         parts.append(
             f"decoding slide {worst[0]!r} ({worst[2].width} x {worst[2].height} px, {worst[2].description}) "
             f"= {decode / _GIB:.2f} GiB"
