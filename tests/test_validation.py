@@ -64,7 +64,11 @@ def test_validation_reexports_the_argument_checks():
 
     for name in ("check_int", "check_number", "check_choice", "check_organism"):
         assert getattr(validation, name) is getattr(checks, name)
-    public = {n for n in vars(validation) if n.startswith("check_") or n in ("get_matrix", "slide_labels")}
+    public = {
+        n
+        for n in vars(validation)
+        if n.startswith("check_") or n in ("get_matrix", "input_layer", "slide_labels")
+    }
     assert set(validation.__all__) == public | {"ORGANISMS"}
 
 
@@ -96,3 +100,19 @@ def test_check_subset_none_one_many_unknown_repeated():
         check_subset(["B4", "Z9"], avail, **kw)
     with pytest.raises(ValueError, match=r"^sections lists a name more than once: \['B4', 'B4'\]"):
         check_subset(["B4", "B4"], avail, **kw)
+
+
+def test_input_layer_refuses_overwrite_and_bad_values():
+    import anndata as ad
+
+    from spared_tools._validation import input_layer
+
+    a = ad.AnnData(np.ones((3, 2), dtype=np.float32), layers={"log1p": -np.ones((3, 2), dtype=np.float32)})
+    assert input_layer(a, None) is a.X
+    assert input_layer(a, "log1p", key_added="combat", allow_negative=True) is a.layers["log1p"]
+    with pytest.raises(ValueError, match=r"key_added='log1p' would overwrite the input layer"):
+        input_layer(a, "log1p", key_added="log1p", allow_negative=True)
+    with pytest.raises(ValueError, match=r"adata.layers\['log1p'\] contains 6 negative values"):
+        input_layer(a, "log1p")
+    with pytest.raises(KeyError, match="Layer 'nope' not found"):
+        input_layer(a, "nope")

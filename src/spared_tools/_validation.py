@@ -34,6 +34,7 @@ __all__ = [
     "check_subset",
     "check_unique_var_names",
     "get_matrix",
+    "input_layer",
     "slide_labels",
 ]
 
@@ -196,3 +197,28 @@ def check_subset(
     if len(set(names)) != len(names):
         raise ValueError(f"{name} lists a name more than once: {names}.")
     return names
+
+
+def input_layer(
+    adata: AnnData, layer: str | None, *, key_added: str | None = None, allow_negative: bool = False
+):
+    """``adata.X`` or ``adata.layers[layer]``, checked finite (and ``>= 0`` unless ``allow_negative``).
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        The input layer (``None``: ``adata.X``).
+    key_added
+        The output layer; a ``ValueError`` when it would overwrite the input.
+    allow_negative
+        Accept negative values (log-scale or batch-corrected input).
+    """
+    if key_added is not None and key_added == layer:
+        raise ValueError(f"key_added={key_added!r} would overwrite the input layer; choose another name.")
+    X = get_matrix(adata, layer)
+    check_finite_nonnegative(
+        X, what="adata.X" if layer is None else f"adata.layers[{layer!r}]", allow_negative=allow_negative
+    )
+    return X

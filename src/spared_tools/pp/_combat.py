@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._validation import check_adata, check_finite_nonnegative, check_obs_key, get_matrix
+from spared_tools._validation import check_adata, check_obs_key, input_layer
 
 
 def combat(
@@ -59,12 +59,7 @@ def combat(
     ``adata.uns["combat"]["params"]`` (``key``, ``layer``, ``key_added``, ``covariates``, ``n_batches``).
     """
     check_adata(adata)
-    if key_added == layer:
-        raise ValueError(f"key_added={key_added!r} would overwrite the input layer; choose another name.")
-    X = get_matrix(adata, layer)
-    check_finite_nonnegative(
-        X, what="adata.X" if layer is None else f"adata.layers[{layer!r}]", allow_negative=True
-    )
+    X = input_layer(adata, layer, key_added=key_added, allow_negative=True)
     batches = check_obs_key(adata, key, what="batch column")
     covariates = list(covariates) if covariates is not None else []
     for c in covariates:

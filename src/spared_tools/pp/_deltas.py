@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix
+from spared_tools._validation import check_adata, get_matrix, input_layer
 from spared_tools.pp._filter import resolve_fit_mask
 
 
@@ -58,12 +58,7 @@ def deltas(
     ``adata.var[mean_key_added]`` and ``adata.uns["deltas"]["params"]`` (layer, keys, number of fit spots).
     """
     check_adata(adata)
-    if key_added == layer:
-        raise ValueError(f"key_added={key_added!r} would overwrite the input layer; choose another name.")
-    X = get_matrix(adata, layer)
-    check_finite_nonnegative(
-        X, what="adata.X" if layer is None else f"adata.layers[{layer!r}]", allow_negative=True
-    )
+    X = input_layer(adata, layer, key_added=key_added, allow_negative=True)
     fit = resolve_fit_mask(adata, fit_obs, split_key, train_value)
     if copy:
         adata = adata.copy()
