@@ -72,8 +72,10 @@ def extract_patches(
 
     **Memory.** A TIFF full-resolution image (tiled or in strips, any codec tifffile reads; pyramidal
     OME-TIFFs use their full-resolution level) is read window by window: only the tiles under each crop
-    are decoded, so memory stays at a few tiles whatever the slide size (measured in
-    ``benchmarks/results/memory.txt``: a 20k × 20k px Visium-like slide). Other formats (JPEG, PNG)
+    are decoded, once each, into a cache of at most 48 MiB shared by neighbouring crops, so the image
+    costs at most that cache plus a few tiles whatever the slide size (measured in
+    ``benchmarks/results/memory.txt``: 64 MiB in all for a 20k × 20k px Visium-like slide, against
+    1.8 GiB for a whole decode). Other formats (JPEG, PNG)
     are decoded whole, one slide at a time (``4 · W · H`` bytes in Pillow). Before any work the memory
     needed — the patch array for ``store="memory"`` plus the largest whole decode — is compared with
     ``max_memory`` (default: the memory available now) and a ``MemoryError`` gives the estimate
