@@ -299,14 +299,7 @@ def from_spatialdata(
         "regions": regions,
         "coordinate_systems": systems,
     }
-    logger.info(
-        "from_spatialdata: table %r -> %d spots x %d genes in %d region(s) %s.",
-        table,
-        out.n_obs,
-        out.n_vars,
-        len(regions),
-        regions,
-    )
+    logger.info(f"from_spatialdata: table {table!r} -> {out.n_obs} spots x {out.n_vars} genes in {regions}.")
     return out
 
 
@@ -419,13 +412,7 @@ def to_spatialdata(
         sdata.tables[table] = TableModel.parse(
             t, region=present, region_key=region_key, instance_key=instance_key
         )
-        logger.info(
-            "to_spatialdata: table %r (%d spots x %d genes) annotates shapes %s.",
-            table,
-            t.n_obs,
-            t.n_vars,
-            present,
-        )
+        logger.info(f"to_spatialdata: table {table!r} ({t.n_obs} x {t.n_vars}) annotates shapes {present}.")
         return sdata
 
     if Key.SPATIAL not in adata.obsm:
@@ -498,12 +485,5 @@ def to_spatialdata(
         for k, v in images.items():
             sdata.images[k] = v
         sdata.tables[table] = parsed
-    logger.info(
-        "to_spatialdata: table %r (%d spots x %d genes) annotates new shapes %s (%d images).",
-        table,
-        t.n_obs,
-        t.n_vars,
-        order,
-        len(images),
-    )
+    logger.info(f"to_spatialdata: table {table!r} ({t.n_obs} x {t.n_vars}) annotates new shapes {order}.")
     return sdata
