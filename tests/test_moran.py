@@ -136,6 +136,79 @@ def test_parallel_kernels_match_serial(monkeypatch):
         np.testing.assert_allclose(b_, a_, rtol=1e-10, atol=1e-10)
 
 
+def _log_counts_csr(n, G, seed, density=0.4):
+    """log1p of sparse Poisson counts as a CSR float32 matrix (about ``density`` of entries stored)."""
+    rng = np.random.default_rng(seed)
+    lam = -np.log(1 - density) * rng.gamma(2.0, 0.5, size=(1, G))
+    counts = rng.poisson(lam * rng.gamma(3.0, 1 / 3.0, size=(n, 1)), size=(n, G)).astype(np.float32)
+    counts[:, 0] = 0.0  # a gene never observed
+    counts[:, 1] = 2.0  # observed everywhere with one value: constant
+    return sps.csr_matrix(np.log1p(counts))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_csr_kernel_brute_force(monkeypatch, parallel):
+    from spared_tools._kernels import moran as km
+
+    if parallel:
+        monkeypatch.setattr(km, "PARALLEL_MIN_ENTRIES", 0)
+    rng = np.random.default_rng(7)
+    n, G = 150, 33
+    W = sps.random(n, n, density=0.05, random_state=8, format="csr")
+    slide = rng.integers(0, 3, n)
+    slide[:6] = -1
+    X = _log_counts_csr(n, G, seed=9)
+    # duplicates and an explicit zero: the same matrix, not in canonical form
+    data, ind, ptr = [], [], [0]
+    for i in range(n):
+        lo, hi = X.indptr[i], X.indptr[i + 1]
+        extra = [2] if i == 3 and 2 not in X.indices[lo:hi] else []
+        data += [*(0.25 * X.data[lo:hi]), *(0.75 * X.data[lo:hi]), *([0.0] * len(extra))]
+        ind += [*X.indices[lo:hi], *X.indices[lo:hi], *extra]
+        ptr.append(len(ind))
+    dup = sps.csr_matrix((np.asarray(data, np.float32), np.asarray(ind), np.asarray(ptr)), shape=X.shape)
+    assert not dup.has_canonical_format
+    Xd = X.toarray().astype(np.float64)
+    Wr, _ = restrict_weights(W, slide, row_normalise=True)
+    mom = weight_moments(Wr, slide, 3)
+    dense = moran_sums_cpu(Wr, slide, 3, Xd)
+    for Xin in (X, dup, X.tocsc(), X.astype(np.float64)):
+        sums = moran_sums_cpu(Wr, slide, 3, Xin)
+        for d_, s_ in zip(dense, sums):
+            np.testing.assert_allclose(s_, d_, rtol=1e-9, atol=1e-9)
+        I, const = moran_from_sums(sums[1], sums[2], sums[0], mom)  # noqa: E741
+        assert const[:, 0].all() and const[:, 1].all()
+        for s in range(3):
+            idx = np.flatnonzero(slide == s)
+            Ws = W.toarray()[np.ix_(idx, idx)]
+            for g in (2, 5, 17, 32):
+                assert I[s, g] == pytest.approx(brute_moran(Ws, Xd[idx, g]), abs=1e-12)
+    cols = np.array([4, 9, 30])
+    part = moran_sums_cpu(Wr, slide, 3, X, cols)
+    for d_, p_ in zip(dense, part):
+        np.testing.assert_allclose(p_, d_[:, cols], rtol=1e-9, atol=1e-9)
+
+
+def test_sparse_log_counts_match_squidpy_and_dense():
+    a = hex_slides(n_slides=2, n_genes=25, seed=5)
+    a.X = _log_counts_csr(a.n_obs, 25, seed=6)
+    a.layers["dense"] = a.X.toarray()
+    sp.pp.moran(a)
+    sparse_I = a.var["moran_I"].to_numpy().copy()
+    sp.pp.moran(a, layer="dense")
+    np.testing.assert_allclose(sparse_I, a.var["moran_I"], rtol=1e-10, atol=1e-12, equal_nan=True)
+    per = a.varm["moran_I_per_slide"]
+    varying = list(a.var_names[2:])
+    for s in per.columns:
+        sub = a[a.obs.slide_id == s].copy()
+        ref = squidpy_moran(sub, layer="dense", genes=varying)
+        sub.X = sps.csr_matrix(sub.layers["dense"])
+        sp.pp.moran(sub, library_key=None)
+        np.testing.assert_allclose(sub.var.loc[varying, "moran_I"], ref["I"], atol=ATOL)
+        np.testing.assert_allclose(sub.var.loc[varying, "moran_pval_norm"], ref["pval_norm"], atol=ATOL)
+    assert np.isnan(sparse_I[:2]).all()  # never observed / constant: no Moran's I
+
+
 def test_kernel_gene_subset_and_dtypes():
     a = hex_slides(n_slides=2, n_genes=40)
     Wr, _ = restrict_weights(
