@@ -211,3 +211,30 @@ def test_package_imports_without_spatialdata():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "IMPORTERROR" in res.stdout and "spared-tools[spatialdata]" in res.stdout
+
+
+def test_pipeline_on_spatialdata_points_to_from_spatialdata(visium_sdata):
+    with pytest.raises(TypeError, match=r"sp.io.from_spatialdata\(sdata"):
+        sp.pp.spared_pipeline(visium_sdata, organism="human")
+
+
+def test_cli_process_reads_a_spatialdata_store(tmp_path, capsys):
+    import anndata as ad
+
+    from spared_tools.cli import main
+
+    store = tmp_path / "mob.zarr"
+    sp.io.to_spatialdata(sp.datasets.example(), table="counts").write(store)
+    dst = tmp_path / "p.h5ad"
+    assert main(["-v", "quiet", "process", str(store), "-o", str(dst), "--organism", "mouse"]) == 0
+    out = ad.read_h5ad(dst)
+    ref = sp.pp.spared_pipeline(sp.datasets.example(), organism="mouse")
+    assert out.uns["spared"]["cli"]["input_kind"] == "spatialdata"
+    assert list(out.obs_names) == list(ref.obs_names) and list(out.var_names) == list(ref.var_names)
+    np.testing.assert_allclose(out.layers["median"], ref.layers["median"])
+    (tmp_path / "bad.zarr").mkdir()
+    assert (
+        main(["process", str(tmp_path / "bad.zarr"), "-o", str(dst), "--organism", "mouse", "--force"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "Cannot read" in err and len(err.strip().splitlines()) == 1

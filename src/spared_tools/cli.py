@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the SpaRED pipeline on a dataset and write an .h5ad",
         formatter_class=_Formatter,
     )
-    p.add_argument("input", type=Path, help="Space Ranger output folder, her2st-style folder or .h5ad file")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="Space Ranger output folder, her2st-style folder, .h5ad file or SpatialData .zarr store",
+    )
+    p.add_argument("--table", default=None, help="SpatialData input: the table to read")
     _add_common_output(p, "processed .h5ad")
     p.add_argument(
         "--sections", nargs="*", default=None, help="her2st folders: sections to read (default: all)"
@@ -236,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_input(path: Path, *, sections: Sequence[str] | None = None):
-    """Read an ``.h5ad`` file, a her2st-style folder or a Space Ranger output folder.
+def read_input(path: Path, *, sections: Sequence[str] | None = None, table: str | None = None):
+    """Read an ``.h5ad`` file, a SpatialData ``.zarr`` store, a her2st-style folder or a Space Ranger folder.
 
     Parameters
     ----------
@@ -245,6 +250,8 @@ def read_input(path: Path, *, sections: Sequence[str] | None = None):
         File or folder.
     sections
         her2st sections to read (``None``: all).
+    table
+        SpatialData table to read (``None``: ``"table"``, or the store's only table).
 
     Returns
     -------
@@ -263,6 +270,23 @@ def read_input(path: Path, *, sections: Sequence[str] | None = None):
             return ad.read_h5ad(path), "h5ad"
         except OSError as err:
             raise DataError(f"Cannot read {path} as .h5ad ({type(err).__name__}: {err}).") from err
+    if path.suffix == ".zarr":
+        try:
+            import spatialdata
+        except ImportError as err:
+            raise DataError(
+                f"{path} is a .zarr store; reading SpatialData needs pip install 'spared-tools[spatialdata]'."
+            ) from err
+        try:
+            sdata = spatialdata.read_zarr(path)
+        except Exception as err:  # spatialdata raises many kinds on a store it cannot read
+            raise DataError(f"Cannot read {path} as SpatialData ({type(err).__name__}: {err}).") from err
+        names = list(sdata.tables)
+        if table is None:
+            if "table" not in names and len(names) != 1:
+                raise DataError(f"{path} holds tables {names}; choose one with --table.")
+            table = "table" if "table" in names else names[0]
+        return sp.io.from_spatialdata(sdata, table=table), "spatialdata"
     for root in (path, path / "data"):
         if (root / "ST-cnts").is_dir():
             return sp.io.read_her2st(root, sections, images=False), "her2st"
@@ -284,7 +308,7 @@ def _process(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     _check_output(args.output, args.force)
     t0 = time.perf_counter()
-    adata, kind = read_input(args.input, sections=args.sections)
+    adata, kind = read_input(args.input, sections=args.sections, table=args.table)
     split_key = args.split_key
     if args.split_by is not None:
         sp.pp.split_by(adata, key=args.split_by, train=args.train, val=args.val, test=args.test)

@@ -18,6 +18,7 @@ from spared_tools._validation import (
     check_array_coords,
     check_finite_nonnegative,
     check_obs_key,
+    check_unique_var_names,
     get_matrix,
 )
 from spared_tools.pp._combat import combat as _combat
@@ -200,7 +201,14 @@ def spared_pipeline(
     from spared_tools.pp._moran import moran
     from spared_tools.pp._select import select_genes
 
+    if type(adata).__name__ == "SpatialData":
+        raise TypeError(
+            "spared_pipeline takes an AnnData; for a SpatialData object pass its table as one: "
+            "sp.pp.spared_pipeline(sp.io.from_spatialdata(sdata, table='table'), ...), and write the results "
+            "back with sp.io.to_spatialdata(processed, sdata)."
+        )
     check_adata(adata)
+    check_unique_var_names(adata)
     organism_name = _check_organism(organism)
     if library_key is not None:
         if library_key not in adata.obs.columns:
