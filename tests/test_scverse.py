@@ -84,15 +84,23 @@ def test_every_step_with_library_key_none_equals_one_slide_column(one_slide):
     assert (a.var["spared_selected"] == b.var["spared_selected"]).all()
     sp.pp.extract_patches(a, size=16)
     sp.pp.extract_patches(b, size=16, library_key=None)
-    pa, pb = a.obsm.get("patches"), b.obsm.get("patches")
-    if pa is not None:
-        np.testing.assert_array_equal(np.asarray(pa), np.asarray(pb))
-    # the lattice graph equals squidpy's grid graph on the same spots (peer check)
+    pa, pb = np.asarray(a.obsm["patches"]), np.asarray(b.obsm["patches"])
+    assert pa.shape == (a.n_obs, 16, 16, 3) and pa.std() > 0
+    np.testing.assert_array_equal(pa, pb)
+
+
+def test_graph_without_slide_column_equals_squidpy_grid(visium_hex):
+    """scanpy's layout (no slide column): our lattice graph is squidpy's grid graph, edge for edge."""
     import squidpy as sq
 
-    c = b.copy()
-    sq.gr.spatial_neighbors(c, coord_type="grid", n_neighs=4, n_rings=1, spatial_key="spatial")
-    assert c.obsp["spatial_connectivities"].shape == b.obsp["spatial_connectivities"].shape
+    a = visium_hex
+    del a.obs["slide_id"]
+    b = a.copy()
+    sp.pp.spatial_graph(a, library_key=None)
+    sq.gr.spatial_neighbors(b, coord_type="grid", n_neighs=6)
+    ours = (a.obsp["spatial_connectivities"] > 0).astype(np.int8)
+    peer = (b.obsp["spatial_connectivities"] > 0).astype(np.int8)
+    assert ours.nnz > 5 * a.n_obs and (ours != peer).nnz == 0
 
 
 def test_missing_slide_column_errors_name_the_fix(one_slide):
