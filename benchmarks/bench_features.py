@@ -9,7 +9,7 @@ C2's spots with small jitter (the size of a Visium slide).
   ``np.asarray`` per spot,
   ``np.stack`` at the end); the outputs are checked to be identical.
 * features: EfficientNet-Lite0 (ImageNet weights) on 224 px patches, batched
-  (``models.image.encode_patches``, used by ``image_features``) vs one patch per forward pass; with and
+  (``models.image.encode_patches``, used by ``sp.pp.image_features``) vs one patch per forward pass; with and
   without 8-fold TTA. Every measurement runs in a fresh subprocess so that peak RSS is its own.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/bench_features.py`` (writes results/features.txt).

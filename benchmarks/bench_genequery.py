@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import os
 import resource
 import sys
@@ -60,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import HER2ST, Report, machine_info, write_text_atomic
 
 import spared_tools as sp
-from spared_tools.models.image import encode_patches, image_features, load_image_encoder
+from spared_tools.models.image import encode_patches, load_image_encoder
+from spared_tools.pp import image_features
 
 WORK = Path(__file__).resolve().parent / "_work"
 PREP = WORK / "her2st_genequery.h5ad"
@@ -144,7 +146,7 @@ def load(args, report: Report) -> ad.AnnData:
     data = ad.read_h5ad(PREP)
     # the baselines check the patch size: keep the patches in a disk store (memory-mapped, gitignored)
     sp.pp.extract_patches(data, size=224, store="disk", path=WORK / "her2st_patches.npy")
-    # record the cached features the way models.image.image_features does, so the baselines reuse them
+    # record the cached features the way sp.pp.image_features does, so the baselines reuse them
     enc = load_image_encoder("efficientnet-lite0")
     data.uns["X_image_features"] = {
         "params": {
@@ -219,7 +221,14 @@ def gq(mode: str, args, **kw) -> sp.tl.GeneQueryModel:
     if getattr(args, "gene_identity", None):
         params.update(gene_identity=args.gene_identity, identity_dropout=args.identity_dropout)
     params.update(kw)
-    return sp.tl.GeneQueryModel(**params)
+    return genequery_model(**params)
+
+
+def genequery_model(**params) -> sp.tl.GeneQueryModel:
+    """A GeneQueryModel from flat keywords: network ones to the constructor, settings via set_params."""
+    ctor = set(inspect.signature(sp.tl.GeneQueryModel.__init__).parameters) - {"self"}
+    model = sp.tl.GeneQueryModel(**{k: v for k, v in params.items() if k in ctor})
+    return model.set_params(**{k: v for k, v in params.items() if k not in ctor})
 
 
 def ridges() -> dict[str, sp.tl.RidgePredictor]:
@@ -372,7 +381,7 @@ def speed(report: Report, args) -> None:
                 else [("32", True, 0)]
             )
             for precision, heap, ctx in variants:
-                model = sp.tl.GeneQueryModel(
+                model = genequery_model(
                     mode=mode,
                     gene_embeddings=table,
                     max_epochs=1,

@@ -196,7 +196,7 @@ def test_ridge_on_image_features_save_load(tmp_path):
 
 
 def test_ridge_with_neighbourhood_context(tmp_path):
-    from spared_tools.models.image import context_features
+    from spared_tools.pp import context_features
 
     a = make_adata()
     a.obs["slide_id"] = pd.Categorical(np.repeat(["s0", "s1"], 20))

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from spared_tools.models import image as image_mod
 from spared_tools.models import text as text_mod
 from spared_tools.models.image import (
     EFFICIENTNET_LITE_MEAN,
@@ -18,10 +17,13 @@ from spared_tools.models.image import (
     ImageEncoder,
     dihedral,
     dihedral_inverse,
-    image_features,
+    image_encoder_names,
     load_image_encoder,
+    register_image_encoder,
 )
 from spared_tools.models.text import gene_descriptions, gene_embeddings, gene_text_table, load_text_encoder
+from spared_tools.pp import _image_features as image_mod  # where image_features calls encode_patches
+from spared_tools.pp import image_features
 
 from .conftest import shared_path
 
@@ -322,3 +324,33 @@ def test_fused_inference_matches_encoder(effnet):
     np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-4, atol=1e-4)
     plain = load_image_encoder(_ChannelMean())
     assert plain.inference_module() is plain
+
+
+def test_registered_encoders_state_their_minimum_input_size(effnet):
+    assert "efficientnet-lite0" in image_encoder_names() and effnet.min_size == 32
+    a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    a.obsm["patches"] = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    a.uns["patches"] = {"params": {"size": 16}, "store": "memory"}
+    # before: "Kernel size can't be greater than actual input size" from inside the EfficientNet package
+    with pytest.raises(
+        ValueError, match=r"'efficientnet-lite0' needs patches of at least 32x32 px, got 16x16"
+    ):
+        image_features(a, encoder=effnet)
+    with pytest.raises(ValueError, match="at least 32x32 px, got 12x12"):
+        effnet(torch.zeros(1, 3, 12, 12))
+    assert effnet(torch.zeros(1, 3, 32, 32)).shape == (1, 1280)  # the smallest size that works
+
+
+def test_adding_an_encoder_is_one_registered_function():
+    @register_image_encoder("test-mean-colour", min_size=4)
+    def _mean_colour(weights):
+        return ImageEncoder(nn.AdaptiveAvgPool2d(1), 3, name="test-mean-colour")
+
+    enc = load_image_encoder("TEST-mean-colour")
+    assert enc.min_size == 4 and "test-mean-colour" in image_encoder_names()
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(enc(x), enc.preprocess(x).mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="at least 4x4 px, got 3x3"):
+        enc(torch.zeros(1, 3, 3, 3))
+    with pytest.raises(ValueError, match="already registered"):
+        register_image_encoder("test-mean-colour", min_size=1)(_mean_colour)

@@ -228,3 +228,39 @@ def test_stored_values_match_first_mask_and_feed_the_scatter_plot(trained):
     assert len(b.uns["spackle_evaluation"]["values"]) == 50
     with pytest.raises(ValueError, match="max_values"):
         sp.tl.evaluate_completion(b, model=m, mask_frac=0.3, n_masks=1, max_values=-1)
+
+
+def _records(fn):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("spared_tools")
+    logger.addHandler(handler)
+    try:
+        fn()
+    finally:
+        logger.removeHandler(handler)
+    return [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+
+
+def test_warns_when_scoring_a_slide_that_validated_the_model():
+    # no split column: SpaCKLE holds out a slide of its own choice for validation
+    a = make_adata(n_slides=3, side=6, n_genes=8)
+    del a.obs["split"]
+    m = sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=2, batch_size=32, split_key=None)
+    (val,) = m.train_info_["val_slides"]
+    other = next(s for s in ("s0", "s1", "s2") if s != val)
+    msgs = _records(lambda: sp.tl.evaluate_completion(a, model=m, slides=[val], n_masks=1, key_added=None))
+    assert any("validated the model" in t and repr(val) in t for t in msgs), msgs
+    msgs = _records(lambda: sp.tl.evaluate_completion(a, model=m, slides=[other], n_masks=1, key_added=None))
+    assert not any("validated the model" in t for t in msgs)
+
+
+def test_missing_split_labels_are_refused_naming_the_column_and_count():
+    a = make_adata(n_slides=3, side=6, n_genes=8)
+    split = a.obs["split"].astype(object)
+    split.iloc[:5] = np.nan
+    a.obs["split"] = split
+    with pytest.raises(ValueError, match=r"adata.obs\['split'\] has 5 missing values"):
+        sp.tl.spackle_complete(a, max_steps=1, batch_size=32, **TINY)
+    assert "spackle" not in a.layers

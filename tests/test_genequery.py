@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 
 import anndata as ad
@@ -33,6 +34,16 @@ SMALL = {
     "lr": 3e-3,
     "accelerator": "cpu",
 }
+
+
+_CTOR = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+
+
+def _gq(**kw) -> GeneQueryModel:
+    """A model from flat keywords: the network's to the constructor, the training / inference settings
+    through ``set_params`` (what ``train(...)`` / ``predict(...)`` would set)."""
+    model = GeneQueryModel(**{k: v for k, v in kw.items() if k in _CTOR})
+    return model.set_params(**{k: v for k, v in kw.items() if k not in _CTOR})
 
 
 def _pcc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,7 +107,7 @@ def data():
 @pytest.fixture(scope="module")
 def trained_spot(data):
     adata, table = data
-    model = GeneQueryModel(mode="spot", gene_embeddings=table, max_epochs=40, batch_size=8, seed=1, **SMALL)
+    model = _gq(mode="spot", gene_embeddings=table, max_epochs=40, batch_size=8, seed=1, **SMALL)
     model.train(adata.copy(), genes=[f"G{j}" for j in range(20)])
     return model
 
@@ -225,7 +236,7 @@ def test_train_predict_learns_as_well_as_ridge(data, mode, trained_spot):
     else:
         # checkpoint="average" learns as well here (on the spot-mode toy, still improving at epoch 40,
         # the mean of the second half's weights lags: test PCC 0.831 against 0.855 with "best")
-        model = GeneQueryModel(
+        model = _gq(
             mode="gene",
             gene_embeddings=table,
             max_epochs=40,
@@ -286,9 +297,9 @@ def test_same_seed_identical_and_other_seed_differs(data):
     adata, table = data
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 3, "batch_size": 8}
     genes = [f"G{j}" for j in range(8)]
-    p1 = GeneQueryModel(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
-    p2 = GeneQueryModel(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
-    p3 = GeneQueryModel(seed=8, **kw).train(adata.copy(), genes=genes).predict(adata)
+    p1 = _gq(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
+    p2 = _gq(seed=7, **kw).train(adata.copy(), genes=genes).predict(adata)
+    p3 = _gq(seed=8, **kw).train(adata.copy(), genes=genes).predict(adata)
     np.testing.assert_array_equal(p1, p2)
     assert not np.allclose(p1, p3)
 
@@ -299,8 +310,8 @@ def test_n_models_is_the_mean_of_the_single_seed_models(data, mode, tmp_path):
     kw = {**SMALL, "mode": mode, "gene_embeddings": table, "max_epochs": 3, "batch_size": 8, "tta": False}
     genes = [f"G{j}" for j in range(8)]
     query = ["G0", "G5", "G22", "NOVEL"]  # trained, trained, not trained, text only
-    ens = GeneQueryModel(seed=3, n_models=3, **kw).train(adata.copy(), genes=genes)
-    singles = [GeneQueryModel(seed=s, **kw).train(adata.copy(), genes=genes) for s in (3, 4, 5)]
+    ens = _gq(seed=3, n_models=3, **kw).train(adata.copy(), genes=genes)
+    singles = [_gq(seed=s, **kw).train(adata.copy(), genes=genes) for s in (3, 4, 5)]
     assert len(ens.nets_) == 3 and ens.net_ is ens.nets_[0]
     # member k is exactly the network a single model trained with seed + k gets
     for net, single in zip(ens.nets_, singles):
@@ -341,9 +352,7 @@ def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
     monkeypatch.setattr(G.BestState, "on_train_epoch_end", record)
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 5, "batch_size": 8, "seed": 2}
     genes = [f"G{j}" for j in range(8)]
-    model = GeneQueryModel(checkpoint="average", inference_precision="32", **kw).train(
-        adata.copy(), genes=genes
-    )
+    model = _gq(checkpoint="average", inference_precision="32", **kw).train(adata.copy(), genes=genes)
     assert len(states) == 5
     for name, w in model.net_.state_dict().items():  # epochs 5 // 2 = 2, 3 and 4
         ref = torch.stack([st[name].double() for st in states[2:]]).mean(0)
@@ -360,22 +369,22 @@ def test_checkpoint_average_is_the_mean_of_the_late_epochs(data, monkeypatch):
     assert hist["average_val_loss"] == pytest.approx(float(np.mean((pred - Z) ** 2)), rel=1e-5)
     # "best" keeps the best epoch's weights
     states.clear()
-    best = GeneQueryModel(checkpoint="best", **kw).train(adata.copy(), genes=genes)
+    best = _gq(checkpoint="best", **kw).train(adata.copy(), genes=genes)
     for name, w in best.net_.state_dict().items():
         torch.testing.assert_close(w, states[best.history_["best_epoch"]][name], rtol=0, atol=0)
     with pytest.raises(ValueError, match="checkpoint must be 'best' or 'average'"):
-        GeneQueryModel(checkpoint="last")
+        _gq(checkpoint="last")
 
 
 def test_n_models_bad_values(data, tmp_path):
     adata, table = data
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="n_models must be a positive integer"):
-            GeneQueryModel(n_models=bad)
+            _gq(n_models=bad)
     with pytest.raises(ValueError, match="n_models=2 with finetune=True"):
-        GeneQueryModel(n_models=2, finetune=True)
+        _gq(n_models=2, finetune=True)
     # a saved model whose network count disagrees with its parameters
-    model = GeneQueryModel(gene_embeddings=table, max_epochs=1, seed=0, n_models=2, **SMALL)
+    model = _gq(gene_embeddings=table, max_epochs=1, seed=0, n_models=2, **SMALL)
     model.train(adata.copy(), genes=["G0", "G1"]).save(tmp_path / "m")
     state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
     state["nets"] = state["nets"][:1]
@@ -408,9 +417,7 @@ def test_image_size_recorded_and_checked(data, tmp_path):
     adata, table = data
     adata = adata.copy()
     adata.obsm["patches"] = np.zeros((adata.n_obs, 8, 8, 3), dtype=np.uint8)
-    model = GeneQueryModel(gene_embeddings=table, max_epochs=1, seed=0, **SMALL).train(
-        adata, genes=["G0", "G1"]
-    )
+    model = _gq(gene_embeddings=table, max_epochs=1, seed=0, **SMALL).train(adata, genes=["G0", "G1"])
     assert tuple(model.image_size_) == (8, 8)
     model.save(tmp_path / "m")
     bigger = adata.copy()
@@ -423,7 +430,7 @@ def test_image_size_recorded_and_checked(data, tmp_path):
 
 def test_long_slides_are_chunked_not_truncated(data):
     adata, table = data
-    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, max_len=20, seed=0, **SMALL)
+    model = _gq(gene_embeddings=table, max_epochs=2, max_len=20, seed=0, **SMALL)
     model.train(adata.copy(), genes=["G0", "G1", "G2"])
     pred = model.predict(adata)
     assert np.isfinite(pred).all()
@@ -431,7 +438,7 @@ def test_long_slides_are_chunked_not_truncated(data):
     assert max(len(s) for s in seqs) <= 20
     np.testing.assert_array_equal(np.sort(np.concatenate(seqs)), np.arange(adata.n_obs))
     # gene mode with a gene list longer than max_len: every gene predicted
-    gm = GeneQueryModel(mode="gene", gene_embeddings=table, max_epochs=1, max_len=5, seed=0, **SMALL)
+    gm = _gq(mode="gene", gene_embeddings=table, max_epochs=1, max_len=5, seed=0, **SMALL)
     gm.train(adata.copy())
     assert np.isfinite(gm.predict(adata, [*adata.var_names, "NOVEL"])).all()
 
@@ -443,7 +450,7 @@ def test_multi_view_features_and_tta_average(data):
     base = adata.obsm["X_image_features"]
     views = np.stack([base + 0.1 * rng.normal(size=base.shape) for _ in range(4)], 1).astype(np.float32)
     adata.obsm["views"] = views
-    model = GeneQueryModel(features_key="views", gene_embeddings=table, max_epochs=2, seed=0, **SMALL)
+    model = _gq(features_key="views", gene_embeddings=table, max_epochs=2, seed=0, **SMALL)
     model.train(adata, genes=["G0", "G1"])
     per_view = []
     for v in range(4):
@@ -471,7 +478,7 @@ def test_augment_trains_on_random_dihedral_views_of_frozen_features(data):
     kw = dict(image_encoder=enc, gene_embeddings=table, max_epochs=3, seed=0, **SMALL)
     genes = ["G0", "G1", "G2"]
     # features absent: training with augment computes and caches the 8 dihedral views of every patch
-    aug = GeneQueryModel(**kw)
+    aug = _gq(**kw)
     aug.train(adata, genes=genes)
     views = adata.obsm["X_image_features"]
     assert views.shape == (adata.n_obs, 8, 5) and adata.uns["X_image_features"]["params"]["views"] == 8
@@ -479,11 +486,11 @@ def test_augment_trains_on_random_dihedral_views_of_frozen_features(data):
     with torch.no_grad():
         np.testing.assert_allclose(views[:, 3], enc(dihedral(x, 3)).numpy(), rtol=1e-5, atol=1e-6)
     # augment=False on the 8 views trains exactly like a model given view 0 alone
-    plain = GeneQueryModel(**{**kw, "augment": False})
+    plain = _gq(**{**kw, "augment": False})
     plain.train(adata, genes=genes)
     single = adata.copy()
     single.obsm["X_image_features"] = views[:, 0].copy()
-    ref = GeneQueryModel(**kw)  # one view only: no augmentation possible
+    ref = _gq(**kw)  # one view only: no augmentation possible
     ref.train(single, genes=genes)
     np.testing.assert_array_equal(plain.predict(adata), ref.predict(single))
     # with augment the training draws other views and ends elsewhere; prediction uses view 0
@@ -500,7 +507,7 @@ def test_augment_trains_on_random_dihedral_views_of_frozen_features(data):
     )
     np.testing.assert_array_equal(fixed[0]["image"][0].numpy(), views[:, 0])
     with pytest.raises(TypeError, match="augment must be True or False"):
-        GeneQueryModel(augment="yes")
+        _gq(augment="yes")
 
 
 # ------------------------------------------------------------------------------------------------- API
@@ -532,9 +539,9 @@ def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
 
 def test_target_scaling_default_depends_on_the_mode(data, tmp_path):
     adata, table = data
-    assert GeneQueryModel().scaling == "minmax" and GeneQueryModel(mode="gene").scaling == "standard"
-    assert GeneQueryModel(mode="gene", scaling="minmax").scaling == "minmax"
-    model = GeneQueryModel(mode="gene", gene_embeddings=table, max_epochs=1, seed=0, **SMALL)
+    assert _gq().scaling == "minmax" and _gq(mode="gene").scaling == "standard"
+    assert _gq(mode="gene", scaling="minmax").scaling == "minmax"
+    model = _gq(mode="gene", gene_embeddings=table, max_epochs=1, seed=0, **SMALL)
     model.train(adata.copy(), genes=["G0", "G1", "G2"])
     # standard scaling: the training spots of each gene have mean 0 and standard deviation 1
     Y = adata.layers["log1p"][(adata.obs["split"] == "train").to_numpy()][:, :3]
@@ -549,35 +556,35 @@ def test_target_scaling_default_depends_on_the_mode(data, tmp_path):
 def test_bad_inputs_raise_clear_errors(data):
     adata, table = data
     with pytest.raises(ValueError, match="mode must be"):
-        GeneQueryModel(mode="both")
+        _gq(mode="both")
     with pytest.raises(ValueError, match="train=False"):
         genequery_predict(adata.copy(), train=False)
     no_feat = adata.copy()
     del no_feat.obsm["X_image_features"]
     with pytest.raises(KeyError, match="extract_patches"):
-        GeneQueryModel(gene_embeddings=table, **SMALL).train(no_feat)
+        _gq(gene_embeddings=table, **SMALL).train(no_feat)
     nan = adata.copy()
     nan.obsm["X_image_features"] = nan.obsm["X_image_features"].copy()
     nan.obsm["X_image_features"][0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        GeneQueryModel(gene_embeddings=table, **SMALL).train(nan)
+        _gq(gene_embeddings=table, **SMALL).train(nan)
     strs = adata.copy()
     strs.obsm["X_image_features"] = np.full((adata.n_obs, 3), "a")
     with pytest.raises(TypeError, match="numeric"):
-        GeneQueryModel(gene_embeddings=table, **SMALL).train(strs)
+        _gq(gene_embeddings=table, **SMALL).train(strs)
     with pytest.raises(KeyError, match="no row in gene_embeddings"):
-        GeneQueryModel(gene_embeddings=table.drop(index="G2"), **SMALL).train(adata.copy())
+        _gq(gene_embeddings=table.drop(index="G2"), **SMALL).train(adata.copy())
     neg = adata.copy()
     neg.layers["log1p"] = neg.layers["log1p"].copy()
     neg.layers["log1p"][0, 0] = -1
     with pytest.raises(ValueError, match="negative"):
-        GeneQueryModel(gene_embeddings=table, **SMALL).train(neg)
+        _gq(gene_embeddings=table, **SMALL).train(neg)
     with pytest.raises(KeyError, match="not in adata.var_names"):
-        GeneQueryModel(gene_embeddings=table, **SMALL).train(adata.copy(), genes=["NOPE"])
+        _gq(gene_embeddings=table, **SMALL).train(adata.copy(), genes=["NOPE"])
     with pytest.raises(KeyError, match="slide column"):
-        GeneQueryModel(gene_embeddings=table, library_key="batch", **SMALL).train(adata.copy())
+        _gq(gene_embeddings=table, library_key="batch", **SMALL).train(adata.copy())
     with pytest.raises(TypeError, match="cannot be combined"):
-        genequery_predict(adata.copy(), model=GeneQueryModel(), max_epochs=1)
+        genequery_predict(adata.copy(), model=_gq(), max_epochs=1)
 
 
 def test_one_spot_slide_is_a_valid_sequence(data):
@@ -585,9 +592,7 @@ def test_one_spot_slide_is_a_valid_sequence(data):
     one = adata[[0, 1, 2, 60, 120, 200]].copy()
     one.obs["slide_id"] = ["a", "a", "a", "b", "c", "d"]  # slides b, c, d have one spot
     one.obs["split"] = ["train", "train", "train", "train", "val", "test"]
-    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, seed=0, **SMALL).train(
-        one, genes=["G0", "G1"]
-    )
+    model = _gq(gene_embeddings=table, max_epochs=2, seed=0, **SMALL).train(one, genes=["G0", "G1"])
     pred = model.predict(one)
     assert pred.shape == (6, 2) and np.isfinite(pred).all()
 
@@ -598,7 +603,7 @@ def test_trains_and_predicts_on_gpu(data):
         pytest.skip("no CUDA device")
     adata, table = data
     kw = {**SMALL, "accelerator": "gpu", "devices": 1}
-    model = GeneQueryModel(gene_embeddings=table, max_epochs=2, device="cuda", seed=0, **kw)
+    model = _gq(gene_embeddings=table, max_epochs=2, device="cuda", seed=0, **kw)
     pred = model.train(adata.copy(), genes=["G0", "G1"]).predict(adata)
     model.device = "cpu"
     np.testing.assert_allclose(pred, model.predict(adata), atol=1e-4)
@@ -617,7 +622,7 @@ def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, mon
     sp.pp.extract_patches(a, size=64)
     genes = list(a.var_names[:12])
     new = next(g for g in ("ESR1", "PGR", "KRT5", "CD8A", "MKI67") if g not in a.var_names)
-    model = GeneQueryModel(max_epochs=1, batch_size=4, seed=0, **SMALL)
+    model = _gq(max_epochs=1, batch_size=4, seed=0, **SMALL)
     unseen, model = genequery_predict(
         a, model=model, train_genes=genes, genes=[*genes, new], val_value=None, return_model=True
     )
@@ -675,7 +680,7 @@ def test_bf16_inference_close_to_float32(data, trained_spot):
     assert (np.abs(p16 - p32).max(axis=0) < 0.1 * spread).all()
     assert (_pcc(p16, p32) > 0.99).all()
     with pytest.raises(ValueError, match="inference_precision"):
-        GeneQueryModel(inference_precision="fp8")
+        _gq(inference_precision="fp8")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -685,7 +690,7 @@ def test_auto_inference_precision_follows_the_hardware(data, trained_spot, monke
 
     adata, _ = data
     genes = [f"G{j}" for j in range(6)]
-    assert GeneQueryModel().inference_precision == "auto"
+    assert _gq().inference_precision == "auto"
     expected = _predict_with(trained_spot, adata, genes, "bf16" if native else "32")
     monkeypatch.setattr(gq_module, "native_bf16", lambda device: native)
     got = _predict_with(trained_spot, adata, genes, "auto")
@@ -706,7 +711,7 @@ def test_native_bf16_reads_the_cpu_capabilities(monkeypatch):
 def test_training_is_quiet_at_default_verbosity(data, assert_lightning_quiet):
     adata, table = data
     kw = {**SMALL, "gene_embeddings": table, "max_epochs": 1, "batch_size": 8}
-    assert_lightning_quiet(lambda: GeneQueryModel(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"]))
+    assert_lightning_quiet(lambda: _gq(seed=0, **kw).train(adata.copy(), genes=["G0", "G1"]))
 
 
 # ------------------------------------------------------------------------------------------ fine-tune
@@ -799,7 +804,7 @@ def test_finetune_trains_encoder_learns_and_keeps_bn_statistics(data, mode):
     a.obsm["X_image_features"] = np.full((a.n_obs, 8), 7.0, dtype=np.float32)  # frozen cache: untouched
     enc = _tiny_encoder()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    model = GeneQueryModel(
+    model = _gq(
         mode=mode, image_encoder=enc, gene_embeddings=table, max_epochs=30, batch_size=8, seed=2, **FT
     )
     genes = [f"G{j}" for j in range(20)]
@@ -829,21 +834,21 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     # float32 predictions: the checkpointing comparison below is of weights equal to float32 rounding,
     # which bfloat16 arithmetic would amplify to its own rounding
     kw = {"gene_embeddings": table, "max_epochs": 3, "seed": 5, "inference_precision": "32", **FT}
-    m1 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
+    m1 = _gq(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
     torch.manual_seed(99)
-    m2 = GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
-    m3 = GeneQueryModel(image_encoder=_tiny_encoder(), **{**kw, "seed": 6}).train(a, genes=genes)
+    m2 = _gq(image_encoder=_tiny_encoder(), **kw).train(a, genes=genes)
+    m3 = _gq(image_encoder=_tiny_encoder(), **{**kw, "seed": 6}).train(a, genes=genes)
     P1 = m1.predict(a, [*genes, "NOVEL"])
     np.testing.assert_array_equal(P1, m2.predict(a, [*genes, "NOVEL"]))
     assert not np.array_equal(P1, m3.predict(a, [*genes, "NOVEL"]))
     # gradient checkpointing (chunks of 8 of the 20 patches per step) trains the same model as one pass
-    m4 = GeneQueryModel(image_encoder=_tiny_encoder(), **{**kw, "encoder_chunk": None}).train(a, genes=genes)
+    m4 = _gq(image_encoder=_tiny_encoder(), **{**kw, "encoder_chunk": None}).train(a, genes=genes)
     np.testing.assert_allclose(m4.predict(a, [*genes, "NOVEL"]), P1, rtol=1e-4, atol=1e-5)
     # predictions = the network on the fine-tuned encoder's features of the patches
     from spared_tools.models.image import encode_patches
 
     feats = encode_patches(a.obsm["patches"], m1.encoder_)
-    frozen = GeneQueryModel(gene_embeddings=table, inference_precision="32", **SMALL)
+    frozen = _gq(gene_embeddings=table, inference_precision="32", **SMALL)
     frozen.__dict__.update({k: v for k, v in m1.__dict__.items() if k.endswith("_")})
     b = a.copy()
     b.obsm["X_image_features"] = feats
@@ -873,15 +878,15 @@ def test_finetune_seed_save_load_tta_and_errors(data, tmp_path):
     del no_patches.obsm["patches"]
     no_patches.obsm["X_image_features"] = np.zeros((a.n_obs, 8), dtype=np.float32)
     with pytest.raises(KeyError, match="extract_patches"):
-        GeneQueryModel(image_encoder=_tiny_encoder(), **kw).train(no_patches, genes=genes)
+        _gq(image_encoder=_tiny_encoder(), **kw).train(no_patches, genes=genes)
     with pytest.raises(KeyError, match="fine-tuned its image encoder"):
         m1.predict(no_patches, genes)
     with pytest.raises(TypeError, match="finetune must be True or False"):
-        GeneQueryModel(finetune="yes")
+        _gq(finetune="yes")
     with pytest.raises(ValueError, match="encoder_lr"):
-        GeneQueryModel(finetune=True, encoder_lr=0)
+        _gq(finetune=True, encoder_lr=0)
     with pytest.raises(ValueError, match="encoder_chunk"):
-        GeneQueryModel(finetune=True, encoder_chunk=0)
+        _gq(finetune=True, encoder_chunk=0)
 
 
 @pytest.mark.gpu
@@ -891,7 +896,7 @@ def test_finetune_trains_and_predicts_on_gpu(data):
     adata, table = data
     a = _with_patches(adata, table)
     kw = {**FT, "accelerator": "gpu", "devices": 1}
-    model = GeneQueryModel(
+    model = _gq(
         image_encoder=_tiny_encoder(), gene_embeddings=table, max_epochs=2, device="cuda", seed=0, **kw
     )
     pred = model.train(a, genes=["G0", "G1"]).predict(a)
@@ -946,13 +951,11 @@ def test_standardisation_uses_training_data_and_survives_save_load(data, trained
     for name, value in (("image_shift", 0.0), ("image_scale", 1.0), ("gene_shift", 0.0), ("gene_scale", 1.0)):
         assert (getattr(old.net_, name) == value).all()
     # standardize=False keeps the identity
-    plain = GeneQueryModel(
-        mode="spot", gene_embeddings=table, max_epochs=1, standardize=False, seed=1, **SMALL
-    )
+    plain = _gq(mode="spot", gene_embeddings=table, max_epochs=1, standardize=False, seed=1, **SMALL)
     plain.train(adata.copy(), genes=["G0", "G1"])
     assert float(plain.net_.image_shift.abs().sum()) == 0.0
     with pytest.raises(TypeError, match="standardize"):
-        GeneQueryModel(standardize="yes")
+        _gq(standardize="yes")
 
 
 # ------------------------------------------------------------------------------------- gene identity
@@ -1022,7 +1025,7 @@ def test_image_dropout_zeroes_standardised_image_features_while_training_only():
     with pytest.raises(ValueError, match="image_dropout"):
         GeneQueryNet(40, 10, image_dropout=1.0)
     with pytest.raises(ValueError, match="image_dropout"):
-        GeneQueryModel(image_dropout=-0.1)
+        _gq(image_dropout=-0.1)
 
 
 def _twins(n_genes: int = 16, seed: int = 0):
@@ -1047,8 +1050,8 @@ def test_gene_identity_separates_genes_that_share_their_text():
     te = (adata.obs["split"] == "test").to_numpy()
     truth = adata.layers["log1p"][te]
     kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 30, "batch_size": 8, "seed": 0}
-    text_only = GeneQueryModel(**kw).train(adata.copy(), genes=genes).predict(adata)[te]
-    ident = GeneQueryModel(gene_identity=8, identity_dropout=0.2, **kw).train(adata.copy(), genes=genes)
+    text_only = _gq(**kw).train(adata.copy(), genes=genes).predict(adata)[te]
+    ident = _gq(gene_identity=8, identity_dropout=0.2, **kw).train(adata.copy(), genes=genes)
     with_code = ident.predict(adata)[te]
     # text only: twins get the same tokens, hence perfectly correlated maps whatever their truth
     twin_pcc = [_pcc(text_only[:, [j - 1]], text_only[:, [j]])[0] for j in range(1, len(genes), 2)]
@@ -1062,7 +1065,7 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
     adata, table = data
     kw = {**SMALL, "mode": "spot", "gene_embeddings": table, "max_epochs": 3, "batch_size": 8, "tta": False}
     genes = [f"G{j}" for j in range(8)]
-    m = GeneQueryModel(gene_identity=5, seed=0, **kw).train(adata.copy(), genes=genes)
+    m = _gq(gene_identity=5, seed=0, **kw).train(adata.copy(), genes=genes)
     assert m.gene_dim_ == table.shape[1] + 5 and m.net_.identity_dim == 5
     codes = gene_identity_codes(genes, 5)
     np.testing.assert_array_equal(m.gene_embeddings_[:, -5:], codes)
@@ -1090,27 +1093,27 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
     q = ["G0", "G5", "G22", "NOVEL"]
     np.testing.assert_array_equal(loaded.predict(adata, q), m.predict(adata, q))
     with pytest.raises(ValueError, match="gene_identity"):
-        GeneQueryModel(gene_identity=-1)
+        _gq(gene_identity=-1)
     with pytest.raises(ValueError, match="identity_dropout"):
-        GeneQueryModel(identity_dropout=1.5)
+        _gq(identity_dropout=1.5)
     with pytest.raises(TypeError, match="use_identity"):
-        GeneQueryModel(use_identity="no")
+        _gq(use_identity="no")
 
 
 # ------------------------------------------------------------------------------------- image context
 def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_path):
-    from spared_tools.models.image import context_features
+    from spared_tools.pp import context_features
 
     adata, table = data
     genes = [f"G{j}" for j in range(8)]
     kw = {**SMALL, "mode": "gene", "gene_embeddings": table, "max_epochs": 3, "seed": 2}
     kw["inference_precision"] = "32"
-    m1 = GeneQueryModel(context_rings=1, **kw).train(adata.copy(), genes=genes)
+    m1 = _gq(context_rings=1, **kw).train(adata.copy(), genes=genes)
     assert m1.image_dim_ == 2 * adata.obsm["X_image_features"].shape[1]
     # the same as a model without context trained on precomputed context features
     b = adata.copy()
     b.obsm["ctx"] = context_features(b, b.obsm["X_image_features"], n_rings=1)
-    m0 = GeneQueryModel(context_rings=0, features_key="ctx", **kw).train(b, genes=genes)
+    m0 = _gq(context_rings=0, features_key="ctx", **kw).train(b, genes=genes)
     P = m1.predict(adata, genes)
     np.testing.assert_array_equal(P, m0.predict(b, genes))
     # a spot's features reach its lattice neighbours' predictions and no further spot's (gene mode)
@@ -1124,16 +1127,16 @@ def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_
     near = np.flatnonzero((slide == "s4") & (np.abs(rows - 3) + np.abs(cols - 3) <= 1))
     np.testing.assert_array_equal(changed, near)
     # defaults, save -> load
-    assert GeneQueryModel().context_rings == 0  # the default: the patch's own features
+    assert _gq().context_rings == 0  # the default: the patch's own features
     m1.save(tmp_path / "m")
     back = GeneQueryModel.load(tmp_path / "m", adata)
     assert back.context_rings == 1
     np.testing.assert_array_equal(back.predict(adata, genes), P)
     # errors that name the problem
     with pytest.raises(ValueError, match="context_rings"):
-        GeneQueryModel(context_rings=-1)
+        _gq(context_rings=-1)
     with pytest.raises(ValueError, match="context_rings=1 with finetune=True"):
-        GeneQueryModel(context_rings=1, finetune=True)
+        _gq(context_rings=1, finetune=True)
     d = adata.copy()
     del d.obs["array_col"]
     with pytest.raises(KeyError, match="array_col.*context_rings=0"):
@@ -1142,3 +1145,35 @@ def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_
     e.obsm["X_image_features"] = e.obsm["X_image_features"][:, :10]
     with pytest.raises(ValueError, match="has 10 features per spot but the model was trained on 16"):
         m1.predict(e, genes)
+
+
+# ------------------------------------------------------------------------------- parameters by concern
+def test_parameters_by_concern_and_the_old_form_names_the_new_one(data):
+    adata, table = data
+    assert len(_CTOR) <= 16
+    with pytest.raises(TypeError, match=r"max_epochs -> model.train\(adata, max_epochs=...\)"):
+        GeneQueryModel(max_epochs=3)
+    with pytest.raises(
+        TypeError, match=r"weight_decay -> model.train\(adata, plan_kwargs=\{'weight_decay': ...\}\)"
+    ):
+        GeneQueryModel(weight_decay=0.0)
+    with pytest.raises(TypeError, match=r"tta -> model.predict\(adata, tta=...\)"):
+        GeneQueryModel(tta=True)
+    with pytest.raises(ValueError, match="fixed when the model is built"):
+        GeneQueryModel().set_params(width=64)
+    net = {k: v for k, v in SMALL.items() if k in _CTOR}
+    genes = ["G0", "G1", "G2"]
+    m = GeneQueryModel(gene_embeddings=table, seed=0, **net)
+    m.train(adata.copy(), genes=genes, max_epochs=2, lr=3e-3, accelerator="cpu", plan_kwargs={"max_len": 30})
+    assert (m.max_epochs, m.lr, m.max_len) == (2, 3e-3, 30)
+    ref = _gq(gene_embeddings=table, seed=0, max_epochs=2, max_len=30, **SMALL).train(
+        adata.copy(), genes=genes
+    )
+    np.testing.assert_array_equal(m.predict(adata), ref.predict(adata))
+    assert m.predict(adata, inference_precision="32") is not None and m.inference_precision == "32"
+    with pytest.raises(TypeError, match="Unknown plan_kwargs"):
+        m.train(adata.copy(), plan_kwargs={"max_epochs": 2})
+    # genequery_predict still takes every setting in one call
+    out = adata.copy()
+    genequery_predict(out, gene_embeddings=table, max_epochs=1, tta=False, seed=0, **SMALL)
+    assert out.uns["genequery"]["params"]["max_epochs"] == 1 and "genequery" in out.layers

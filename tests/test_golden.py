@@ -13,6 +13,7 @@ Regenerate (only when a behaviour change is intended and documented) with
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -26,9 +27,18 @@ from torch import nn
 
 import spared_tools as sp
 from spared_tools.models.image import load_image_encoder
+from spared_tools.tl import GeneQueryModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _synthetic_spackle import make_adata as spackle_adata
+
+
+def _gq(**kw) -> GeneQueryModel:
+    """GeneQueryModel from flat keywords: the network's to the constructor, the settings via set_params."""
+    ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+    model = GeneQueryModel(**{k: v for k, v in kw.items() if k in ctor})
+    return model.set_params(**{k: v for k, v in kw.items() if k not in ctor})
+
 
 GOLDEN = Path(__file__).parent / "golden"
 WRITE = os.environ.get("SPARED_GOLDEN_WRITE") == "1"
@@ -156,7 +166,7 @@ def test_spackle_completion_golden():
 @pytest.mark.parametrize("mode", ["spot", "gene"])
 def test_genequery_predictions_golden(mode):
     adata, table = _genequery_adata()
-    model = sp.tl.GeneQueryModel(
+    model = _gq(
         mode=mode, gene_embeddings=table, max_epochs=3, batch_size=8, seed=0, accelerator="cpu", **SMALL
     )
     model.train(adata, genes=[f"G{j}" for j in range(20)])

@@ -530,7 +530,7 @@ def _brute_context(a, F, n_rings, geometry):
     ("geometry", "n_rings"), [("square", 1), ("square", 2), ("hex", 1), ("checkerboard", 1)]
 )
 def test_context_features_brute_force(geometry, n_rings):
-    from spared_tools.models.image import context_features
+    from spared_tools.pp import context_features
 
     a = make_lattice(geometry, 6, 8, holes={(2, 2), (3, 3), (0, 4)}, slides=2)
     rng = np.random.default_rng(1)
@@ -556,7 +556,7 @@ def test_context_features_brute_force(geometry, n_rings):
 
 def test_context_features_zero_rings_and_errors():
     from spared_tools._kernels.lattice import neighbour_mean
-    from spared_tools.models.image import context_features
+    from spared_tools.pp import context_features
 
     a = make_lattice("square", 3, 3)
     F = np.arange(a.n_obs * 2, dtype=np.float32).reshape(-1, 2)
@@ -577,7 +577,7 @@ def test_context_features_zero_rings_and_errors():
 
 
 def test_context_features_needs_the_slide_column():
-    from spared_tools.models.image import context_features
+    from spared_tools.pp import context_features
 
     a = make_lattice("square", 3, 3)
     F = np.ones((a.n_obs, 2), dtype=np.float32)

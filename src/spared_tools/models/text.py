@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from anndata import AnnData
 
 from spared_tools._logging import logger
 
@@ -139,7 +138,7 @@ def gene_descriptions(
     *,
     organism: Organism = "human",
     descriptions: Mapping[str, str] | pd.Series | str | None = None,
-    adata: AnnData | None = None,
+    adata: Any = None,
     on_missing: Literal["symbol", "raise"] = "symbol",
 ) -> list[str]:
     """One description string per gene: user overrides first, then the bundled table.
@@ -408,7 +407,7 @@ def gene_embeddings(
     descriptions: Mapping[str, str] | pd.Series | str | None = None,
     encoder: str | TextEncoder | Mapping[str, Any] | pd.DataFrame | Callable | None = None,
     cache: bool = True,
-    adata: AnnData | None = None,
+    adata: Any = None,
     on_missing: Literal["symbol", "raise"] = "symbol",
 ) -> np.ndarray:
     """Embed each gene's description with a text encoder (cached on disk).

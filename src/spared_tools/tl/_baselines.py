@@ -109,7 +109,7 @@ def _encoder_param(encoder: Any) -> Any:
         return encoder
     raise TypeError(
         "A model with a custom image module cannot be saved as JSON parameters: compute the features yourself "
-        "(sp.models.image.image_features(adata, encoder=module)) and use encoder='precomputed', or save the "
+        "(sp.pp.image_features(adata, encoder=module)) and use encoder='precomputed', or save the "
         "module's weights and pass them with load_image_encoder(..., weights=)."
     )
 
@@ -141,7 +141,7 @@ class RidgePredictor(Predictor):
     context_rings
         ``0`` (default, HEST-style): regress on each spot's own features. ``k > 0``: on the features
         followed by their mean over the spot and its lattice neighbours within ``k`` rings on the same
-        slide (:func:`~spared_tools.models.image.context_features`; needs ``obs['array_row']`` /
+        slide (:func:`~spared_tools.pp.context_features`; needs ``obs['array_row']`` /
         ``obs['array_col']``). On HER2+ ``context_rings=1`` (on the mean of the 8 dihedral views'
         features) raised ridge's test HEG on every one of four held-out sections, on average from 0.269 to
         0.306 (``benchmarks/results/genequery_context_average.txt``).
@@ -206,7 +206,7 @@ class RidgePredictor(Predictor):
         F = self._own_features(adata)
         if not self.context_rings:
             return F
-        from spared_tools.models.image import context_features
+        from spared_tools.pp import context_features
 
         return context_features(adata, F, n_rings=self.context_rings, library_key=self.library_key)
 
@@ -218,7 +218,7 @@ class RidgePredictor(Predictor):
             if F.ndim != 2 or not np.isfinite(F).all():
                 raise ValueError(f"adata.obsm[{self.features_key!r}] must be a finite (n_obs, d) matrix.")
             return F
-        from spared_tools.models.image import image_features
+        from spared_tools.pp import image_features
 
         return np.asarray(
             image_features(
@@ -516,7 +516,7 @@ class LinearHeadPredictor(Predictor):
         return load_image_encoder(self.encoder)
 
     def _frozen_features(self, adata: AnnData, tta: bool) -> np.ndarray:
-        from spared_tools.models.image import image_features
+        from spared_tools.pp import image_features
 
         return image_features(
             adata,

@@ -18,6 +18,8 @@ from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_seed, settings
 from spared_tools._validation import check_adata, check_obs_key, slide_labels
+from spared_tools.tl._base import model_class
+from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _neighbourhoods
 
 __all__ = ["completion_metrics", "evaluate_completion"]
 
@@ -197,9 +199,8 @@ def evaluate_completion(
     mask of the fraction closest to 0.3, at most ``max_values`` rows) with columns ``obs_name``, ``gene``,
     ``true`` and one column per method, read by :func:`spared_tools.pl.completion` for its scatter panels.
     """
-    from ._spackle import SpackleModel, _expression_arrays, _gene_index, _neighbourhoods
-
     check_adata(adata)
+    SpackleModel = model_class("SpaCKLE")  # through the registry: _spackle imports this module
     methods = [methods] if isinstance(methods, str) else list(methods)  # type: ignore[list-item]
     bad = [m for m in methods if m not in _METHODS]
     if bad or not methods:
@@ -241,6 +242,13 @@ def evaluate_completion(
             logger.warning(
                 f"evaluate_completion: slides {overlap} were used to train the model; their scores are not "
                 "a held-out estimate."
+            )
+        used_val = sorted(set(model.train_info_.get("val_slides", [])) & set(eval_slides))
+        if used_val and model.adata is adata:
+            logger.warning(
+                f"evaluate_completion: slides {used_val} validated the model (they chose its best "
+                f"checkpoint: {model.train_info_.get('split', '')}); their scores are optimistic, not a "
+                "held-out estimate. Evaluate on test slides (split_key=..., eval_value='test')."
             )
         layer, mask_layer = model.layer, model.mask_layer
         gene_idx = _gene_index(adata, model.genes)
