@@ -202,10 +202,35 @@ def test_squidpy_spatial_scatter_on_image_less_her2st_section():
     folder = shared_path("her2st_raw")
     a = sp.io.read_her2st(folder, ["C2"], images=False)
     gene = a.var_names[int(np.argmax(_dense(a.X).sum(0)))]
-    sq.pl.spatial_scatter(a, color=gene, library_key="slide_id", shape=None, img=False)
+    sq.pl.spatial_scatter(a, color=gene, library_key="slide_id", img=False)
     ax = plt.gcf().axes[0]
-    offsets = ax.collections[0].get_offsets()
-    assert len(offsets) == a.n_obs
+    # the spots are drawn at their full-resolution positions (scale factor 1 without an image)
+    coll = next(c for c in ax.collections if len(c.get_paths()) == a.n_obs)
+    centres = np.array([(p.vertices.min(0) + p.vertices.max(0)) / 2 for p in coll.get_paths()])
+    np.testing.assert_allclose(np.sort(centres[:, 0]), np.sort(a.obsm["spatial"][:, 0]), atol=1e-3)
     plt.close("all")
     sp.pl.spatial(a, genes=[gene], show=False)
+    plt.close("all")
+    # the pipeline output of an image-less section plots the same way
+    out = sp.pp.spared_pipeline(a, organism="human", geometry="square")
+    sq.pl.spatial_scatter(out, color=out.var_names[0], layer="median", library_key="slide_id", img=False)
+    plt.close("all")
+
+
+def test_image_less_spatialdata_plots_with_squidpy():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    pytest.importorskip("spatialdata")
+    ex = sp.datasets.example(images=False)
+    for lib in ex.uns["spatial"].values():
+        lib["images"] = {}
+    s = sp.io.to_spatialdata(ex)
+    assert not s.images
+    a = sp.io.from_spatialdata(s, table="spared")
+    assert a.uns["spatial"]["MOB1"]["scalefactors"]["tissue_hires_scalef"] == 1.0
+    sq.pl.spatial_scatter(a, color=a.var_names[0], library_key="slide_id", library_id="MOB1", img=False)
     plt.close("all")

@@ -194,7 +194,8 @@ def from_spatialdata(
         ``float64`` spot centres ``[x, y]``.
     ``uns['spatial'][region]``
         ``images``, ``scalefactors`` (``spot_diameter_fullres``, ``tissue_hires_scalef`` /
-        ``tissue_lowres_scalef`` for the images found, ``microns_per_pixel`` when known) and ``metadata``.
+        ``tissue_lowres_scalef`` for the images found, both 1 when there is none, ``microns_per_pixel``
+        when known) and ``metadata``.
     ``uns['spatialdata']``
         ``table``, ``region_key``, ``instance_key``, ``regions`` and ``coordinate_systems``, which
         :func:`to_spatialdata` uses to link results back to the same shapes.
@@ -269,6 +270,8 @@ def from_spatialdata(
         for key, (arr, scalef) in _images_for(sdata, cs, names, region).items():
             images[key] = arr
             scalefactors[f"tissue_{key}_scalef"] = scalef
+        if not images:  # as io.read_st for image-less sections: squidpy plots them with img=False
+            scalefactors.update({"tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0})
         meta = copy.deepcopy((tab.uns.get(Key.SPATIAL) or {}).get(region, {}).get("metadata", {}))
         meta.update({"source": "spatialdata", "table": table, "shapes": region, "coordinate_system": cs})
         spatial[region] = {"images": images, "scalefactors": scalefactors, "metadata": meta}
