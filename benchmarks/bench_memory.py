@@ -12,7 +12,9 @@ after imports, so the numbers do not mix:
   window by window, patches in ``obsm``);
 * ``ours_disk``: the same with ``store="disk"`` (patches written row by row to a ``.npy`` file);
 * ``too_large``: ``store="memory"`` with ``max_memory`` below the patch array: must fail before
-  allocating, with the estimate in the message.
+  allocating, with the estimate in the message;
+* ``naive_hires`` / ``ours_hires``: the 2000 px ``hires`` copy ``read_st`` makes of an image, from a
+  whole decode or band by band (``sp.io`` downscaling; the same pixels).
 
 The patches of ``ours_memory`` equal those of ``naive`` (checked here, byte for byte).
 Run: ``nice -n 10 .venv/bin/python benchmarks/bench_memory.py`` (writes results/memory.txt; ~2 min, 3 GB
@@ -148,7 +150,20 @@ def child(case: str, folder: Path) -> None:
     t0 = time.perf_counter()
     out: dict = {"case": case}
     tif = folder / "fullres.tif"
-    if case == "naive":
+    if case in ("naive_hires", "ours_hires"):
+        from PIL import Image
+
+        if case == "naive_hires":  # decode whole, then the same Pillow resize
+            import tifffile
+
+            img = Image.fromarray(tifffile.imread(tif))
+            hires = np.asarray(img.resize((2000, 2000), Image.Resampling.LANCZOS, reducing_gap=3.0))
+        else:  # what sp.io.read_st does with an image: hires copy read band by band
+            from spared_tools.io._image import downscale_image
+
+            hires = downscale_image(tif, 2000)[0]
+        np.save(folder / f"{case}.npy", hires)
+    elif case == "naive":
         import pandas as pd
         import tifffile
 
@@ -212,7 +227,7 @@ def main() -> None:
         rep("")
         rep(f"{'case':14s} {'peak RSS MiB':>13s} {'after imports':>14s} {'extra MiB':>10s} {'seconds':>8s}")
         res = {}
-        for case in ("naive", "ours_memory", "ours_disk", "too_large"):
+        for case in ("naive", "ours_memory", "ours_disk", "too_large", "naive_hires", "ours_hires"):
             r = run_case(case, tmp)
             res[case] = r
             rep(
@@ -242,6 +257,12 @@ def main() -> None:
             f"(memory store), {ex['ours_disk']:.0f} MiB in total (disk store)"
         )
         rep(f"time, naive / ours (memory store): {n['seconds'] / res['ours_memory']['seconds']:.2f}x")
+        hires_same = np.array_equal(np.load(tmp / "naive_hires.npy"), np.load(tmp / "ours_hires.npy"))
+        rep(
+            f"2000 px hires copy (what read_st makes of an image): extra peak memory naive / ours "
+            f"{ex['naive_hires'] / ex['ours_hires']:.1f}x ({ex['naive_hires']:.0f} vs {ex['ours_hires']:.0f} MiB), "
+            f"identical pixels: {hires_same}"
+        )
         tl = res["too_large"]
         rep("")
         rep(

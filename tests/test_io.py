@@ -863,3 +863,21 @@ def test_image_less_st_section_plots_with_squidpy(tmp_path):
     one = parts[0]
     sq.pl.spatial_scatter(one, color="B", shape=None)  # points, the squidpy default for image-less data
     plt.close("all")
+
+
+@pytest.mark.parametrize(("tile", "rowsperstrip"), [((64, 64), None), (None, 23)])
+def test_tiff_hires_downscaled_band_by_band_equals_whole_decode(tmp_path, tile, rowsperstrip):
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(2)
+    full = rng.integers(0, 256, size=(901, 1203, 3), dtype=np.uint8)
+    kw = {"tile": tile} if tile else {"rowsperstrip": rowsperstrip}
+    tifffile.imwrite(tmp_path / "full.tif", full, photometric="rgb", compression="zlib", **kw)
+    from spared_tools.io._image import _downscale_tiff_bands, downscale_image
+
+    for max_side in (100, 173):
+        got, scalef, size = downscale_image(tmp_path / "full.tif", max_side)
+        assert _downscale_tiff_bands(tmp_path / "full.tif", max_side) is not None  # the banded path ran
+        target = (max_side, round(901 * max_side / 1203))
+        ref = np.asarray(Image.fromarray(full).resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0))
+        np.testing.assert_array_equal(got, ref)  # the same pixels as decoding the whole image
+        assert size == (1203, 901) and scalef == pytest.approx(max_side / 1203)

@@ -6,6 +6,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,8 +99,10 @@ def downscale_image(path: str | Path, max_side: int) -> tuple[np.ndarray, float,
 
     JPEG files are decoded directly at a reduced DCT scale (``Image.draft``) so a ~10k x 10k px
     histology image never has to be held in memory at full resolution; the result is then resampled
-    with a Lanczos filter to the exact target size. Images already smaller than ``max_side`` are not
-    upscaled.
+    with a Lanczos filter to the exact target size. RGB TIFFs stored in tiles or strips are read band
+    by band and box-reduced band by band, then resampled: the same pixels as decoding them whole
+    (Pillow's ``reducing_gap=3`` path), holding one band instead of the whole image. Images already
+    smaller than ``max_side`` are not upscaled.
 
     Parameters
     ----------
@@ -125,6 +128,12 @@ def downscale_image(path: str | Path, max_side: int) -> tuple[np.ndarray, float,
         raise FileNotFoundError(f"Image file not found: {path}")
     if int(max_side) < 1:
         raise ValueError(f"max_side must be a positive number of pixels, got {max_side!r}.")
+    from ._utils import reading
+
+    with reading(path, "Image file"):
+        banded = _downscale_tiff_bands(path, int(max_side))
+    if banded is not None:
+        return banded
     with _open_large_image(path) as img:
         width, height = int(img.size[0]), int(img.size[1])
         scalef = min(1.0, float(max_side) / max(width, height))
@@ -158,3 +167,49 @@ def downscale_array(image: np.ndarray, scalef: float) -> np.ndarray:
     h, w = image.shape[:2]
     target = (max(1, round(w * scalef)), max(1, round(h * scalef)))
     return np.asarray(Image.fromarray(image).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _downscale_tiff_bands(path: Path, max_side: int) -> tuple[np.ndarray, float, tuple[int, int]] | None:
+    """:func:`downscale_image` of a tiled / stripped RGB uint8 TIFF, one band of rows at a time.
+
+    Reproduces Pillow's ``resize(..., LANCZOS, reducing_gap=3.0)`` of the whole image exactly: a box
+    ``reduce`` by the same integer factors (done per band, with band heights a multiple of the row
+    factor, so the boxes are the same), then the Lanczos resize of the reduced image over the same box.
+    Returns ``None`` when the file is not such a TIFF or needs no reduction (then Pillow decodes it).
+    """
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        if fh.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return None
+    try:
+        import tifffile
+        import zarr
+    except ImportError:  # pragma: no cover - both come with squidpy
+        return None
+    with tifffile.TiffFile(path) as tif:
+        level = tif.series[0].levels[0]
+        page = level.keyframe
+        if level.axes != "YXS" or level.shape[2] != 3 or np.dtype(level.dtype) != np.uint8:
+            return None
+        height, width = int(level.shape[0]), int(level.shape[1])
+        scalef = min(1.0, float(max_side) / max(width, height))
+        target = (max(1, round(width * scalef)), max(1, round(height * scalef)))
+        fx = int(width / target[0] / 3.0) or 1
+        fy = int(height / target[1] / 3.0) or 1
+        chunk_rows = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip or height)
+        if (fx == 1 and fy == 1) or chunk_rows * 4 > height:
+            return None
+        store = tif.aszarr(level=0)
+        try:
+            z: Any = zarr.open(store, mode="r")
+            band = fy * max(1, -(-chunk_rows // fy))  # a multiple of fy covering whole chunks
+            reduced = Image.new("RGB", (-(-width // fx), -(-height // fy)))
+            for r0 in range(0, height, band):
+                rows = Image.fromarray(np.ascontiguousarray(z[r0 : min(r0 + band, height)]))
+                reduced.paste(rows.reduce((fx, fy)), (0, r0 // fy))
+                del rows
+        finally:
+            store.close()
+    out = reduced.resize(target, Image.Resampling.LANCZOS, box=(0, 0, width / fx, height / fy))
+    return _to_rgb_uint8(out), scalef, (width, height)
