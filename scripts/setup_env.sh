@@ -9,3 +9,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[${EXTRAS:-test}]"
+# compile the numba kernels into their on-disk cache now, not inside the first pp call (~40 s on 2 cores)
+.venv/bin/python -m spared_tools._kernels.warmup

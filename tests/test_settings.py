@@ -91,6 +91,18 @@ def test_validation_errors_name_the_problem():
     np.testing.assert_array_equal(v.check_array_coords(a), np.c_[np.arange(4), np.arange(4) * 2])
 
 
+def _median_on_grid():
+    from spared_tools._kernels.lattice import lattice_offsets, neighbor_lookup
+    from spared_tools._kernels.median import adaptive_median_numba
+
+    rows, cols = np.divmod(np.arange(900), 30)
+    offsets, ring = lattice_offsets("square", 3)
+    table = np.c_[np.arange(900), neighbor_lookup(np.zeros(900, dtype=np.int64), rows, cols, offsets)]
+    X = np.random.default_rng(3).gamma(1.0, size=(900, 40)).astype(np.float32)
+    X[X < 0.8] = 0
+    return adaptive_median_numba(X, None, table, np.r_[0, ring], np.zeros(900, dtype=np.int64), n_rings=3)
+
+
 def test_n_jobs_drives_torch_numba_and_blas():
     import os
 
@@ -114,8 +126,10 @@ def test_n_jobs_drives_torch_numba_and_blas():
         med = slide_nonzero_median(X, np.zeros(50, dtype=np.int64), 1)[0]
         ref = [np.median(c[c != 0]) for c in X.T]
         np.testing.assert_allclose(med, ref, rtol=1e-6)
+        one = _median_on_grid()
     finally:
         sp.settings.n_jobs = None
+    np.testing.assert_array_equal(_median_on_grid(), one)  # row blocks on threads: same result
     assert sp.settings.n_jobs == cores
     assert torch.get_num_threads() == cores
     assert numba.get_num_threads() == min(cores, numba.config.NUMBA_NUM_THREADS)

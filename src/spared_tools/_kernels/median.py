@@ -20,9 +20,10 @@ Two backends compute exactly the same thing:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .selection import _rank_median, median_network, slide_nonzero_median
+from .threads import run_blocks
 
 __all__ = [
     "adaptive_median_numba",
@@ -78,14 +79,14 @@ def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _adaptive_median_kernel(
-    X, missing, table, bounds, fallback, slide_codes, out
+    X, missing, table, bounds, fallback, slide_codes, out, lo, hi
 ):  # pragma: no cover - numba
-    n_obs, n_genes = X.shape
+    n_genes = X.shape[1]
     n_rings = bounds.shape[0] - 1
     width = bounds[n_rings]
-    for i in prange(n_obs):
+    for i in range(lo, hi):
         buf = np.empty(width, dtype=np.float64)
         s = slide_codes[i]
         for j in range(n_genes):
@@ -137,9 +138,9 @@ def _ring_networks(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.ascontiguousarray(np.concatenate(parts)), starts, outs
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _adaptive_median_kernel_nonneg(
-    X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out
+    X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out, lo, hi
 ):  # pragma: no cover
     # Same rule for X >= 0. A window median is zero exactly when more than half of the window is zero,
     # so for every spot the non-zero counts of all genes (``nz``: X != 0 as uint8) are accumulated ring by
@@ -149,10 +150,10 @@ def _adaptive_median_kernel_nonneg(
     # that stop at the same ring are gathered into a (window x genes) block and a median-selection
     # network runs across them with branch-free min/max (SIMD over genes). Windows with empty
     # positions gather their non-zero values and select the median's rank among them.
-    n_obs, n_genes = X.shape
+    n_genes = X.shape[1]
     n_rings = bounds.shape[0] - 1
     width = bounds[n_rings]
-    for i in prange(n_obs):
+    for i in range(lo, hi):
         s = slide_codes[i]
         n_todo = 0
         for j in range(n_genes):
@@ -244,25 +245,24 @@ def _adaptive_median_kernel_nonneg(
                 out[i, j] = _rank_median(buf, m, n // 2 - (n - m), n % 2 == 0)
 
 
-@njit(parallel=True, cache=True)
-def _copy_rows(dst, src):  # pragma: no cover - numba
-    for i in prange(src.shape[0]):
-        dst[i] = src[i]
-
-
 def parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src`` for 2-D C-contiguous arrays of one shape and dtype, rows split over threads.
 
     Writing a freshly allocated result is dominated by first-touch page faults (on virtual machines
     whose memory is backed lazily, about 10 µs per 4 KiB page); taking them on every thread instead
-    of one divides that time by the thread count.
+    of one divides that time by the thread count. Row blocks are copied by :func:`numpy.copyto`
+    (which releases the GIL) on ``sp.settings.n_jobs`` threads: nothing to compile.
     """
     if dst.shape != src.shape or dst.dtype != src.dtype:
         raise ValueError("parallel_copy needs arrays of the same shape and dtype.")
     if dst.ndim != 2 or not (dst.flags.c_contiguous and src.flags.c_contiguous):
         np.copyto(dst, src)
         return
-    _copy_rows(dst, src)
+    run_blocks(_copy_block, dst.shape[0], dst, src, min_items=64, blocks_per_thread=1)
+
+
+def _copy_block(dst: np.ndarray, src: np.ndarray, lo: int, hi: int) -> None:
+    np.copyto(dst[lo:hi], src[lo:hi])
 
 
 def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
@@ -343,12 +343,16 @@ def adaptive_median_numba(
         raise ValueError("out must be a C-contiguous array with the shape and dtype of X.")
     fallback = np.ascontiguousarray(fallback)
     if X.size and X.min() < 0:
-        _adaptive_median_kernel(X, ~missing if invert else missing, table, bounds, fallback, slide_codes, out)
+        miss = ~missing if invert else missing
+        run_blocks(_adaptive_median_kernel, X.shape[0], X, miss, table, bounds, fallback, slide_codes, out)
     else:
         nz = nonzero.view(np.uint8)
         net, net_start, net_out = _ring_networks(bounds)
-        _adaptive_median_kernel_nonneg(
-            X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out
+        run_blocks(
+            _adaptive_median_kernel_nonneg,
+            X.shape[0],
+            *(X, nz, missing, invert, table, bounds, net, net_start, net_out, fallback, slide_codes, out),
+            blocks_per_thread=8,
         )
     return out
 

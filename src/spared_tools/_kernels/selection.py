@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import run_blocks
 
 
 @njit(cache=True, inline="always")
@@ -108,15 +110,14 @@ def _gather_nonzero_tile(X, order, r0, r1, j0, w, buf):  # pragma: no cover - nu
     return cnt
 
 
-@njit(parallel=True, cache=True)
-def _slide_nonzero_median_kernel(X, order, starts, out):  # pragma: no cover - numba
+@njit(nogil=True, cache=True)
+def _slide_nonzero_median_kernel(X, order, starts, out, lo, hi):  # pragma: no cover - numba
     # Tiles of 16 genes (one cache line of float32) x one slide: the rows are streamed once and each
     # gene's non-zero values appended (branch-free) to its buffer, then one selection per gene.
-    n_slides = starts.shape[0] - 1
     n_genes = X.shape[1]
     T = 16
     n_tiles = (n_genes + T - 1) // T
-    for t in prange(n_tiles * n_slides):
+    for t in range(lo, hi):  # tiles t of the n_tiles * n_slides, this block's
         s = t // n_tiles
         j0 = (t % n_tiles) * T
         w = min(n_genes, j0 + T) - j0
@@ -159,15 +160,14 @@ def _radix_select_u32(keys, m, r, hist):  # pragma: no cover - numba
     return keys[0]
 
 
-@njit(parallel=True, cache=True)
-def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out):  # pragma: no cover - numba
+@njit(nogil=True, cache=True)
+def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out, lo, hi):  # pragma: no cover - numba
     # Positive float32 values compare like their bit patterns (uint32 keys): gather each gene's non-zero
     # keys per slide (tiles of 16 genes) and radix-select the middle one(s).
-    n_slides = starts.shape[0] - 1
     n_genes = K.shape[1]
     T = 16
     n_tiles = (n_genes + T - 1) // T
-    for t in prange(n_tiles * n_slides):
+    for t in range(lo, hi):  # tiles t of the n_tiles * n_slides, this block's
         s = t // n_tiles
         j0 = (t % n_tiles) * T
         w = min(n_genes, j0 + T) - j0
@@ -190,6 +190,11 @@ def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out):  # pragm
             hi_out[s, j0 + q] = _radix_select_u32(b, m, h, hist)
             if m % 2 == 1:
                 lo_out[s, j0 + q] = hi_out[s, j0 + q]
+
+
+def _n_tiles(X: np.ndarray, n_slides: int) -> int:
+    """Work items of the slide-median kernels: tiles of 16 genes x slides."""
+    return ((X.shape[1] + 15) // 16) * n_slides
 
 
 def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
@@ -215,11 +220,13 @@ def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) 
     if X.dtype == np.float32 and (X.size == 0 or X.min() >= 0):
         lo = np.zeros((n_slides, X.shape[1]), dtype=np.uint32)
         hi = np.zeros((n_slides, X.shape[1]), dtype=np.uint32)
-        _slide_nonzero_median_kernel_u32(X.view(np.uint32), order, starts, lo, hi)
+        run_blocks(
+            _slide_nonzero_median_kernel_u32, _n_tiles(X, n_slides), X.view(np.uint32), order, starts, lo, hi
+        )
         mid = (lo.view(np.float32).astype(np.float64) + hi.view(np.float32).astype(np.float64)) / 2.0
         return mid.astype(np.float32)
     out = np.zeros((n_slides, X.shape[1]), dtype=np.float64)
-    _slide_nonzero_median_kernel(X, order, starts, out)
+    run_blocks(_slide_nonzero_median_kernel, _n_tiles(X, n_slides), X, order, starts, out)
     return out.astype(X.dtype, copy=False)
 
 
