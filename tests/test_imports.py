@@ -32,7 +32,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("tl", {"tl"}),
     ("pl", {"pl"}),
     ("package", {""}),
-    ("cli", {"cli"}),  # the command line: a front end on the public API (``import spared_tools as sp``)
+    (
+        "cli",
+        {"cli", "_cli_commands"},
+    ),  # the command line: a front end on the public API (``import spared_tools as sp``)
 ]
 RANK = {entry: rank for rank, (_, entries) in enumerate(LAYERS) for entry in entries}
 
