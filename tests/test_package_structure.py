@@ -303,7 +303,6 @@ def test_every_slot_holds_distinct_strings():
 MAX_LINES = 500
 # Modules over the limit that their owners are splitting (issue 18): each must still be over it.
 PENDING_SIZE = {
-    "_kernels/median.py",
     "models/genequery.py",
     "models/image.py",
     "models/spackle.py",

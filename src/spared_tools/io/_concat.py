@@ -88,6 +88,19 @@ def _merge_spatial(adatas: list[AnnData], slide_ids: list[str], library_key: str
     return spatial
 
 
+def _first_seen(mat, order: np.ndarray | None, sparse: bool):
+    """Columns of ``mat`` in first-seen gene order; canonical CSR (sorted indices) when ``sparse``."""
+    if sp.issparse(mat):
+        out = sp.csr_matrix(mat[:, order] if order is not None else mat)
+        if not out.has_sorted_indices:
+            out.sort_indices()
+        return out if sparse else out.toarray()
+    arr = np.asarray(mat)
+    if order is not None:
+        arr = arr[:, order]
+    return sp.csr_matrix(arr) if sparse else arr
+
+
 def _merge_var(adatas: list[AnnData], genes: pd.Index) -> pd.DataFrame:
     """Per-gene ``var`` columns: for each gene the value from the first slide that has the gene."""
     var = pd.DataFrame(index=genes)
@@ -272,18 +285,22 @@ def concat_slides(
                 obsm={k: np.asarray(a.obsm[k]) for k in common_obsm},
             )
         )
-    out = ad.concat(parts, join="outer", fill_value=0, merge=None, uns_merge=None)
-    if not out.var_names.equals(genes):
-        out = out[:, genes].copy()
-    if any(sp.issparse(a.X) for a in adatas) and not sp.issparse(out.X):
-        out.X = sp.csr_matrix(out.X)
-    for k in common_layers:
-        if any(sp.issparse(a.layers[k]) for a in adatas) and not sp.issparse(out.layers[k]):
-            out.layers[k] = sp.csr_matrix(out.layers[k])
-    for m in [out.X, *out.layers.values()]:
-        if sp.issparse(m):
-            m.sort_indices()
-    out.var = _merge_var(adatas, genes)
+    joined = ad.concat(parts, join="outer", fill_value=0, merge=None, uns_merge=None)
+    order = None if joined.var_names.equals(genes) else joined.var_names.get_indexer(genes)
+    sparse_in = [any(sp.issparse(a.X) for a in adatas)] + [
+        any(sp.issparse(a.layers[k]) for a in adatas) for k in common_layers
+    ]
+    mats = [
+        _first_seen(m, order, sparse)
+        for m, sparse in zip([joined.X, *(joined.layers[k] for k in common_layers)], sparse_in)
+    ]
+    out = AnnData(
+        X=mats[0],
+        obs=joined.obs,
+        var=_merge_var(adatas, genes),
+        layers=dict(zip(common_layers, mats[1:])),
+        obsm=dict(joined.obsm),
+    )
     out.varm["measured"] = measured
     obs = out.obs
     for c in obs.columns:
