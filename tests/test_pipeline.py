@@ -439,3 +439,15 @@ def test_pipeline_scanpy_layout_straight_in(visium_hex):
     sc.pp.pca(out, layer="median", n_comps=5)
     sc.pp.neighbors(out, use_rep="X_pca")
     assert out.obsm["X_pca"].shape == (out.n_obs, 5) and "connectivities" in out.obsp
+
+
+def test_pipeline_float16_counts_and_duplicated_spot_names(collection):
+    ref = sp.pp.spared_pipeline(collection, organism="human", top_moran_genes=40)
+    a = collection.copy()
+    a.X = a.X.toarray().astype(np.float16)  # small integer counts are exact in float16
+    out = sp.pp.spared_pipeline(a, organism="human", top_moran_genes=40)
+    _layers_equal(out, ref)
+    b = collection.copy()
+    b.obs_names = [b.obs_names[0]] * 2 + list(b.obs_names[2:])
+    with pytest.raises(ValueError, match="duplicated spot name"):
+        sp.pp.spared_pipeline(b, organism="human")

@@ -209,6 +209,13 @@ def spared_pipeline(
         )
     check_adata(adata)
     check_unique_var_names(adata)
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()
+        raise ValueError(
+            f"adata.obs_names has {len(dup)} duplicated spot name(s), e.g. {list(dup[:5])}; results are "
+            "matched to spots by name: call adata.obs_names_make_unique() (or sp.io.concat_slides, which "
+            "prefixes names that repeat across slides) first."
+        )
     organism_name = _check_organism(organism)
     if library_key is not None:
         if library_key not in adata.obs.columns:
@@ -262,7 +269,10 @@ def spared_pipeline(
 
     # A working object that shares nothing mutable with the input: raw counts, obs, var, coordinates.
     t0 = time.perf_counter()
-    counts = X_in.copy() if sp.issparse(X_in) else sp.csr_matrix(np.asarray(X_in))
+    dense_in = None if sp.issparse(X_in) else np.asarray(X_in)
+    if dense_in is not None and dense_in.dtype == np.float16:  # scipy.sparse has no float16
+        dense_in = dense_in.astype(np.float32)
+    counts = X_in.copy() if dense_in is None else sp.csr_matrix(dense_in)
     counts = sp.csr_matrix(counts)
     out = AnnData(
         X=counts,
