@@ -28,6 +28,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from spared_tools._checks import check_int
+
 Geometry = Literal["hex", "square", "checkerboard"]
 GEOMETRIES: tuple[str, ...] = ("hex", "square", "checkerboard")
 #: Number of ring-1 neighbours of each geometry.
@@ -96,8 +98,7 @@ def lattice_offsets(geometry: Geometry, n_rings: int) -> tuple[np.ndarray, np.nd
     row step √3/2 of it), starting at 0 and increasing.
     """
     _check_geometry(geometry)
-    if isinstance(n_rings, bool) or not isinstance(n_rings, int | np.integer) or n_rings < 0:
-        raise ValueError(f"n_rings must be a non-negative integer, got {n_rings!r}.")
+    check_int(n_rings, "n_rings", min=0)
     n_rings = int(n_rings)
     span_c = 2 * n_rings if geometry == "hex" else n_rings
     dr2, dc2 = np.meshgrid(np.arange(-n_rings, n_rings + 1), np.arange(-span_c, span_c + 1), indexing="ij")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from spared_tools._checks import check_int
+
 from .selection import _rank_median, median_network, slide_nonzero_median
 from .threads import run_blocks
 
@@ -276,8 +278,7 @@ def _check_inputs(X, missing, table, ring, slide_codes, n_rings):
         raise ValueError(f"ring must have one entry per table column ({table.shape[1]}), got {ring.shape}.")
     if slide_codes.shape != (X.shape[0],):
         raise ValueError("slide_codes must have one entry per row of X.")
-    if not isinstance(n_rings, int | np.integer) or n_rings < 1:
-        raise ValueError(f"n_rings must be a positive integer, got {n_rings!r}.")
+    check_int(n_rings, "n_rings")
     if int(ring.max(initial=0)) < n_rings:
         raise ValueError(
             f"the neighbour table reaches ring {int(ring.max())} only; n_rings={n_rings} was requested."

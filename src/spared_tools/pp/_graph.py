@@ -20,7 +20,7 @@ from spared_tools._kernels.lattice import (
 )
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._validation import check_adata, check_array_coords, slide_labels
+from spared_tools._validation import check_adata, check_array_coords, check_int, slide_labels
 
 GeometryArg = Literal["auto", "hex", "square", "checkerboard"]
 
@@ -363,8 +363,7 @@ def spatial_graph(
                 radius_f = float("nan")
             if isinstance(radius, bool) or not (np.isfinite(radius_f) and radius_f > 0):
                 raise ValueError(f"radius must be a positive number or None, got {radius!r}.")
-        if isinstance(n_neighs, bool) or not isinstance(n_neighs, int | np.integer) or n_neighs < 1:
-            raise ValueError(f"n_neighs must be a positive integer, got {n_neighs!r}.")
+        check_int(n_neighs, "n_neighs")
         slide = slide_labels(adata, library_key)
         names = _slide_names(adata, library_key)
         conn, dist = _generic_graph(coords, slide, radius_f, int(n_neighs), names)

@@ -19,7 +19,13 @@ from spared_tools._kernels.median import (
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device
-from spared_tools._validation import check_adata, check_finite_nonnegative, get_matrix, slide_labels
+from spared_tools._validation import (
+    check_adata,
+    check_finite_nonnegative,
+    check_int,
+    get_matrix,
+    slide_labels,
+)
 
 _CHUNK_BYTES = 1024 * 2**20
 
@@ -113,8 +119,7 @@ def median_complete(
     check_finite_nonnegative(X, what=what, allow_negative=True)
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}.")
-    if isinstance(n_rings, bool) or not isinstance(n_rings, int | np.integer) or n_rings < 1:
-        raise ValueError(f"n_rings must be a positive integer, got {n_rings!r}.")
+    check_int(n_rings, "n_rings")
 
     codes = slide_labels(adata, library_key)
     n_slides = int(codes.max()) + 1
@@ -167,12 +172,8 @@ def median_complete(
     n_obs, n_genes = adata.shape
     if gene_chunk_size is None:
         gene_chunk_size = max(1, _CHUNK_BYTES // (n_obs * np.dtype(dtype).itemsize))
-    elif (
-        isinstance(gene_chunk_size, bool)
-        or not isinstance(gene_chunk_size, int | np.integer)
-        or gene_chunk_size < 1
-    ):
-        raise ValueError(f"gene_chunk_size must be a positive integer, got {gene_chunk_size!r}.")
+    else:
+        check_int(gene_chunk_size, "gene_chunk_size")
     if sp.issparse(X):
         X = X.tocsc()
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spared_tools._keys import Key
 from spared_tools._validation import check_adata
 
 
@@ -41,7 +42,7 @@ def _patch_source(adata: AnnData, key: str) -> tuple[np.ndarray, np.ndarray | No
     )
 
 
-def patches_shape(adata: AnnData, key: str = "patches") -> tuple[int, int, int, int]:
+def patches_shape(adata: AnnData, key: str = Key.PATCHES) -> tuple[int, int, int, int]:
     """``(n_obs, H, W, 3)`` of the patches stored under ``key`` (memory or disk store).
 
     Parameters
@@ -61,7 +62,7 @@ def patches_shape(adata: AnnData, key: str = "patches") -> tuple[int, int, int, 
 
 
 def get_patches(
-    adata: AnnData, key: str = "patches", indices: Sequence[int] | np.ndarray | None = None
+    adata: AnnData, key: str = Key.PATCHES, indices: Sequence[int] | np.ndarray | None = None
 ) -> np.ndarray:
     """uint8 patches ``(n, H, W, 3)`` of ``adata``'s spots (all, or positions ``indices``), either store.
 
@@ -140,7 +141,8 @@ class PatchDataset:
     def __init__(
         self,
         adata: AnnData,
-        key: str = "patches",
+        key: str = Key.PATCHES,
+        *,
         augment: bool = False,
         indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:

@@ -12,7 +12,7 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import settings
-from spared_tools._validation import check_adata, check_new_key
+from spared_tools._validation import check_adata, check_int, check_new_key
 
 from ._patch_crop import Interpolation, _resample, crop_padded, crop_pil, crop_window, resize_patch
 from ._patch_images import (
@@ -53,7 +53,7 @@ def extract_patches(
     mpp: float | None = None,
     store: Literal["memory", "disk"] = "memory",
     path: str | Path | None = None,
-    key_added: str = "patches",
+    key_added: str = Key.PATCHES,
     interpolation: Interpolation = "bilinear",
     fill: int = 255,
     max_memory: int | float | None = None,
@@ -144,8 +144,7 @@ def extract_patches(
         allocated then.
     """
     check_adata(adata)
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}.")
+    check_int(size, "size")
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}.")
     if mpp is not None and (not np.isfinite(mpp) or mpp <= 0):
