@@ -7,20 +7,9 @@ For slide ``s`` with spots ``i``, weights ``w_ij`` (only pairs inside the slide 
 
     I_s = \\frac{n_s}{S_{0,s}} \\frac{\\sum_{ij} w_{ij} z_i z_j}{\\sum_i z_i^2}
 
-Dense values go through :func:`moran_sums_cpu`'s dense kernel (``(W x)_i`` for every gene of a row);
-a CSR matrix is read as it is, without densifying: with ``r_i`` and ``c_i`` the row and column sums
-of the (slide-restricted) weights,
-
-.. math::
-
-    \sum_{ij} w_{ij} z_i z_j = \sum_{ij} w_{ij} x_i x_j - \mu \sum_i (r_i + c_i) x_i + \mu^2 S_0,
-    \qquad \sum_i z_i^2 = \sum_{x_i \ne 0} (x_i - \mu)^2 + (n - \mathrm{nnz}) \mu^2,
-
-so only stored entries are visited: the first sum is one pass over every weight ``w_ij`` and the stored
-entries of row ``j``, the cost of the sparse product ``W @ X`` without writing it.
-
-The kernels return the numerator ``sum_ij w_ij z_i z_j`` and denominator ``sum_i z_i^2`` per slide and
-gene, accumulated in float64 whatever the input dtype; :func:`weight_moments` returns ``n_s``, ``S0``,
+The kernels return the numerator ``sum_ij w_ij z_i z_j`` and denominator ``sum_i z_i^2`` per slide
+and gene (sparse values through :func:`spared_tools._kernels.moran_sparse.moran_sums_csr`, which never
+densifies them), accumulated in float64 whatever the input dtype; :func:`weight_moments` returns ``n_s``, ``S0``,
 ``S1`` and ``S2`` per slide for the statistic and its analytic variance. Pure array code; never imports
 AnnData.
 """
@@ -174,144 +163,6 @@ def _moran_sums_serial(indptr, indices, data, rowsum, slide, X, means, n_slides)
     return num, den
 
 
-@numba.njit(cache=True)
-def _csr_slide_sums(xptr, xind, xdat, slide, lo, hi, sums, nnz):
-    """Rows ``lo:hi`` of a CSR matrix: per-slide column sums and stored-entry counts."""
-    for i in range(lo, hi):
-        s = slide[i]
-        if s < 0:
-            continue
-        for q in range(xptr[i], xptr[i + 1]):
-            k = xind[q]
-            sums[s, k] += xdat[q]
-            nnz[s, k] += 1.0
-
-
-@numba.njit(cache=True)
-def _csr_moran_rows(indptr, indices, data, rc, xptr, xind, xdat, slide, means, lo, hi, xwx, lin, dev, xi):
-    """Rows ``lo:hi``: ``sum_j w_ij x_i x_j``, ``(r_i + c_i) x_i`` and ``(x_i - mu)^2`` over stored entries.
-
-    ``xi`` is a zeroed dense buffer of one row (left zeroed).
-    """
-    for i in range(lo, hi):
-        s = slide[i]
-        if s < 0:
-            continue
-        f = rc[i]
-        for q in range(xptr[i], xptr[i + 1]):
-            k = xind[q]
-            v = np.float64(xdat[q])
-            xi[k] = v
-            lin[s, k] += f * v
-            d = v - means[s, k]
-            dev[s, k] += d * d
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            w = data[p]
-            for q in range(xptr[j], xptr[j + 1]):
-                k = xind[q]
-                xwx[s, k] += w * xi[k] * xdat[q]
-        for q in range(xptr[i], xptr[i + 1]):
-            xi[xind[q]] = 0.0
-
-
-@numba.njit(cache=True, parallel=True)
-def _csr_moran_parallel(indptr, indices, data, rc, xptr, xind, xdat, slide, counts, n_genes, n_chunks):
-    n = slide.shape[0]
-    n_slides = counts.shape[0]
-    step = (n + n_chunks - 1) // n_chunks
-    sums = np.zeros((n_chunks, n_slides, n_genes))
-    nnz = np.zeros((n_chunks, n_slides, n_genes))
-    for t in numba.prange(n_chunks):
-        _csr_slide_sums(xptr, xind, xdat, slide, t * step, min(n, (t + 1) * step), sums[t], nnz[t])
-    means = sums.sum(axis=0)
-    for s in range(n_slides):
-        means[s] /= max(counts[s], 1.0)
-    xwx = np.zeros((n_chunks, n_slides, n_genes))
-    lin = np.zeros((n_chunks, n_slides, n_genes))
-    dev = np.zeros((n_chunks, n_slides, n_genes))
-    for t in numba.prange(n_chunks):
-        xi = np.zeros(n_genes)
-        lo, hi = t * step, min(n, (t + 1) * step)
-        _csr_moran_rows(
-            indptr, indices, data, rc, xptr, xind, xdat, slide, means, lo, hi, xwx[t], lin[t], dev[t], xi
-        )
-    return means, nnz.sum(axis=0), xwx.sum(axis=0), lin.sum(axis=0), dev.sum(axis=0)
-
-
-@numba.njit(cache=True)
-def _csr_moran_serial(indptr, indices, data, rc, xptr, xind, xdat, slide, counts, n_genes):
-    n = slide.shape[0]
-    n_slides = counts.shape[0]
-    sums = np.zeros((n_slides, n_genes))
-    nnz = np.zeros((n_slides, n_genes))
-    _csr_slide_sums(xptr, xind, xdat, slide, 0, n, sums, nnz)
-    means = sums
-    for s in range(n_slides):
-        means[s] /= max(counts[s], 1.0)
-    xwx = np.zeros((n_slides, n_genes))
-    lin = np.zeros((n_slides, n_genes))
-    dev = np.zeros((n_slides, n_genes))
-    xi = np.zeros(n_genes)
-    _csr_moran_rows(indptr, indices, data, rc, xptr, xind, xdat, slide, means, 0, n, xwx, lin, dev, xi)
-    return means, nnz, xwx, lin, dev
-
-
-def moran_sums_csr(
-    W: sps.csr_matrix, slide: np.ndarray, n_slides: int, X, cols: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-slide Moran sums of a sparse matrix from its stored entries only (no densified blocks).
-
-    Parameters
-    ----------
-    W
-        ``(n, n)`` CSR weights restricted to within-slide pairs (see :func:`restrict_weights`).
-    slide
-        Slide code per spot, ``-1`` for spots left out.
-    n_slides
-        Number of slide codes.
-    X
-        ``(n, G)`` scipy sparse matrix (any format; CSR is used as it is).
-    cols
-        Gene columns to use (default: all).
-
-    Returns
-    -------
-    means, num, den
-        ``float64`` arrays ``(n_slides, len(cols))``, as :func:`moran_sums_cpu`.
-    """
-    slide = np.ascontiguousarray(slide, dtype=np.int64)
-    X = sps.csr_matrix(X)
-    if cols is not None:
-        cols = np.asarray(cols, dtype=np.int64)
-        if not np.array_equal(cols, np.arange(X.shape[1])):
-            X = X[:, cols]
-    if not X.has_canonical_format:  # duplicates would be squared apart in the deviations
-        X = X.copy()
-        X.sum_duplicates()
-    xdat = X.data if X.dtype in (np.float32, np.float64) else X.data.astype(np.float64)
-    xptr = X.indptr.astype(np.int64, copy=False)
-    xind = X.indices.astype(np.int32, copy=False)
-    W = sps.csr_matrix(W, dtype=np.float64)
-    indptr = W.indptr.astype(np.int64, copy=False)
-    indices = W.indices.astype(np.int64, copy=False)
-    rc = np.asarray(W.sum(axis=1)).ravel() + np.asarray(W.sum(axis=0)).ravel()
-    counts = np.bincount(slide[slide >= 0], minlength=n_slides).astype(np.float64)
-    n_genes = X.shape[1]
-    # work ~ stored entries x (1 + neighbours per spot); accumulators 5 per chunk (3x the dense kernel's 2)
-    chunks = _n_chunks(n_slides, 3 * n_genes, int(X.nnz * (1 + W.nnz / max(W.shape[0], 1))))
-    args = (indptr, indices, W.data, rc, xptr, xind, xdat, slide, counts, n_genes)
-    if chunks == 1:
-        means, nnz, xwx, lin, dev = _csr_moran_serial(*args)
-    else:
-        means, nnz, xwx, lin, dev = _csr_moran_parallel(*args, chunks)
-    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
-    S0 = np.bincount(slide[rows], weights=W.data, minlength=n_slides)[:, None] if W.nnz else 0.0
-    num = xwx - means * lin + means**2 * S0
-    den = dev + (counts[:, None] - nnz) * means**2
-    return means, num, den
-
-
 #: Below this many matrix entries (spots x genes) the kernels run on one thread: a parallel region costs
 #: more than it saves on small inputs, and much more on a loaded machine.
 PARALLEL_MIN_ENTRIES = 20_000_000
@@ -374,6 +225,8 @@ def moran_sums_cpu(
         ``sum_i z_i^2``.
     """
     if sps.issparse(X):
+        from .moran_sparse import moran_sums_csr
+
         return moran_sums_csr(W, slide, n_slides, X, cols)
     slide = np.ascontiguousarray(slide, dtype=np.int64)
     cols = np.arange(X.shape[1]) if cols is None else np.asarray(cols, dtype=np.int64)
