@@ -169,8 +169,9 @@ def moran(
     device
         Torch device for ``backend="torch"``/``"auto"``; ``None`` uses ``sp.settings.device``.
     chunk_size
-        Genes densified (sparse input) or moved to the device at a time; ``None`` picks 512 (numba) or
-        1024 (torch).
+        Genes moved to the device (torch) or copied from a non-contiguous dense matrix (numba) at a
+        time; ``None`` picks 1024 (torch) or 512 (numba). The numba backend reads a sparse matrix in
+        place, from its stored entries only (no densified copy).
     inplace
         Write the results into ``adata``; ``False`` returns them as a DataFrame instead.
     copy
