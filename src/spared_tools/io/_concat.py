@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from spared_tools._keys import Key
 from spared_tools._logging import logger
+from spared_tools._validation import check_adata
 
 
 def _slides_in(adata: AnnData, library_key: str) -> list:
@@ -193,12 +194,7 @@ def concat_slides(
     if not adatas:
         raise ValueError("concat_slides needs at least one AnnData.")
     for i, a in enumerate(adatas):
-        if not isinstance(a, AnnData):
-            raise TypeError(f"Input {i} must be an AnnData object, got {type(a).__name__}.")
-        if a.n_obs == 0:
-            raise ValueError(f"Input {i} has no observations (spots).")
-        if a.n_vars == 0:
-            raise ValueError(f"Input {i} has no variables (genes).")
+        check_adata(a, name=f"Input {i}")
         if a.var_names.has_duplicates:
             dup = a.var_names[a.var_names.duplicated()].unique()
             raise ValueError(f"Input {i} has duplicated var_names {list(dup[:5])}; make them unique first.")
