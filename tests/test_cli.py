@@ -249,6 +249,7 @@ def test_predict_trains_saves_loads_and_draws_maps(processed_example, tmp_path, 
     assert (pos >= 0).all() and np.isfinite(a.layers["genequery"][:, pos]).all()
     assert list(a.obsm["genequery_unseen"].columns) == [unseen]
     assert "patches" not in a.obsm  # inputs are not copied into the result
+    assert a.uns["genequery"]["params"]["library_key"] == "slide_id"  # --library-key reaches the model
     assert sorted(p.name for p in maps.glob("*.png")) == sorted(f"{g}.png" for g in [*seen, unseen])
     assert all(with_png_header(p) for p in maps.glob("*.png"))
     # loaded: the same predictions, no training

@@ -168,7 +168,9 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
             )
     patches_key = "patches"
     if patches_key not in adata.obsm and "X_image_features" not in adata.obsm:
-        sp.pp.extract_patches(adata, size=args.patch_size, key_added=patches_key)
+        sp.pp.extract_patches(
+            adata, size=args.patch_size, key_added=patches_key, library_key=args.library_key
+        )
     if loaded:
         model = cast("sp.tl.GeneQueryModel", sp.tl.GeneQueryModel.load(args.model))
         unseen = cast(
@@ -196,6 +198,7 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
             key_added=args.key_added,
             return_model=True,
             organism=args.organism,
+            library_key=args.library_key,
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
             width=args.width,

@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="var column with the gene symbols the text queries use (e.g. gene_symbol for Ensembl ids)",
     )
+    q.add_argument(
+        "--library-key", type=_none_or_str, default=Key.SLIDE, help="slide column, or 'none' for one slide"
+    )
     q.add_argument("--organism", default="human", choices=["human", "mouse"], help="gene descriptions")
     q.add_argument("--mode", default="spot", choices=["spot", "gene"], help="GeneQuery variant")
     q.add_argument("--layer", default=Key.LOG, help="log1p expression used as training targets")
