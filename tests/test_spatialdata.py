@@ -238,3 +238,26 @@ def test_cli_process_reads_a_spatialdata_store(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "Cannot read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_from_spatialdata_two_regions_become_two_slides():
+    sdio = pytest.importorskip("spatialdata_io")
+    folder = shared_path("fixtures", "scanpy_visium_1.0.0_raw")
+    parts = [sdio.visium(folder, dataset_id=d) for d in ("A", "B")]
+    for d, part in zip(("A", "B"), parts):  # the same barcodes twice: make the spot names distinct
+        part.tables["table"].obs_names = [f"{d}_{n}" for n in part.tables["table"].obs_names]
+    s = sd.concatenate(parts, concatenate_tables=True)
+    a = sp.io.from_spatialdata(s)
+    ref = sp.io.read_visium(folder)
+    assert a.obs["slide_id"].value_counts().to_dict() == {"A": 100, "B": 100}
+    assert set(a.uns["spatial"]) == {"A", "B"}
+    for lib in ("A", "B"):
+        rows = (a.obs["slide_id"] == lib).to_numpy()
+        np.testing.assert_allclose(a.obsm["spatial"][rows], ref.obsm["spatial"])
+        np.testing.assert_array_equal(
+            a.uns["spatial"][lib]["images"]["hires"], ref.uns["spatial"]["custom"]["images"]["hires"]
+        )
+    # and back: one table annotating both circles elements
+    sp.pp.log1p(a, layer=None, key_added="lg")
+    sp.io.to_spatialdata(a, s, table="spared")
+    assert sorted(np.atleast_1d(s.tables["spared"].uns["spatialdata_attrs"]["region"])) == ["A", "B"]
