@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from spared_tools.models import image as image_mod
 from spared_tools.models import text as text_mod
 from spared_tools.models.image import (
     EFFICIENTNET_LITE_MEAN,
@@ -22,7 +23,6 @@ from spared_tools.models.image import (
     register_image_encoder,
 )
 from spared_tools.models.text import gene_descriptions, gene_embeddings, gene_text_table, load_text_encoder
-from spared_tools.pp import _image_features as image_mod  # where image_features calls encode_patches
 from spared_tools.pp import image_features
 
 from .conftest import shared_path

@@ -582,7 +582,7 @@ def test_bad_inputs_raise_clear_errors(data):
     with pytest.raises(KeyError, match="not in adata.var_names"):
         _gq(gene_embeddings=table, **SMALL).train(adata.copy(), genes=["NOPE"])
     with pytest.raises(KeyError, match="slide column"):
-        _gq(gene_embeddings=table, library_key="batch", **SMALL).train(adata.copy())
+        _gq(gene_embeddings=table, **SMALL).train(adata.copy(), library_key="batch")
     with pytest.raises(TypeError, match="cannot be combined"):
         genequery_predict(adata.copy(), model=_gq(), max_epochs=1)
 

@@ -10,17 +10,18 @@ through these two functions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
-from torch import nn
 
 from spared_tools._kernels.lattice import neighbour_mean
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._validation import check_adata, check_nonnegative_int
-from spared_tools.models.image import ImageEncoder, _default_encoder, encode_patches, load_image_encoder
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from ._graph import neighbor_table
 from ._patch_store import get_patches, patches_shape
@@ -79,6 +80,8 @@ def image_features(
     {"encoder", "fingerprint", "patches_key", "patch_params", "tta", "views", "out_dim"}}`` (nothing
     is written when ``adata`` is a view).
     """
+    from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
+
     check_adata(adata)
     shape = patches_shape(adata, patches_key)
     if encoder is None:
@@ -117,7 +120,9 @@ def image_features(
             logger.info(f"image_features: using the cached views in adata.obsm[{key_added!r}] ({enc.name}).")
             return arr.mean(1, dtype=np.float32) if tta else arr[:, 0].copy()
     logger.info(f"image_features: encoding {shape[0]} patches of {shape[1]}x{shape[2]} px with {enc.name}.")
-    feats = encode_patches(
+    from spared_tools.models import image as image_models  # torch only when features are computed
+
+    feats = image_models.encode_patches(
         get_patches(adata, patches_key),
         enc,
         batch_size=batch_size,

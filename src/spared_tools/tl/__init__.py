@@ -1,9 +1,10 @@
 """Tools: SpaCKLE completion, GeneQuery prediction, baselines and evaluation."""
 
-from ._baselines import LinearHeadPredictor, MeanPredictor, RidgePredictor
+from ._baselines import MeanPredictor, RidgePredictor
 from ._evaluate_completion import evaluate_completion
 from ._evaluate_prediction import evaluate_prediction
 from ._genequery import GeneQueryModel, genequery_predict
+from ._linear_head import LinearHeadPredictor
 from ._spackle import SpackleModel, spackle_complete
 
 __all__ = [

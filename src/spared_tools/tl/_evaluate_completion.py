@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spared_tools._kernels.masking import check_mask_fractions, hide_entries
+from spared_tools._kernels.metrics import masked_metrics
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_seed, settings
@@ -46,24 +48,7 @@ def completion_metrics(truth: np.ndarray, pred: np.ndarray, scored: np.ndarray) 
     across the genes scored in that spot (genes/spots with < 2 scored entries or a constant side are left
     out of the means); ``n_scored``: number of scored entries.
     """
-    import torch
-
-    from spared_tools.models.spackle import MetricSums
-
-    truth = np.asarray(truth)
-    pred = np.asarray(pred)
-    scored = np.asarray(scored, dtype=bool)
-    if truth.shape != pred.shape or truth.shape != scored.shape or truth.ndim != 2:
-        raise ValueError(
-            f"truth, pred and scored must be 2-D arrays of one shape, got {truth.shape}, {pred.shape}, {scored.shape}."
-        )
-    sums = MetricSums(truth.shape[1])
-    sums.update(
-        torch.from_numpy(truth.astype(np.float64)),
-        torch.from_numpy(pred.astype(np.float64)),
-        torch.from_numpy(scored),
-    )
-    return sums.compute()
+    return masked_metrics(truth, pred, scored)
 
 
 def _eval_rows(
@@ -92,19 +77,6 @@ def _eval_rows(
             )
         return rows, f"adata.obs[{split_key!r}] == {eval_value!r}"
     return np.ones(adata.n_obs, dtype=bool), "all spots"
-
-
-def _check_fracs(mask_frac: float | Sequence[float]) -> list[float]:
-    fracs: list = [mask_frac] if np.isscalar(mask_frac) else list(mask_frac)  # type: ignore[arg-type]
-    if not fracs:
-        raise ValueError("mask_frac is empty.")
-    out = []
-    for f in fracs:
-        f = float(f)
-        if not 0.0 < f < 1.0:
-            raise ValueError(f"mask fractions must lie in (0, 1), got {f!r}.")
-        out.append(f)
-    return out
 
 
 def evaluate_completion(
@@ -207,7 +179,7 @@ def evaluate_completion(
         raise ValueError(f"methods must be a non-empty subset of {_METHODS}, got {methods!r}.")
     if isinstance(n_masks, bool) or not isinstance(n_masks, int | np.integer) or n_masks < 1:
         raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}.")
-    fracs = _check_fracs(mask_frac)
+    fracs = check_mask_fractions(mask_frac)
     seed = resolve_seed(seed)
     rows, rows_how = _eval_rows(adata, split_key, eval_value, slides, library_key)
     eval_idx = np.flatnonzero(rows)
@@ -274,7 +246,7 @@ def evaluate_completion(
     for fi, f in enumerate(fracs):
         for m in range(int(n_masks)):
             rng = np.random.default_rng([seed, fi, m])
-            hidden_ev = (rng.random(ev_obs.shape) < f) & ev_obs
+            hidden_ev = hide_entries(ev_obs, f, rng)
             n_hidden = int(hidden_ev.sum())
             if n_hidden == 0:
                 logger.warning(f"mask fraction {f}: mask {m} hides no entry; skipped.")

@@ -10,43 +10,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from spared_tools._kernels.metrics import pearson_per_gene, top_genes
 from spared_tools._keys import Key
 from spared_tools._validation import get_matrix
 
 __all__ = ["evaluate_prediction", "pearson_per_gene"]
-
-
-def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column of ``truth`` with the same column of ``pred``.
-
-    Parameters
-    ----------
-    truth
-        ``(n_spots, n_genes)`` ground truth.
-    pred
-        ``(n_spots, n_genes)`` predictions.
-
-    Returns
-    -------
-    ``float64`` ``(n_genes,)``; NaN where either column is constant (correlation undefined), as
-    :func:`scipy.stats.pearsonr`.
-    """
-    t = np.asarray(truth, dtype=np.float64)
-    p = np.asarray(pred, dtype=np.float64)
-    t = t - t.mean(axis=0)
-    p = p - p.mean(axis=0)
-    num = (t * p).sum(axis=0)
-    tt = np.sqrt((t * t).sum(axis=0))
-    pp = np.sqrt((p * p).sum(axis=0))
-    # exactly constant columns: correlation undefined (scipy.stats.pearsonr returns NaN there too)
-    T0 = np.asarray(truth, dtype=np.float64)
-    P0 = np.asarray(pred, dtype=np.float64)
-    const = (T0 == T0[:1]).all(axis=0) | (P0 == P0[:1]).all(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / (tt * pp)
-    r = np.clip(r, -1.0, 1.0)
-    r[const] = np.nan
-    return r
 
 
 def _dense(X: Any, what: str) -> np.ndarray:
@@ -163,8 +131,8 @@ def evaluate_prediction(
     total = T.sum(axis=0)
     variance = T.var(axis=0)
     k = min(int(n_top), n_genes)
-    heg_idx = np.argsort(-total, kind="stable")[:k]
-    hvg_idx = np.argsort(-variance, kind="stable")[:k]
+    heg_idx = top_genes(T, k, "total")
+    hvg_idx = top_genes(T, k, "variance")
     nan = np.isnan(pcc)
 
     def _mean(idx: np.ndarray) -> float:

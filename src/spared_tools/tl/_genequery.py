@@ -137,9 +137,6 @@ def _embedding_table(value: Any) -> pd.DataFrame:
     return df
 
 
-_KEEP: Any = object()  # "keep the current setting" for keys where None is a value
-
-
 @register_model("GeneQuery")
 class GeneQueryModel(Predictor):
     """GeneQuery (Xiong et al.): gene expression from spot images queried by the gene's text.
@@ -397,7 +394,7 @@ class GeneQueryModel(Predictor):
         val_value: str | Sequence[str] | None = Key.VAL,
         features_key: str | None = None,
         patches_key: str | None = None,
-        library_key: str | None = _KEEP,
+        library_key: str | None = Key.SLIDE,
         spatial_key: str | None = None,
         max_epochs: int | None = None,
         batch_size: int | None = None,
@@ -589,8 +586,7 @@ class GeneQueryModel(Predictor):
             "precision": precision,
         }
         settings = {k: v for k, v in given.items() if v is not None}
-        if library_key is not _KEEP:
-            settings["library_key"] = library_key
+        settings["library_key"] = library_key
         plan = dict(plan_kwargs or {})
         bad = sorted(set(plan) - set(PLAN_SETTINGS))
         if bad:
@@ -1416,12 +1412,15 @@ def genequery_predict(
     check_adata(adata)
     check_new_key(adata.layers, key_added, where="adata.layers", overwrite=overwrite)
     check_new_key(adata.uns, key_added, where="adata.uns", overwrite=overwrite)
+    train_kwargs: dict[str, Any] = {}
     if model is None:
         if not train:
             raise ValueError("train=False needs a trained model=; pass model= or train=True.")
         ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
         model = GeneQueryModel(mode=mode, **{k: v for k, v in model_kwargs.items() if k in ctor})
-        model.set_params(**{k: v for k, v in model_kwargs.items() if k not in ctor})
+        fit = set(inspect.signature(GeneQueryModel.train).parameters) & set(SETTINGS)
+        train_kwargs = {k: v for k, v in model_kwargs.items() if k in fit}
+        model.set_params(**{k: v for k, v in model_kwargs.items() if k not in ctor and k not in fit})
     elif model_kwargs:
         raise TypeError(f"Model options {sorted(model_kwargs)} cannot be combined with model=.")
     elif not isinstance(model, GeneQueryModel):
@@ -1434,6 +1433,7 @@ def genequery_predict(
             split_key=split_key,
             train_value=train_value,
             val_value=val_value,
+            **train_kwargs,
         )
     trained = model._check_trained()
     genes = list(trained) if genes is None else ([genes] if isinstance(genes, str) else list(genes))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spared_tools._kernels.masking import hide_entries
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, resolve_seed, settings
@@ -414,7 +415,7 @@ class SpackleModel:
             rng = np.random.default_rng(self.seed + 1)
             hidden = np.zeros_like(observed)
             p_val = float(np.mean(mp))
-            hidden[val_idx] = (rng.random((len(val_idx), observed.shape[1])) < p_val) & observed[val_idx]
+            hidden[val_idx] = hide_entries(observed[val_idx], p_val, rng)
             val_loader = torch.utils.data.DataLoader(
                 IndexDataset(val_idx),
                 batch_size=max(int(batch_size), 1024),
