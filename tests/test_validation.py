@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sps
 
@@ -116,3 +117,17 @@ def test_input_layer_refuses_overwrite_and_bad_values():
         input_layer(a, "log1p")
     with pytest.raises(KeyError, match="Layer 'nope' not found"):
         input_layer(a, "nope")
+
+
+def test_tpm_accepts_organism_aliases_through_check_organism():
+    import anndata as ad
+
+    import spared_tools as sp
+
+    a = ad.AnnData(np.ones((2, 2), dtype=np.float32), var=pd.DataFrame(index=["ACTB", "GAPDH"]))
+    b = a.copy()
+    sp.pp.tpm(a, organism="human")
+    sp.pp.tpm(b, organism="Homo sapiens")
+    np.testing.assert_array_equal(a.layers["tpm"], b.layers["tpm"])
+    with pytest.raises(ValueError, match=r"^Unknown organism 'rat'; organism must be 'human' or 'mouse'"):
+        sp.pp.tpm(a.copy(), organism="rat")

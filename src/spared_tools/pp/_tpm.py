@@ -19,6 +19,7 @@ from spared_tools._logging import logger
 from spared_tools._validation import (
     check_adata,
     check_finite_nonnegative,
+    check_organism,
     check_unique_var_names,
     get_matrix,
 )
@@ -29,9 +30,8 @@ _MAIN_CHROM = re.compile(r"^chr([0-9]+|X|Y|M)$")
 
 
 def _check_organism(organism: str) -> str:
-    if not isinstance(organism, str) or organism.lower() not in _ORGANISMS:
-        raise ValueError(f"Unknown organism {organism!r}; gene lengths are bundled for {sorted(_ORGANISMS)}.")
-    return organism.lower()
+    """``"human"`` or ``"mouse"`` (the organisms with bundled gene lengths; aliases such as "Homo sapiens")."""
+    return check_organism(organism)
 
 
 @functools.lru_cache(maxsize=2)
