@@ -187,3 +187,29 @@ def test_errors():
         sp.pp.filter_spared(hand_adata(), real_data_percentage=70)
     with pytest.raises(ValueError, match="below cell_max_counts"):
         sp.pp.filter_spared(hand_adata(), cell_min_counts=10, cell_max_counts=5)
+
+
+def test_filter_warns_on_the_cytassist_section():
+    """Issue 20 item 8: SpaRED's defaults keep 29 of 19,465 genes of the CytAssist section: a warning says so."""
+    import logging
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import shared_path
+    from spared_tools._logging import logger
+
+    a = sp.io.read_visium(shared_path("visium_cytassist_mouse_raw"), load_images=False)
+    n_vars = a.n_vars
+    records: list[logging.LogRecord] = []
+    h = logging.Handler(level=logging.WARNING)
+    h.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(h)
+    try:
+        sp.pp.filter_spared(a, library_key=None)
+    finally:
+        logger.removeHandler(h)
+    msgs = [r.getMessage() for r in records if r.getMessage().startswith("filter_spared")]
+    assert a.n_vars < 0.01 * n_vars
+    assert len(msgs) == 1 and f"only {a.n_vars} of {n_vars} genes" in msgs[0]
+    assert "real_data_percentage=0.7 removed" in msgs[0] and "gene_min_counts=10" in msgs[0]
