@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._checks import check_int
 from ._logging import logger
 
 #: Loaded OpenMP runtimes read their wait policy once; set it before any of them loads.
@@ -195,9 +196,7 @@ def native_bf16(device) -> bool:
 def resolve_seed(seed: int | None) -> int:
     """Return ``seed`` or, when ``None``, ``settings.seed``; checks it is a non-negative integer."""
     seed = settings.seed if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    return int(seed)
+    return check_int(seed, "seed", min=0)
 
 
 def seed_everything(seed: int | None) -> int:
