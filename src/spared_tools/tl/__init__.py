@@ -3,9 +3,11 @@
 from ._baselines import MeanPredictor, RidgePredictor
 from ._evaluate_completion import evaluate_completion
 from ._evaluate_prediction import evaluate_prediction
-from ._genequery import GeneQueryModel, genequery_predict
+from ._genequery import GeneQueryModel
+from ._genequery_predict import genequery_predict
 from ._linear_head import LinearHeadPredictor
-from ._spackle import SpackleModel, spackle_complete
+from ._spackle import SpackleModel
+from ._spackle_complete import spackle_complete
 
 __all__ = [
     "GeneQueryModel",

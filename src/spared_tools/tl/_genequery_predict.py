@@ -1,0 +1,207 @@
+"""``sp.tl.genequery_predict``: train (or use) a GeneQuery model and write its predictions into the AnnData."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from spared_tools._keys import Key
+from spared_tools._logging import logger
+from spared_tools._validation import (
+    check_adata,
+    check_new_key,
+)
+
+from ._base import to_uns
+from ._genequery import GeneQueryModel
+from ._genequery_settings import SETTINGS
+from ._predictor import split_indices, target_matrix
+
+__all__ = ["genequery_predict"]
+
+
+def _scalar_metrics(metrics: Any) -> dict[str, Any]:
+    """The JSON-friendly scalar part of :func:`evaluate_prediction`'s result (for ``.uns``)."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool | int | float | str | np.integer | np.floating):
+            out[str(k)] = v.item() if isinstance(v, np.generic) else v
+        elif isinstance(v, Mapping):
+            sub = _scalar_metrics(v)
+            if sub:
+                out[str(k)] = sub
+    return out
+
+
+def genequery_predict(
+    adata: AnnData,
+    *,
+    genes: Sequence[str] | str | None = None,
+    mode: Literal["spot", "gene"] = "spot",
+    model: GeneQueryModel | None = None,
+    train: bool = True,
+    layer: str | None = Key.LOG,
+    train_genes: Sequence[str] | None = None,
+    split_key: str | None = Key.SPLIT,
+    train_value: str | Sequence[str] = Key.TRAIN,
+    val_value: str | Sequence[str] | None = Key.VAL,
+    test_value: str | Sequence[str] = Key.TEST,
+    key_added: str = Key.GENEQUERY,
+    return_model: bool = False,
+    overwrite: bool = True,
+    **model_kwargs: Any,
+) -> AnnData | None | tuple[AnnData | None, GeneQueryModel]:
+    """Predict gene expression maps from the H&E image, training GeneQuery first if needed.
+
+    Parameters
+    ----------
+    adata
+        Spots with image patches (:func:`spared_tools.pp.extract_patches`) or precomputed image features,
+        and, to train, log1p expression in ``layer`` and a split column.
+    genes
+        Genes to predict (default: the training genes). Genes in ``adata.var_names`` go to
+        ``adata.layers[key_added]``; any other gene is "unseen" and predicted from its text alone.
+    mode
+        ``"spot"`` (spot-aware) or ``"gene"`` (gene-aware) GeneQuery; used when a new model is created.
+    model
+        A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``.
+    train
+        Train the model on ``adata`` first (required when ``model`` is ``None``).
+    layer
+        Layer with log1p expression used as training targets and for the test metrics.
+    train_genes
+        Genes to train on (default: every gene of ``adata``).
+    split_key
+        ``obs`` column with ``train``/``val``/``test`` values; ``None`` trains on every spot.
+    train_value
+        Value(s) of ``obs[split_key]`` marking training spots.
+    val_value
+        Value(s) marking validation spots (best-validation weights are kept).
+    test_value
+        Value(s) marking test spots; when present, metrics on them are written to ``.uns``.
+    key_added
+        Name of the output layer and ``.uns`` entry.
+    return_model
+        Also return the (trained) model.
+    overwrite
+        Allow replacing existing ``layers[key_added]`` / ``uns[key_added]``.
+    **model_kwargs
+        Passed to :class:`GeneQueryModel` (``max_epochs``, ``features_key``, ``gene_embeddings``...).
+
+    Returns
+    -------
+    The unseen-gene predictions as an AnnData aligned with ``adata``'s spots (``obs``, ``obsm['spatial']``
+    and ``uns['spatial']`` copied; ``X`` = log1p predictions of the unseen genes), or ``None`` when every
+    requested gene is in ``var_names``. With ``return_model=True``, a tuple ``(unseen, model)``.
+
+    Writes to ``adata``:
+
+    ``layers[key_added]``
+        float32 log1p predictions aligned with ``var_names``; genes that were not predicted are NaN.
+    ``obsm[f"{key_added}_unseen"]``
+        DataFrame (index ``obs_names``, one column per unseen gene), only when unseen genes were requested.
+    ``uns[key_added]``
+        ``params`` (mode, genes, seed, model hyper-parameters), ``history`` (per-epoch losses, selected
+        epoch), ``metrics`` (test-split PCC ALL/HEG/HVG and MSE when test spots exist), ``seen_genes`` and
+        ``unseen_genes``.
+    """
+    check_adata(adata)
+    check_new_key(adata.layers, key_added, where="adata.layers", overwrite=overwrite)
+    check_new_key(adata.uns, key_added, where="adata.uns", overwrite=overwrite)
+    train_kwargs: dict[str, Any] = {}
+    if model is None:
+        if not train:
+            raise ValueError("train=False needs a trained model=; pass model= or train=True.")
+        ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+        model = GeneQueryModel(mode=mode, **{k: v for k, v in model_kwargs.items() if k in ctor})
+        fit = set(inspect.signature(GeneQueryModel.train).parameters) & set(SETTINGS)
+        train_kwargs = {k: v for k, v in model_kwargs.items() if k in fit}
+        model.set_params(**{k: v for k, v in model_kwargs.items() if k not in ctor and k not in fit})
+    elif model_kwargs:
+        raise TypeError(f"Model options {sorted(model_kwargs)} cannot be combined with model=.")
+    elif not isinstance(model, GeneQueryModel):
+        raise TypeError(f"model must be a GeneQueryModel, got {type(model).__name__}.")
+    if train:
+        model.train(
+            adata,
+            layer=layer,
+            genes=train_genes,
+            split_key=split_key,
+            train_value=train_value,
+            val_value=val_value,
+            **train_kwargs,
+        )
+    trained = model._check_trained()
+    genes = list(trained) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
+    if not genes:
+        raise ValueError("genes is empty.")
+    if len(set(genes)) != len(genes):
+        raise ValueError("genes contains duplicates.")
+    pred = model.predict(adata, genes)
+    var_pos = adata.var_names.get_indexer(genes)
+    seen = [g for g, p in zip(genes, var_pos) if p >= 0]
+    unseen = [g for g, p in zip(genes, var_pos) if p < 0]
+    layer_out = np.full(adata.shape, np.nan, dtype=np.float32)
+    sel = var_pos >= 0
+    layer_out[:, var_pos[sel]] = pred[:, sel]
+    adata.layers[key_added] = layer_out
+
+    metrics: dict[str, Any] = {}
+    if seen and layer is not None and split_key is not None and split_key in adata.obs.columns:
+        test_idx = split_indices(adata, split_key, test_value)
+        if test_idx.size:
+            from ._evaluate_prediction import evaluate_prediction
+
+            truth = target_matrix(adata[test_idx], seen, layer)
+            result = evaluate_prediction(truth, pred[test_idx][:, sel], genes=seen)
+            metrics = _scalar_metrics(result)
+            if isinstance(result.get("per_gene"), pd.DataFrame):
+                metrics["per_gene"] = result["per_gene"]
+    unseen_adata = None
+    ukey = f"{key_added}_unseen"
+    if unseen:
+        df = pd.DataFrame(pred[:, ~sel], index=adata.obs_names.copy(), columns=pd.Index(unseen))
+        adata.obsm[ukey] = df
+        unseen_adata = AnnData(
+            X=pred[:, ~sel].copy(), obs=adata.obs.copy(), var=pd.DataFrame(index=pd.Index(unseen))
+        )
+        if Key.SPATIAL in adata.obsm:
+            unseen_adata.obsm[Key.SPATIAL] = np.asarray(adata.obsm[Key.SPATIAL]).copy()
+        if Key.SPATIAL in adata.uns:
+            unseen_adata.uns[Key.SPATIAL] = adata.uns[Key.SPATIAL]
+    elif ukey in adata.obsm and overwrite:
+        del adata.obsm[ukey]
+    params = {k: v for k, v in {**model._params_for_save(), **model._settings()}.items() if v is not None}
+    params.update(
+        {
+            "model": "GeneQueryModel",
+            "trained_here": bool(train),
+            "layer": layer,
+            "split_key": split_key,
+            "n_train_genes": len(trained),
+            "inference_precision_used": model.inference_precision_used_,
+            "train_params": model.train_params_,
+        }
+    )
+    adata.uns[key_added] = to_uns(
+        {
+            "params": json.loads(json.dumps(params, default=str)),
+            "history": json.loads(json.dumps(model.history_, default=str)),
+            "metrics": metrics,
+            "seen_genes": list(seen),
+            "unseen_genes": list(unseen),
+        }
+    )
+    logger.info(
+        f"GeneQuery: wrote adata.layers[{key_added!r}] ({len(seen)} genes)"
+        + (f" and adata.obsm[{ukey!r}] ({len(unseen)} unseen genes)." if unseen else ".")
+    )
+    return (unseen_adata, model) if return_model else unseen_adata
