@@ -131,3 +131,15 @@ def test_tpm_accepts_organism_aliases_through_check_organism():
     np.testing.assert_array_equal(a.layers["tpm"], b.layers["tpm"])
     with pytest.raises(ValueError, match=r"^Unknown organism 'rat'; organism must be 'human' or 'mouse'"):
         sp.pp.tpm(a.copy(), organism="rat")
+
+
+def test_check_int_says_or_none_when_none_is_allowed():
+    import spared_tools as sp
+    from spared_tools._checks import check_int
+
+    with pytest.raises(ValueError, match=r"^chunk must be a positive integer or None, got 0\.$"):
+        check_int(0, "chunk", allow_none=True)
+    with pytest.raises(ValueError, match=r"^settings.n_jobs must be a positive integer or None, got 0"):
+        sp.settings.n_jobs = 0
+    with pytest.raises(ValueError, match=r"^chunk_size must be a positive integer or None, got 0"):
+        sp.pp.moran(sp.datasets.example(), chunk_size=0)

@@ -40,14 +40,18 @@ def check_int(
     min, max
         Inclusive bounds (``None``: unbounded). The default ``min=1`` asks for a positive integer.
     allow_none
-        Return ``None`` for ``None`` instead of raising.
+        Return ``None`` for ``None`` instead of raising (the message then says "... or None").
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be {_int_phrase(min, max)}, got {value!r}.")
-    if (min is not None and value < min) or (max is not None and value > max):
-        raise ValueError(f"{name} must be {_int_phrase(min, max)}, got {value!r}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or (min is not None and value < min)
+        or (max is not None and value > max)
+    ):
+        what = _int_phrase(min, max) + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
     return int(value)
 
 

@@ -144,10 +144,7 @@ class _Settings:
 
     @n_jobs.setter
     def n_jobs(self, value: int | None) -> None:
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
-        ):
-            raise ValueError(f"settings.n_jobs must be a positive integer or None, got {value!r}.")
+        check_int(value, "settings.n_jobs", allow_none=True)
         n = available_cores() if value is None else int(value)
         apply_threads(n)
         self._n_jobs = n

@@ -22,7 +22,7 @@ from spared_tools._kernels.moran import (
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device
-from spared_tools._validation import check_adata, check_genes, get_matrix, slide_labels
+from spared_tools._validation import check_adata, check_genes, check_int, get_matrix, slide_labels
 
 #: ``varm`` key of the per-slide Moran's I table.
 MORAN_PER_SLIDE = "moran_I_per_slide"
@@ -210,8 +210,7 @@ def moran(
         raise ValueError("copy=True and inplace=False are exclusive: choose one.")
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    check_int(chunk_size, "chunk_size", allow_none=True)
     if connectivity_key not in adata.obsp:
         raise KeyError(
             f"adata.obsp has no spatial graph {connectivity_key!r}; build one with "
