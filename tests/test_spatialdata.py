@@ -133,7 +133,7 @@ def test_example_to_new_spatialdata_and_back_through_the_pipeline(tmp_path):
     assert t.uns["log1p"]["base"] == 2
 
 
-def _visium_hd_like(n=12, side=20.0, bin_um=8.0, seed=0):
+def _visium_hd_like(n=12, side=20.0, bin_um=8.0, seed=0, scale_factors=None):
     """A Visium HD-style object built here: square bins on a grid, an image and a count table."""
     import anndata as ad
     import geopandas as gpd
@@ -151,7 +151,10 @@ def _visium_hd_like(n=12, side=20.0, bin_um=8.0, seed=0):
     )
     img = rng.integers(0, 255, (3, n * 10, n * 10), dtype=np.uint8)  # half the full resolution
     image = Image2DModel.parse(
-        img, dims=("c", "y", "x"), transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))}
+        img,
+        dims=("c", "y", "x"),
+        transformations={"global": Scale([2.0, 2.0], axes=("x", "y"))},
+        scale_factors=scale_factors,
     )
     table = ad.AnnData(X=sps.csr_matrix(rng.poisson(2.0, (rr.size, 5)).astype(np.float32)))
     table.obs_names = [f"s_{i:06d}" for i in range(rr.size)]
@@ -261,3 +264,15 @@ def test_from_spatialdata_two_regions_become_two_slides():
     sp.pp.log1p(a, layer=None, key_added="lg")
     sp.io.to_spatialdata(a, s, table="spared")
     assert sorted(np.atleast_1d(s.tables["spared"].uns["spatialdata_attrs"]["region"])) == ["A", "B"]
+
+
+def test_from_spatialdata_multiscale_image_uses_the_full_resolution_level():
+    single = sp.io.from_spatialdata(_visium_hd_like(), table="square_008um")
+    multi_sd = _visium_hd_like(scale_factors=[2])
+    assert not hasattr(multi_sd.images["hires_image"], "transpose")  # a DataTree, not a DataArray
+    multi = sp.io.from_spatialdata(multi_sd, table="square_008um")
+    lib = "hd_square_008um"
+    np.testing.assert_array_equal(
+        multi.uns["spatial"][lib]["images"]["hires"], single.uns["spatial"][lib]["images"]["hires"]
+    )
+    assert multi.uns["spatial"][lib]["scalefactors"]["tissue_hires_scalef"] == pytest.approx(0.5)

@@ -71,8 +71,10 @@ def _pick_coordinate_system(shapes: Any, region: str, requested: str | None) -> 
 def _image_array(image: Any) -> np.ndarray:
     """A 2D image element (single or multi-scale) as a ``uint8``/float ``(H, W, 3)`` NumPy array."""
     import spatialdata
+    import xarray as xr
 
-    level = spatialdata.get_pyramid_levels(image, n=0) if not hasattr(image, "dims") else image
+    # a multi-scale image (DataTree): its full-resolution level
+    level = image if isinstance(image, xr.DataArray) else spatialdata.get_pyramid_levels(image, n=0)
     arr = np.asarray(level.transpose("y", "x", "c").data)
     if arr.shape[2] == 4:  # RGBA (spatialdata-io keeps the alpha channel): drop alpha
         arr = arr[:, :, :3]
