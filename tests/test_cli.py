@@ -211,6 +211,30 @@ def test_complete_trains_saves_and_loads(processed_example, tmp_path, capsys):
     assert b.uns["spackle"]["cli"]["model_loaded"] == True  # noqa: E712
     assert not b.uns["spackle"]["params"]["trained_here"]
     np.testing.assert_allclose(b.layers["spackle"], a.layers["spackle"], rtol=1e-5, atol=1e-5)
+    # --fine-tune trains the loaded model further and saves it back over the folder
+    stamp = (model / "weights.pt").read_bytes()
+    argv3 = ["-v", "quiet", "complete", str(processed_example), "-o", str(tmp_path / "c3.h5ad"), "--model", str(model),
+             "--fine-tune", "--max-steps", "2", "--batch-size", "32"]  # fmt: skip
+    assert main(argv3) == 0
+    c = ad.read_h5ad(tmp_path / "c3.h5ad")
+    assert c.uns["spackle"]["params"]["trained_here"] and (model / "weights.pt").read_bytes() != stamp
+    with pytest.raises(SystemExit):  # --fine-tune is a flag
+        main(["complete", str(processed_example), "-o", "x.h5ad", "--fine-tune", "yes"])
+    assert (
+        main(
+            [
+                "-v",
+                "quiet",
+                "complete",
+                str(processed_example),
+                "-o",
+                str(tmp_path / "c4.h5ad"),
+                "--fine-tune",
+            ]
+        )
+        == 1
+    )
+    assert "--fine-tune needs --model" in capsys.readouterr().err
     # an existing output is kept without --force
     before = out2.read_bytes()
     assert (
