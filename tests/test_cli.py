@@ -164,6 +164,8 @@ def test_bad_usage_exits_2(capsys):
         ["complete"],
         ["predict", "x.h5ad"],
         ["complete", "x.h5ad", "-o", "y.h5ad", "--max-steps", "a"],
+        ["complete", "x.h5ad", "-o", "y.h5ad", "--max-steps", "0"],
+        ["predict", "x.h5ad", "-o", "y.h5ad", "--patch-size", "-3"],
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)

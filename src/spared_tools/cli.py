@@ -39,6 +39,17 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Shows every default in ``--help`` and keeps the descriptions' line breaks."""
 
 
+def _positive_int(value: str) -> int:
+    """Argparse type: an integer >= 1 (a bad value is a usage error, exit status 2)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
+
+
 def _none_or_str(value: str) -> str | None:
     return None if value.lower() in ("none", "") else value
 
@@ -108,7 +119,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         help="genes without a known length: drop them, keep them (median length) or stop",
     )
     g.add_argument("--gene-id-key", default=None, help="var column with the ids used for gene lengths")
-    g.add_argument("--n-rings", type=int, default=4, help="largest median-completion window (rings)")
+    g.add_argument(
+        "--n-rings", type=_positive_int, default=4, help="largest median-completion window (rings)"
+    )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: sp.settings.device)")
 
 
@@ -179,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=Key.SPLIT,
         help="obs column with train/val labels ('none': automatic validation slides)",
     )
-    c.add_argument("--max-steps", type=int, default=3000, help="training steps")
-    c.add_argument("--batch-size", type=int, default=256, help="neighbourhoods per training step")
+    c.add_argument("--max-steps", type=_positive_int, default=3000, help="training steps")
+    c.add_argument("--batch-size", type=_positive_int, default=256, help="neighbourhoods per training step")
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     c.add_argument("--mask-prob", type=float, default=0.3, help="observed entries hidden per neighbourhood")
-    c.add_argument("--d-model", type=int, default=128, help="transformer width")
-    c.add_argument("--n-heads", type=int, default=4, help="attention heads")
-    c.add_argument("--n-layers", type=int, default=2, help="transformer layers")
+    c.add_argument("--d-model", type=_positive_int, default=128, help="transformer width")
+    c.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads")
+    c.add_argument("--n-layers", type=_positive_int, default=2, help="transformer layers")
     c.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
     _add_device(c)
 
@@ -227,11 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="obs column with train/val/test labels ('none': train on every spot)",
     )
     q.add_argument("--key-added", default=Key.GENEQUERY, help="output layer / uns entry")
-    q.add_argument("--patch-size", type=int, default=224, help="H&E patch side in pixels (when extracted)")
-    q.add_argument("--max-epochs", type=int, default=20, help="training epochs")
-    q.add_argument("--batch-size", type=int, default=8, help="sequences per training step")
-    q.add_argument("--width", type=int, default=256, help="transformer width")
-    q.add_argument("--n-heads", type=int, default=8, help="attention heads")
+    q.add_argument(
+        "--patch-size", type=_positive_int, default=224, help="H&E patch side in pixels (when extracted)"
+    )
+    q.add_argument("--max-epochs", type=_positive_int, default=20, help="training epochs")
+    q.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per training step")
+    q.add_argument("--width", type=_positive_int, default=256, help="transformer width")
+    q.add_argument("--n-heads", type=_positive_int, default=8, help="attention heads")
     q.add_argument("--maps", type=Path, default=None, help="folder for one PNG map per predicted gene")
     q.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
     _add_device(q)
