@@ -193,6 +193,10 @@ def spared_pipeline(
         ``params`` (every argument), ``stats`` (filtering counts), ``timings`` (seconds per step) and
         ``gene_stats`` (DataFrame of every gene that survived filtering: fractions, length, Moran's I,
         whether selected).
+    ``uns["spatial"]``, ``uns["spatialdata"]``
+        Copied from the input when present (images and scale factors; where a table read with
+        :func:`~spared_tools.io.from_spatialdata` came from, so :func:`~spared_tools.io.to_spatialdata` can
+        link the results back to the same shapes).
     ``uns["log1p"]``
         ``{"base": 2}``: the base of ``layers["log1p"]``, where scanpy looks for it (so
         :func:`scanpy.tl.rank_genes_groups` with ``layer="log1p"`` reports true log2 fold changes).
