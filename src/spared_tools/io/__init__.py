@@ -1,4 +1,4 @@
-"""Readers for Space Ranger folders and legacy ST files."""
+"""Readers for Space Ranger folders and legacy ST files, slide concatenation, and SpatialData in and out."""
 
 from ._concat import concat_slides
 from ._spatialdata import from_spatialdata, to_spatialdata
