@@ -5,7 +5,9 @@
 Each measurement is a fresh process that builds a synthetic 3-slide lattice (``side`` x ``side`` spots per
 slide, 128 genes; ``tests/_synthetic_spackle.py``), then times ``sp.tl.spackle_complete(adata,
 max_steps=...)`` twice, with 10 steps and with ``--steps`` steps: the difference over the extra steps is
-the training step time, free of Lightning start-up and of the completion pass. The competitor is a
+the training step time, free of Lightning start-up and of the completion pass. Each configuration runs
+``--rounds`` alternating alone / beside pairs and keeps the fastest of each (load from other jobs only
+slows runs down). The competitor is a
 second process running a 2-thread OpenBLAS matrix-product loop for the whole measurement (the kind of
 neighbour a shared machine has). The load average at the start and end of every measurement is printed:
 on a machine that others are using too, the "alone" numbers are not alone.
@@ -107,6 +109,9 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=58, help="lattice side per slide (3 slides)")
     ap.add_argument("--configs", default="default,spinning,n_jobs=1", help="comma list of configurations")
     ap.add_argument("--name", default="threads", help="result file name")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="alone/beside pairs per configuration (fastest kept)"
+    )
     args = ap.parse_args()
     configs = {
         # the defaults: n_jobs = available cores, OMP_WAIT_POLICY=PASSIVE set on import
@@ -120,20 +125,28 @@ def main() -> None:
     rep("# SpaCKLE training step time alone and beside a 2-thread OpenBLAS loop (fresh process each)")
     rep(f"# {machine_info()}")
     rep(
-        f"# cores this process may use: {len(os.sched_getaffinity(0))}; load average at start {os.getloadavg()}"
+        f"# cores this process may use: {len(os.sched_getaffinity(0))}; load average at start "
+        f"{os.getloadavg()[0]:.2f}; {args.steps - 10} timed steps, {args.rounds} rounds (fastest kept)"
     )
     rep(
         f"{'configuration':<14s} {'OpenMP wait':>11s} {'spots':>6s} {'threads':>7s} {'alone ms/step':>13s} "
         f"{'beside ms/step':>14s} {'slowdown':>8s}  load avg (alone / beside)"
     )
+    slowdown = {}
     for name in args.configs.split(","):
         cfg, env = configs[name]
         cfg = dict(cfg, steps=args.steps, side=args.side)
-        alone = run_once(cfg, env, compete=False)
-        beside = run_once(cfg, env, compete=True)
+        # alternate alone / beside and keep the fastest of each: other jobs on a shared machine only
+        # ever slow a run down, so the minimum is the least disturbed measurement
+        runs = [
+            (run_once(cfg, env, compete=False), run_once(cfg, env, compete=True)) for _ in range(args.rounds)
+        ]
+        alone = min((r[0] for r in runs), key=lambda r: r["step_ms"])
+        beside = min((r[1] for r in runs), key=lambda r: r["step_ms"])
+        slowdown[name] = beside["step_ms"] / alone["step_ms"]
         rep(
             f"{name:<14s} {alone['policy']:>11s} {alone['n_obs']:6d} {alone['torch_threads']:7d} {alone['step_ms']:13.1f} "
-            f"{beside['step_ms']:14.1f} {beside['step_ms'] / alone['step_ms']:7.2f}x  "
+            f"{beside['step_ms']:14.1f} {slowdown[name]:7.2f}x  "
             f"{alone['load0']:.2f}->{alone['load1']:.2f} / {beside['load0']:.2f}->{beside['load1']:.2f}"
         )
     busy = os.getloadavg()[0]
@@ -145,7 +158,9 @@ def main() -> None:
             else ""
         )
     )
-    rep("# target: slowdown <= 2.5x beside the 2-thread competitor with the defaults")
+    if "default" in slowdown:
+        verdict = "met" if slowdown["default"] <= 2.5 else "MISSED"
+        rep(f"# target: slowdown <= 2.5x beside the 2-thread competitor with the defaults: {verdict}")
     path = rep.save()
     print(f"wrote {path}")
 

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sps
 
 from .moran import _n_chunks
+from .threads import run_blocks
 
 
 @numba.njit(cache=True)
@@ -65,46 +66,24 @@ def _csr_moran_rows(indptr, indices, data, rc, xptr, xind, xdat, slide, means, l
             xi[xind[q]] = 0.0
 
 
-@numba.njit(cache=True, parallel=True)
-def _csr_moran_parallel(indptr, indices, data, rc, xptr, xind, xdat, slide, counts, n_genes, n_chunks):
+@numba.njit(nogil=True, cache=True)
+def _csr_sums_blocks(xptr, xind, xdat, slide, step, sums, nnz, b0, b1):
+    """Row blocks ``b0:b1`` of ``step`` rows each, block ``b`` into ``sums[b]`` / ``nnz[b]``."""
     n = slide.shape[0]
-    n_slides = counts.shape[0]
-    step = (n + n_chunks - 1) // n_chunks
-    sums = np.zeros((n_chunks, n_slides, n_genes))
-    nnz = np.zeros((n_chunks, n_slides, n_genes))
-    for t in numba.prange(n_chunks):
-        _csr_slide_sums(xptr, xind, xdat, slide, t * step, min(n, (t + 1) * step), sums[t], nnz[t])
-    means = sums.sum(axis=0)
-    for s in range(n_slides):
-        means[s] /= max(counts[s], 1.0)
-    xwx = np.zeros((n_chunks, n_slides, n_genes))
-    lin = np.zeros((n_chunks, n_slides, n_genes))
-    dev = np.zeros((n_chunks, n_slides, n_genes))
-    for t in numba.prange(n_chunks):
-        xi = np.zeros(n_genes)
-        lo, hi = t * step, min(n, (t + 1) * step)
+    for b in range(b0, b1):
+        _csr_slide_sums(xptr, xind, xdat, slide, b * step, min(n, (b + 1) * step), sums[b], nnz[b])
+
+
+@numba.njit(nogil=True, cache=True)
+def _csr_moran_blocks(indptr, indices, data, rc, xptr, xind, xdat, slide, means, step, xwx, lin, dev, b0, b1):
+    """Row blocks ``b0:b1``: the sums of :func:`_csr_moran_rows`, block ``b`` into ``xwx[b]`` etc."""
+    n = slide.shape[0]
+    xi = np.zeros(means.shape[1])
+    for b in range(b0, b1):
+        lo, hi = b * step, min(n, (b + 1) * step)
         _csr_moran_rows(
-            indptr, indices, data, rc, xptr, xind, xdat, slide, means, lo, hi, xwx[t], lin[t], dev[t], xi
+            indptr, indices, data, rc, xptr, xind, xdat, slide, means, lo, hi, xwx[b], lin[b], dev[b], xi
         )
-    return means, nnz.sum(axis=0), xwx.sum(axis=0), lin.sum(axis=0), dev.sum(axis=0)
-
-
-@numba.njit(cache=True)
-def _csr_moran_serial(indptr, indices, data, rc, xptr, xind, xdat, slide, counts, n_genes):
-    n = slide.shape[0]
-    n_slides = counts.shape[0]
-    sums = np.zeros((n_slides, n_genes))
-    nnz = np.zeros((n_slides, n_genes))
-    _csr_slide_sums(xptr, xind, xdat, slide, 0, n, sums, nnz)
-    means = sums
-    for s in range(n_slides):
-        means[s] /= max(counts[s], 1.0)
-    xwx = np.zeros((n_slides, n_genes))
-    lin = np.zeros((n_slides, n_genes))
-    dev = np.zeros((n_slides, n_genes))
-    xi = np.zeros(n_genes)
-    _csr_moran_rows(indptr, indices, data, rc, xptr, xind, xdat, slide, means, 0, n, xwx, lin, dev, xi)
-    return means, nnz, xwx, lin, dev
 
 
 def moran_sums_csr(
@@ -148,13 +127,22 @@ def moran_sums_csr(
     rc = np.asarray(W.sum(axis=1)).ravel() + np.asarray(W.sum(axis=0)).ravel()
     counts = np.bincount(slide[slide >= 0], minlength=n_slides).astype(np.float64)
     n_genes = X.shape[1]
-    # work ~ stored entries x (1 + neighbours per spot); accumulators 5 per chunk (3x the dense kernel's 2)
-    chunks = _n_chunks(n_slides, 3 * n_genes, int(X.nnz * (1 + W.nnz / max(W.shape[0], 1))))
-    args = (indptr, indices, W.data, rc, xptr, xind, xdat, slide, counts, n_genes)
-    if chunks == 1:
-        means, nnz, xwx, lin, dev = _csr_moran_serial(*args)
-    else:
-        means, nnz, xwx, lin, dev = _csr_moran_parallel(*args, chunks)
+    # work ~ stored entries x (1 + neighbours per spot); accumulators 5 per block (3x the dense kernel's 2).
+    # Serial nogil kernels over row blocks on sp.settings.n_jobs threads (compile once, no parfors).
+    n = slide.shape[0]
+    n_blocks = _n_chunks(n_slides, 3 * n_genes, int(X.nnz * (1 + W.nnz / max(W.shape[0], 1))))
+    step = max(1, (n + n_blocks - 1) // n_blocks)
+    sums = np.zeros((n_blocks, n_slides, n_genes))
+    nnz = np.zeros((n_blocks, n_slides, n_genes))
+    run_blocks(_csr_sums_blocks, n_blocks, xptr, xind, xdat, slide, step, sums, nnz, blocks_per_thread=1)
+    means = sums.sum(axis=0) / np.maximum(counts, 1.0)[:, None]
+    nnz = nnz.sum(axis=0)
+    xwx = np.zeros((n_blocks, n_slides, n_genes))
+    lin = np.zeros((n_blocks, n_slides, n_genes))
+    dev = np.zeros((n_blocks, n_slides, n_genes))
+    args = (indptr, indices, W.data, rc, xptr, xind, xdat, slide, means, step, xwx, lin, dev)
+    run_blocks(_csr_moran_blocks, n_blocks, *args, blocks_per_thread=1)
+    xwx, lin, dev = xwx.sum(axis=0), lin.sum(axis=0), dev.sum(axis=0)
     rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
     S0 = np.bincount(slide[rows], weights=W.data, minlength=n_slides)[:, None] if W.nnz else 0.0
     num = xwx - means * lin + means**2 * S0
