@@ -227,7 +227,7 @@ def moran_sums_cpu(
     if sps.issparse(X):
         from .moran_sparse import moran_sums_csr
 
-        return moran_sums_csr(W, slide, n_slides, X, cols)
+        return moran_sums_csr(W, slide, n_slides, X, cols, n_chunks=_n_chunks)
     slide = np.ascontiguousarray(slide, dtype=np.int64)
     cols = np.arange(X.shape[1]) if cols is None else np.asarray(cols, dtype=np.int64)
     counts = np.bincount(slide[slide >= 0], minlength=n_slides).astype(np.float64)

@@ -17,11 +17,12 @@ Results equal :func:`spared_tools._kernels.moran.moran_sums_cpu` on the densifie
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 import scipy.sparse as sps
 
-from .moran import _n_chunks
 from .threads import run_blocks
 
 
@@ -87,7 +88,13 @@ def _csr_moran_blocks(indptr, indices, data, rc, xptr, xind, xdat, slide, means,
 
 
 def moran_sums_csr(
-    W: sps.csr_matrix, slide: np.ndarray, n_slides: int, X, cols: np.ndarray | None = None
+    W: sps.csr_matrix,
+    slide: np.ndarray,
+    n_slides: int,
+    X,
+    cols: np.ndarray | None = None,
+    *,
+    n_chunks: Callable[[int, int, int], int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-slide Moran sums of a sparse matrix from its stored entries only (no densified blocks).
 
@@ -103,6 +110,10 @@ def moran_sums_csr(
         ``(n, G)`` scipy sparse matrix (any format; CSR is used as it is).
     cols
         Gene columns to use (default: all).
+    n_chunks
+        ``(n_slides, n_accumulators, n_entries) -> number of row blocks``: the dense kernel's rule
+        (:func:`spared_tools._kernels.moran._n_chunks`), passed in by the caller so that this module
+        does not import :mod:`spared_tools._kernels.moran` back.
 
     Returns
     -------
@@ -130,7 +141,7 @@ def moran_sums_csr(
     # work ~ stored entries x (1 + neighbours per spot); accumulators 5 per block (3x the dense kernel's 2).
     # Serial nogil kernels over row blocks on sp.settings.n_jobs threads (compile once, no parfors).
     n = slide.shape[0]
-    n_blocks = _n_chunks(n_slides, 3 * n_genes, int(X.nnz * (1 + W.nnz / max(W.shape[0], 1))))
+    n_blocks = n_chunks(n_slides, 3 * n_genes, int(X.nnz * (1 + W.nnz / max(W.shape[0], 1))))
     step = max(1, (n + n_blocks - 1) // n_blocks)
     sums = np.zeros((n_blocks, n_slides, n_genes))
     nnz = np.zeros((n_blocks, n_slides, n_genes))
