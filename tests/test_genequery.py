@@ -686,7 +686,7 @@ def test_bf16_inference_close_to_float32(data, trained_spot):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_inference_precision_follows_the_hardware(data, trained_spot, monkeypatch, native):
     """'auto' (the default) is bf16 exactly when the CPU computes bfloat16 natively, float32 otherwise."""
-    import spared_tools.tl._genequery as gq_module
+    import spared_tools.tl._genequery_fit as gq_module  # where predict resolves the precision
 
     adata, _ = data
     genes = [f"G{j}" for j in range(6)]

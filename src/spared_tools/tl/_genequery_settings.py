@@ -10,6 +10,53 @@ Every setting of the last two groups is an attribute of the model (kept between 
 changed by ``train`` / ``predict`` / ``set_params``); this module holds their defaults and the one
 validation they all go through. A setting given to the constructor, as before the split, is a
 ``TypeError`` that says where it went.
+
+The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`:
+
+``weight_decay``
+    AdamW weight decay.
+``encoder_lr``
+    Learning rate of the image encoder in fine-tune mode.
+``finetune_spots``
+    Fine-tune mode: patches that go through the encoder (with gradients) per training step. Spot
+    mode trains on spatially compact chunks of at most this many spots of a slide (prediction still
+    uses chunks of ``max_len``); gene mode on blocks of this many spots. Without checkpointing
+    (``encoder_chunk=None``) it sets the training memory: 64 patches of 224 px through
+    EfficientNet-Lite0 peaked about 6 GiB above the process size on CPU.
+``finetune_genes``
+    Fine-tune mode: genes per training step. Each chunk (spot mode) or spot block (gene mode) is
+    paired with one random set of this many genes per epoch, so every patch is encoded once per
+    epoch.
+``encoder_chunk``
+    Fine-tune mode: the encoder runs on chunks of this many patches with gradient checkpointing
+    (activations recomputed in the backward pass), so training memory follows ``encoder_chunk``
+    rather than ``finetune_spots`` at the cost of one extra forward pass; ``None`` disables it
+    (faster where memory allows, e.g. on a large GPU). Memory and time per epoch of both settings
+    are in ``benchmarks/results/genequery_finetune_C2.txt``.
+``image_dropout``
+    While training, the probability that each (standardised) image feature is zeroed before the
+    image projection (inverted dropout; off at prediction). For a linear projection this is a
+    ridge-like penalty on the image weights, scaled by each feature's variance. On HER2+ (gene-aware,
+    ``context_rings=1``, identity code, 0.8 against 0, three seeds) it raised HEG on two of four
+    held-out sections and lowered it on the other two, no change on average:
+    ``benchmarks/results/genequery_image_dropout_gene_average.txt``.
+``identity_dropout``
+    While training, the probability that a gene's identity code is replaced by the mean code in a
+    step (only with ``gene_identity > 0``).
+``standardize``
+    Standardise the image features and the gene embeddings per dimension before the projections,
+    with the mean and standard deviation of the training spots' features (fine-tune mode: of the
+    untrained encoder's features of the training patches) and of the training genes' embeddings.
+    Stored with the network and applied unchanged at prediction, unseen genes included. Without it
+    the network trained on HER2+ predicted one spatial pattern for every gene (first principal
+    component of the standardised test predictions 1.00, measured expression 0.14;
+    ``benchmarks/results/genequery_inputs.txt``).
+``max_len``
+    Longest sequence: slides with more spots (spot mode) are split into spatially compact chunks of at
+    most ``max_len`` spots; longer gene lists (gene mode) into chunks of at most ``max_len`` genes.
+    Nothing is truncated. Attention costs ``O(max_len)`` per token, so this sets the prediction speed:
+    512 spots (about 23 × 23 Visium spots, 2.3 mm) keeps whole legacy-ST sections in one sequence and
+    predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU.
 """
 
 from __future__ import annotations

@@ -1,0 +1,325 @@
+"""GeneQuery's loops: training (datasets, the Lightning plan, the runner, ensembles, weights kept) and prediction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from spared_tools._logging import logger
+from spared_tools._settings import native_bf16, resolve_device, settings
+
+from ._genequery_base import _GeneQueryBase
+from ._genequery_text import _has_patches, _TextScaler
+
+__all__: list[str] = []
+
+
+class _GeneQueryFit(_GeneQueryBase):
+    """Training and prediction of :class:`~spared_tools.tl.GeneQueryModel` (``_fit``, ``_predict``)."""
+
+    def _fit(  # type: ignore[override]
+        self,
+        adata: AnnData,
+        Z: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        *,
+        max_epochs: int | None = None,
+        progress: bool | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        trainer_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Train the network (the options reach it as keywords of :meth:`train`).
+
+        ``max_epochs`` and ``progress`` override the constructor for this call. ``checkpoint_dir`` writes a
+        resumable checkpoint after every epoch (``<checkpoint_dir>/member<k>/last.ckpt`` for network ``k``,
+        removed when it finishes); ``ckpt_path`` resumes an interrupted training (``n_models=1``) from such
+        a checkpoint, to the same result as an uninterrupted run with the same data, arguments and seed.
+        ``trainer_kwargs`` go to :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
+        """
+        if ckpt_path is not None and self.n_models > 1:
+            raise ValueError("ckpt_path resumes one network; it needs n_models=1.")
+        import pytorch_lightning as pl
+        import torch
+        from torch.utils.data import DataLoader
+
+        from spared_tools.models._runner import run_training
+        from spared_tools.models.genequery import (
+            GeneDataset,
+            GeneQueryPlan,
+            SpotDataset,
+        )
+
+        assert self.genes_ is not None and self.scaler_ is not None
+        self.image_dim_ = None
+        self.gene_dim_ = None
+        encoder = None
+        patches = None
+        if self.finetune:
+            from spared_tools.pp._patches import get_patches
+
+            if not _has_patches(adata, self.patches_key):
+                raise KeyError(
+                    f"finetune=True trains the image encoder from the patches, and adata has none under "
+                    f"{self.patches_key!r}: run sp.pp.extract_patches(adata) first."
+                )
+            encoder = self._fresh_encoder()
+            patches = get_patches(adata, self.patches_key)
+            feats = None
+            image_dim = int(encoder.out_dim)
+        else:
+            feats = self._features(adata, views=self.augment)
+            image_dim = int(feats.shape[-1])
+            if self.augment and feats.shape[1] == 1:
+                logger.info(
+                    f"GeneQuery: adata.obsm[{self.features_key!r}] holds one view per spot, so training "
+                    "goes without dihedral augmentation; image_features(adata, views=True) computes all 8."
+                )
+        text = self._embed(self.genes_, adata)
+        scaler = _TextScaler.from_base(self.scaler_)
+        scaler.fit_text(text)
+        self.scaler_ = scaler
+        if self.gene_identity:
+            from spared_tools.models.genequery import gene_identity_codes
+
+            emb = np.hstack([text, gene_identity_codes(self.genes_, self.gene_identity)])
+        else:
+            emb = text
+        self.image_dim_, self.gene_dim_ = image_dim, int(emb.shape[1])
+        self.gene_embeddings_ = emb
+
+        stats: np.ndarray | None = None
+        if self.standardize:  # training spots and training genes only
+            if feats is not None:
+                stats = feats[train_idx] if self.augment else feats[train_idx, :1]  # the views trained on
+            else:
+                from spared_tools.models.image import encode_patches
+
+                assert encoder is not None and patches is not None
+                try:
+                    stats = encode_patches(
+                        patches[np.sort(train_idx)],
+                        encoder,
+                        view=0,
+                        device=self.device,
+                        desc="input statistics",
+                    )
+                finally:
+                    encoder.cpu()
+
+        def make(idx: np.ndarray, augment: bool, seed: int):
+            if self.finetune:  # patches through the trainable encoder, one gene sample per step
+                if self.mode == "spot":
+                    return SpotDataset(
+                        None,
+                        emb,
+                        Z,
+                        self._sequences(adata, idx, max_len=self.finetune_spots),
+                        batch_size=self.finetune_genes,
+                        augment=augment,
+                        random_views=self.augment,
+                        seed=seed,
+                        patches=patches,
+                        sample_genes=True,
+                    )
+                return GeneDataset(
+                    None,
+                    emb,
+                    Z,
+                    idx,
+                    max_len=min(self.max_len, self.finetune_genes),
+                    batch_size=self.finetune_spots,
+                    augment=augment,
+                    random_views=self.augment,
+                    seed=seed,
+                    patches=patches,
+                    sample_genes=True,
+                )
+            if self.mode == "spot":
+                return SpotDataset(
+                    feats,
+                    emb,
+                    Z,
+                    self._sequences(adata, idx),
+                    batch_size=self.batch_size,
+                    augment=augment,
+                    random_views=self.augment,
+                    seed=seed,
+                )
+            return GeneDataset(
+                feats,
+                emb,
+                Z,
+                idx,
+                max_len=self.max_len,
+                batch_size=self.batch_size,
+                augment=augment,
+                random_views=self.augment,
+                seed=seed,
+            )
+
+        epochs = self.max_epochs if max_epochs is None else int(max_epochs)
+        show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
+        seeds = [int(self.seed) + k for k in range(self.n_models)]
+        average_from = epochs // 2 if self.checkpoint == "average" else None
+        nets: list[Any] = []
+        members: list[dict[str, Any]] = []
+        for k, seed in enumerate(seeds):
+            if self.n_models > 1:
+                logger.info(f"GeneQuery: training network {k + 1} of {self.n_models} (seed {seed}).")
+            pl.seed_everything(seed, workers=True, verbose=False)
+            net = self._new_net()
+            if stats is not None:
+                net.set_input_stats(image=stats, gene=emb)
+            gen = torch.Generator().manual_seed(seed)
+            train_loader = DataLoader(
+                make(train_idx, True, seed), batch_size=None, shuffle=True, generator=gen
+            )
+            val_loader = DataLoader(make(val_idx, False, seed), batch_size=None) if val_idx.size else None
+            plan = GeneQueryPlan(
+                net,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                encoder=encoder,
+                encoder_lr=self.encoder_lr,
+                encoder_chunk=self.encoder_chunk,
+            )
+            fit = run_training(
+                plan,
+                train_loader,
+                val_loader,
+                monitor="val_loss",
+                average_from=average_from,
+                validate_restored=average_from is not None,
+                eval_modules=encoder is not None,
+                ckpt_path=ckpt_path if k == 0 else None,
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / f"member{k}",
+                max_epochs=epochs,
+                accelerator=self.accelerator,
+                devices=self.devices,
+                strategy=self.strategy,
+                precision=self.precision,
+                progress=show,
+                desc="GeneQuery" if self.n_models == 1 else f"GeneQuery {k + 1}/{self.n_models}",
+                **dict(trainer_kwargs or {}),
+            )
+            best = fit.best
+            average_val = fit.restored_metrics.get("val_loss")
+            nets.append(plan.net.cpu().eval())
+            if plan.encoder is not None:  # fine-tune mode (n_models == 1)
+                self.encoder_ = plan.encoder.module.cpu().eval()
+            members.append(
+                {
+                    "seed": seed,
+                    "epochs": best.epochs,
+                    "best_epoch": best.best_epoch if best.best_epoch is not None else epochs - 1,
+                    "best_val_loss": best.best_score,
+                    "selected": "best validation loss"
+                    if best.best_state is not None
+                    else "last epoch (no validation)",
+                }
+            )
+            if best.average_state is not None:
+                members[-1]["selected"] = f"mean of the weights of epochs {average_from}-{epochs - 1}"
+                members[-1]["average_val_loss"] = average_val
+                if best.best_epoch == epochs - 1 and epochs > 2:
+                    logger.info(
+                        "GeneQuery: the validation loss was lowest at the last epoch, so training had not "
+                        "converged and the mean of the second half's weights lags behind it; more "
+                        "max_epochs, or checkpoint='best', keeps up."
+                    )
+        self.nets_ = nets
+        self.net_ = nets[0]
+        if encoder is None:
+            self.encoder_ = None
+        self._encoder_state = None
+        # the first network's record at the top level (what n_models=1 gives); every network's in "members"
+        self.history_ = {k: v for k, v in members[0].items() if k != "seed"}
+        if self.n_models > 1:
+            self.history_["members"] = members
+        self.train_params_.update(
+            {
+                "mode": self.mode,
+                "max_epochs": epochs,
+                "image_dim": self.image_dim_,
+                "finetune": self.finetune,
+            }
+        )
+
+    # ------------------------------------------------------------------ prediction
+    def _inference_bf16(self, device: Any) -> bool:
+        """Resolve ``inference_precision`` on ``device``; the value used is kept in ``inference_precision_used_``."""
+        if self.inference_precision == "auto":
+            bf16 = native_bf16(device)
+        else:
+            bf16 = self.inference_precision == "bf16"
+        self.inference_precision_used_ = "bf16" if bf16 else "32"
+        return bf16
+
+    def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
+        import torch
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        from spared_tools.models.genequery import GeneDataset, SpotDataset
+
+        assert self.genes_ is not None and self.gene_embeddings_ is not None and self.net_ is not None
+        feats = self._tuned_features(adata) if self.finetune else self._features(adata, views=self.tta)
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        unseen = list(dict.fromkeys(g for g in genes if g not in pos))
+        emb_unseen = self._embed(unseen, adata)
+        if unseen:
+            logger.info(
+                f"GeneQuery: {len(unseen)} genes were not trained on; predicting them from their text."
+            )
+            if isinstance(self.scaler_, _TextScaler):
+                self.scaler_.set_unseen(unseen, emb_unseen)
+            if self.gene_identity:  # no code of their own: the training genes' mean code
+                mean_code = self.net_.gene_shift[-self.gene_identity :].cpu().numpy()
+                emb_unseen = np.hstack([emb_unseen, np.tile(mean_code, (len(unseen), 1))])
+        if self.mode == "spot":
+            names = list(dict.fromkeys(genes))
+        else:
+            names = list(self.genes_) + unseen
+        lookup = {g: i for i, g in enumerate(names)}
+        upos = {g: i for i, g in enumerate(unseen)}
+        rows = [self.gene_embeddings_[pos[g]] if g in pos else emb_unseen[upos[g]] for g in names]
+        emb = np.stack(rows).astype(np.float32)
+        if self.gene_identity and not self.use_identity:  # every gene from its text alone
+            emb[:, -self.gene_identity :] = self.net_.gene_shift[-self.gene_identity :].cpu().numpy()
+        device = resolve_device(self.device)
+        nets = [n.to(device).eval() for n in (self.nets_ or [self.net_])]
+        views = range(feats.shape[1]) if self.tta else [0]
+        bs = max(self.batch_size, 64)
+        Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
+        show = settings.progress and settings.verbosity >= 2
+        bf16 = self._inference_bf16(device)
+        ds: Any
+        for v in views:
+            if self.mode == "spot":
+                ds = SpotDataset(
+                    feats, emb, None, self._sequences(adata, np.arange(adata.n_obs)), batch_size=bs, view=v
+                )
+            else:
+                ds = GeneDataset(
+                    feats, emb, None, np.arange(adata.n_obs), max_len=self.max_len, batch_size=bs, view=v
+                )
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                for batch in tqdm(
+                    DataLoader(ds, batch_size=None), disable=not show, desc="GeneQuery predict"
+                ):
+                    image, gene = batch["image"].to(device), batch["gene"].to(device)
+                    out = sum(net(image, gene).double() for net in nets).cpu().numpy()
+                    s, g = batch["spots"].numpy(), batch["genes"].numpy()
+                    if self.mode == "spot":
+                        Zall[np.ix_(s, g)] += out.T
+                    else:
+                        Zall[np.ix_(s, g)] += out
+        Zall /= len(views) * len(nets)
+        return Zall[:, [lookup[g] for g in genes]].astype(np.float32)
