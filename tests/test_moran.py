@@ -189,6 +189,16 @@ def test_csr_kernel_brute_force(monkeypatch, parallel):
         np.testing.assert_allclose(p_, d_[:, cols], rtol=1e-9, atol=1e-9)
 
 
+def test_sparse_nonfinite_is_a_named_error():
+    a = hex_slides(n_slides=2, n_genes=6, seed=2)
+    X = a.X.copy()
+    X[5, 3] = np.inf
+    X[7, 4] = np.nan
+    a.X = sps.csr_matrix(X)
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 2 gene\(s\).*'g3', 'g4'"):
+        sp.pp.moran(a)
+
+
 def test_sparse_log_counts_match_squidpy_and_dense():
     a = hex_slides(n_slides=2, n_genes=25, seed=5)
     a.X = _log_counts_csr(a.n_obs, 25, seed=6)

@@ -146,7 +146,8 @@ def moran_sums_csr(
     sums = np.zeros((n_blocks, n_slides, n_genes))
     nnz = np.zeros((n_blocks, n_slides, n_genes))
     run_blocks(_csr_sums_blocks, n_blocks, xptr, xind, xdat, slide, step, sums, nnz, blocks_per_thread=1)
-    means = sums.sum(axis=0) / np.maximum(counts, 1.0)[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        means = sums.sum(axis=0) / np.maximum(counts, 1.0)[:, None]
     nnz = nnz.sum(axis=0)
     xwx = np.zeros((n_blocks, n_slides, n_genes))
     lin = np.zeros((n_blocks, n_slides, n_genes))
@@ -156,6 +157,8 @@ def moran_sums_csr(
     xwx, lin, dev = xwx.sum(axis=0), lin.sum(axis=0), dev.sum(axis=0)
     rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
     S0 = np.bincount(slide[rows], weights=W.data, minlength=n_slides)[:, None] if W.nnz else 0.0
-    num = xwx - means * lin + means**2 * S0
-    den = dev + (counts[:, None] - nnz) * means**2
+    # NaN / inf values come out as non-finite sums, which the caller reports by gene (no numpy warning)
+    with np.errstate(invalid="ignore", over="ignore"):
+        num = xwx - means * lin + means**2 * S0
+        den = dev + (counts[:, None] - nnz) * means**2
     return means, num, den
