@@ -186,7 +186,7 @@ def context_features(
     Gene expression is spatially smooth, so the tissue around a spot tells about its expression beyond
     its own patch. On HER2+ ridge regression on these features (of the mean of the 8 dihedral views)
     scored a mean test HEG of 0.306 over four held-out sections against 0.269 without the context
-    (``benchmarks/results/genequery_context_average.txt``, which also has GeneQuery with and without it).
+    (``experiments/results/genequery_context_average.txt``, which also has GeneQuery with and without it).
     The neighbours are the spots of ``adata``: predicting on a subset of a slide averages over the
     neighbours in that subset only.
     """
