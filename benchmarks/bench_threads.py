@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_threads.py [--steps 120] [--side 58]
 
 Each measurement is a fresh process that builds a synthetic 3-slide lattice (``side`` x ``side`` spots per
-slide, 128 genes; ``tests/_synthetic_spackle.py``), then times ``sp.tl.spackle_complete(adata,
-max_steps=...)`` twice, with 10 steps and with ``--steps`` steps: the difference over the extra steps is
-the training step time, free of Lightning start-up and of the completion pass. Each configuration runs
-``--rounds`` alternating alone / beside pairs and keeps the fastest of each (load from other jobs only
-slows runs down). The competitor is a
+slide, 128 genes; ``tests/_synthetic_spackle.py``) and runs ``sp.tl.spackle_complete(adata,
+max_steps=--steps, trainer_kwargs={"callbacks": [timer]})``; the timer (a Lightning callback) records
+every training step's wall time and the median after the first 5 is reported: the training step
+time, free of Lightning start-up and of the completion pass. Each configuration runs ``--rounds``
+alternating alone / beside pairs and keeps the fastest of each (load from other jobs only slows runs
+down). The competitor is a
 second process running a 2-thread OpenBLAS matrix-product loop for the whole measurement (the kind of
 neighbour a shared machine has). The load average at the start and end of every measurement is printed:
 on a machine that others are using too, the "alone" numbers are not alone.
@@ -32,22 +33,34 @@ cfg = json.loads(sys.argv[1])
 if cfg["torch_first"]:  # torch's libgomp reads the environment before spared_tools can set it
     import torch
 sys.path.insert(0, {tests!r})
-import spared_tools as sp
+import spared_tools as sp  # before anything that imports torch (pytorch_lightning does)
+import numpy as np
+import pytorch_lightning as pl
 from _synthetic_spackle import make_adata
 if cfg["n_jobs"] is not None:
     sp.settings.n_jobs = cfg["n_jobs"]
 sp.settings.verbosity = 1
 sp.settings.progress = False
 a = make_adata(n_slides=3, side=cfg["side"], n_genes=128, splits=("train", "val", "train"))
-times = []
-for steps in (10, cfg["steps"]):
-    t0 = time.perf_counter()
-    sp.tl.spackle_complete(a, max_steps=steps, seed=0)
-    times.append(time.perf_counter() - t0)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self):
+        self.t = []
+
+    def on_train_batch_start(self, trainer, module, batch, idx):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+        self.t.append(time.perf_counter() - self.t0)
+
+
+timer = StepTimer()
+sp.tl.spackle_complete(a, max_steps=cfg["steps"], seed=0, trainer_kwargs={{"callbacks": [timer]}})
 import torch
-policy = os.environ.get("OMP_WAIT_POLICY", "unset")
-print(json.dumps({{"short": times[0], "long": times[1], "n_obs": a.n_obs, "torch_threads": torch.get_num_threads(),
-                  "policy": policy}}))
+steps = np.asarray(timer.t[5:])  # the first steps warm up allocators and caches
+print(json.dumps({{"step_ms": 1000 * float(np.median(steps)), "n_steps": len(timer.t), "n_obs": a.n_obs,
+                  "torch_threads": torch.get_num_threads(), "policy": os.environ.get("OMP_WAIT_POLICY", "unset")}}))
 """
 
 _COMPETITOR = r"""
@@ -99,13 +112,12 @@ def run_once(cfg: dict, env_extra: dict[str, str], compete: bool) -> dict:
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["load0"] = load0
     out["load1"] = os.getloadavg()[0]
-    out["step_ms"] = 1000.0 * (out["long"] - out["short"]) / (cfg["steps"] - 10)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=120, help="training steps of the long call")
+    ap.add_argument("--steps", type=int, default=120, help="max_steps of the timed training")
     ap.add_argument("--side", type=int, default=58, help="lattice side per slide (3 slides)")
     ap.add_argument("--configs", default="default,spinning,n_jobs=1", help="comma list of configurations")
     ap.add_argument("--name", default="threads", help="result file name")
@@ -126,7 +138,7 @@ def main() -> None:
     rep(f"# {machine_info()}")
     rep(
         f"# cores this process may use: {len(os.sched_getaffinity(0))}; load average at start "
-        f"{os.getloadavg()[0]:.2f}; {args.steps - 10} timed steps, {args.rounds} rounds (fastest kept)"
+        f"{os.getloadavg()[0]:.2f}; median of steps 6-{args.steps}, {args.rounds} rounds (fastest kept)"
     )
     rep(
         f"{'configuration':<14s} {'OpenMP wait':>11s} {'spots':>6s} {'threads':>7s} {'alone ms/step':>13s} "
