@@ -37,9 +37,6 @@ NAMESPACES = ("pp", "tl", "pl", "io", "datasets")
 # (check, qualified name): the reason. strict: a fixed one fails here until it is removed from the list.
 _TL = "tl/ (the model layer's owner): "
 KNOWN: dict[tuple[str, str], str] = {
-    ("docstring", "tl.evaluate_completion"): _TL + "max_values is missing from the Parameters section",
-    ("keys", "tl.evaluate_completion"): _TL
-    + "key_added='spackle_evaluation' is a literal (Key.uns.spackle_evaluation)",
     ("returns", "tl.genequery_predict"): _TL
     + "return_model=True returns (adata | None, model); kept while the public API must keep working",
 }

@@ -96,7 +96,7 @@ def evaluate_completion(
     seed: int | None = None,
     batch_size: int = 256,
     device: str | None = None,
-    key_added: str | None = "spackle_evaluation",
+    key_added: str | None = Key.uns.spackle_evaluation,
     train_kwargs: dict[str, Any] | None = None,
     max_values: int = 200_000,
 ) -> pd.DataFrame:
@@ -160,6 +160,9 @@ def evaluate_completion(
     train_kwargs
         Arguments of :meth:`~spared_tools.tl.SpackleModel.train` (and of the constructor: ``n_rings``,
         ``d_model``, ...) when ``model`` is None.
+    max_values
+        Most rows of hidden entries kept in ``uns[key_added]["values"]`` for the scatter panels of
+        :func:`spared_tools.pl.completion` (``0``: none).
 
     Returns
     -------
