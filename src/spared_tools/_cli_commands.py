@@ -71,14 +71,19 @@ def _saved_model(path: Path | None) -> bool:
     return path is not None and (path / "model.json").is_file()
 
 
-def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import spared_tools as sp
-
+def _open_model_input(args: argparse.Namespace, what: str):
+    """Check ``--output`` and ``--model`` before any work, then read the input .h5ad."""
     _check_output(args.output, args.force)
     if args.model is not None and args.model.exists() and not _saved_model(args.model):
         raise DataError(f"--model {args.model} exists but holds no saved model (no model.json).")
+    return _read_h5ad(args.input, what)
+
+
+def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import spared_tools as sp
+
     t0 = time.perf_counter()
-    adata = _read_h5ad(args.input, "complete")
+    adata = _open_model_input(args, "complete")
     _require_layers(adata, [args.layer, args.mask_layer], args.input)
     loaded = _saved_model(args.model)
     train_args = {
@@ -144,11 +149,8 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import spared_tools as sp
     from spared_tools._atomic import atomic_path
 
-    _check_output(args.output, args.force)
-    if args.model is not None and args.model.exists() and not _saved_model(args.model):
-        raise DataError(f"--model {args.model} exists but holds no saved model (no model.json).")
     t0 = time.perf_counter()
-    adata = _read_h5ad(args.input, "predict")
+    adata = _open_model_input(args, "predict")
     if args.gene_names is not None:
         if args.gene_names not in adata.var.columns:
             raise DataError(

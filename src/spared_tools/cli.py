@@ -130,6 +130,15 @@ def _add_common_output(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
 
 
+def _add_model(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"model folder: loaded when it holds a saved {name} model, else the trained model is saved there",
+    )
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N or auto (default None: sp.settings.device)"
@@ -173,12 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("input", type=Path, help="processed .h5ad (from 'spared-tools process')")
     _add_common_output(c, "completed .h5ad")
-    c.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model folder: loaded when it holds a saved SpaCKLE model, else the trained model is saved there",
-    )
+    _add_model(c, "SpaCKLE")
     c.add_argument("--fine-tune", action="store_true", help="with a loaded --model: train it further")
     c.add_argument("--layer", default=Key.MEDIAN, help="layer to complete")
     c.add_argument("--mask-layer", default=Key.MASK, help="bool layer, True where an entry was measured")
@@ -209,12 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("input", type=Path, help="processed .h5ad with images in uns['spatial'] (or patches)")
     _add_common_output(q, "output .h5ad (layers[KEY_ADDED], obsm[KEY_ADDED_unseen])")
-    q.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model folder: loaded when it holds a saved GeneQuery model, else the trained model is saved there",
-    )
+    _add_model(q, "GeneQuery")
     q.add_argument(
         "--genes",
         nargs="+",

@@ -92,6 +92,18 @@ def _warn_small_slides(adata: AnnData, slide: np.ndarray, library_key: str | Non
         )
 
 
+def _lattice_table(adata, n_rings, geometry, library_key, row_key, col_key, spatial_key):
+    """``(table, ring, geometry, reason, slide)``: every lattice offset within ``n_rings`` rings of each spot."""
+    slide, rows, cols, geom, reason = _resolve_lattice(
+        adata, geometry, library_key, row_key, col_key, spatial_key
+    )
+    offsets, ring = lattice_offsets(geom, n_rings)  # type: ignore[arg-type]
+    table = np.empty((adata.n_obs, 1 + offsets.shape[0]), dtype=np.int64)
+    table[:, 0] = np.arange(adata.n_obs)
+    table[:, 1:] = neighbor_lookup(slide, rows, cols, offsets)
+    return table, np.concatenate([[0], ring]).astype(np.int64), geom, reason, slide
+
+
 def neighbor_table(
     adata: AnnData,
     *,
@@ -150,15 +162,11 @@ def neighbor_table(
         geometry does not fit the coordinates.
     """
     n_rings = _check_n_rings(n_rings, minimum=0)
-    slide, rows, cols, geom, reason = _resolve_lattice(
-        adata, geometry, library_key, row_key, col_key, spatial_key
+    table, ring, geom, reason, _ = _lattice_table(
+        adata, n_rings, geometry, library_key, row_key, col_key, spatial_key
     )
     logger.debug(f"neighbor_table: geometry {geom!r} ({reason}).")
-    offsets, ring = lattice_offsets(geom, n_rings)  # type: ignore[arg-type]
-    table = np.empty((adata.n_obs, 1 + offsets.shape[0]), dtype=np.int64)
-    table[:, 0] = np.arange(adata.n_obs)
-    table[:, 1:] = neighbor_lookup(slide, rows, cols, offsets)
-    return table, np.concatenate([[0], ring]).astype(np.int64)
+    return table, ring
 
 
 def _check_distinct_positions(xy: np.ndarray, idx: np.ndarray, slide_name: str) -> None:
@@ -333,15 +341,11 @@ def spatial_graph(
         params["library_key"] = library_key
     if coord_type == "grid":
         n_rings = _check_n_rings(n_rings)
-        slide, rows, cols, geom, reason = _resolve_lattice(
-            adata, geometry, library_key, row_key, col_key, spatial_key
+        table, ring, geom, reason, slide = _lattice_table(
+            adata, n_rings, geometry, library_key, row_key, col_key, spatial_key
         )
         logger.info(f"spatial_graph: {geom} lattice ({reason}), {n_rings} ring(s).")
-        offsets, ring = lattice_offsets(geom, n_rings)  # type: ignore[arg-type]
-        table = np.empty((adata.n_obs, 1 + offsets.shape[0]), dtype=np.int64)
-        table[:, 0] = np.arange(adata.n_obs)
-        table[:, 1:] = neighbor_lookup(slide, rows, cols, offsets)
-        conn, dist = table_to_graph(table, np.concatenate([[0], ring]), n_rings)
+        conn, dist = table_to_graph(table, ring, n_rings)
         params.update(geometry=geom, n_rings=n_rings, n_neighbors=RING1_SIZE[geom])
     else:
         if spatial_key not in adata.obsm:
