@@ -76,9 +76,9 @@ def image_features(
     Returns
     -------
     ``float32`` features ``(n_obs, out_dim)``, or ``(n_obs, 8, out_dim)`` with ``views`` (the array
-    stored in ``obsm[key_added]``). Writes ``obsm[key_added]`` and ``uns[key_added] = {"params":
-    {"encoder", "fingerprint", "patches_key", "patch_params", "tta", "views", "out_dim"}}`` (nothing
-    is written when ``adata`` is a view).
+    stored in ``obsm[key_added]``). Writes ``obsm[key_added]`` and ``uns[key_added]["params"]``
+    (``encoder``, ``fingerprint``, ``patches_key``, ``patch_params``, ``tta``, ``views``, ``out_dim``);
+    nothing is written when ``adata`` is a view.
     """
     from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
 
