@@ -87,6 +87,16 @@ d = DocFragments(
     dpi
         Resolution for ``save``.
     """,
+    spared_count_thresholds="""
+    cell_min_counts
+        Spots need a total count strictly above this.
+    cell_max_counts
+        Spots need a total count strictly below this.
+    gene_min_counts
+        Genes need a total count strictly above this.
+    gene_max_counts
+        Genes need a total count strictly below this.
+    """,
     ax_figsize="""
     ax
         Axes to draw on; a new figure when ``None``.

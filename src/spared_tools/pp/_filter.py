@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from spared_tools._docs import d
 from spared_tools._kernels.filter import expressed_per_slide
 from spared_tools._keys import Key
 from spared_tools._logging import logger
@@ -181,6 +182,7 @@ def _warn_heavy_filtering(stats: dict[str, int], params: dict[str, Any]) -> None
         )
 
 
+@d.inject
 def filter_spared(
     adata: AnnData,
     *,
@@ -224,14 +226,7 @@ def filter_spared(
         Annotated data with raw counts.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
-    cell_min_counts
-        Spots need a total count strictly above this.
-    cell_max_counts
-        Spots need a total count strictly below this.
-    gene_min_counts
-        Genes need a total count strictly above this.
-    gene_max_counts
-        Genes need a total count strictly below this.
+    %(spared_count_thresholds)s
     real_data_percentage
         Minimum mean ``glob_exp_frac`` of the kept genes (SpaRED: 0.7), in ``[0, 1]``.
     wildcard_genes

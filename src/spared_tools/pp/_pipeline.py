@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._validation import (
@@ -73,6 +74,7 @@ def _geometry(hex_geometry: bool | None, geometry: str | None) -> Any:
     return "hex" if hex_geometry else "square"
 
 
+@d.inject
 def spared_pipeline(
     adata: AnnData,
     *,
@@ -148,14 +150,7 @@ def spared_pipeline(
         ``True`` for Visium hexagonal arrays, ``False`` for square legacy-ST grids, ``None`` to detect it.
     geometry
         Explicit lattice geometry (overrides ``hex_geometry``), e.g. ``"checkerboard"`` for ST 2k arrays.
-    cell_min_counts
-        Spots need a total count strictly above this.
-    cell_max_counts
-        Spots need a total count strictly below this.
-    gene_min_counts
-        Genes need a total count strictly above this.
-    gene_max_counts
-        Genes need a total count strictly below this.
+    %(spared_count_thresholds)s
     real_data_percentage
         Expression-fraction rule threshold (see :func:`~spared_tools.pp.filter_spared`).
     top_moran_genes
