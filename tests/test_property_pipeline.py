@@ -186,13 +186,6 @@ def _check_pipeline_result(a: ad.AnnData, out: ad.AnnData) -> None:
 
 
 defects_strategy = st.lists(st.sampled_from(DEFECTS), min_size=0, max_size=2, unique=True)
-# Two pipeline defects found by this test and reported to the pipeline's owner (pp/_pipeline.py):
-# * a dense float16 X is turned into CSR before any dtype check, and scipy.sparse has no float16
-#   (scipy's ValueError instead of a named one);
-# * duplicated obs_names are not refused at entry: the working AnnData warns (anndata UserWarning).
-# They are left out here until fixed; the single steps below still get both.
-PIPELINE_DEFECTS = tuple(d for d in DEFECTS if d not in ("float16_dtype", "duplicate_spots"))
-pipeline_defects = st.lists(st.sampled_from(PIPELINE_DEFECTS), min_size=0, max_size=2, unique=True)
 SETTINGS = settings(
     max_examples=int(__import__("os").environ.get("PROP_EXAMPLES", "80")),
     deadline=None,
@@ -208,7 +201,7 @@ SETTINGS = settings(
     n_genes=st.integers(3, 40),
     side=st.integers(2, 6),
     sparse=st.booleans(),
-    defects=pipeline_defects,
+    defects=defects_strategy,
 )
 def test_pipeline_named_error_or_valid_result(seed, n_slides, n_genes, side, sparse, defects):
     a = _make(seed, n_slides, n_genes, side, sparse, defects)
