@@ -58,10 +58,10 @@ class _SequenceDataset(Dataset):
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         *,
-        batch_size: int,
-        augment: bool,
-        seed: int,
-        view: int | None,
+        batch_size: int = 32,
+        augment: bool = False,
+        seed: int = 0,
+        view: int | None = None,
         patches: Any = None,
         sample_genes: bool = False,
         random_views: bool = True,
@@ -207,27 +207,9 @@ class SpotDataset(_SequenceDataset):
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         sequences: Sequence[np.ndarray],
-        *,
-        batch_size: int = 32,
-        augment: bool = False,
-        seed: int = 0,
-        view: int | None = None,
-        patches: Any = None,
-        sample_genes: bool = False,
-        random_views: bool = True,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            features,
-            gene_embeddings,
-            targets,
-            batch_size=batch_size,
-            augment=augment,
-            seed=seed,
-            view=view,
-            patches=patches,
-            sample_genes=sample_genes,
-            random_views=random_views,
-        )
+        super().__init__(features, gene_embeddings, targets, **base)
         self.sequences = [
             torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)
         ]
@@ -312,26 +294,9 @@ class GeneDataset(_SequenceDataset):
         spots: np.ndarray,
         *,
         max_len: int = 1024,
-        batch_size: int = 32,
-        augment: bool = False,
-        seed: int = 0,
-        view: int | None = None,
-        patches: Any = None,
-        sample_genes: bool = False,
-        random_views: bool = True,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            features,
-            gene_embeddings,
-            targets,
-            batch_size=batch_size,
-            augment=augment,
-            seed=seed,
-            view=view,
-            patches=patches,
-            sample_genes=sample_genes,
-            random_views=random_views,
-        )
+        super().__init__(features, gene_embeddings, targets, **base)
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}.")
         self.spots = np.asarray(spots, dtype=np.int64)
