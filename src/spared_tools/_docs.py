@@ -97,6 +97,18 @@ d = DocFragments(
     gene_max_counts
         Genes need a total count strictly below this.
     """,
+    train_data="""
+    layer
+        Layer holding log1p expression (``None``: ``X``).
+    genes
+        Genes to train on (default: every gene of ``adata``).
+    split_key
+        ``obs`` column with the split; ``None`` trains on every spot with no validation.
+    train_value
+        Value(s) of ``obs[split_key]`` marking training spots.
+    val_value
+        Value(s) marking validation spots (``None``: no validation).
+    """,
     ax_figsize="""
     ax
         Axes to draw on; a new figure when ``None``.

@@ -29,26 +29,8 @@ Method = Literal["spackle", "median"]
 _METHODS = ("spackle", "median")
 
 
-def completion_metrics(truth: np.ndarray, pred: np.ndarray, scored: np.ndarray) -> dict[str, float]:
-    """Completion metrics on the scored entries (the paper's MSE, MAE, PCC-gene and PCC-spot).
-
-    Parameters
-    ----------
-    truth
-        ``(n_spots, n_genes)`` true values.
-    pred
-        ``(n_spots, n_genes)`` predictions.
-    scored
-        ``(n_spots, n_genes)`` bool, the entries to score (artificially hidden real entries).
-
-    Returns
-    -------
-    Dict with ``MSE`` and ``MAE`` over the scored entries; ``PCC-gene``: mean over genes of the Pearson
-    correlation across the spots where the gene is scored; ``PCC-spot``: mean over spots of the correlation
-    across the genes scored in that spot (genes/spots with < 2 scored entries or a constant side are left
-    out of the means); ``n_scored``: number of scored entries.
-    """
-    return masked_metrics(truth, pred, scored)
+#: The paper's completion metrics (MSE, MAE, PCC-gene, PCC-spot) on the scored entries: the one metrics kernel.
+completion_metrics = masked_metrics
 
 
 def _eval_rows(
@@ -113,7 +95,7 @@ def evaluate_completion(
       for the median as well.
 
     Both are scored on the same hidden entries against the original values of ``layer`` (MSE, MAE,
-    PCC-gene, PCC-spot; see :func:`completion_metrics`). Leakage-free use: train the model on training
+    PCC-gene, PCC-spot; see ``spared_tools._kernels.metrics.masked_metrics``). Leakage-free use: train the model on training
     slides and evaluate test slides (``split_key`` / ``slides``); a warning is logged when evaluated slides
     were used for training.
 

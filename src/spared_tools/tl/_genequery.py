@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import (
     check_nonnegative_int,
@@ -237,6 +238,7 @@ class GeneQueryModel(_GeneQueryFit):
         """Constructor parameters followed by every training and inference setting."""
         return {**super().get_params(), **{k: getattr(self, k) for k in SETTINGS}}
 
+    @d.inject
     def train(  # type: ignore[override]
         self,
         adata: AnnData,
@@ -275,16 +277,7 @@ class GeneQueryModel(_GeneQueryFit):
         ----------
         adata
             Spots with log1p targets and image features (or patches) and, in spot mode, coordinates.
-        layer
-            Layer holding log1p expression (``None``: ``X``).
-        genes
-            Genes to train on (default: every gene of ``adata``).
-        split_key
-            ``obs`` column with the split; ``None`` trains on every spot with no validation.
-        train_value
-            Value(s) of ``obs[split_key]`` marking training spots.
-        val_value
-            Value(s) marking validation spots (``None``: no validation).
+        %(train_data)s
         features_key
             ``obsm`` key of frozen image features ``(n_obs, d)``, or ``(n_obs, n_views, d)`` holding several
             views of each spot (e.g. the 8 dihedral symmetries). When absent it is computed from the patches

@@ -91,20 +91,7 @@ class _GeneQueryBase(Predictor):
         return super()._image_size(adata)
 
     def check_compatible(self, adata: AnnData, *, require_genes: bool = True) -> None:
-        """Raise a clear error when ``adata`` does not match the trained model.
-
-        Parameters
-        ----------
-        adata
-            Data to predict or evaluate on.
-        require_genes
-            Also require every trained gene in ``adata.var_names``.
-
-        Returns
-        -------
-        Nothing; raises ``KeyError`` for missing genes or inputs and ``ValueError`` for another patch size
-        or image-feature width.
-        """
+        # the contract (and its docstring) is Predictor.check_compatible's; GeneQuery adds the feature checks
         genes = self._check_trained()
         if require_genes:
             missing = [g for g in genes if g not in adata.var_names]

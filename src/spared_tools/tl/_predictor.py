@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from anndata import AnnData
 
+from spared_tools._docs import d
 from spared_tools._heap import reuse_heap
 from spared_tools._keys import Key
 from spared_tools._logging import logger
@@ -193,6 +194,7 @@ class Predictor(abc.ABC):
         if self.uses_images and self.image_size_ is not None:
             check_image_size(self.image_size_, self._image_size(adata), type(self).__name__, self.patches_key)
 
+    @d.inject
     def train(
         self,
         adata: AnnData,
@@ -210,16 +212,7 @@ class Predictor(abc.ABC):
         ----------
         adata
             Annotated data with log1p targets and (for image models) patches.
-        layer
-            Layer holding log1p expression (``None``: ``X``).
-        genes
-            Genes to train on (default: every gene of ``adata``).
-        split_key
-            ``obs`` column with the split; ``None`` trains on every spot with no validation.
-        train_value
-            Value(s) of ``obs[split_key]`` marking training spots.
-        val_value
-            Value(s) marking validation spots (``None``: no validation).
+        %(train_data)s
         **kwargs
             Model-specific training options (see the subclass).
 
