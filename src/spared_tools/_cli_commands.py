@@ -95,19 +95,9 @@ def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
     }
     if loaded:
         model = sp.tl.SpackleModel.load(args.model, adata)
-        sp.tl.spackle_complete(
-            adata,
-            layer=args.layer,
-            mask_layer=args.mask_layer,
-            key_added=args.key_added,
-            model=model,
-            train=args.fine_tune,
-            device=args.device,
-            **(train_args if args.fine_tune else {}),
-        )
+    elif args.fine_tune:
+        raise DataError("--fine-tune needs --model naming a folder with a saved model.")
     else:
-        if args.fine_tune:
-            raise DataError("--fine-tune needs --model naming a folder with a saved model.")
         model = sp.tl.SpackleModel(
             adata,
             layer=args.layer,
@@ -118,16 +108,17 @@ def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
             n_layers=args.n_layers,
             seed=args.seed,
         )
-        sp.tl.spackle_complete(
-            adata,
-            layer=args.layer,
-            mask_layer=args.mask_layer,
-            key_added=args.key_added,
-            model=model,
-            train=True,
-            device=args.device,
-            **train_args,
-        )
+    train = args.fine_tune or not loaded
+    sp.tl.spackle_complete(
+        adata,
+        layer=args.layer,
+        mask_layer=args.mask_layer,
+        key_added=args.key_added,
+        model=model,
+        train=train,
+        device=args.device,
+        **(train_args if train else {}),
+    )
     if args.model is not None and (not loaded or args.fine_tune):
         model.save(args.model, overwrite=loaded or args.force)
     adata.uns[args.key_added]["cli"] = _cli_record(
