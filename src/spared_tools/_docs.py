@@ -109,6 +109,12 @@ d = DocFragments(
     val_value
         Value(s) marking validation spots (``None``: no validation).
     """,
+    patches_key="""
+    adata
+        Annotated data with patches.
+    key
+        Key given to :func:`~spared_tools.pp.extract_patches` as ``key_added``.
+    """,
     ax_figsize="""
     ax
         Axes to draw on; a new figure when ``None``.

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata
 
@@ -42,15 +43,13 @@ def _patch_source(adata: AnnData, key: str) -> tuple[np.ndarray, np.ndarray | No
     )
 
 
+@d.inject
 def patches_shape(adata: AnnData, key: str = Key.PATCHES) -> tuple[int, int, int, int]:
     """``(n_obs, H, W, 3)`` of the patches stored under ``key`` (memory or disk store).
 
     Parameters
     ----------
-    adata
-        Annotated data with patches.
-    key
-        Key given to :func:`extract_patches` as ``key_added``.
+    %(patches_key)s
 
     Returns
     -------
@@ -61,6 +60,7 @@ def patches_shape(adata: AnnData, key: str = Key.PATCHES) -> tuple[int, int, int
     return (int(n), int(arr.shape[1]), int(arr.shape[2]), int(arr.shape[3]))
 
 
+@d.inject
 def get_patches(
     adata: AnnData, key: str = Key.PATCHES, indices: Sequence[int] | np.ndarray | None = None
 ) -> np.ndarray:
@@ -68,10 +68,7 @@ def get_patches(
 
     Parameters
     ----------
-    adata
-        Annotated data with patches.
-    key
-        Key given to :func:`extract_patches` as ``key_added``.
+    %(patches_key)s
     indices
         Positions of the spots to read (default: all; a disk store is then returned as a memmap).
 
@@ -117,6 +114,7 @@ class _NpyRowWriter:
         self.fh.close()
 
 
+@d.inject
 class PatchDataset:
     """Torch dataset over the patches written by :func:`extract_patches` (memory or disk store).
 
@@ -126,10 +124,7 @@ class PatchDataset:
 
     Parameters
     ----------
-    adata
-        Annotated data with patches.
-    key
-        Key given to :func:`extract_patches` as ``key_added``.
+    %(patches_key)s
     augment
         Apply a uniformly random dihedral symmetry (one of 8 rotations / flips) to each item, drawn
         from torch's global generator (seeded by ``seed_everything`` and Lightning's worker seeding).
