@@ -4,10 +4,12 @@ Importing this module (the package imports it first) sets ``OMP_WAIT_POLICY=PASS
 environment when it is unset and no OpenMP runtime has been loaded yet: torch's libgomp otherwise keeps
 its idle worker threads spinning for about a millisecond after every parallel region, which on a
 machine shared with other busy processes takes the cores those processes (and torch's own descheduled
-workers) need. ``benchmarks/results/threads.txt`` measured SpaCKLE training 9.5x slower beside a
-competing 2-thread process with the spinning default and 1.4x slower with the passive policy. A value
-set by the user is kept; libgomp reads it once, when torch is first imported, so importing torch before
-``spared_tools`` leaves torch's runtime as it was.
+workers) need. Beside a competing 2-thread process on 2 cores,
+SpaCKLE training steps slowed down 22x with the spinning default and 1.7x with the passive policy
+(1,200 spots), and 2.9x against 1.9x at 10,092 spots on a machine other jobs kept busy too
+(``benchmarks/bench_threads.py``, ``benchmarks/results/threads.txt``). A value
+set by the user is kept; libgomp reads it once, when torch is first imported, so importing torch (or
+pytorch_lightning, scanpy, ...) before ``spared_tools`` leaves torch's runtime as it was.
 """
 
 from __future__ import annotations
