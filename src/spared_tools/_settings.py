@@ -6,8 +6,8 @@ its idle worker threads spinning for about a millisecond after every parallel re
 machine shared with other busy processes takes the cores those processes (and torch's own descheduled
 workers) need. Beside a competing 2-thread process on 2 cores,
 SpaCKLE training steps slowed down 22x with the spinning default and 1.7x with the passive policy
-(1,200 spots), and 2.9x against 1.9x at 10,092 spots on a machine other jobs kept busy too
-(``benchmarks/bench_threads.py``, ``benchmarks/results/threads.txt``). A value
+(1,200 spots: ``bench_threads.py --side 20 --steps 20 --rounds 1``), and 2.9x against 1.9x at 10,092
+spots on a machine other jobs kept busy too (``benchmarks/results/threads.txt``). A value
 set by the user is kept; libgomp reads it once, when torch is first imported, so importing torch (or
 pytorch_lightning, scanpy, ...) before ``spared_tools`` leaves torch's runtime as it was.
 """
