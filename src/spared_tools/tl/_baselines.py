@@ -130,6 +130,7 @@ class RidgePredictor(Predictor):
         already in ``adata.obsm[features_key]`` (e.g. a pathology foundation model's embeddings).
     alphas
         Candidate penalties, relative to the number of training spots: the penalty is ``alpha * n_train``.
+        A warning is logged when the criterion picks the smallest or largest one (widen the grid then).
     select
         Validation criterion: ``"pcc"`` (mean per-gene PCC, the benchmark metric) or ``"mse"``.
     features_key
@@ -280,6 +281,12 @@ class RidgePredictor(Predictor):
             "alpha": self.alpha_,
         }
         logger.info(f"RidgePredictor: alpha={self.alpha_:g} selected by {criterion}.")
+        if len(self.alphas) > 1 and self.alpha_ in (min(self.alphas), max(self.alphas)):
+            side = "largest" if self.alpha_ == max(self.alphas) else "smallest"
+            logger.warning(
+                f"RidgePredictor: {criterion} picked the {side} penalty of the grid (alpha={self.alpha_:g}); "
+                f"the best penalty may lie beyond it: pass a wider alphas= grid."
+            )
 
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
         assert self.coef_ is not None and self.genes_ is not None
