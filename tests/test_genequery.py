@@ -537,6 +537,38 @@ def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
         genequery_predict(adata, model=None, overwrite=False, gene_embeddings=table)
 
 
+def test_genequery_predict_scores_trained_and_untrained_genes_apart(data):
+    """Genes in var_names that the model never trained on are reported and scored apart from trained ones."""
+    adata, table = data
+    adata = adata.copy()
+    genes = list(adata.var_names)
+    train_genes = genes[: len(genes) // 2]
+    genequery_predict(
+        adata,
+        mode="gene",
+        gene_embeddings=table,
+        train_genes=train_genes,
+        genes=genes,
+        max_epochs=1,
+        batch_size=16,
+        seed=0,
+        **SMALL,
+    )
+    info = adata.uns["genequery"]
+    untrained = genes[len(genes) // 2 :]
+    assert list(info["trained_genes"]) == train_genes and list(info["untrained_genes"]) == untrained
+    assert list(info["unseen_genes"]) == [] and list(info["seen_genes"]) == genes  # all are in var_names
+    te = (adata.obs["split"] == "test").to_numpy()
+    layer = adata.layers["genequery"]
+    for key, part in (("metrics_trained_genes", train_genes), ("metrics_untrained_genes", untrained)):
+        cols = adata.var_names.get_indexer(part)
+        expect = sp.tl.evaluate_prediction(adata.layers["log1p"][te][:, cols], layer[te][:, cols], genes=part)
+        assert info[key]["n_genes"] == len(part)
+        assert info[key]["pcc_all"] == pytest.approx(expect["pcc_all"])
+        assert info[key]["pcc_heg"] == pytest.approx(expect["pcc_heg"])
+    assert info["metrics"]["n_genes"] == len(genes)
+
+
 def test_target_scaling_default_depends_on_the_mode(data, tmp_path):
     adata, table = data
     assert _gq().scaling == "minmax" and _gq(mode="gene").scaling == "standard"

@@ -110,8 +110,12 @@ def genequery_predict(
         DataFrame (index ``obs_names``, one column per unseen gene), only when unseen genes were requested.
     ``uns[key_added]``
         ``params`` (mode, genes, seed, model hyper-parameters), ``history`` (per-epoch losses, selected
-        epoch), ``metrics`` (test-split PCC ALL/HEG/HVG and MSE when test spots exist), ``seen_genes`` and
-        ``unseen_genes``.
+        epoch), ``metrics`` (test-split PCC ALL/HEG/HVG and MSE over every predicted gene in ``var_names``,
+        when test spots exist) and the same scores apart for the genes the model trained on
+        (``metrics_trained_genes``) and for those it never trained on, predicted from their text alone
+        (``metrics_untrained_genes``; each only when such genes were scored); ``seen_genes`` /
+        ``unseen_genes`` (predicted genes in / not in ``var_names``) and ``trained_genes`` /
+        ``untrained_genes`` (predicted genes the model was / was not trained on, wherever they are).
     """
     check_adata(adata)
     check_new_key(adata.layers, key_added, where="adata.layers", overwrite=overwrite)
@@ -146,6 +150,7 @@ def genequery_predict(
     if len(set(genes)) != len(genes):
         raise ValueError("genes contains duplicates.")
     pred = model.predict(adata, genes)
+    trained_set = set(trained)
     var_pos = adata.var_names.get_indexer(genes)
     seen = [g for g, p in zip(genes, var_pos) if p >= 0]
     unseen = [g for g, p in zip(genes, var_pos) if p < 0]
@@ -155,6 +160,7 @@ def genequery_predict(
     adata.layers[key_added] = layer_out
 
     metrics: dict[str, Any] = {}
+    split_metrics: dict[str, dict[str, Any]] = {}
     if seen and layer is not None and split_key is not None and split_key in adata.obs.columns:
         test_idx = split_indices(adata, split_key, test_value)
         if test_idx.size:
@@ -165,6 +171,20 @@ def genequery_predict(
             metrics = _scalar_metrics(result)
             if isinstance(result.get("per_gene"), pd.DataFrame):
                 metrics["per_gene"] = result["per_gene"]
+            # the same scores for the genes the model trained on and, apart, for those it only read as text
+            is_trained = np.isin(np.asarray(seen, dtype=object), np.asarray(list(trained), dtype=object))
+            for name, keep in (
+                ("metrics_trained_genes", is_trained),
+                ("metrics_untrained_genes", ~is_trained),
+            ):
+                if keep.all():
+                    split_metrics[name] = {k: v for k, v in metrics.items() if k != "per_gene"}
+                elif keep.any():
+                    cols = np.flatnonzero(keep)
+                    part = evaluate_prediction(
+                        truth[:, cols], pred[test_idx][:, sel][:, cols], genes=[seen[i] for i in cols]
+                    )
+                    split_metrics[name] = _scalar_metrics(part)
     unseen_adata = None
     ukey = f"{key_added}_unseen"
     if unseen:
@@ -196,8 +216,11 @@ def genequery_predict(
             "params": json.loads(json.dumps(params, default=str)),
             "history": json.loads(json.dumps(model.history_, default=str)),
             "metrics": metrics,
+            **split_metrics,
             "seen_genes": list(seen),
             "unseen_genes": list(unseen),
+            "trained_genes": [g for g in genes if g in trained_set],
+            "untrained_genes": [g for g in genes if g not in trained_set],
         }
     )
     logger.info(
