@@ -462,6 +462,39 @@ def test_multi_view_features_and_tta_average(data):
     np.testing.assert_allclose(model.predict(adata), np.mean(per_view, 0), atol=1e-5)
 
 
+def test_call_order_never_degrades_augmentation(data):
+    """A one-view cache left by image_features()/a baseline is upgraded to the 8 views (same result as
+    training first); features put there by the user stay as they are."""
+    from torch import nn
+
+    from spared_tools.models.image import load_image_encoder
+
+    adata, table = data
+    base = adata.copy()
+    del base.obsm["X_image_features"]
+    rng = np.random.default_rng(0)
+    base.obsm["patches"] = rng.integers(0, 256, (base.n_obs, 6, 6, 3), dtype=np.uint8)
+    base.uns["patches"] = {"params": {"size": 6}, "store": "memory"}
+    torch.manual_seed(0)
+    enc = load_image_encoder(nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU()), name="tiny")
+    kw = dict(image_encoder=enc, gene_embeddings=table, max_epochs=2, seed=0, **SMALL)
+    genes = ["G0", "G1", "G2"]
+    first = base.copy()
+    ref = _gq(**kw).train(first, genes=genes).predict(first)
+    later = base.copy()
+    one = sp.pp.image_features(later, encoder=enc)  # what a baseline run first leaves behind
+    assert one.shape == (later.n_obs, 5)
+    got = _gq(**kw).train(later, genes=genes).predict(later)
+    assert later.obsm["X_image_features"].shape == (later.n_obs, 8, 5)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(sp.pp.image_features(later, encoder=enc), one)  # still served, no re-encode
+    # the user's own one-view features (no uns params): used as they are, no augmentation
+    own = base.copy()
+    own.obsm["X_image_features"] = one.copy()
+    _gq(**kw).train(own, genes=genes)
+    assert own.obsm["X_image_features"].shape == (own.n_obs, 5)
+
+
 def test_augment_trains_on_random_dihedral_views_of_frozen_features(data):
     from torch import nn
 

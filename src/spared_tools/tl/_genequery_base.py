@@ -137,11 +137,15 @@ class _GeneQueryBase(Predictor):
     def _features(self, adata: AnnData, views: bool = False) -> np.ndarray:
         """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent.
 
-        ``views``: compute the 8 dihedral views when the features are absent (cached features are used
-        as they are).
+        ``views``: compute the 8 dihedral views when the features are absent, or when the cached ones
+        were made by :func:`~spared_tools.pp.image_features` with one view (e.g. by a baseline that ran
+        first) and the patches are there: call order never degrades augmentation or tta. Features the
+        user put there (no ``uns[features_key]["params"]``) are used as they are.
         """
         key = self.features_key
-        if key not in adata.obsm:
+        made = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+        one_view_cache = bool(made) and int(made.get("views", 1)) == 1 and key in adata.obsm
+        if key not in adata.obsm or (views and one_view_cache and _has_patches(adata, self.patches_key)):
             if not _has_patches(adata, self.patches_key):
                 raise KeyError(
                     f"No image features in adata.obsm[{key!r}] and no patches under {self.patches_key!r}: "
