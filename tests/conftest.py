@@ -71,3 +71,17 @@ def assert_lightning_quiet(caplog, capfd):
             sp.settings.verbosity = before
 
     return check
+
+
+@pytest.fixture
+def spared_log(caplog):
+    """caplog that also sees the package's non-propagating logger."""
+    import logging
+
+    logger = logging.getLogger("spared_tools")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="spared_tools"):
+            yield caplog
+    finally:
+        logger.propagate = False

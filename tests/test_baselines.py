@@ -377,28 +377,23 @@ def test_linear_head_does_not_depend_on_the_encoder_cache(monkeypatch):
     np.testing.assert_array_equal(first.predict(a), second.predict(a))
 
 
-def test_ridge_warns_when_validation_picks_the_edge_of_the_grid(caplog):
+def test_ridge_warns_when_validation_picks_the_edge_of_the_grid(spared_log):
     import logging
 
+    caplog = spared_log
     a = make_adata()
-    logger = logging.getLogger("spared_tools")
-    logger.propagate = True
-    try:
-        with caplog.at_level(logging.INFO, logger="spared_tools"):
-            edges = []
-            for alphas in ([1e-6, 1e-3, 1.0], [1e-2, 1.0, 100.0], [1e5, 1e6, 1e7]):
-                caplog.clear()
-                m = sp.tl.RidgePredictor(encoder="precomputed", features_key="feats", alphas=alphas).train(a)
-                at_edge = m.alpha_ in (alphas[0], alphas[-1])
-                edges.append(at_edge)
-                warned = [r for r in caplog.records if r.levelno == logging.WARNING and "grid" in r.message]
-                assert bool(warned) == at_edge, (m.alpha_, alphas)
-                if warned:
-                    assert f"alpha={m.alpha_:g}" in warned[0].message and "wider alphas=" in warned[0].message
-            assert any(edges) and not all(edges), edges  # both cases were met
-            # a one-penalty grid has no edge to warn about
-            caplog.clear()
-            sp.tl.RidgePredictor(encoder="precomputed", features_key="feats", alphas=[1.0]).train(a)
-            assert not [r for r in caplog.records if r.levelno == logging.WARNING]
-    finally:
-        logger.propagate = False
+    edges = []
+    for alphas in ([1e-6, 1e-3, 1.0], [1e-2, 1.0, 100.0], [1e5, 1e6, 1e7]):
+        caplog.clear()
+        m = sp.tl.RidgePredictor(encoder="precomputed", features_key="feats", alphas=alphas).train(a)
+        at_edge = m.alpha_ in (alphas[0], alphas[-1])
+        edges.append(at_edge)
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING and "grid" in r.message]
+        assert bool(warned) == at_edge, (m.alpha_, alphas)
+        if warned:
+            assert f"alpha={m.alpha_:g}" in warned[0].message and "wider alphas=" in warned[0].message
+    assert any(edges) and not all(edges), edges  # both cases were met
+    # a one-penalty grid has no edge to warn about
+    caplog.clear()
+    sp.tl.RidgePredictor(encoder="precomputed", features_key="feats", alphas=[1.0]).train(a)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

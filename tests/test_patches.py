@@ -301,20 +301,6 @@ def test_her2st_fullres_via_reader(tmp_path):
 # ---------------------------------------------------------------------------------------------- reliability
 
 
-@pytest.fixture
-def spared_log(caplog):
-    """caplog that also sees the package's non-propagating logger."""
-    import logging
-
-    logger = logging.getLogger("spared_tools")
-    logger.propagate = True
-    try:
-        with caplog.at_level(logging.INFO, logger="spared_tools"):
-            yield caplog
-    finally:
-        logger.propagate = False
-
-
 def test_spots_outside_the_image_are_counted_and_warned(spared_log):
     far = np.array([[80.0, 60.0], [5000.0, 60.0], [80.0, -900.0], [-4.0, 130.0], [159.0, 119.0]])
     a = make_adata(xy=far)

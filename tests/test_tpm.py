@@ -21,20 +21,6 @@ from conftest import shared_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def spared_log(caplog):
-    """caplog that also sees the package's non-propagating logger."""
-    import logging
-
-    logger = logging.getLogger("spared_tools")
-    logger.propagate = True
-    try:
-        with caplog.at_level(logging.INFO, logger="spared_tools"):
-            yield caplog
-    finally:
-        logger.propagate = False
-
-
 def _build_script():
     spec = importlib.util.spec_from_file_location(
         "build_gene_lengths", ROOT / "scripts" / "build_gene_lengths.py"
