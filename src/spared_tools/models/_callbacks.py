@@ -42,6 +42,15 @@ class BestState(pl.Callback):
         When set, select the mean of the weights at the end of epochs ``average_from`` to the last
         instead (floating-point parameters and buffers averaged in float64, integer buffers taken from the
         last epoch), whatever the validation metric.
+    patience
+        Early stopping: ask the trainer to stop once ``patience`` validations in a row have not improved
+        ``monitor`` (by more than ``min_delta``) and at least ``min_steps`` steps are done (``None``: never
+        stop early). The best weights are still the ones restored.
+    min_steps
+        Never stop early before this global step.
+    min_delta
+        Relative improvement that counts for the patience: ``value < best - min_delta * |best|`` (the best
+        weights are kept on any improvement).
 
     Attributes
     ----------
@@ -61,11 +70,35 @@ class BestState(pl.Callback):
         Per-epoch ``{"epoch", "train_loss", "val_loss"}`` records (the logged values present).
     validations
         Per-validation ``{"epoch", "step", <every logged val_* metric>}`` records.
+    wait
+        Validations since the last improvement that counted for the patience.
+    stopped_step
+        Global step at which early stopping asked the trainer to stop, or ``None``.
     """
 
-    def __init__(self, monitor: str = "val_loss", average_from: int | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        average_from: int | None = None,
+        *,
+        patience: int | None = None,
+        min_steps: int = 0,
+        min_delta: float = 0.0,
+    ) -> None:
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
+            raise ValueError(f"patience must be a positive integer or None, got {patience!r}.")
+        if isinstance(min_steps, bool) or int(min_steps) != min_steps or min_steps < 0:
+            raise ValueError(f"min_steps must be a non-negative integer, got {min_steps!r}.")
+        if not (math.isfinite(float(min_delta)) and float(min_delta) >= 0):
+            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}.")
         self.monitor = monitor
         self.average_from = average_from
+        self.patience = None if patience is None else int(patience)
+        self.min_steps = int(min_steps)
+        self.min_delta = float(min_delta)
+        self.wait = 0
+        self.stopped_step: int | None = None
+        self._ref_score: float | None = None  # the score the patience counts from
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.best_step: int | None = None
@@ -119,6 +152,9 @@ class BestState(pl.Callback):
             "n_averaged": self.n_averaged,
             "epochs": list(self.epochs),
             "validations": list(self.validations),
+            "wait": self.wait,
+            "stopped_step": self.stopped_step,
+            "_ref_score": self._ref_score,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -152,6 +188,19 @@ class BestState(pl.Callback):
             self.best_epoch = int(trainer.current_epoch)
             self.best_step = int(trainer.global_step)
             self.best_state = _cpu_state(pl_module)
+        if self.patience is None or self.track_validate:
+            return
+        ref = self._ref_score
+        if math.isfinite(value) and (ref is None or value < ref - self.min_delta * abs(ref)):
+            self._ref_score = value
+            self.wait = 0
+        else:
+            self.wait += 1
+        stop = self.wait >= self.patience and int(trainer.global_step) >= self.min_steps
+        stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_step = int(trainer.global_step)
 
     @property
     def selected(self) -> str:
@@ -353,6 +402,11 @@ class UnitProgressBar(pl.callbacks.ProgressBar):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
+            for cb in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(cb, BestState) and cb.stopped_step is not None:
+                    self._bar.set_postfix_str(
+                        f"early stop at step {cb.stopped_step} (best step {cb.best_step})", refresh=True
+                    )
             self._bar.close()
             self._bar = None
 

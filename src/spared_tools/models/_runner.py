@@ -189,7 +189,9 @@ class TrainResult:
     selected
         ``"best"``, ``"average"`` or ``"last"``: the weights now in the plan.
     global_step
-        Steps trained.
+        Steps trained (fewer than ``max_steps`` when early stopping ended the run).
+    stopped_early
+        Whether early stopping ended the run (``best.stopped_step`` is the step).
     current_epoch
         Epochs trained.
     seconds
@@ -205,6 +207,7 @@ class TrainResult:
     global_step: int
     current_epoch: int
     seconds: float
+    stopped_early: bool = False
     restored_metrics: dict[str, float] = field(default_factory=dict)
     trainer: Any = None
 
@@ -216,6 +219,9 @@ def run_training(
     *,
     monitor: str = "val_loss",
     average_from: int | None = None,
+    patience: int | None = None,
+    min_steps: int = 0,
+    min_delta: float = 0.0,
     seed: int | None = None,
     validate_last: bool = False,
     validate_restored: bool = False,
@@ -240,6 +246,14 @@ def run_training(
         Validation metric to minimise (see :class:`BestState`).
     average_from
         Select the mean of the weights from this epoch on instead (see :class:`BestState`).
+    patience
+        Early stopping: stop when ``monitor`` has not improved for this many validations in a row, once
+        ``min_steps`` steps are done (``None``: train to the end); the best weights are restored as always
+        (see :class:`BestState`). Deterministic: the same seed stops at the same step.
+    min_steps
+        Never stop early before this global step.
+    min_delta
+        Relative improvement of ``monitor`` that resets the patience.
     seed
         Seed Python, NumPy and torch right before the trainer is built (``None``: the caller has seeded).
     validate_last
@@ -270,7 +284,9 @@ def run_training(
     -------
     The :class:`TrainResult`.
     """
-    best = BestState(monitor, average_from=average_from)
+    best = BestState(
+        monitor, average_from=average_from, patience=patience, min_steps=min_steps, min_delta=min_delta
+    )
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a checkpoint file.")
     own_dir = checkpoint_dir is None
@@ -354,6 +370,7 @@ def run_training(
         global_step=global_step,
         current_epoch=current_epoch,
         seconds=time.perf_counter() - t0,
+        stopped_early=best.stopped_step is not None,
         restored_metrics=restored,
         trainer=trainer,
     )

@@ -1,0 +1,178 @@
+"""Early stopping in the one training runner (``run_training`` / ``BestState``): when it stops, what it keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import spared_tools as sp
+from spared_tools.models._runner import BestState, run_training
+
+
+@pytest.fixture(autouse=True)
+def _settings():
+    before = torch.get_num_threads()
+    prev = (sp.settings.progress, sp.settings.verbosity)
+    torch.set_num_threads(1)
+    sp.settings.progress = False
+    sp.settings.verbosity = 1
+    yield
+    torch.set_num_threads(before)
+    sp.settings.progress, sp.settings.verbosity = prev
+
+
+class _Plan(pl.LightningModule):
+    """Gradient descent on (w - 1)^2 (so w after k steps is 1 - 0.8**k) with scripted validation losses."""
+
+    def __init__(self, val_losses):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.val_losses = list(val_losses)
+        self.n_val = 0
+
+    def training_step(self, batch, batch_idx):
+        return ((self.w - 1.0) ** 2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.val_losses[self.n_val], on_epoch=True, batch_size=1)
+
+    def on_validation_epoch_end(self):
+        self.n_val += 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader(n: int = 1):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(n, 1)), batch_size=1)
+
+
+def _w(steps: int) -> float:
+    return 1 - 0.8**steps
+
+
+def _expected_stop(losses, patience, min_steps, every, min_delta=0.0):
+    """Brute force: the step at which training stops (None: runs to the end) and the best step."""
+    best, ref, wait = None, None, 0
+    for i, v in enumerate(losses):
+        step = (i + 1) * every
+        if best is None or v < best[0]:
+            best = (v, step)
+        if ref is None or v < ref - min_delta * abs(ref):
+            ref, wait = v, 0
+        else:
+            wait += 1
+        if wait >= patience and step >= min_steps:
+            return step, best[1]
+    return None, best[1]
+
+
+LOSSES = [5.0, 4.0, 3.0, 3.5, 2.9, 3.1, 3.2, 3.3, 3.4, 3.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("patience", "min_steps", "min_delta"), [(2, 0, 0.0), (3, 0, 0.0), (2, 16, 0.0), (1, 0, 0.05)]
+)
+def test_stops_after_patience_validations_without_improvement(patience, min_steps, min_delta):
+    every = 2
+    stop, best_step = _expected_stop(LOSSES, patience, min_steps, every, min_delta)
+    assert stop is not None  # the cases are chosen to stop before the budget
+    plan = _Plan(LOSSES)
+    res = run_training(
+        plan,
+        _loader(5),  # 5 steps per epoch: stopping happens inside an epoch
+        _loader(),
+        max_steps=len(LOSSES) * every,
+        val_check_interval=every,
+        patience=patience,
+        min_steps=min_steps,
+        min_delta=min_delta,
+        accelerator="cpu",
+    )
+    assert res.stopped_early and res.global_step == stop == res.best.stopped_step
+    assert res.best.best_step == best_step and res.selected == "best"
+    assert len(res.best.validations) == stop // every
+    # the best weights are the ones restored (closed form of gradient descent at the best step)
+    assert float(plan.w.detach()) == pytest.approx(_w(best_step), rel=1e-6)
+
+
+def test_no_patience_trains_to_the_end_and_min_steps_blocks_stopping():
+    plan = _Plan(LOSSES)
+    res = run_training(plan, _loader(5), _loader(), max_steps=24, val_check_interval=2, accelerator="cpu")
+    assert not res.stopped_early and res.global_step == 24 and res.best.best_step == 24
+    plan = _Plan(LOSSES)
+    res = run_training(
+        plan,
+        _loader(5),
+        _loader(),
+        max_steps=24,
+        val_check_interval=2,
+        patience=2,
+        min_steps=100,
+        accelerator="cpu",
+    )
+    assert not res.stopped_early and res.global_step == 24
+
+
+def test_without_validation_early_stopping_is_inert():
+    plan = _Plan(LOSSES)
+    res = run_training(plan, _loader(5), None, max_steps=10, patience=1, accelerator="cpu")
+    assert not res.stopped_early and res.global_step == 10 and res.selected == "last"
+    assert float(plan.w.detach()) == pytest.approx(_w(10), rel=1e-6)
+
+
+def test_epoch_based_training_stops_too():
+    plan = _Plan(LOSSES)
+    res = run_training(plan, _loader(1), _loader(), max_epochs=len(LOSSES), patience=2, accelerator="cpu")
+    stop, best_step = _expected_stop(LOSSES, 2, 0, 1)
+    assert res.global_step == stop and res.best.best_step == best_step
+
+
+def test_bad_early_stopping_arguments():
+    with pytest.raises(ValueError, match="patience"):
+        BestState(patience=0)
+    with pytest.raises(ValueError, match="min_steps"):
+        BestState(patience=2, min_steps=-1)
+    with pytest.raises(ValueError, match="min_delta"):
+        BestState(patience=2, min_delta=float("nan"))
+
+
+def test_resumed_run_stops_where_the_uninterrupted_one_does(tmp_path):
+    class _Interrupt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step >= 6:
+                raise KeyboardInterrupt
+
+    kw = {"max_steps": 24, "val_check_interval": 2, "patience": 2, "accelerator": "cpu"}
+    full = run_training(_Plan(LOSSES), _loader(2), _loader(), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            _Plan(LOSSES), _loader(2), _loader(), checkpoint_dir=tmp_path, callbacks=[_Interrupt()], **kw
+        )
+    plan = _Plan(LOSSES)
+    plan.n_val = 2  # the scripted losses continue where the interrupted run was (its state, not the runner's)
+    res = run_training(plan, _loader(2), _loader(), ckpt_path=tmp_path / "last.ckpt", **kw)
+    assert res.global_step == full.global_step and res.best.best_step == full.best.best_step
+    assert res.best.wait == full.best.wait and res.best.stopped_step == full.best.stopped_step
+
+
+def test_progress_bar_counts_out_of_max_steps_and_says_where_it_stopped(capfd):
+    sp.settings.progress, sp.settings.verbosity = True, 2
+    run_training(
+        _Plan(LOSSES),
+        _loader(5),
+        _loader(),
+        max_steps=24,
+        val_check_interval=2,
+        patience=2,
+        accelerator="cpu",
+        progress=True,
+        desc="toy",
+    )
+    err = capfd.readouterr().err
+    stop, best_step = _expected_stop(LOSSES, 2, 0, 2)
+    assert f"{stop}/24" in err
+    assert f"early stop at step {stop} (best step {best_step})" in err
+    assert np.isfinite(stop)
