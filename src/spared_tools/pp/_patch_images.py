@@ -40,16 +40,103 @@ def _library_entry(adata: AnnData, slide: str, n_slides: int) -> tuple[str, dict
     )
 
 
-def _microns_per_pixel(scalefactors: dict, lib: str) -> float:
+#: Relative spread above which two slides' spot diameters (px) or crop sides (µm) count as different.
+RESOLUTION_TOLERANCE = 0.1
+
+
+class MixedResolutionError(ValueError):
+    """Slides whose patches would not cover the same tissue area (mixed resolutions, unknown pixel size)."""
+
+
+def pixel_size(scalefactors: dict) -> float | None:
+    """µm per full-resolution pixel from a slide's scale factors, or ``None`` when they do not say.
+
+    ``microns_per_pixel`` (the key of Space Ranger's ``scalefactors_json.json`` for Visium HD, written by
+    every reader of this package), ``microns_per_pixel_fullres``, or ``spot_diameter_um`` divided by
+    ``spot_diameter_fullres``.
+
+    Parameters
+    ----------
+    scalefactors
+        ``uns['spatial'][library_id]['scalefactors']``.
+
+    Returns
+    -------
+    The pixel size in µm, or ``None``.
+    """
     for key in _MPP_KEYS:
         if key in scalefactors:
-            return float(scalefactors[key])
+            value = float(scalefactors[key])
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"scalefactors[{key!r}] must be a positive number of µm, got {value!r}.")
+            return value
     if "spot_diameter_um" in scalefactors and "spot_diameter_fullres" in scalefactors:
         return float(scalefactors["spot_diameter_um"]) / float(scalefactors["spot_diameter_fullres"])
-    raise KeyError(
-        f"mpp= needs the pixel size of slide {lib!r}: set uns['spatial'][{lib!r}]['scalefactors']"
-        "['microns_per_pixel'] (µm per full-resolution pixel)."
-    )
+    return None
+
+
+def _microns_per_pixel(scalefactors: dict, lib: str) -> float:
+    value = pixel_size(scalefactors)
+    if value is None:
+        raise KeyError(
+            f"mpp= needs the pixel size of slide {lib!r}: set uns['spatial'][{lib!r}]['scalefactors']"
+            "['microns_per_pixel'] (µm per full-resolution pixel)."
+        )
+    return value
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1.0
+
+
+def check_same_field(
+    slides: list[str], diameters: list[float], sizes: list[float | None], scale: float
+) -> None:
+    """Refuse spot-diameter crops that would cover different tissue areas on different slides.
+
+    Crops of ``scale`` spot diameters cover the same tissue on every slide when the spots have one
+    physical size. Slides of different resolution (spot diameters in pixels more than
+    :data:`RESOLUTION_TOLERANCE` apart) must therefore say their pixel size, so that the crops can be
+    compared in µm; and crops whose sides in µm differ (spots of different platforms, e.g. 55 µm Visium
+    and 100 µm ST) need ``mpp=`` instead.
+
+    Parameters
+    ----------
+    slides
+        Library names.
+    diameters
+        ``spot_diameter_fullres`` of each slide.
+    sizes
+        µm per full-resolution pixel of each slide (``None`` when unknown).
+    scale
+        Crop side in spot diameters.
+
+    Raises
+    ------
+    MixedResolutionError
+        When the crops would cover different tissue areas or that cannot be checked.
+    """
+    if len(slides) < 2:
+        return
+    listing = ", ".join(f"{s!r}: {d:.1f} px" for s, d in zip(slides, diameters))
+    if _spread(diameters) > RESOLUTION_TOLERANCE:
+        unknown = [s for s, u in zip(slides, sizes) if u is None]
+        if unknown:
+            raise MixedResolutionError(
+                f"extract_patches: the slides have images of different resolution (spot diameter {listing}) "
+                f"and the pixel size of {unknown} is unknown, so their patches cannot be checked to cover the "
+                "same tissue area. Set uns['spatial'][library_id]['scalefactors']['microns_per_pixel'] (µm per "
+                "full-resolution pixel; the readers of sp.io write it) for every slide, or pass mpp= with "
+                "the pixel sizes set."
+            )
+    known = [(s, d * u * scale) for s, d, u in zip(slides, diameters, sizes) if u is not None]
+    if len(known) > 1 and _spread([um for _, um in known]) > RESOLUTION_TOLERANCE:
+        sides = ", ".join(f"{s!r}: {um:.0f} µm" for s, um in known)
+        raise MixedResolutionError(
+            f"extract_patches: crops of {scale:g} spot diameter(s) would cover different tissue areas ({sides}): "
+            "the slides' spots differ in physical size (e.g. 55 µm Visium and 100 µm ST spots). Pass mpp= (µm "
+            "per output pixel) so that every patch covers size * mpp µm."
+        )
 
 
 @contextlib.contextmanager

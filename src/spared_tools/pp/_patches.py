@@ -12,10 +12,11 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import settings
-from spared_tools._validation import check_adata, check_int, check_new_key
+from spared_tools._validation import check_int, check_new_key
 
 from ._patch_crop import Interpolation, _resample, crop_padded, crop_pil, crop_window, resize_patch
 from ._patch_images import (
+    MixedResolutionError,
     SlideSource,
     _allow_large_images,
     _as_rgb_uint8,
@@ -23,14 +24,17 @@ from ._patch_images import (
     _load_fullres,
     _microns_per_pixel,
     available_memory,
+    check_same_field,
+    pixel_size,
     windows_outside,
 )
-from ._patch_store import PatchDataset, _NpyRowWriter, _patch_source, get_patches, patches_shape
+from ._patch_store import PatchDataset, _NpyRowWriter, _patch_source, check_spots, get_patches, patches_shape
 
 __all__ = ["PatchDataset", "extract_patches", "get_patches", "patches_shape"]
 # names kept importable from here (tests, benchmarks and models import them from this module)
 _REEXPORTED = (
     Interpolation,
+    MixedResolutionError,
     _allow_large_images,
     _as_rgb_uint8,
     _load_fullres,
@@ -69,6 +73,17 @@ def extract_patches(
     ``uns['spatial'][lib]['images']['hires']`` scaled by ``tissue_hires_scalef``, then resized to
     ``size`` × ``size`` pixels. The crop window of side ``s`` px starts ``s // 2`` px before the pixel
     ``round(centre)`` (see :func:`crop_window`).
+
+    **Physical scale.** A slide's pixel size (µm per full-resolution pixel) is
+    ``uns['spatial'][lib]['scalefactors']['microns_per_pixel']`` (Space Ranger's key for Visium HD), written
+    by every reader of :mod:`spared_tools.io`: from the 55 µm spot of Visium, from the spot pitch fitted on
+    the spot file of legacy ST (200 µm on the 1k array, so ≈0.69 µm/px for the her2st JPEGs and ≈3.19 µm/px
+    for its app images), from the shapes' size in a SpatialData. A crop of ``scale`` spot diameters
+    then covers the same tissue on every slide whatever the image resolution: on her2st both a 145 px
+    and a 31 px spot become a 100 µm patch of ``size`` pixels (downsampled or upsampled with
+    ``interpolation``). Slides of different resolution (spot diameters in pixels more than 10 % apart)
+    without a pixel size, or whose crops would differ in µm (spots of another physical size), raise
+    ``MixedResolutionError``: set the pixel size, or pass ``mpp=`` for a fixed physical resolution.
 
     **Memory.** A TIFF full-resolution image (tiled or in strips, any codec tifffile reads; pyramidal
     OME-TIFFs use their full-resolution level) is read window by window: only the tiles under each crop
@@ -130,20 +145,23 @@ def extract_patches(
     * ``obsm[key_added]`` – uint8 ``(n_obs, size, size, 3)`` patches (``store="memory"`` only);
     * ``uns[key_added]`` – ``{"params": ..., "store": ..., "shape": ..., "crop_px": {slide: side in
       source pixels}, "source": {slide: image used}, "n_outside": {slide: spots whose crop lies wholly
-      outside the image}}``, plus ``"path"`` and ``"obs_names"`` (the row order of the file) for
-      ``store="disk"``.
+      outside the image}, "crop_um": {slide: crop side in µm}, "patch_mpp": {slide: µm per patch pixel}}``
+      (NaN where the pixel size is unknown), plus ``"path"`` and ``"obs_names"`` (the row order of the
+      file) for ``store="disk"``.
 
     Raises
     ------
     ValueError
-        For bad arguments, or when every spot of a slide lies outside its image.
+        For bad arguments, or when every spot of a slide lies outside its image; its subclass
+        ``MixedResolutionError`` when the slides' patches would not cover the same tissue area (see
+        *Physical scale*).
     KeyError
         When coordinates, the slide column, the image or a needed scale factor is missing.
     MemoryError
         When the estimated memory exceeds ``max_memory`` (or the available memory); nothing is
         allocated then.
     """
-    check_adata(adata)
+    check_spots(adata)
     check_int(size, "size")
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}.")
@@ -188,12 +206,17 @@ def extract_patches(
             raise ValueError(f"adata.obs[{library_key!r}] has missing values.")
     slide_values = list(pd.unique(slides.to_numpy()))
 
-    # plan every slide first (image sizes without decoding): outside-image spots and memory, then work
+    # plan every slide first (image sizes without decoding): resolutions, outside-image spots and memory
+    crop_um: dict[str, float] = {}
     plans = []
+    libs: list[str] = []
+    diameters: list[float] = []
+    pixel_sizes: list[float | None] = []
     for slide in slide_values:
         idx = np.flatnonzero((slides == slide).to_numpy())
         lib, entry = _library_entry(adata, slide, len(slide_values))
         sf = entry.get("scalefactors", {}) or {}
+        px_um = pixel_size(sf)
         if mpp is not None:
             side_full = size * float(mpp) / _microns_per_pixel(sf, lib)
         else:
@@ -202,10 +225,16 @@ def extract_patches(
                     f"uns['spatial'][{lib!r}]['scalefactors'] lacks 'spot_diameter_fullres'; pass mpp=."
                 )
             side_full = float(sf["spot_diameter_fullres"]) * scale
+            libs.append(lib)
+            diameters.append(float(sf["spot_diameter_fullres"]))
+            pixel_sizes.append(px_um)
         source = SlideSource(entry, lib)
         side = max(1, int(np.round(side_full * source.scale)))
         xy = coords[idx, :2] * source.scale
         plans.append((slide, idx, source, side, xy))
+        # what the crop covers: side source pixels = side / source.scale full-resolution pixels
+        crop_um[slide] = float("nan") if px_um is None else side / source.scale * px_um
+    check_same_field(libs, diameters, pixel_sizes, scale)
     n_outside = _check_outside(plans)
     _check_memory(plans, adata.n_obs, size, store, max_memory)
 
@@ -263,6 +292,8 @@ def extract_patches(
         "crop_px": crop_px,
         "source": sources,
         "n_outside": n_outside,
+        "crop_um": crop_um,
+        "patch_mpp": {k: v / size for k, v in crop_um.items()},
     }
     if store == "disk":
         assert isinstance(writer, _NpyRowWriter)
