@@ -39,13 +39,17 @@ __all__ = [
 ]
 
 
-def check_adata(adata: object, *, name: str = "adata") -> AnnData:
-    """Raise ``TypeError`` unless ``adata`` is an :class:`~anndata.AnnData` with at least one spot and gene."""
+def check_adata(adata: object, *, name: str = "adata", genes: bool = True) -> AnnData:
+    """Raise ``TypeError`` unless ``adata`` is an :class:`~anndata.AnnData` with at least one spot and gene.
+
+    ``genes=False`` accepts an AnnData of spots alone (``n_vars`` 0): positions and images, e.g. a new
+    section whose expression a trained model is to predict.
+    """
     if not isinstance(adata, AnnData):
         raise TypeError(f"{name} must be an AnnData object, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError(f"{name} has no observations (spots).")
-    if adata.n_vars == 0:
+    if genes and adata.n_vars == 0:
         raise ValueError(f"{name} has no variables (genes).")
     return adata
 

@@ -56,7 +56,7 @@ def _resolve_lattice(
     spatial_key: str | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
     """Validate inputs and return ``(slide, rows, cols, geometry, reason)``."""
-    check_adata(adata)
+    check_adata(adata, genes=False)  # the lattice needs positions only
     if geometry != "auto" and geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be 'auto' or one of {GEOMETRIES}, got {geometry!r}.")
     rc = check_array_coords(adata, row_key, col_key)

@@ -18,13 +18,13 @@ from anndata import AnnData
 from spared_tools._kernels.lattice import neighbour_mean
 from spared_tools._keys import Key
 from spared_tools._logging import logger
-from spared_tools._validation import check_nonnegative_int
+from spared_tools._validation import check_adata, check_nonnegative_int
 
 if TYPE_CHECKING:
     from torch import nn
 
 from ._graph import neighbor_table
-from ._patch_store import check_spots, get_patches, patches_shape
+from ._patch_store import get_patches, patches_shape
 
 __all__ = ["context_features", "image_features"]
 
@@ -82,7 +82,7 @@ def image_features(
     """
     from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
 
-    check_spots(adata)
+    check_adata(adata, genes=False)  # images need no genes
     shape = patches_shape(adata, patches_key)
     if encoder is None:
         enc = _default_encoder()

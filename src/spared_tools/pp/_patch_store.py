@@ -12,19 +12,7 @@ from anndata import AnnData
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
-
-
-def check_spots(adata: object) -> AnnData:
-    """``TypeError`` / ``ValueError`` unless ``adata`` is an AnnData with at least one spot.
-
-    Images need no genes: the patch and image-feature steps accept an AnnData of spots alone (``n_vars``
-    0), e.g. a new section whose expression a trained model is to predict.
-    """
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"adata must be an AnnData object, got {type(adata).__name__}.")
-    if adata.n_obs == 0:
-        raise ValueError("adata has no observations (spots).")
-    return adata
+from spared_tools._validation import check_adata
 
 
 def _patch_source(adata: AnnData, key: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -153,7 +141,7 @@ class PatchDataset:
         augment: bool = False,
         indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
-        check_spots(adata)
+        check_adata(adata, genes=False)
         arr, rows = _patch_source(adata, key)
         n = adata.n_obs
         self.key = key

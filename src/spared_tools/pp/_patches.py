@@ -12,7 +12,7 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import settings
-from spared_tools._validation import check_int, check_new_key
+from spared_tools._validation import check_adata, check_int, check_new_key
 
 from ._patch_crop import Interpolation, _resample, crop_padded, crop_pil, crop_window, resize_patch
 from ._patch_images import (
@@ -28,7 +28,7 @@ from ._patch_images import (
     pixel_size,
     windows_outside,
 )
-from ._patch_store import PatchDataset, _NpyRowWriter, _patch_source, check_spots, get_patches, patches_shape
+from ._patch_store import PatchDataset, _NpyRowWriter, _patch_source, get_patches, patches_shape
 
 __all__ = ["PatchDataset", "extract_patches", "get_patches", "patches_shape"]
 # names kept importable from here (tests, benchmarks and models import them from this module)
@@ -161,7 +161,7 @@ def extract_patches(
         When the estimated memory exceeds ``max_memory`` (or the available memory); nothing is
         allocated then.
     """
-    check_spots(adata)
+    check_adata(adata, genes=False)  # images need no genes
     check_int(size, "size")
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}.")

@@ -277,7 +277,7 @@ class Predictor(abc.ABC):
         ``float32`` array ``(adata.n_obs, len(genes))`` in log1p units, in the order of ``genes``.
         """
         trained = self._check_trained()
-        check_adata(adata)
+        check_adata(adata, genes=False)  # spots with images are enough: no expression needed
         genes = list(trained) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
         if not genes:
             raise ValueError("genes is empty.")
