@@ -270,9 +270,8 @@ def test_unseen_genes_predicted_from_text_end_to_end(data, trained_spot):
     adata, _ = data
     adata = adata.copy()
     held = [f"G{j}" for j in range(20, 24)]
-    unseen_ad, model = genequery_predict(
-        adata, genes=[*held, "G0", "NOVEL"], model=trained_spot, train=False, return_model=True
-    )
+    model = trained_spot
+    unseen_ad = genequery_predict(adata, genes=[*held, "G0", "NOVEL"], model=model, train=False)
     te = (adata.obs["split"] == "test").to_numpy()
     layer = adata.layers["genequery"]
     # genes in var_names go to the layer (trained or not), the others only to the unseen AnnData
@@ -688,9 +687,7 @@ def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, mon
     genes = list(a.var_names[:12])
     new = next(g for g in ("ESR1", "PGR", "KRT5", "CD8A", "MKI67") if g not in a.var_names)
     model = _gq(max_epochs=1, batch_size=4, seed=0, **SMALL)
-    unseen, model = genequery_predict(
-        a, model=model, train_genes=genes, genes=[*genes, new], val_value=None, return_model=True
-    )
+    unseen = genequery_predict(a, model=model, train_genes=genes, genes=[*genes, new], val_value=None)
     # computed from the patches and cached: the 8 dihedral views (augment=True)
     assert a.obsm["X_image_features"].shape == (a.n_obs, 8, 1280)
     assert model.gene_dim_ == 384 and tuple(model.image_size_) == (64, 64)

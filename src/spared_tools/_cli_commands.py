@@ -179,25 +179,24 @@ def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
             ),
         )
     else:
-        unseen, model = cast(Any, sp.tl.genequery_predict)(
+        model = sp.tl.GeneQueryModel(
+            mode=args.mode, organism=args.organism, width=args.width, n_heads=args.n_heads, seed=args.seed
+        ).set_params(
+            library_key=args.library_key,
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        unseen = sp.tl.genequery_predict(
             adata,
             genes=args.genes,
-            mode=args.mode,
+            model=model,
             layer=args.layer,
             split_key=args.split_key,
             val_value=Key.VAL
             if args.split_key is not None and (adata.obs[args.split_key] == Key.VAL).any()
             else None,
             key_added=args.key_added,
-            return_model=True,
-            organism=args.organism,
-            library_key=args.library_key,
-            max_epochs=args.max_epochs,
-            batch_size=args.batch_size,
-            width=args.width,
-            n_heads=args.n_heads,
-            seed=args.seed,
-            device=args.device,
         )
         if args.model is not None:
             model.save(args.model, overwrite=args.force)

@@ -55,10 +55,9 @@ def genequery_predict(
     val_value: str | Sequence[str] | None = Key.VAL,
     test_value: str | Sequence[str] = Key.TEST,
     key_added: str = Key.GENEQUERY,
-    return_model: bool = False,
     overwrite: bool = True,
     **model_kwargs: Any,
-) -> AnnData | None | tuple[AnnData | None, GeneQueryModel]:
+) -> AnnData | None:
     """Predict gene expression maps from the H&E image, training GeneQuery first if needed.
 
     Parameters
@@ -72,7 +71,9 @@ def genequery_predict(
     mode
         ``"spot"`` (spot-aware) or ``"gene"`` (gene-aware) GeneQuery; used when a new model is created.
     model
-        A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``.
+        A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``. To keep
+        the model, create it yourself: ``model = sp.tl.GeneQueryModel(...)``, then
+        ``genequery_predict(adata, model=model)`` trains it in place.
     train
         Train the model on ``adata`` first (required when ``model`` is ``None``).
     layer
@@ -89,8 +90,6 @@ def genequery_predict(
         Value(s) marking test spots; when present, metrics on them are written to ``.uns``.
     key_added
         Name of the output layer and ``.uns`` entry.
-    return_model
-        Also return the (trained) model.
     overwrite
         Allow replacing existing ``layers[key_added]`` / ``uns[key_added]``.
     **model_kwargs
@@ -100,7 +99,7 @@ def genequery_predict(
     -------
     The unseen-gene predictions as an AnnData aligned with ``adata``'s spots (``obs``, ``obsm['spatial']``
     and ``uns['spatial']`` copied; ``X`` = log1p predictions of the unseen genes), or ``None`` when every
-    requested gene is in ``var_names``. With ``return_model=True``, a tuple ``(unseen, model)``.
+    requested gene is in ``var_names``.
 
     Writes to ``adata``:
 
@@ -117,6 +116,13 @@ def genequery_predict(
         ``unseen_genes`` (predicted genes in / not in ``var_names``) and ``trained_genes`` /
         ``untrained_genes`` (predicted genes the model was / was not trained on, wherever they are).
     """
+    if "return_model" in model_kwargs:
+        raise TypeError(
+            "genequery_predict no longer takes return_model= (it returns only the unseen-gene AnnData): create "
+            "the model with `model = sp.tl.GeneQueryModel(...)` and pass it, "
+            "`sp.tl.genequery_predict(adata, model=model)`, which trains it in place (or train it first with "
+            "`model.train(adata)` and pass `train=False`)."
+        )
     check_adata(adata)
     check_new_key(adata.layers, key_added, where="adata.layers", overwrite=overwrite)
     check_new_key(adata.uns, key_added, where="adata.uns", overwrite=overwrite)
@@ -227,4 +233,4 @@ def genequery_predict(
         f"GeneQuery: wrote adata.layers[{key_added!r}] ({len(seen)} genes)"
         + (f" and adata.obsm[{ukey!r}] ({len(unseen)} unseen genes)." if unseen else ".")
     )
-    return (unseen_adata, model) if return_model else unseen_adata
+    return unseen_adata
