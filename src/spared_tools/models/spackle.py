@@ -267,6 +267,11 @@ class SpackleTrainingPlan(pl.LightningModule):
     seed
         Seed of the random training masks (combined with the global step and the process rank, so that
         masks do not depend on other consumers of the global RNG).
+    lr_plateau
+        Halve the learning rate after this many validation checks without a lower ``val_MSE``
+        (reduce-on-plateau, checked every ``plateau_every`` steps); ``None``: a constant rate.
+    plateau_every
+        Steps between the validation checks (the run's ``val_check_interval``).
     """
 
     def __init__(
@@ -280,6 +285,8 @@ class SpackleTrainingPlan(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         seed: int = 0,
+        lr_plateau: int | None = None,
+        plateau_every: int = 1,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -294,6 +301,8 @@ class SpackleTrainingPlan(pl.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
+        self.lr_plateau = None if lr_plateau is None else int(lr_plateau)
+        self.plateau_every = int(plateau_every)
         self._val: MetricSums | None = None
 
     # ---- training -------------------------------------------------------------------------------------
@@ -341,7 +350,21 @@ class SpackleTrainingPlan(pl.LightningModule):
         self.log_dict({f"val_{k}": float(v) for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(self.encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_plateau is None:
+            return opt
+        # stepped by Lightning every `plateau_every` steps with the last validation's val_MSE (state resumes)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=self.lr_plateau - 1)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": sched,
+                "monitor": "val_MSE",
+                "interval": "step",
+                "frequency": self.plateau_every,
+                "strict": False,
+            },
+        }
 
 
 def check_mask_prob(mask_prob: float | tuple[float, float]) -> tuple[float, float]:
