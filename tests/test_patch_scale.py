@@ -30,15 +30,18 @@ def _tissue(x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([r, g, b], axis=-1) * 100 + 128, 0, 255)
 
 
-def _render(mpp: float, extent_um: float) -> np.ndarray:
-    """The tissue rendered at ``mpp`` µm per pixel: pixel (i, j) samples the area around (j, i) · mpp."""
+def _render(mpp: float, extent_um: float, origin_um: float = 0.0) -> np.ndarray:
+    """The tissue rendered at ``mpp`` µm per pixel: pixel (i, j) samples the area around (j, i) · mpp.
+
+    ``origin_um`` shifts the tissue along x (another section of the same 'tumour').
+    """
     n = int(np.ceil(extent_um / mpp))
     # average a k x k sub-pixel grid on coarse pixels (a camera integrates over the pixel); pixel j is
     # centred on j * mpp
     k = max(1, round(mpp))
     sub = (np.arange(k) + 0.5) / k - 0.5
     pos = (np.arange(n)[:, None] + sub[None, :]).ravel() * mpp
-    img = _tissue(pos[None, :], pos[:, None])
+    img = _tissue(origin_um + pos[None, :], pos[:, None])
     return img.reshape(n, k, n, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
 
 
