@@ -667,6 +667,44 @@ def test_prediction_means_and_maps(adata):
     assert len(titles) == 4
 
 
+def _edge_lengths(coll) -> np.ndarray:
+    v = coll.get_paths()[0].vertices[:-1]  # closed polygon: drop the repeated first vertex
+    return np.linalg.norm(np.roll(v, -1, axis=0) - v, axis=1)
+
+
+def test_spatial_lattice_size_tiles_the_grid():
+    a = _square_adata()  # 100 µm spots 200 full-res px apart; hires at 0.1
+    true = sp.pl.spatial(a, "g1", show=False)
+    tiles = sp.pl.spatial(a, "g1", size="lattice", show=False)
+    get = lambda fig: next(c for c in fig.axes[0].collections if isinstance(c, PolyCollection))  # noqa: E731
+    # squares: side = spot diameter (100 px x 0.1) at true size, = the spacing (200 px x 0.1) as tiles
+    np.testing.assert_allclose(_edge_lengths(get(true)), 10.0, rtol=1e-9)
+    np.testing.assert_allclose(_edge_lengths(get(tiles)), 20.0, rtol=1e-9)
+    with pytest.raises(ValueError, match="size"):
+        sp.pl.spatial(a, "g1", size=-1.0, show=False)
+
+
+def test_prediction_maps_tile_the_lattice_and_align_titles(adata):
+    tables = _pcc_tables(adata.var_names)
+    adata.layers["pred"] = adata.layers["log1p"] * 0.5
+    fig = sp.pl.prediction(tables, adata=adata, true_layer="log1p", pred_layer="pred", slides="A",
+                           n_best=1, n_worst=1, show=False)  # fmt: skip
+    maps = [a for a in fig.axes[1:] if a.get_title()]
+    polys = [next(c for c in a.collections if isinstance(c, PolyCollection)) for a in maps]
+    # hexagons one lattice spacing across the flats: the distance between neighbouring spot centres
+    centres = np.array([p.vertices[:-1].mean(axis=0) for p in polys[0].get_paths()])
+    from scipy.spatial import cKDTree
+
+    spacing = np.median(cKDTree(centres).query(centres, k=2)[0][:, 1])
+    side = _edge_lengths(polys[0])
+    # a hexagon measures side * sqrt(3) across its flats
+    np.testing.assert_allclose(side * np.sqrt(3), spacing, rtol=1e-6)
+    # true and predicted of one gene on one colour scale, titles on the same number of lines
+    for true_ax, pred_ax, t, q in zip(maps[::2], maps[1::2], polys[::2], polys[1::2]):
+        assert (t.norm.vmin, t.norm.vmax) == (q.norm.vmin, q.norm.vmax)
+        assert true_ax.get_title().count("\n") == pred_ax.get_title().count("\n")
+
+
 def test_prediction_from_evaluate_prediction(adata):
     rng = np.random.default_rng(5)
     truth = adata.layers["log1p"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,8 @@ def prediction(
     library_key: str | None = Key.SLIDE,
     slides: Any = None,
     shape: SpotShape = "auto",
+    size: float | Literal["lattice"] = "lattice",
+    img: bool | None = None,
     cmap: str = "viridis",
     panel_size: float = 2.6,
     figsize: tuple[float, float] | None = None,
@@ -75,7 +77,8 @@ def prediction(
     the per-gene PCC distribution, with the mean (the number the papers report) as a white diamond and
     its value printed. Genes whose PCC is undefined (NaN, e.g. constant predictions) are left out and
     counted in the legend. With ``adata``, the best and worst genes of ``model`` are added below as spot
-    maps of the true and the predicted layer (shared colour scale per gene).
+    maps of the true and the predicted layer side by side, on one colour scale per gene (so a prediction
+    that is too flat looks flat) and with spots as wide as the lattice spacing.
 
     Parameters
     ----------
@@ -108,6 +111,12 @@ def prediction(
         Slide(s) to map, e.g. the test slide (default: every slide).
     shape
         Spot shape for the maps, see :func:`spared_tools.pl.spatial`.
+    size
+        Spot size in the maps, see :func:`spared_tools.pl.spatial`; ``"lattice"`` (default) draws every spot
+        one lattice spacing wide, so the maps are continuous tiles (legacy ST spots cover a quarter of
+        their lattice cell at true size).
+    img
+        Draw the tissue image below the maps (``None``: when present), see :func:`spared_tools.pl.spatial`.
     cmap
         Colour map for the maps.
     panel_size
@@ -149,6 +158,11 @@ def prediction(
     if maps:
         subs = np.asarray(fig.subfigures(2, 1, height_ratios=[3.6, n_map_rows * panel_size]), dtype=object)
         top, bottom = subs.ravel()
+        maps_w = 2 * panel_size + 1.0  # true and predicted side by side with their colour bar, centred
+        fig_w = float(fig.get_size_inches()[0])
+        if fig_w > maps_w + 0.5:
+            side = (fig_w - maps_w) / 2
+            bottom = np.asarray(bottom.subfigures(1, 3, width_ratios=[side, maps_w, side]), dtype=object)[1]
     ax = top.subplots()
 
     box_w = 0.8 / n_models
@@ -214,9 +228,9 @@ def prediction(
             library_id=None,
             spatial_key=Key.SPATIAL,
             img_key="auto",
-            img=None,
+            img=img,
             shape=shape,
-            size=1.0,
+            size=size,
             cmap=cmap,
             vmin=None,
             vmax=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib as mpl
 import numpy as np
@@ -19,7 +19,7 @@ from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata, check_number
 
-from ._geometry import SpotShape, draw_slide, slide_groups, slide_view
+from ._geometry import SlideView, SpotShape, _lattice, draw_slide, slide_groups, slide_view
 from ._utils import as_list, finish, gene_values, new_figure, resolve_limit
 
 
@@ -36,7 +36,7 @@ def spatial(
     img_key: str | None = "auto",
     img: bool | None = None,
     shape: SpotShape = "auto",
-    size: float = 1.0,
+    size: float | Literal["lattice"] = 1.0,
     cmap: str | Colormap = "viridis",
     vmin: float | str | None = None,
     vmax: float | str | None = None,
@@ -96,7 +96,10 @@ def spatial(
         Spot shape: ``"auto"`` detects the lattice from the directions to the nearest spots (6-fold
         symmetry → ``"hex"``, 4-fold → ``"square"``); ``"circle"`` draws the physical round spots.
     size
-        Scale applied to the spot diameter (``1`` = true size; a hexagon then fills a Visium spot's disc).
+        Scale applied to the spot diameter (``1`` = true size; a hexagon then fills a Visium spot's disc),
+        or ``"lattice"``: every spot as wide as the distance to its nearest neighbours (median over the
+        slide), so that the tiles fill the lattice without gaps — easier to read than true-size spots on
+        legacy ST, whose 100 µm spots sit 200 µm apart.
     cmap
         Colour map for expression values.
     vmin
@@ -153,6 +156,12 @@ def spatial(
     return finish(fig, fig, show=show, save=save, dpi=dpi)
 
 
+def _lattice_size(view: SlideView) -> float:
+    """``size`` that draws the spots of ``view`` one nearest-neighbour spacing wide (1 for a lone spot)."""
+    spacing = _lattice(view.xy)[0]
+    return float(spacing / view.diameter) if np.isfinite(spacing) and view.diameter > 0 else 1.0
+
+
 def _category_colors(adata: AnnData, key: str, n: int) -> list[Any]:
     """Colours of the categories of ``adata.obs[key]``: ``adata.uns[f"{key}_colors"]`` (scanpy), else a palette."""
     stored = adata.uns.get(f"{key}_colors")
@@ -179,7 +188,7 @@ def _spatial_grid(
     img_key: str | None,
     img: bool | None,
     shape: SpotShape,
-    size: float,
+    size: float | Literal["lattice"],
     cmap: str | Colormap,
     vmin: float | str | None,
     vmax: float | str | None,
@@ -205,7 +214,8 @@ def _spatial_grid(
             f"{len(unknown)} names are neither in adata.var_names nor columns of adata.obs: {show}."
         )
     layer_list = as_list(layers)
-    check_number(size, "size", min=0, min_inclusive=False)
+    if size != "lattice":
+        check_number(size, "size", min=0, min_inclusive=False)
     titles = {None: "X"} | dict(layer_titles or {})
     groups = slide_groups(adata, library_key, slides)
     n_slides = len(groups)
@@ -279,12 +289,15 @@ def _spatial_grid(
         grid = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
     for s_i, view in enumerate(views):
         head = f"{view.slide}: " if n_slides > 1 else ""
+        view_size = _lattice_size(view) if size == "lattice" else float(size)
         for g_i, g in enumerate(genes):
             r = s_i if by_gene else s_i * len(genes) + g_i
             gene_label = (gene_labels or {}).get(g, g)
             row_layers = [None] if g in obs_keys else layer_list
             panels = []
             coll = None
+            longest = max(len(str(titles.get(lay, lay))) for lay in row_layers)
+            sep = "\n" if len(head) + len(str(gene_label)) + longest > 26 else " | "  # one per row: aligned
             for c, lay in enumerate(row_layers):
                 a = grid[r, g_i if by_gene else c]
                 panels.append(a)
@@ -294,7 +307,7 @@ def _spatial_grid(
                     values[(g, lay)][view.index],
                     cmap=cmaps[g],
                     norm=norms[g],
-                    size=size,
+                    size=view_size,
                     alpha=alpha,
                     alpha_img=alpha_img,
                     crop=crop,
@@ -303,7 +316,6 @@ def _spatial_grid(
                     a.set_title(f"{head}{gene_label}", fontsize="medium")
                     continue
                 layer_label = titles.get(lay, lay)
-                sep = "\n" if len(head) + len(str(gene_label)) + len(str(layer_label)) > 26 else " | "
                 a.set_title(f"{head}{gene_label}{sep}{layer_label}", fontsize="medium")
             assert coll is not None  # every gene has at least one panel
             spare = None
