@@ -32,8 +32,8 @@ def _trained():
     sp.settings.progress = False
     sp.settings.verbosity = 1
     a = make_adata(n_slides=3, side=10, n_genes=16, seed=1)
-    m = sp.tl.SpackleModel(a, seed=0, **TINY)
-    m.train(max_steps=120, batch_size=64, lr=3e-3, val_check_interval=40)
+    m = sp.tl.SpackleModel(seed=0, **TINY)
+    m.train(a, max_steps=120, batch_size=64, lr=3e-3, val_check_interval=40)
     return a, m
 
 
@@ -161,7 +161,7 @@ def test_bad_arguments(trained):
     with pytest.raises(TypeError, match="SpackleModel"):
         sp.tl.evaluate_completion(a, model="model")
     with pytest.raises(RuntimeError, match="not trained"):
-        sp.tl.evaluate_completion(a, model=sp.tl.SpackleModel(a, **TINY))
+        sp.tl.evaluate_completion(a, model=sp.tl.SpackleModel(**TINY))
 
 
 def test_summarise_reduction_column():
@@ -247,7 +247,7 @@ def test_warns_when_scoring_a_slide_that_validated_the_model():
     # no split column: SpaCKLE holds out a slide of its own choice for validation
     a = make_adata(n_slides=3, side=6, n_genes=8)
     del a.obs["split"]
-    m = sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=2, batch_size=32, split_key=None)
+    m = sp.tl.SpackleModel(seed=0, **TINY).train(a, max_steps=2, batch_size=32, split_key=None)
     (val,) = m.train_info_["val_slides"]
     other = next(s for s in ("s0", "s1", "s2") if s != val)
     msgs = _records(lambda: sp.tl.evaluate_completion(a, model=m, slides=[val], n_masks=1, key_added=None))

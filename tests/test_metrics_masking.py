@@ -112,7 +112,7 @@ def test_one_validator():
     assert check_mask_fraction(0.3) == (0.3, 0.3)
     assert check_mask_fraction((0.1, 0.5)) == (0.1, 0.5)
     for bad in (0.0, 1.0, (0.5, 0.1), (0.1, 0.2, 0.3)):
-        with pytest.raises(ValueError, match="mask_prob must"):
+        with pytest.raises(ValueError, match="mask_frac must"):
             check_mask_fraction(bad)
     assert check_mask_fractions([0.1, 0.5]) == [0.1, 0.5]
     with pytest.raises(ValueError, match="mask fractions must lie in"):

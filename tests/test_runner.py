@@ -90,26 +90,26 @@ def _genequery_data(seed: int = 0):
 def test_spackle_resumes_to_the_uninterrupted_result(tmp_path):
     kw = {"max_steps": 6, "batch_size": 32, "val_check_interval": 3, "accelerator": "cpu"}
     a = spackle_adata()
-    full = sp.tl.SpackleModel(a, seed=0, **TINY).train(**kw)
+    full = sp.tl.SpackleModel(seed=0, **TINY).train(a, **kw)
     handler = signal.getsignal(signal.SIGINT)
     run = tmp_path / "run"
     # 64 training spots / 32 per step: an epoch ends every 2 steps; interrupted at step 3, after the
     # checkpoint of step 2 and before the validation of step 3
     with pytest.raises(KeyboardInterrupt, match="ckpt_path="):
-        sp.tl.SpackleModel(a, seed=0, **TINY).train(
-            checkpoint_dir=run, trainer_kwargs={"callbacks": [_Interrupt(step=3)]}, **kw
+        sp.tl.SpackleModel(seed=0, **TINY).train(
+            a, checkpoint_dir=run, trainer_kwargs={"callbacks": [_Interrupt(step=3)]}, **kw
         )
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl+C still works afterwards
     ckpt = run / "last.ckpt"
     assert ckpt.is_file()
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
-    resumed = sp.tl.SpackleModel(a, seed=0, **TINY).train(ckpt_path=ckpt, checkpoint_dir=run, **kw)
+    resumed = sp.tl.SpackleModel(seed=0, **TINY).train(a, ckpt_path=ckpt, checkpoint_dir=run, **kw)
     np.testing.assert_array_equal(resumed.complete(), full.complete())
     pd.testing.assert_frame_equal(resumed.history_, full.history_)
     assert resumed.train_info_["best_step"] == full.train_info_["best_step"]
     assert not ckpt.exists()  # a finished run removes its checkpoint
     # a model resumed from the wrong point differs (the test can fail)
-    other = sp.tl.SpackleModel(a, seed=1, **TINY).train(**kw)
+    other = sp.tl.SpackleModel(seed=1, **TINY).train(a, **kw)
     assert not np.array_equal(other.complete(), full.complete())
 
 
@@ -227,8 +227,8 @@ def test_make_trainer_is_the_one_trainer_and_checks_its_budget():
 def test_progress_bars_count_steps_or_epochs_and_follow_the_settings(capfd):
     a = spackle_adata()
     sp.settings.progress, sp.settings.verbosity = True, 2
-    sp.tl.SpackleModel(a, seed=0, **TINY).train(
-        max_steps=5, batch_size=32, val_check_interval=5, accelerator="cpu"
+    sp.tl.SpackleModel(seed=0, **TINY).train(
+        a, max_steps=5, batch_size=32, val_check_interval=5, accelerator="cpu"
     )
     err = capfd.readouterr().err
     assert "SpaCKLE" in err and "5/5" in err and "step" in err
@@ -240,7 +240,7 @@ def test_progress_bars_count_steps_or_epochs_and_follow_the_settings(capfd):
     # progress off, or verbosity 0: nothing on the terminal at all
     for progress, verbosity in ((False, 2), (True, 0)):
         sp.settings.progress, sp.settings.verbosity = progress, verbosity
-        sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=3, batch_size=32, accelerator="cpu")
+        sp.tl.SpackleModel(seed=0, **TINY).train(a, max_steps=3, batch_size=32, accelerator="cpu")
         _gq(**SMALL, gene_embeddings=table, max_epochs=1, batch_size=8, accelerator="cpu").train(g)
         out, err = capfd.readouterr()
         assert out == "" and err == "", (progress, verbosity, out, err)

@@ -47,7 +47,7 @@ def test_every_model_saves_in_one_format_and_loads_through_the_registry(tmp_path
     ridge = sp.tl.RidgePredictor(encoder="precomputed", features_key="feats").train(a)
     ridge.save(tmp_path / "ridge")
     s = spackle_adata(n_genes=6)
-    spk = sp.tl.SpackleModel(s, seed=0, **TINY).train(max_steps=2, batch_size=32, accelerator="cpu")
+    spk = sp.tl.SpackleModel(seed=0, **TINY).train(s, max_steps=2, batch_size=32, accelerator="cpu")
     spk.save(tmp_path / "spackle")
     for name, model, data in (("Ridge", ridge, a), ("SpaCKLE", spk, s)):
         d = tmp_path / name.lower()
@@ -62,7 +62,7 @@ def test_every_model_saves_in_one_format_and_loads_through_the_registry(tmp_path
     np.testing.assert_array_equal(load_model(tmp_path / "spackle", s).complete(), spk.complete())
     with pytest.raises(ValueError, match="Unknown model 'Nope'; the registered models are"):
         model_class("Nope")
-    with pytest.raises(TypeError, match="holds a Ridge model, not a SpaCKLE model"):
+    with pytest.raises(TypeError, match="holds a Ridge model, not a SpackleModel"):
         sp.tl.SpackleModel.load(tmp_path / "ridge", s)
 
 
@@ -118,7 +118,7 @@ def test_load_errors_name_genes_image_size_and_version(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not hold a saved model"):
         sp.tl.RidgePredictor.load(tmp_path / "nothing", a)
     s = spackle_adata(n_genes=6)
-    spk = sp.tl.SpackleModel(s, seed=0, **TINY).train(max_steps=1, batch_size=32, accelerator="cpu")
+    spk = sp.tl.SpackleModel(seed=0, **TINY).train(s, max_steps=1, batch_size=32, accelerator="cpu")
     spk.save(tmp_path / "s")
     with pytest.raises(ValueError, match="genes of adata differ .*G5"):
         sp.tl.SpackleModel.load(tmp_path / "s", s[:, :5].copy())

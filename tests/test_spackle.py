@@ -36,8 +36,8 @@ def _quiet():
 def _trained():
     sp.settings.progress = False
     a = make_adata()
-    m = sp.tl.SpackleModel(a, seed=3, **TINY)
-    m.train(**FAST)
+    m = sp.tl.SpackleModel(seed=3, **TINY)
+    m.train(a, **FAST)
     return a, m
 
 
@@ -197,22 +197,23 @@ def test_metric_sums_match_numpy():
 def test_neighbourhood_size_follows_the_lattice():
     sq = make_adata(n_slides=1, side=5, n_genes=4, geometry="square", splits=("train",))
     hx = make_adata(n_slides=1, side=5, n_genes=4, geometry="hex", splits=("train",))
-    m_sq = sp.tl.SpackleModel(sq, **TINY)
-    m_hx = sp.tl.SpackleModel(hx, **TINY)
+    one = {"max_steps": 1, "batch_size": 8}  # the ring count is resolved when train first sees the data
+    m_sq = sp.tl.SpackleModel(**TINY).train(sq, **one)
+    m_hx = sp.tl.SpackleModel(**TINY).train(hx, **one)
     assert (m_sq.n_rings, len(m_sq.ring) - 1) == (3, 24)
     assert (m_hx.n_rings, len(m_hx.ring) - 1) == (2, 18)
-    assert len(sp.tl.SpackleModel(sq, n_rings=1, **TINY).ring) == 5
+    assert len(sp.tl.SpackleModel(n_rings=1, **TINY).train(sq, **one).ring) == 5
 
 
 def test_same_seed_identical_and_observed_untouched(trained):
     a, m = trained
     a2 = a.copy()
-    m2 = sp.tl.SpackleModel(a2, seed=3, **TINY).train(**FAST)
+    m2 = sp.tl.SpackleModel(seed=3, **TINY).train(a2, **FAST)
     for (k, v), v2 in zip(m.encoder.state_dict().items(), m2.encoder.state_dict().values()):
         assert torch.equal(v, v2), k
     out = m.complete()
     np.testing.assert_array_equal(out, m2.complete(a2))
-    m3 = sp.tl.SpackleModel(a.copy(), seed=4, **TINY).train(**FAST)
+    m3 = sp.tl.SpackleModel(seed=4, **TINY).train(a.copy(), **FAST)
     assert not np.allclose(m3.complete(), out)
     obs = a.layers["mask"]
     np.testing.assert_array_equal(out[obs], a.layers["median"][obs])
@@ -285,15 +286,15 @@ def test_bf16_inference_close_to_float32(trained):
 def test_single_slide_trains_without_validation_and_one_spot_slide():
     a = make_adata(n_slides=1, side=5, n_genes=6, splits=("train",))
     del a.obs["split"]
-    m = sp.tl.SpackleModel(a, **TINY).train(max_steps=3, batch_size=8)
+    m = sp.tl.SpackleModel(**TINY).train(a, max_steps=3, batch_size=8)
     assert m.train_info_["best_val"] is None and "no validation" in m.train_info_["checkpoint"]
     # a slide with a single spot: the spot attends to itself only
     b = make_adata(n_slides=2, side=4, n_genes=6)
     keep = np.r_[np.flatnonzero(b.obs["slide_id"] == "s0"), np.flatnonzero(b.obs["slide_id"] == "s1")[:1]]
     b = b[keep].copy()
     out = (
-        sp.tl.SpackleModel(b, **TINY)
-        .train(max_steps=2, batch_size=8, split_key=None, val_slides=["s1"])
+        sp.tl.SpackleModel(**TINY)
+        .train(b, max_steps=2, batch_size=8, split_key=None, val_slides=["s1"])
         .complete()
     )
     assert out.shape == b.shape and np.isfinite(out).all()
@@ -304,48 +305,48 @@ def test_bad_input_errors(trained):
     b = a.copy()
     del b.layers["median"]
     with pytest.raises(KeyError, match="median_complete"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     del b.layers["mask"]
     with pytest.raises(KeyError, match="mask_layer"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     b.layers["mask"] = b.layers["mask"].astype(np.int8)
     with pytest.raises(TypeError, match="boolean"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     b.layers["median"][0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     b.layers["mask"][:] = False
     with pytest.raises(ValueError, match="no observed entries"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     del b.obs["array_row"]
     with pytest.raises(KeyError, match="array_row"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     b = a.copy()
     del b.obs["slide_id"]
     with pytest.raises(KeyError, match="slide"):
-        sp.tl.SpackleModel(b)
+        sp.tl.SpackleModel().train(b, max_steps=1)
     with pytest.raises(TypeError, match="AnnData"):
-        sp.tl.SpackleModel(a.X)
+        sp.tl.SpackleModel().train(a.X)
     with pytest.raises(ValueError, match="divisible"):
-        sp.tl.SpackleModel(a, d_model=10, n_heads=3)
-    fresh = sp.tl.SpackleModel(a, **TINY)
+        sp.tl.SpackleModel(d_model=10, n_heads=3)
+    fresh = sp.tl.SpackleModel(**TINY)
     with pytest.raises(RuntimeError, match="not trained"):
         fresh.complete()
-    with pytest.raises(ValueError, match="mask_prob"):
-        fresh.train(mask_prob=1.5)
+    with pytest.raises(ValueError, match="mask_frac"):
+        fresh.train(a, mask_frac=1.5)
     with pytest.raises(ValueError, match="max_steps"):
-        fresh.train(max_steps=0)
+        fresh.train(a, max_steps=0)
     with pytest.raises(KeyError, match="val_slides"):
-        fresh.train(val_slides=["nope"])
+        fresh.train(a, val_slides=["nope"])
     b = a.copy()
     b.obs["split"] = "test"
     with pytest.raises(ValueError, match="No training spots"):
-        sp.tl.SpackleModel(b, **TINY).train(max_steps=1)
+        sp.tl.SpackleModel(**TINY).train(b, max_steps=1)
     with pytest.raises(ValueError, match="train=False"):
         sp.tl.spackle_complete(a.copy(), train=False)
     with pytest.raises(ValueError, match="overwrite an input layer"):
@@ -360,7 +361,7 @@ def test_bad_input_errors(trained):
 
 def test_zeros_as_missing_when_no_mask_layer():
     a = make_adata(n_slides=2, side=5, n_genes=6, splits=("train", "val"))
-    m = sp.tl.SpackleModel(a, layer="log1p", mask_layer=None, **TINY).train(max_steps=2, batch_size=16)
+    m = sp.tl.SpackleModel(**TINY).train(a, layer="log1p", mask_layer=None, max_steps=2, batch_size=16)
     out = m.complete()
     zero = a.layers["log1p"] == 0
     np.testing.assert_array_equal(out[~zero], a.layers["log1p"][~zero])
@@ -374,8 +375,8 @@ def test_real_visium_fixture_hex_neighbourhood(visium_hex):
         np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X, dtype=np.float32)
     )
     sp.pp.median_complete(a, layer="log1p")
-    m = sp.tl.SpackleModel(a, library_key="slide_id", **TINY).train(
-        max_steps=2, batch_size=64, split_key=None
+    m = sp.tl.SpackleModel(**TINY).train(
+        a, library_key="slide_id", max_steps=2, batch_size=64, split_key=None
     )
     assert len(m.ring) - 1 == 18
     out = m.complete()
@@ -386,8 +387,9 @@ def test_real_visium_fixture_hex_neighbourhood(visium_hex):
 @pytest.mark.slow
 def test_ddp_two_processes_cpu(tmp_path):
     a = make_adata()
-    single = sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=4, batch_size=16, val_check_interval=2)
-    ddp = sp.tl.SpackleModel(a, seed=0, **TINY).train(
+    single = sp.tl.SpackleModel(seed=0, **TINY).train(a, max_steps=4, batch_size=16, val_check_interval=2)
+    ddp = sp.tl.SpackleModel(seed=0, **TINY).train(
+        a,
         max_steps=4,
         batch_size=16,
         val_check_interval=2,
@@ -407,5 +409,5 @@ def test_gpu_training_and_inference_match_cpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     a = make_adata()
-    m = sp.tl.SpackleModel(a, seed=0, **TINY).train(max_steps=4, batch_size=16, accelerator="gpu", devices=1)
+    m = sp.tl.SpackleModel(seed=0, **TINY).train(a, max_steps=4, batch_size=16, accelerator="gpu", devices=1)
     np.testing.assert_allclose(m.complete(device="cuda"), m.complete(device="cpu"), atol=1e-4)

@@ -91,7 +91,7 @@ def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "mask_prob": args.mask_prob,
+        "mask_frac": args.mask_frac,
     }
     if loaded:
         model = sp.tl.SpackleModel.load(args.model, adata)
@@ -99,20 +99,14 @@ def _complete(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise DataError("--fine-tune needs --model naming a folder with a saved model.")
     else:
         model = sp.tl.SpackleModel(
-            adata,
-            layer=args.layer,
-            mask_layer=args.mask_layer,
-            library_key=args.library_key,
-            d_model=args.d_model,
-            n_heads=args.n_heads,
-            n_layers=args.n_layers,
-            seed=args.seed,
+            d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers, seed=args.seed
         )
     train = args.fine_tune or not loaded
     sp.tl.spackle_complete(
         adata,
         layer=args.layer,
         mask_layer=args.mask_layer,
+        library_key=args.library_key,
         key_added=args.key_added,
         model=model,
         train=train,

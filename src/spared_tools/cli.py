@@ -39,6 +39,17 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Shows every default in ``--help`` and keeps the descriptions' line breaks."""
 
 
+class _Renamed(argparse.Action):
+    """A renamed option: using it is a usage error naming the new one."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=f"renamed {new}", **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        parser.error(f"{option_string} is now {self.new} (same meaning).")
+
+
 def _positive_int(value: str) -> int:
     """Argparse type: an integer >= 1 (a bad value is a usage error, exit status 2)."""
     try:
@@ -199,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-steps", type=_positive_int, default=3000, help="training steps")
     c.add_argument("--batch-size", type=_positive_int, default=256, help="neighbourhoods per training step")
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    c.add_argument("--mask-prob", type=float, default=0.3, help="observed entries hidden per neighbourhood")
+    c.add_argument("--mask-frac", type=float, default=0.3, help="observed entries hidden per neighbourhood")
+    c.add_argument("--mask-prob", action=_Renamed, new="--mask-frac")
     c.add_argument("--d-model", type=_positive_int, default=128, help="transformer width")
     c.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads")
     c.add_argument("--n-layers", type=_positive_int, default=2, help="transformer layers")

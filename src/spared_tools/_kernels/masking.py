@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["check_mask_fraction", "check_mask_fractions", "hide_entries", "hide_entries_torch"]
 
 
-def check_mask_fraction(value: float | Sequence[float], name: str = "mask_prob") -> tuple[float, float]:
+def check_mask_fraction(value: float | Sequence[float], name: str = "mask_frac") -> tuple[float, float]:
     """A fraction in (0, 1), or a ``(low, high)`` range with ``0 < low <= high < 1``, as ``(low, high)``.
 
     Parameters

@@ -1,5 +1,10 @@
-"""What every model of ``sp.tl`` shares: the registry, the save format and the two sanitisers.
+"""What every model of ``sp.tl`` shares: the base class, the registry, the save format and the sanitisers.
 
+* **One contract** (:class:`BaseModel`, the base of :class:`~spared_tools.tl._predictor.Predictor` and
+  :class:`~spared_tools.tl.SpackleModel`): the constructor takes the network's hyper-parameters and the
+  seed only; ``train(adata, *, <data keys>, <optimisation>)`` binds the data and returns the model;
+  ``save(dir, overwrite=False)`` / ``load(dir, adata=None)`` go through the one format below;
+  ``is_trained``, ``history_``, ``train_info_`` and ``get_params()`` mean the same for every model.
 * **Registry.** :func:`register_model` names a model class (``"SpaCKLE"``, ``"GeneQuery"``,
   ``"Ridge"`` ...); a saved model records that name and :func:`load_model` finds the class through it
   (no ``importlib`` lookups of module paths that a refactor would break).
@@ -15,20 +20,25 @@
 
 from __future__ import annotations
 
+import abc
+import inspect
 import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from spared_tools._atomic import atomic_dir
+from spared_tools._validation import check_adata
 
 __all__ = [
     "FORMAT_VERSION",
+    "BaseModel",
+    "SavedModel",
     "MODEL_FILE",
     "WEIGHTS_FILE",
     "check_image_size",
@@ -277,3 +287,149 @@ def load_model(path: str | Path, adata: Any = None) -> Any:
     header, _ = read_model(path)
     cls = model_class(header["model"])
     return cls.load(path, adata)  # type: ignore[attr-defined]
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class SavedModel(NamedTuple):
+    """What a model hands to :func:`write_model` (see :meth:`BaseModel._to_saved`)."""
+
+    genes: list[str]
+    config: dict[str, Any]
+    weights: dict[str, Any]
+    image_size: tuple[int, int] | None = None
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+class BaseModel(abc.ABC):
+    """The base class of every model of :mod:`spared_tools.tl` (one contract, one save format).
+
+    * The constructor takes the network's hyper-parameters and the seed, each stored as an attribute of
+      the same name (read back by :meth:`get_params`).
+    * ``train(adata, *, ...)`` binds the data (data keys such as ``layer=`` are its arguments), fills
+      :attr:`history_` and :attr:`train_info_` and returns the model.
+    * :meth:`save` / :meth:`load` write and read the package's one model format (``model.json`` +
+      ``weights.pt``, :func:`write_model` / :func:`read_model`); ``load`` finds the saved class through the
+      registry (:func:`register_model`).
+
+    Subclasses implement :attr:`is_trained`, :meth:`_to_saved`, :meth:`_from_saved` and :meth:`_attach`.
+
+    Attributes
+    ----------
+    history_
+        Record of the last training (per-step or per-epoch metrics; its form depends on the model).
+    train_info_
+        Dict describing the last training (data keys, split, spot counts, seed, ...).
+    """
+
+    model_name: ClassVar[str]  # set by register_model
+    seed: int
+    history_: Any
+    train_info_: dict[str, Any]
+
+    @property
+    @abc.abstractmethod
+    def is_trained(self) -> bool:
+        """``True`` once ``train`` (or :meth:`load`) has provided weights."""
+
+    def _require_trained(self) -> None:
+        """The one "not trained" error."""
+        if not self.is_trained:
+            name = type(self).__name__
+            raise RuntimeError(
+                f"This {name} is not trained; call model.train(adata) or {name}.load(dir, adata) first."
+            )
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters, read back from the attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+
+    # ---- persistence hooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _to_saved(self) -> SavedModel:
+        """Genes, JSON settings, tensors and image size of the trained model."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _from_saved(cls: type[M], header: dict[str, Any], weights: dict[str, Any]) -> M:
+        """Rebuild the trained model from what :func:`read_model` returned."""
+
+    @abc.abstractmethod
+    def _attach(self, adata: Any) -> None:
+        """Check that ``adata`` fits the loaded model (clear errors otherwise) and bind it where the model keeps data."""
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save the trained model to the directory ``path`` (``model.json`` + ``weights.pt``).
+
+        The package's one model format: genes, settings, training record and weights, written into a
+        temporary directory and renamed into place, so a failure never leaves a half-written model (nor
+        touches a model already at ``path``).
+
+        Parameters
+        ----------
+        path
+            Directory to create (an existing one only with ``overwrite=True``).
+        overwrite
+            Replace a model saved at ``path``.
+
+        Returns
+        -------
+        Nothing; writes ``model.json`` and ``weights.pt``.
+        """
+        self._require_trained()
+        saved = self._to_saved()
+        write_model(
+            path,
+            model=type(self).model_name,
+            genes=list(saved.genes),
+            config=saved.config,
+            weights=saved.weights,
+            image_size=saved.image_size,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def load(cls: type[M], path: str | os.PathLike, adata: Any = None) -> M:
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The directory given to :meth:`save`.
+        adata
+            The data the model will be used on (optional): checked against the model's genes, patch size
+            or lattice, with a clear error when they differ, and bound to the model where it keeps data.
+
+        Returns
+        -------
+        The trained model, of the class that was saved (found through the registry).
+        """
+        header, weights = read_model(path)
+        klass = model_class(header["model"])
+        if not (isinstance(klass, type) and issubclass(klass, cls)):
+            raise TypeError(f"{path} holds a {header['model']} model, not a {cls.__name__}.")
+        obj = klass._from_saved(header, weights)
+        if adata is not None:
+            check_adata(adata)
+            obj._attach(adata)
+        return obj
+
+    def _repr_state(self) -> str:
+        return "trained" if self.is_trained else "untrained"
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if _jsonable(v))
+        return f"{type(self).__name__}({params}) [{self._repr_state()}]"

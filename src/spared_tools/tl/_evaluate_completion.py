@@ -185,12 +185,10 @@ def evaluate_completion(
                 if k
                 in ("n_rings", "geometry", "d_model", "n_heads", "n_layers", "dim_feedforward", "dropout")
             }
-            model = SpackleModel(
-                adata, layer=layer, mask_layer=mask_layer, library_key=library_key, seed=seed, **ctor
-            )
+            model = SpackleModel(seed=seed, **ctor)
             if split_key is not None and split_key in adata.obs:
                 kw.setdefault("split_key", split_key)
-            model.train(**kw)
+            model.train(adata, layer=layer, mask_layer=mask_layer, library_key=library_key, **kw)
         elif not isinstance(model, SpackleModel):
             raise TypeError(f"model must be a SpackleModel, got {type(model).__name__}.")
         model._require_trained()

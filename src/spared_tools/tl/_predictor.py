@@ -8,8 +8,9 @@
   training split only, and hands the scaled targets to the subclass's :meth:`Predictor._fit`;
 * ``predict(adata, genes)`` returns ``(n_obs, n_genes)`` predictions in log1p units;
 * ``evaluate(adata, ...)`` scores the test split with :func:`~spared_tools.tl.evaluate_prediction`;
-* ``save(dir)`` / ``load(dir, adata)`` (the package's one model format) round-trip hyper-parameters, gene list, target scaling, patch size
-  and the subclass's weights, and refuse data whose genes or patch size differ.
+* ``save(dir)`` / ``load(dir, adata)`` (:class:`~spared_tools.tl._base.BaseModel`, the package's one model
+  format) round-trip hyper-parameters, gene list, target scaling, patch size and the subclass's weights,
+  and refuse data whose genes or patch size differ.
 
 Subclasses implement :meth:`Predictor._fit` and :meth:`Predictor._predict` (both in scaled target
 units) and, when they hold weights, :meth:`Predictor._state` / :meth:`Predictor._set_state`.
@@ -18,10 +19,7 @@ units) and, when they hold weights, :meth:`Predictor._state` / :meth:`Predictor.
 from __future__ import annotations
 
 import abc
-import inspect
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,22 +34,14 @@ from spared_tools._validation import (
     check_adata,
     check_genes,
 )
-from spared_tools.tl._base import check_image_size, model_class, read_model, write_model
+from spared_tools.tl._base import BaseModel, SavedModel, _jsonable, check_image_size
 
 from ._targets import Scaling, TargetScaler, split_indices, target_matrix
 
 __all__ = ["Predictor", "TargetScaler", "split_indices", "target_matrix"]
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-class Predictor(abc.ABC):
+class Predictor(BaseModel):
     """Base class: predict log1p expression of genes from the spots' images.
 
     Subclasses store every constructor argument as an attribute of the same name (scikit-learn
@@ -76,8 +66,9 @@ class Predictor(abc.ABC):
         The fitted :class:`TargetScaler`.
     image_size_
         ``(height, width)`` of the training patches, or ``None`` for image-free models.
-    train_params_
-        Parameters of the last :meth:`train` call (layer, split, number of spots, seed...).
+    train_info_
+        Parameters of the last :meth:`train` call (layer, split, number of spots, seed...); also
+        readable as ``train_params_``.
     history_
         Training history written by the subclass (losses, selected hyper-parameters...).
     """
@@ -96,8 +87,17 @@ class Predictor(abc.ABC):
         self.genes_: list[str] | None = None
         self.scaler_: TargetScaler | None = None
         self.image_size_: tuple[int, int] | None = None
-        self.train_params_: dict[str, Any] = {}
+        self.train_info_: dict[str, Any] = {}
         self.history_: dict[str, Any] = {}
+
+    @property
+    def train_params_(self) -> dict[str, Any]:
+        """The name :attr:`train_info_` had before the models shared one base class."""
+        return self.train_info_
+
+    @train_params_.setter
+    def train_params_(self, value: dict[str, Any]) -> None:
+        self.train_info_ = value
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
@@ -132,7 +132,7 @@ class Predictor(abc.ABC):
         """JSON settings beyond the constructor parameters to save in ``model.json`` (default: none)."""
         return {}
 
-    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+    def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
         """Restore what :meth:`_state` and :meth:`_extra_config` returned (default: nothing)."""
 
     def _params_for_save(self) -> dict[str, Any]:
@@ -140,25 +140,14 @@ class Predictor(abc.ABC):
         return self.get_params()
 
     # ------------------------------------------------------------------ public API
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters, read back from the attributes of the same name."""
-        sig = inspect.signature(type(self).__init__)
-        return {
-            name: getattr(self, name)
-            for name, p in sig.parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        }
-
     @property
     def is_trained(self) -> bool:
         """``True`` once :meth:`train` (or :meth:`load`) has run."""
-        return self.genes_ is not None
+        return self.genes_ is not None and self.scaler_ is not None
 
     def _check_trained(self) -> list[str]:
-        if self.genes_ is None or self.scaler_ is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not trained; call .train(adata) or .load(dir) first."
-            )
+        self._require_trained()
+        assert self.genes_ is not None
         return self.genes_
 
     def _image_size(self, adata: AnnData) -> tuple[int, int]:
@@ -342,24 +331,8 @@ class Predictor(abc.ABC):
         pred = self.predict(sub, genes)
         return evaluate_prediction(truth, pred, genes=genes, n_top=n_top)
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Save hyper-parameters, genes, target scaling, patch size and weights to the directory ``path``.
-
-        The package's one model format (:mod:`spared_tools.tl._base`): ``model.json`` + ``weights.pt``,
-        written into a temporary directory and renamed into place, so a failure never leaves a
-        half-written model (nor touches a model already at ``path``).
-
-        Parameters
-        ----------
-        path
-            Directory to create (an existing one only with ``overwrite=True``).
-        overwrite
-            Replace a model saved at ``path``.
-
-        Returns
-        -------
-        Nothing; writes ``model.json`` and ``weights.pt``.
-        """
+    # ------------------------------------------------------------------ persistence (BaseModel hooks)
+    def _to_saved(self) -> SavedModel:
         genes = self._check_trained()
         params = self._params_for_save()
         bad = [k for k, v in params.items() if not _jsonable(v)]
@@ -371,54 +344,26 @@ class Predictor(abc.ABC):
         config = {
             "params": params,
             "scaler": self.scaler_.to_dict(),
-            "train_params": self.train_params_,
+            "train_params": self.train_info_,
             "history": self.history_ if _jsonable(self.history_) else {},
             "extra": self._extra_config(),
         }
-        write_model(
-            path,
-            model=type(self).model_name,  # type: ignore[attr-defined]
-            genes=list(genes),
-            config=config,
-            weights=self._state(),
-            image_size=self.image_size_,
-            overwrite=overwrite,
-        )
+        return SavedModel(list(genes), config, self._state(), self.image_size_)
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData | None = None) -> Predictor:
-        """Load a model written by :meth:`save`.
-
-        Parameters
-        ----------
-        path
-            The directory given to :meth:`save`.
-        adata
-            Optional data the model will be used on: every trained gene must be in its ``var_names``
-            and its patches must have the training size, otherwise a clear error is raised.
-
-        Returns
-        -------
-        The trained model, of the class that was saved (``Predictor.load`` dispatches on the registry).
-        """
-        header, weights = read_model(path)
-        klass = model_class(header["model"])
-        if not (isinstance(klass, type) and issubclass(klass, cls)):
-            raise TypeError(f"{path} holds a {header['model']} model, not a {cls.__name__}.")
+    def _from_saved(cls, header: dict[str, Any], weights: dict[str, Any]) -> Predictor:
         config = header["config"]
-        obj = klass(**config["params"])
+        obj = cls(**config["params"])
         obj.genes_ = list(header["genes"])
         obj.scaler_ = TargetScaler.from_dict(config["scaler"])
         obj.image_size_ = tuple(header["image_size"]) if header["image_size"] is not None else None
-        obj.train_params_ = dict(config.get("train_params") or {})
+        obj.train_info_ = dict(config.get("train_params") or {})
         obj.history_ = dict(config.get("history") or {})
         obj._set_state(weights, config.get("extra") or {})
-        if adata is not None:
-            check_adata(adata)
-            obj.check_compatible(adata, require_genes=True)
         return obj
 
-    def __repr__(self) -> str:
-        state = f"trained on {len(self.genes_)} genes" if self.genes_ is not None else "untrained"
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if _jsonable(v))
-        return f"{type(self).__name__}({params}) [{state}]"
+    def _attach(self, adata: AnnData) -> None:
+        self.check_compatible(adata, require_genes=True)
+
+    def _repr_state(self) -> str:
+        return f"trained on {len(self.genes_)} genes" if self.genes_ is not None else "untrained"

@@ -10,26 +10,18 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from spared_tools._kernels.masking import hide_entries
+from spared_tools._checks import check_int, check_number
+from spared_tools._kernels.masking import check_mask_fraction, hide_entries
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_seed
-from spared_tools._validation import (
-    check_adata,
-)
 from spared_tools.tl._base import register_model
-from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _neighbourhoods
-from spared_tools.tl._spackle_use import _SpackleUse
+from spared_tools.tl._signatures import binds_data_in_train, renamed_keywords
+from spared_tools.tl._spackle_use import HISTORY_COLUMNS, _SpackleUse
 
 __all__ = ["SpackleModel"]
 
-#: Neighbour positions of the paper's hexagonal 2-ring neighbourhood; ``n_rings=None`` picks the
-#: smallest ring count whose lattice neighbourhood has at least this many positions.
 
-
-# ---------------------------------------------------------------------------------------------------------
-# AnnData → arrays
-# ---------------------------------------------------------------------------------------------------------
 @register_model("SpaCKLE")
 class SpackleModel(_SpackleUse):
     """SpaCKLE: transformer completion of missing gene-expression entries from the lattice neighbourhood.
@@ -41,6 +33,12 @@ class SpackleModel(_SpackleUse):
     absent neighbours at tissue edges are padding tokens that are never attended. Training hides a random
     fraction of the observed ("real") entries (``M_s ⊙ M_rand``) and learns to predict them; completion
     replaces only the originally missing entries of each spot and leaves observed values untouched.
+
+    The constructor takes the network's settings and the seed; :meth:`train` binds the data (the layers,
+    the slide column, and through them the genes and the lattice), like every model of :mod:`spared_tools.tl`::
+
+        model = sp.tl.SpackleModel(seed=0).train(adata, layer="median", mask_layer="mask")
+        completed = model.complete()  # the AnnData bound by train; or model.complete(other)
 
     Differences from the paper, and why:
 
@@ -55,26 +53,11 @@ class SpackleModel(_SpackleUse):
 
     Parameters
     ----------
-    adata
-        Spots × genes with integer ``array_row`` / ``array_col``, a slide column and the layers below.
-        The model is built for exactly these genes.
-    layer
-        Expression layer to complete: by default the median pre-completed ``log1p`` layer written by
-        :func:`spared_tools.pp.median_complete` / :func:`spared_tools.pp.spared_pipeline`; ``None`` for
-        ``adata.X``. Any real-valued layer works (e.g. ``"combat"``). Its observed entries are the training
-        targets and the untouched part of the output.
-    mask_layer
-        Bool layer, True where an entry was really measured (the pipeline's ``"mask"``, counts > 0). ``None``
-        treats the zeros of ``layer`` as missing. There is no silent fallback: a missing layer is an error
-        that says which function writes it.
-    library_key
-        ``adata.obs`` column naming each spot's slide (neighbourhoods never cross slides); ``None`` for a
-        single slide.
     n_rings
-        Lattice rings of the neighbourhood. ``None`` (default) picks the smallest ring count with at least
-        18 neighbour positions, the size of the paper's hexagonal 2-ring neighbourhood: 2 rings (18
-        neighbours) on Visium, 3 rings (24 neighbours, Manhattan distance ≤ 3) on the square legacy-ST and
-        the checkerboard ST-2k lattices.
+        Lattice rings of the neighbourhood. ``None`` (default) picks, when :meth:`train` first sees the
+        data, the smallest ring count with at least 18 neighbour positions, the size of the paper's
+        hexagonal 2-ring neighbourhood: 2 rings (18 neighbours) on Visium, 3 rings (24 neighbours,
+        Manhattan distance ≤ 3) on the square legacy-ST and the checkerboard ST-2k lattices.
     geometry
         Lattice geometry passed to :func:`~spared_tools.pp.neighbor_table` (``"auto"`` detects it).
     d_model
@@ -94,9 +77,12 @@ class SpackleModel(_SpackleUse):
     Attributes
     ----------
     genes
-        The model's genes (in the order of its input vector).
+        The model's genes (in the order of its input vector), from the AnnData of the first :meth:`train`.
     n_rings
-        The resolved ring count; ``ring`` holds the ring of each neighbourhood position.
+        The ring count (resolved by the first :meth:`train` when ``None`` was given); ``ring`` holds the
+        ring of each neighbourhood position.
+    layer, mask_layer, library_key
+        The data keys of the last :meth:`train` (used by :meth:`complete` and :meth:`evaluate`).
     is_trained
         Whether :meth:`train` (or :meth:`load`) has provided weights.
     history_
@@ -106,13 +92,14 @@ class SpackleModel(_SpackleUse):
         validation metrics, wall time, trainer settings.
     """
 
+    @binds_data_in_train(
+        "SpackleModel(n_rings=..., d_model=..., seed=...).train(adata, layer=..., mask_layer=..., "
+        "library_key=...)",
+        moved=("adata", "layer", "mask_layer", "library_key"),
+    )
     def __init__(
         self,
-        adata: AnnData,
         *,
-        layer: str | None = Key.MEDIAN,
-        mask_layer: str | None = Key.MASK,
-        library_key: str | None = Key.SLIDE,
         n_rings: int | None = None,
         geometry: Literal["auto", "hex", "square", "checkerboard"] = "auto",
         d_model: int = 128,
@@ -122,35 +109,42 @@ class SpackleModel(_SpackleUse):
         dropout: float = 0.0,
         seed: int | None = None,
     ) -> None:
-        check_adata(adata)
-        if not adata.var_names.is_unique:
-            raise ValueError("adata.var_names are not unique; call adata.var_names_make_unique() first.")
-        self.adata = adata
-        self.layer = layer
-        self.mask_layer = mask_layer
-        self.library_key = library_key
+        self.n_rings = check_int(n_rings, "n_rings", min=0, allow_none=True)
         self.geometry = geometry
+        self.d_model = check_int(d_model, "d_model")
+        self.n_heads = check_int(n_heads, "n_heads")
+        self.n_layers = check_int(n_layers, "n_layers")
+        self.dim_feedforward = check_int(dim_feedforward, "dim_feedforward")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.dropout = check_number(dropout, "dropout", min=0.0, max=1.0, max_inclusive=False)
         self.seed = resolve_seed(seed)
-        self.genes: list[str] = [str(g) for g in adata.var_names]
-        # validate inputs now rather than at the first training step
-        _expression_arrays(adata, layer, mask_layer, np.arange(adata.n_vars))
-        table, ring, n_rings_resolved = _neighbourhoods(adata, n_rings, geometry, library_key)
-        self._table = table
-        self.ring = ring
-        self.n_rings = n_rings_resolved
-        self.hparams: dict[str, Any] = {
-            "d_model": int(d_model),
-            "n_heads": int(n_heads),
-            "n_layers": int(n_layers),
-            "dim_feedforward": int(dim_feedforward),
-            "dropout": float(dropout),
-        }
-        self._build_encoder()
-        self.gene_mean = np.zeros(len(self.genes), dtype=np.float32)
-        self.gene_std = np.ones(len(self.genes), dtype=np.float32)
-        self.is_trained = False
-        self.history_ = pd.DataFrame(columns=["step", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_scored"])
+        # bound by train (or load)
+        self.adata = None
+        self.layer = self.mask_layer = self.library_key = None
+        self.genes: list[str] = []
+        self.ring = np.zeros(0, dtype=np.int64)
+        self._table = np.zeros((0, 0), dtype=np.int64)
+        self.gene_mean = self.gene_std = np.zeros(0, dtype=np.float32)
+        self._trained = False
+        self.history_ = pd.DataFrame(columns=HISTORY_COLUMNS)
         self.train_info_: dict[str, Any] = {}
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether :meth:`train` (or :meth:`load`) has provided weights."""
+        return self._trained
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The transformer's hyper-parameters (the constructor's ``d_model`` ... ``dropout``)."""
+        return {
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "n_layers": self.n_layers,
+            "dim_feedforward": self.dim_feedforward,
+            "dropout": self.dropout,
+        }
 
     def _build_encoder(self) -> None:
         import torch
@@ -161,45 +155,31 @@ class SpackleModel(_SpackleUse):
             torch.manual_seed(self.seed)
             self.encoder = SpackleEncoder(len(self.genes), int(self.ring.max()) + 1, **self.hparams)
 
-    def __repr__(self) -> str:
-        state = "trained" if self.is_trained else "untrained"
+    def _repr_state(self) -> str:
+        if not self.genes:
+            return "untrained"
         return (
-            f"SpackleModel({state}; {len(self.genes)} genes, {len(self.ring) - 1} neighbours "
-            f"({self.n_rings} rings), d_model={self.hparams['d_model']}, heads={self.hparams['n_heads']}, "
-            f"layers={self.hparams['n_layers']}, layer={self.layer!r}, seed={self.seed})"
+            f"{'trained' if self.is_trained else 'untrained'} on {len(self.genes)} genes, "
+            f"{len(self.ring) - 1} neighbours, layer={self.layer!r}"
         )
-
-    # ---- data helpers ------------------------------------------------------------------------------------
-    def _arrays(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(values, observed, table, gene_idx) of ``adata`` for this model (table checked against ``ring``)."""
-        check_adata(adata)
-        gene_idx = _gene_index(adata, self.genes)
-        values, observed = _expression_arrays(adata, self.layer, self.mask_layer, gene_idx)
-        if adata is self.adata and self._table.shape[0] == adata.n_obs:
-            table = self._table
-        else:
-            table, ring, _ = _neighbourhoods(adata, self.n_rings, self.geometry, self.library_key)
-            if ring.shape != self.ring.shape or np.any(ring != self.ring):
-                raise ValueError(
-                    f"The lattice of adata gives {len(ring) - 1} neighbour positions per spot at "
-                    f"n_rings={self.n_rings}, but the model was built for {len(self.ring) - 1} "
-                    "(a different array geometry); SpaCKLE models do not transfer between Visium "
-                    "(hexagonal) and legacy-ST (square) data."
-                )
-        return values, observed, table, gene_idx
 
     def _standardise(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.gene_mean) / self.gene_std).astype(np.float32, copy=False)
 
     # ---- training ----------------------------------------------------------------------------------------
+    @renamed_keywords(mask_prob="mask_frac")
     def train(
         self,
+        adata: AnnData,
         *,
+        layer: str | None = Key.MEDIAN,
+        mask_layer: str | None = Key.MASK,
+        library_key: str | None = Key.SLIDE,
         max_steps: int = 3000,
         batch_size: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        mask_prob: float | tuple[float, float] = 0.3,
+        mask_frac: float | tuple[float, float] = 0.3,
         loss_on: Literal["hidden", "observed", "all"] = "hidden",
         split_key: str | None = Key.SPLIT,
         train_value: str = Key.TRAIN,
@@ -218,10 +198,29 @@ class SpackleModel(_SpackleUse):
         ckpt_path: str | os.PathLike | None = None,
         trainer_kwargs: dict[str, Any] | None = None,
     ) -> SpackleModel:
-        """Train with PyTorch Lightning on the training slides, keeping the best-validation weights.
+        """Train with PyTorch Lightning on the training slides of ``adata``, keeping the best-validation weights.
+
+        The first training binds the model to ``adata``'s genes and lattice (the ring count, the encoder's
+        size); a later call continues training (fine-tuning) on data with the same genes and lattice.
 
         Parameters
         ----------
+        adata
+            Spots × genes with integer ``array_row`` / ``array_col``, a slide column and the layers below.
+            The first training builds the model for exactly these genes; the model keeps this AnnData for
+            :meth:`complete` and :meth:`evaluate` without arguments.
+        layer
+            Expression layer to complete: by default the median pre-completed ``log1p`` layer written by
+            :func:`spared_tools.pp.median_complete` / :func:`spared_tools.pp.spared_pipeline`; ``None`` for
+            ``adata.X``. Any real-valued layer works (e.g. ``"combat"``). Its observed entries are the
+            training targets and the untouched part of the output.
+        mask_layer
+            Bool layer, True where an entry was really measured (the pipeline's ``"mask"``, counts > 0).
+            ``None`` treats the zeros of ``layer`` as missing. There is no silent fallback: a missing layer
+            is an error that says which function writes it.
+        library_key
+            ``adata.obs`` column naming each spot's slide (neighbourhoods never cross slides); ``None`` for a
+            single slide.
         max_steps
             Optimiser steps (the paper trains 10,000 at batch 256).
         batch_size
@@ -230,7 +229,7 @@ class SpackleModel(_SpackleUse):
             Adam learning rate (paper: 1e-3).
         weight_decay
             Adam weight decay.
-        mask_prob
+        mask_frac
             Fraction ρ of observed entries hidden in every training neighbourhood (paper: 0.3), or a
             ``(low, high)`` range drawn per neighbourhood (robust over many evaluation masking levels).
         loss_on
@@ -289,7 +288,6 @@ class SpackleModel(_SpackleUse):
             IndexDataset,
             NeighbourhoodCollate,
             SpackleTrainingPlan,
-            check_mask_prob,
         )
 
         for name, val in (
@@ -311,9 +309,8 @@ class SpackleModel(_SpackleUse):
             raise ValueError(f"lr must be positive, got {lr!r}.")
         if loss_on not in ("hidden", "observed", "all"):
             raise ValueError(f"loss_on must be 'hidden', 'observed' or 'all', got {loss_on!r}.")
-        mp = check_mask_prob(mask_prob)
-        adata = self.adata
-        values, observed, table, _ = self._arrays(adata)
+        mp = check_mask_fraction(mask_frac, "mask_frac")
+        values, observed, table = self._bind(adata, layer, mask_layer, library_key)
         is_train, is_val, how = self._split(adata, split_key, train_value, val_value, val_slides)
 
         # gene standardisation from the training spots' observed entries (fixed after the first training)
@@ -415,16 +412,17 @@ class SpackleModel(_SpackleUse):
             best_rec = next(r for r in history if r["step"] == result.best.best_step)
             best = {"record": best_rec}
         self.encoder.cpu().eval()
-        self.is_trained = True
-        self.history_ = pd.DataFrame(
-            history, columns=["step", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_scored"]
-        )
+        self._trained = True
+        self.history_ = pd.DataFrame(history, columns=HISTORY_COLUMNS)
         slides = (
             adata.obs[self.library_key].astype(str).to_numpy()
             if self.library_key is not None and self.library_key in adata.obs
             else np.full(adata.n_obs, "slide", dtype=object)
         )
         self.train_info_ = {
+            "layer": layer,
+            "mask_layer": mask_layer,
+            "library_key": library_key,
             "split": how,
             "train_slides": sorted(set(slides[is_train].tolist())),
             "val_slides": sorted(set(slides[is_val].tolist())),
@@ -441,7 +439,7 @@ class SpackleModel(_SpackleUse):
             "batch_size": int(batch_size),
             "lr": float(lr),
             "weight_decay": float(weight_decay),
-            "mask_prob": list(mp),
+            "mask_frac": list(mp),
             "loss_on": loss_on,
             "val_check_interval": int(val_check_interval),
             "early_stopping_patience": early_stopping_patience,

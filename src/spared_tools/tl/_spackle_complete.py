@@ -14,8 +14,9 @@ from spared_tools._validation import (
     check_adata,
     check_new_key,
 )
+from spared_tools.tl._signatures import renamed_keywords
 from spared_tools.tl._spackle import SpackleModel
-from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _neighbourhoods
+from spared_tools.tl._spackle_data import _expression_arrays, _gene_index
 
 __all__ = ["spackle_complete"]
 
@@ -23,6 +24,7 @@ __all__ = ["spackle_complete"]
 # ---------------------------------------------------------------------------------------------------------
 # one-line API
 # ---------------------------------------------------------------------------------------------------------
+@renamed_keywords(mask_prob="mask_frac")
 def spackle_complete(
     adata: AnnData,
     *,
@@ -38,7 +40,7 @@ def spackle_complete(
     max_steps: int = 3000,
     batch_size: int = 256,
     lr: float = 1e-3,
-    mask_prob: float | tuple[float, float] = 0.3,
+    mask_frac: float | tuple[float, float] = 0.3,
     d_model: int = 128,
     n_heads: int = 4,
     n_layers: int = 2,
@@ -54,11 +56,11 @@ def spackle_complete(
 ) -> AnnData | None:
     """Complete missing expression entries with SpaCKLE, in one line.
 
-    Builds a :class:`SpackleModel` on ``adata``, trains it (Lightning; best validation checkpoint; by
+    Builds a :class:`SpackleModel`, trains it on ``adata`` (Lightning; best validation checkpoint; by
     default the ``split`` column decides the train/validation slides), and writes the completed matrix:
     observed entries of ``layer`` unchanged, originally missing entries (``~adata.layers[mask_layer]``)
     predicted from each spot's own observed genes and its lattice neighbourhood. With ``model=`` a trained
-    (or loaded) model is used as it is.
+    (or loaded) model is used as it is, with the data keys it was trained with.
 
     Parameters
     ----------
@@ -73,10 +75,12 @@ def spackle_complete(
     key_added
         Layer receiving the completed matrix; parameters and validation metrics go to ``adata.uns[key_added]``.
     model
-        A trained :class:`SpackleModel` (e.g. from :meth:`SpackleModel.load`); ``None`` builds a new one.
+        A trained :class:`SpackleModel` (e.g. from :meth:`SpackleModel.load`), which keeps the ``layer``,
+        ``mask_layer`` and ``library_key`` it was trained with, or an untrained one (trained here with the
+        keys above); ``None`` builds a new one.
     train
-        Train the model on ``adata`` before completing. ``None`` (default): train a new model, use a given
-        ``model`` as it is. ``True`` with ``model`` continues training it on ``adata`` (fine-tuning).
+        Train the model on ``adata`` before completing. ``None`` (default): train a new or untrained model,
+        use a trained ``model`` as it is. ``True`` with ``model`` continues training it on ``adata`` (fine-tuning).
     library_key
         ``adata.obs`` slide column (``None``: one slide).
     split_key
@@ -91,7 +95,7 @@ def spackle_complete(
         Neighbourhoods per training step.
     lr
         Adam learning rate.
-    mask_prob
+    mask_frac
         Fraction of observed entries hidden per training neighbourhood (paper: 0.3), or a ``(low, high)``
         range.
     d_model
@@ -145,16 +149,7 @@ def spackle_complete(
         if train is False:
             raise ValueError("train=False needs a trained model= (e.g. SpackleModel.load(dir, adata)).")
         model = SpackleModel(
-            adata,
-            layer=layer,
-            mask_layer=mask_layer,
-            library_key=library_key,
-            n_rings=n_rings,
-            d_model=d_model,
-            n_heads=n_heads,
-            n_layers=n_layers,
-            seed=seed,
-            **ctor_extra,
+            n_rings=n_rings, d_model=d_model, n_heads=n_heads, n_layers=n_layers, seed=seed, **ctor_extra
         )
         train = True
     else:
@@ -162,16 +157,19 @@ def spackle_complete(
             raise TypeError(f"model must be a SpackleModel, got {type(model).__name__}.")
         if ctor_extra:
             raise ValueError(f"{sorted(ctor_extra)} only apply when a new model is built (model=None).")
-        train = bool(train)
-        if train and model.adata is not adata:
-            model.adata = adata
-            model._table = _neighbourhoods(adata, model.n_rings, model.geometry, model.library_key)[0]
+        train = not model.is_trained if train is None else bool(train)
     if train:
+        if model.is_trained:  # fine-tuning keeps the model's data keys
+            layer, mask_layer, library_key = model.layer, model.mask_layer, model.library_key
         model.train(
+            adata,
+            layer=layer,
+            mask_layer=mask_layer,
+            library_key=library_key,
             max_steps=max_steps,
             batch_size=batch_size,
             lr=lr,
-            mask_prob=mask_prob,
+            mask_frac=mask_frac,
             split_key=split_key,
             val_slides=val_slides,
             accelerator=accelerator,
@@ -191,7 +189,7 @@ def spackle_complete(
             "mask_layer": model.mask_layer,
             "library_key": model.library_key,
             "geometry": model.geometry,
-            "n_rings": int(model.n_rings),
+            "n_rings": model.n_rings,
             "n_neighbors": int(len(model.ring) - 1),
             "seed": int(model.seed),
             "trained_here": bool(train),
@@ -206,7 +204,7 @@ def spackle_complete(
                     "max_steps",
                     "batch_size",
                     "lr",
-                    "mask_prob",
+                    "mask_frac",
                     "loss_on",
                     "accelerator",
                     "devices",

@@ -1,11 +1,10 @@
-"""SpaCKLE's train / validation split, and what a trained model does: complete, evaluate, save and load.
+"""SpaCKLE's data binding, train / validation split, and what a trained model does (complete, evaluate, save).
 
-A mixin of :class:`~spared_tools.tl.SpackleModel` (kept apart from the construction and training code).
+The base of :class:`~spared_tools.tl.SpackleModel` (kept apart from the construction and training code).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,40 +15,91 @@ from anndata import AnnData
 from spared_tools._keys import Key
 from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
-from spared_tools._validation import check_adata, check_obs_key, slide_labels
-from spared_tools.tl._base import FORMAT_VERSION, read_model, to_json, write_model
-from spared_tools.tl._spackle_data import _gene_index, _neighbourhoods
+from spared_tools._validation import check_adata, check_obs_key, check_unique_var_names, slide_labels
+from spared_tools.tl._base import FORMAT_VERSION, BaseModel, SavedModel, to_json
+from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _neighbourhoods
 
 if TYPE_CHECKING:
     from spared_tools.models.spackle import SpackleEncoder
 
+#: Columns of :attr:`SpackleModel.history_` (one row per validation check).
+HISTORY_COLUMNS = ["step", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_scored"]
 
-class _SpackleUse:
-    """The split, inference and persistence of SpaCKLE (mixed into :class:`~spared_tools.tl.SpackleModel`)."""
 
-    adata: AnnData
+class _SpackleUse(BaseModel):
+    """The split, inference and persistence of SpaCKLE (the base of :class:`~spared_tools.tl.SpackleModel`)."""
+
+    adata: AnnData | None
     layer: str | None
     mask_layer: str | None
     library_key: str | None
     geometry: Any
     seed: int
     genes: list[str]
-    n_rings: int
+    n_rings: int | None
     ring: np.ndarray
-    hparams: dict[str, Any]
     encoder: SpackleEncoder
     gene_mean: np.ndarray
     gene_std: np.ndarray
-    is_trained: bool
+    _trained: bool
     train_info_: dict[str, Any]
     history_: pd.DataFrame
     _table: np.ndarray
 
     if TYPE_CHECKING:
 
-        def _arrays(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
         def _standardise(self, values: np.ndarray) -> np.ndarray: ...
         def _build_encoder(self) -> None: ...
+        @property
+        def hparams(self) -> dict[str, Any]: ...
+
+    # ---- data helpers ------------------------------------------------------------------------------------
+    def _arrays(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(values, observed, table, gene_idx) of ``adata`` for this model (table checked against ``ring``)."""
+        check_adata(adata)
+        gene_idx = _gene_index(adata, self.genes)
+        values, observed = _expression_arrays(adata, self.layer, self.mask_layer, gene_idx)
+        if self._table.shape[0] == adata.n_obs and adata is self.adata:
+            table = self._table
+        else:
+            table, ring, _ = _neighbourhoods(adata, self.n_rings, self.geometry, self.library_key)
+            if ring.shape != self.ring.shape or np.any(ring != self.ring):
+                raise ValueError(
+                    f"The lattice of adata gives {len(ring) - 1} neighbour positions per spot at "
+                    f"n_rings={self.n_rings}, but the model was built for {len(self.ring) - 1} "
+                    "(a different array geometry); SpaCKLE models do not transfer between Visium "
+                    "(hexagonal) and legacy-ST (square) data."
+                )
+        return values, observed, table, gene_idx
+
+    def _bind(
+        self, adata: AnnData, layer: str | None, mask_layer: str | None, library_key: str | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bind ``adata`` and its keys (and, before the first training, its genes, lattice and a new encoder).
+
+        Returns ``(values, observed, table)``; on an error the previous binding is kept.
+        """
+        check_adata(adata)
+        check_unique_var_names(adata)
+        before = (self.adata, self.layer, self.mask_layer, self.library_key, self._table)
+        self.adata, self.layer, self.mask_layer, self.library_key = adata, layer, mask_layer, library_key
+        try:
+            if not self.is_trained:  # genes, ring count and weights come from the data of the first training
+                _expression_arrays(adata, layer, mask_layer, np.arange(adata.n_vars))
+                table, ring, n_rings = _neighbourhoods(adata, self.n_rings, self.geometry, library_key)
+                self.genes = [str(g) for g in adata.var_names]
+                self._table, self.ring, self.n_rings = table, ring, n_rings
+                self._build_encoder()
+                self.gene_mean = np.zeros(len(self.genes), dtype=np.float32)
+                self.gene_std = np.ones(len(self.genes), dtype=np.float32)
+            else:
+                self._table = self._table[:0]  # recomputed (and checked against ring) for the new data
+            values, observed, table, _ = self._arrays(adata)
+            self._table = table
+        except BaseException:
+            self.adata, self.layer, self.mask_layer, self.library_key, self._table = before
+            raise
+        return values, observed, table
 
     def _split(
         self,
@@ -108,9 +158,16 @@ class _SpackleUse:
         return is_train, is_val, how
 
     # ---- inference ---------------------------------------------------------------------------------------
-    def _require_trained(self) -> None:
-        if not self.is_trained:
-            raise RuntimeError("This SpackleModel is not trained; call model.train() or SpackleModel.load().")
+    def _data(self, adata: AnnData | None) -> AnnData:
+        """``adata``, or the AnnData bound by :meth:`train` / :meth:`load` when ``None``."""
+        if adata is not None:
+            return adata
+        if self.adata is None:
+            raise ValueError(
+                "This SpackleModel holds no AnnData (loaded without one): pass adata, or load it with "
+                "SpackleModel.load(dir, adata)."
+            )
+        return self.adata
 
     def _predict(
         self,
@@ -156,8 +213,8 @@ class _SpackleUse:
         Parameters
         ----------
         adata
-            Data to complete (default: the AnnData the model was built on). Must hold the model's genes
-            (in any order), the same layers and the same lattice geometry.
+            Data to complete (default: the AnnData bound by :meth:`train` or :meth:`load`). Must hold the
+            model's genes (in any order), the same layers and the same lattice geometry.
         batch_size
             Neighbourhoods per forward pass; memory stays ``O(batch_size × (1 + K) × genes)``.
         device
@@ -175,7 +232,7 @@ class _SpackleUse:
         unchanged, the missing ones predicted by SpaCKLE.
         """
         self._require_trained()
-        adata = self.adata if adata is None else adata
+        adata = self._data(adata)
         values, observed, table, gene_idx = self._arrays(adata)
         n = adata.n_obs
         if progress is None:
@@ -223,7 +280,7 @@ class _SpackleUse:
         Parameters
         ----------
         adata
-            Data to evaluate on (default: the model's AnnData).
+            Data to evaluate on (default: the AnnData bound by :meth:`train` or :meth:`load`).
         split_key
             ``adata.obs`` column whose ``eval_value`` spots are evaluated.
         eval_value
@@ -248,7 +305,7 @@ class _SpackleUse:
         """
         from ._evaluate_completion import evaluate_completion
 
-        adata = self.adata if adata is None else adata
+        adata = self._data(adata)
         return evaluate_completion(
             adata,
             model=self,
@@ -276,7 +333,7 @@ class _SpackleUse:
                 "mask_layer": self.mask_layer,
                 "library_key": self.library_key,
                 "geometry": self.geometry,
-                "n_rings": int(self.n_rings),
+                "n_rings": None if self.n_rings is None else int(self.n_rings),
                 "ring": [int(r) for r in self.ring],
                 "seed": int(self.seed),
                 "hparams": dict(self.hparams),
@@ -286,27 +343,11 @@ class _SpackleUse:
             }
         )
 
-    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Write the model to ``dir_path`` in the package's model format (``model.json`` + ``weights.pt``).
-
-        ``model.json`` holds the genes, layers, geometry, hyper-parameters and training record,
-        ``weights.pt`` the weights and the gene standardisation. Written into a temporary directory and
-        renamed into place: a failure never leaves a half-written model, nor touches one at ``dir_path``.
-
-        Parameters
-        ----------
-        dir_path
-            Directory to create (an existing one only with ``overwrite=True``).
-        overwrite
-            Replace a model saved at ``dir_path``.
-        """
+    def _to_saved(self) -> SavedModel:
         import torch
 
-        self._require_trained()
         cfg = self.config()
-        write_model(
-            dir_path,
-            model="SpaCKLE",
+        return SavedModel(
             genes=list(self.genes),
             config={k: v for k, v in cfg.items() if k not in ("format_version", "model", "genes")},
             weights={
@@ -314,55 +355,37 @@ class _SpackleUse:
                 "gene_mean": torch.from_numpy(np.asarray(self.gene_mean, dtype=np.float32)),
                 "gene_std": torch.from_numpy(np.asarray(self.gene_std, dtype=np.float32)),
             },
-            overwrite=overwrite,
         )
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata: AnnData) -> Any:
-        """Load a model saved with :meth:`save` and attach it to ``adata``.
-
-        Parameters
-        ----------
-        dir_path
-            Directory written by :meth:`save`.
-        adata
-            Data to use the model on: must hold exactly the model's genes (any order), its layers and the
-            same lattice geometry; a clear error says what differs otherwise.
-
-        Returns
-        -------
-        The trained model.
-        """
-        header, state = read_model(dir_path, expected="SpaCKLE")
+    def _from_saved(cls, header: dict[str, Any], weights: dict[str, Any]) -> Any:
         cfg = header["config"]
-        check_adata(adata)
-        _gene_index(adata, header["genes"])  # clear error when the genes differ
-        self = cls.__new__(cls)
-        self.adata = adata
+        make: Any = cls  # SpackleModel: the constructor takes the network's settings
+        self = make(
+            n_rings=int(cfg["n_rings"]), geometry=cfg["geometry"], seed=int(cfg["seed"]), **cfg["hparams"]
+        )
         self.layer = cfg["layer"]
         self.mask_layer = cfg["mask_layer"]
         self.library_key = cfg["library_key"]
-        self.geometry = cfg["geometry"]
-        self.seed = int(cfg["seed"])
         self.genes = list(header["genes"])
-        self.n_rings = int(cfg["n_rings"])
         self.ring = np.asarray(cfg["ring"], dtype=np.int64)
-        self.hparams = dict(cfg["hparams"])
+        self._build_encoder()
+        self.encoder.load_state_dict(weights["encoder"])
+        self.encoder.eval()
+        self.gene_mean = weights["gene_mean"].numpy().astype(np.float32)
+        self.gene_std = weights["gene_std"].numpy().astype(np.float32)
+        self._trained = bool(cfg["is_trained"])
+        self.train_info_ = dict(cfg.get("train_info") or {})
+        self.history_ = pd.DataFrame(cfg.get("history") or {}, columns=HISTORY_COLUMNS)
+        return self
+
+    def _attach(self, adata: AnnData) -> None:
+        """Bind ``adata`` after :meth:`load`: exactly the model's genes (any order) and the same lattice."""
+        _gene_index(adata, self.genes)  # clear error when the genes differ
         table, ring, _ = _neighbourhoods(adata, self.n_rings, self.geometry, self.library_key)
         if ring.shape != self.ring.shape or np.any(ring != self.ring):
             raise ValueError(
                 f"adata's lattice gives {len(ring) - 1} neighbour positions per spot at n_rings={self.n_rings}, "
                 f"but the saved model expects {len(self.ring) - 1} (a different array geometry)."
             )
-        self._table = table
-        self._build_encoder()
-        self.encoder.load_state_dict(state["encoder"])
-        self.encoder.eval()
-        self.gene_mean = state["gene_mean"].numpy().astype(np.float32)
-        self.gene_std = state["gene_std"].numpy().astype(np.float32)
-        self.is_trained = bool(cfg["is_trained"])
-        self.train_info_ = dict(cfg.get("train_info") or {})
-        self.history_ = pd.DataFrame(
-            cfg.get("history") or {}, columns=["step", "MSE", "MAE", "PCC-gene", "PCC-spot", "n_scored"]
-        )
-        return self
+        self.adata, self._table = adata, table
