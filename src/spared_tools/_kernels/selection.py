@@ -96,33 +96,35 @@ def _rank_median(buf, m, r, even):  # pragma: no cover - numba
     return (lo + hi) / 2.0
 
 
+_TILE = 16  # genes per work item of the slide-median kernels (one cache line of float32)
+
+
 @njit(cache=True, inline="always")
-def _gather_nonzero_tile(X, order, r0, r1, j0, w, buf):  # pragma: no cover - numba
-    # Stream rows order[r0:r1] once and append (branch-free) the non-zero values of columns j0 … j0+w-1
-    # to buf[q, :]; returns the count per column.
-    cnt = np.zeros(buf.shape[0], dtype=np.int64)
-    for r in range(r0, r1):
+def _gather_nonzero_tile(X, order, starts, t, n_tiles):  # pragma: no cover - numba
+    # Work item t (tile t % n_tiles of slide s = t // n_tiles): stream the slide's rows order[starts[s]:
+    # starts[s + 1]] once and append (branch-free) the non-zero values of the tile's w columns j0 … j0+w-1
+    # to buf[q, :]. Returns (s, j0, w, buf, count per column).
+    s = t // n_tiles
+    j0 = (t % n_tiles) * _TILE
+    w = min(X.shape[1], j0 + _TILE) - j0
+    buf = np.empty((_TILE, starts[s + 1] - starts[s]), dtype=X.dtype)
+    cnt = np.zeros(_TILE, dtype=np.int64)
+    for r in range(starts[s], starts[s + 1]):
         row = order[r]
         for q in range(w):
             v = X[row, j0 + q]
             buf[q, cnt[q]] = v
             cnt[q] += v != 0
-    return cnt
+    return s, j0, w, buf, cnt
 
 
 @njit(nogil=True, cache=True)
 def _slide_nonzero_median_kernel(X, order, starts, out, lo, hi):  # pragma: no cover - numba
     # Tiles of 16 genes (one cache line of float32) x one slide: the rows are streamed once and each
     # gene's non-zero values appended (branch-free) to its buffer, then one selection per gene.
-    n_genes = X.shape[1]
-    T = 16
-    n_tiles = (n_genes + T - 1) // T
+    n_tiles = (X.shape[1] + _TILE - 1) // _TILE
     for t in range(lo, hi):  # tiles t of the n_tiles * n_slides, this block's
-        s = t // n_tiles
-        j0 = (t % n_tiles) * T
-        w = min(n_genes, j0 + T) - j0
-        buf = np.empty((T, starts[s + 1] - starts[s]), dtype=X.dtype)
-        cnt = _gather_nonzero_tile(X, order, starts[s], starts[s + 1], j0, w, buf)
+        s, j0, w, buf, cnt = _gather_nonzero_tile(X, order, starts, t, n_tiles)
         for q in range(w):
             m = cnt[q]
             if m == 0:
@@ -164,15 +166,9 @@ def _radix_select_u32(keys, m, r, hist):  # pragma: no cover - numba
 def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out, lo, hi):  # pragma: no cover - numba
     # Positive float32 values compare like their bit patterns (uint32 keys): gather each gene's non-zero
     # keys per slide (tiles of 16 genes) and radix-select the middle one(s).
-    n_genes = K.shape[1]
-    T = 16
-    n_tiles = (n_genes + T - 1) // T
+    n_tiles = (K.shape[1] + _TILE - 1) // _TILE
     for t in range(lo, hi):  # tiles t of the n_tiles * n_slides, this block's
-        s = t // n_tiles
-        j0 = (t % n_tiles) * T
-        w = min(n_genes, j0 + T) - j0
-        buf = np.empty((T, starts[s + 1] - starts[s]), dtype=np.uint32)
-        cnt = _gather_nonzero_tile(K, order, starts[s], starts[s + 1], j0, w, buf)
+        s, j0, w, buf, cnt = _gather_nonzero_tile(K, order, starts, t, n_tiles)  # K is uint32: so is buf
         hist = np.empty(2048, dtype=np.int64)
         scratch = np.empty(starts[s + 1] - starts[s], dtype=np.uint32)
         for q in range(w):
@@ -193,8 +189,8 @@ def _slide_nonzero_median_kernel_u32(K, order, starts, lo_out, hi_out, lo, hi): 
 
 
 def _n_tiles(X: np.ndarray, n_slides: int) -> int:
-    """Work items of the slide-median kernels: tiles of 16 genes x slides."""
-    return ((X.shape[1] + 15) // 16) * n_slides
+    """Work items of the slide-median kernels: tiles of ``_TILE`` genes x slides."""
+    return ((X.shape[1] + _TILE - 1) // _TILE) * n_slides
 
 
 def slide_nonzero_median(X: np.ndarray, slide_codes: np.ndarray, n_slides: int) -> np.ndarray:
