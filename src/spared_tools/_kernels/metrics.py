@@ -39,10 +39,15 @@ def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     pp = np.sqrt((p * p).sum(axis=0))
     # exactly constant columns: correlation undefined (scipy.stats.pearsonr returns NaN there too)
     const = (T0 == T0[:1]).all(axis=0) | (P0 == P0[:1]).all(axis=0)
+    return _correlation(num, tt * pp, const)
+
+
+def _correlation(cov: np.ndarray, scale: np.ndarray, undefined: np.ndarray) -> np.ndarray:
+    """``cov / scale`` clipped to [-1, 1], NaN where ``undefined``."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / (tt * pp)
+        r = cov / scale
     r = np.clip(r, -1.0, 1.0)
-    r[const] = np.nan
+    r[undefined] = np.nan
     return r
 
 
@@ -57,11 +62,7 @@ def pearson_from_moments(
     vy = syy - sy * sy / m
     eps = 1e-12 * (np.abs(sxx) + np.abs(syy) + 1.0)
     bad = (n < 2) | ~(vx > eps) | ~(vy > eps)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = cov / np.sqrt(np.maximum(vx, 1e-300) * np.maximum(vy, 1e-300))
-    r = np.clip(r, -1.0, 1.0)
-    r[bad] = np.nan
-    return r
+    return _correlation(cov, np.sqrt(np.maximum(vx, 1e-300) * np.maximum(vy, 1e-300)), bad)
 
 
 def masked_metrics(truth: np.ndarray, pred: np.ndarray, scored: np.ndarray) -> dict[str, float]:

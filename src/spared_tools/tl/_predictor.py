@@ -34,7 +34,7 @@ from spared_tools._validation import (
     check_adata,
     check_genes,
 )
-from spared_tools.tl._base import BaseModel, SavedModel, _jsonable, check_image_size
+from spared_tools.tl._base import BaseModel, SavedModel, _jsonable, check_image_size, check_saved_genes
 
 from ._targets import Scaling, TargetScaler, split_indices, target_matrix
 
@@ -173,13 +173,7 @@ class Predictor(BaseModel):
         """
         genes = self._check_trained()
         if require_genes:
-            missing = [g for g in genes if g not in adata.var_names]
-            if missing:
-                show = ", ".join(map(repr, missing[:10])) + (" …" if len(missing) > 10 else "")
-                raise KeyError(
-                    f"The {type(self).__name__} was trained on {len(genes)} genes; {len(missing)} of them are "
-                    f"not in adata.var_names ({show}). Load it for data with the same genes, or pass genes=."
-                )
+            check_saved_genes(genes, adata.var_names, type(self).__name__)
         if self.uses_images and self.image_size_ is not None:
             check_image_size(self.image_size_, self._image_size(adata), type(self).__name__, self.patches_key)
 
