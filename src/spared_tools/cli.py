@@ -156,6 +156,38 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_command(
+    sub: Any,
+    name: str,
+    *,
+    help: str,
+    input_help: str,
+    output: str,
+    model: str,
+    layer: tuple[str, str],
+    key_added: tuple[str, str],
+    split_help: str,
+) -> argparse.ArgumentParser:
+    """A model subcommand with the options ``complete`` and ``predict`` share.
+
+    Input, output, ``--model``, the data keys, ``--seed`` and ``--device``; ``layer`` and ``key_added``
+    are (default, help).
+    """
+    c = sub.add_parser(name, help=help, formatter_class=_Formatter)
+    c.add_argument("input", type=Path, help=input_help)
+    _add_common_output(c, output)
+    _add_model(c, model)
+    c.add_argument("--layer", default=layer[0], help=layer[1])
+    c.add_argument("--key-added", default=key_added[0], help=key_added[1])
+    c.add_argument(
+        "--library-key", type=_none_or_str, default=Key.SLIDE, help="slide column, or 'none' for one slide"
+    )
+    c.add_argument("--split-key", type=_none_or_str, default=Key.SPLIT, help=split_help)
+    c.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
+    _add_device(c)
+    return c
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``spared-tools`` argument parser (also used to document the CLI)."""
     from spared_tools import __version__
@@ -186,27 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pipeline_args(p)
 
-    c = sub.add_parser(
+    c = _model_command(
+        sub,
         "complete",
         help="complete dropouts with SpaCKLE (train, or load --model) and write the .h5ad",
-        formatter_class=_Formatter,
+        input_help="processed .h5ad (from 'spared-tools process')",
+        output="completed .h5ad",
+        model="SpaCKLE",
+        layer=(Key.MEDIAN, "layer to complete"),
+        key_added=(Key.SPACKLE, "layer receiving the completed matrix"),
+        split_help="obs column with train/val labels ('none': automatic validation slides)",
     )
-    c.add_argument("input", type=Path, help="processed .h5ad (from 'spared-tools process')")
-    _add_common_output(c, "completed .h5ad")
-    _add_model(c, "SpaCKLE")
     c.add_argument("--fine-tune", action="store_true", help="with a loaded --model: train it further")
-    c.add_argument("--layer", default=Key.MEDIAN, help="layer to complete")
     c.add_argument("--mask-layer", default=Key.MASK, help="bool layer, True where an entry was measured")
-    c.add_argument("--key-added", default=Key.SPACKLE, help="layer receiving the completed matrix")
-    c.add_argument(
-        "--library-key", type=_none_or_str, default=Key.SLIDE, help="slide column, or 'none' for one slide"
-    )
-    c.add_argument(
-        "--split-key",
-        type=_none_or_str,
-        default=Key.SPLIT,
-        help="obs column with train/val labels ('none': automatic validation slides)",
-    )
     c.add_argument("--max-steps", type=_positive_int, default=3000, help="training steps")
     c.add_argument("--batch-size", type=_positive_int, default=256, help="neighbourhoods per training step")
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -215,17 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--d-model", type=_positive_int, default=128, help="transformer width")
     c.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads")
     c.add_argument("--n-layers", type=_positive_int, default=2, help="transformer layers")
-    c.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
-    _add_device(c)
 
-    q = sub.add_parser(
+    q = _model_command(
+        sub,
         "predict",
         help="predict expression from the H&E image with GeneQuery (train, or load --model)",
-        formatter_class=_Formatter,
+        input_help="processed .h5ad with images in uns['spatial'] (or patches)",
+        output="output .h5ad (layers[KEY_ADDED], obsm[KEY_ADDED_unseen])",
+        model="GeneQuery",
+        layer=(Key.LOG, "log1p expression used as training targets"),
+        key_added=(Key.GENEQUERY, "output layer / uns entry"),
+        split_help="obs column with train/val/test labels ('none': train on every spot)",
     )
-    q.add_argument("input", type=Path, help="processed .h5ad with images in uns['spatial'] (or patches)")
-    _add_common_output(q, "output .h5ad (layers[KEY_ADDED], obsm[KEY_ADDED_unseen])")
-    _add_model(q, "GeneQuery")
     q.add_argument(
         "--genes",
         nargs="+",
@@ -238,19 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="var column with the gene symbols the text queries use (e.g. gene_symbol for Ensembl ids)",
     )
-    q.add_argument(
-        "--library-key", type=_none_or_str, default=Key.SLIDE, help="slide column, or 'none' for one slide"
-    )
     q.add_argument("--organism", default="human", choices=["human", "mouse"], help="gene descriptions")
     q.add_argument("--mode", default="spot", choices=["spot", "gene"], help="GeneQuery variant")
-    q.add_argument("--layer", default=Key.LOG, help="log1p expression used as training targets")
-    q.add_argument(
-        "--split-key",
-        type=_none_or_str,
-        default=Key.SPLIT,
-        help="obs column with train/val/test labels ('none': train on every spot)",
-    )
-    q.add_argument("--key-added", default=Key.GENEQUERY, help="output layer / uns entry")
     q.add_argument(
         "--patch-size", type=_positive_int, default=224, help="H&E patch side in pixels (when extracted)"
     )
@@ -259,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--width", type=_positive_int, default=256, help="transformer width")
     q.add_argument("--n-heads", type=_positive_int, default=8, help="attention heads")
     q.add_argument("--maps", type=Path, default=None, help="folder for one PNG map per predicted gene")
-    q.add_argument("--seed", type=int, default=None, help="seed (default: sp.settings.seed)")
-    _add_device(q)
 
     d = sub.add_parser(
         "demo", help="process the bundled MOB example and draw the top Moran gene", formatter_class=_Formatter
