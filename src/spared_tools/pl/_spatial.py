@@ -183,25 +183,28 @@ def _spatial_grid(
     *,
     library_key: str | None,
     slides: Any,
-    library_id: str | Mapping[Any, str] | None,
-    spatial_key: str,
-    img_key: str | None,
+    library_id: str | Mapping[Any, str] | None = None,
+    spatial_key: str = Key.SPATIAL,
+    img_key: str | None = "auto",
     img: bool | None,
     shape: SpotShape,
     size: float | Literal["lattice"],
     cmap: str | Colormap,
-    vmin: float | str | None,
-    vmax: float | str | None,
+    vmin: float | str | None = None,
+    vmax: float | str | None = None,
     layer_titles: Mapping[str | None, str] | None,
-    na_color: Any,
-    alpha: float,
-    alpha_img: float,
-    crop: bool,
+    na_color: Any = "lightgray",
+    alpha: float = 1.0,
+    alpha_img: float = 1.0,
+    crop: bool = True,
     panel_size: float,
     ax: Axes | None = None,
     gene_labels: Mapping[str, str] | None = None,
 ) -> Figure | SubFigure:
-    """Draw the panel grid of :func:`spatial` into ``container`` (a new figure when ``None``)."""
+    """Draw the panel grid of :func:`spatial` into ``container`` (a new figure when ``None``).
+
+    The defaults are :func:`spatial`'s.
+    """
     check_adata(adata)
     genes = [genes] if isinstance(genes, str) else list(genes)
     if len(genes) == 0:
