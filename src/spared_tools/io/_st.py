@@ -414,13 +414,10 @@ def read_her2st(
     root or its ``data/`` folder): ``ST-cnts/<s>.tsv.gz``, ``ST-spotfiles/<s>_selection.tsv`` and, when
     present, the full-resolution image ``ST-imgs/<s>.jpg`` (or the repository's nested
     ``ST-imgs/<patient>/<s>/*.jpg``) and the pathologist labels ``ST-pat-lbl/<s>_labeled_coordinates.tsv``.
-    Each section goes through :func:`read_st` (spot pitch 200 µm, spot diameter 100 µm, pixel size
-    estimated from the spot file and written to ``scalefactors['microns_per_pixel']``: ≈0.688 µm/px and
-    spot ≈145 px for the published JPEGs, ≈3.19 µm/px and spot ≈31 px for the images of the her2st viewer
-    app) and the sections are combined with :func:`~spared_tools.io.concat_slides`. Sections from several
-    folders (e.g. the app images of one patient next to the JPEGs of others) combine the same way: read
-    each section and pass the list to :func:`~spared_tools.io.concat_slides`;
-    :func:`~spared_tools.pp.extract_patches` then cuts the same 100 µm of tissue from every image.
+    Each section goes through :func:`read_st` (spot pitch 200 µm, spot diameter 100 µm, ``microns_per_pixel``
+    fitted on the spot file: ≈0.688 for the JPEGs, ≈3.19 for the viewer app's images) and the sections are
+    combined with :func:`~spared_tools.io.concat_slides`, as sections read from several folders can be
+    (one section per call); :func:`~spared_tools.pp.extract_patches` then cuts 100 µm fields from all.
 
     Parameters
     ----------
