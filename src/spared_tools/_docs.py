@@ -115,6 +115,12 @@ d = DocFragments(
     key
         Key given to :func:`~spared_tools.pp.extract_patches` as ``key_added``.
     """,
+    truth_pred="""
+    truth
+        ``(n_spots, n_genes)`` true values.
+    pred
+        ``(n_spots, n_genes)`` predictions.
+    """,
     ax_figsize="""
     ax
         Axes to draw on; a new figure when ``None``.

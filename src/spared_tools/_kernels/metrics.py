@@ -12,18 +12,18 @@ from typing import Literal
 
 import numpy as np
 
+from spared_tools._docs import d
+
 __all__ = ["masked_metrics", "pearson_from_moments", "pearson_per_gene", "top_genes"]
 
 
+@d.inject
 def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Pearson correlation of each column of ``truth`` with the same column of ``pred``.
 
     Parameters
     ----------
-    truth
-        ``(n_spots, n_genes)`` ground truth.
-    pred
-        ``(n_spots, n_genes)`` predictions.
+    %(truth_pred)s
 
     Returns
     -------
@@ -65,15 +65,13 @@ def pearson_from_moments(
     return _correlation(cov, np.sqrt(np.maximum(vx, 1e-300) * np.maximum(vy, 1e-300)), bad)
 
 
+@d.inject
 def masked_metrics(truth: np.ndarray, pred: np.ndarray, scored: np.ndarray) -> dict[str, float]:
     """MSE, MAE, PCC-gene and PCC-spot over the ``scored`` entries (SpaCKLE's completion metrics).
 
     Parameters
     ----------
-    truth
-        ``(n_spots, n_genes)`` true values.
-    pred
-        ``(n_spots, n_genes)`` predictions.
+    %(truth_pred)s
     scored
         ``(n_spots, n_genes)`` bool: the entries to score.
 
