@@ -257,6 +257,8 @@ def stage_sweep(sets: list[str], configs: list[str], steps: int, every: int, mas
                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             }
             _append(RUNS, [row])
+            # kept for benchmarks/bench_spackle.py (its test scores of the old defaults); never scored here
+            model.save(WORK / "selection_models" / f"{name}_{cname}_{tag}", overwrite=True)
             hist = model.history_
             _append(
                 CURVES,

@@ -176,3 +176,79 @@ def test_progress_bar_counts_out_of_max_steps_and_says_where_it_stopped(capfd):
     assert f"{stop}/24" in err
     assert f"early stop at step {stop} (best step {best_step})" in err
     assert np.isfinite(stop)
+
+
+# ------------------------------------------------------------------------------------ SpaCKLE
+def _spackle_adata():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _synthetic_spackle import make_adata
+
+    return make_adata(n_slides=3, side=8, n_genes=12)
+
+
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "dim_feedforward": 32}
+
+
+@pytest.fixture
+def _short_min_steps(monkeypatch):
+    """The package's minimum of 300 steps before stopping, cut to 20 for these small runs."""
+    import spared_tools.tl._spackle as mod
+
+    monkeypatch.setattr(mod, "_MIN_STEPS", 20)
+
+
+@pytest.mark.usefixtures("_short_min_steps")
+def test_spackle_same_seed_same_result_with_early_stopping():
+    a = _spackle_adata()
+    kw = {
+        "max_steps": 400,
+        "batch_size": 32,
+        "val_check_interval": 10,
+        "early_stopping_patience": 2,
+        "lr": 3e-2,
+    }
+    m1 = sp.tl.SpackleModel(seed=3, **TINY).train(a, **kw)
+    m2 = sp.tl.SpackleModel(seed=3, **TINY).train(a, **kw)
+    info = m1.train_info_
+    # it stopped early, at the rule's step: min_steps passed and `patience` checks without a new best
+    assert info["stopped_early"] and info["steps"] < kw["max_steps"]
+    assert info["steps"] >= info["early_stopping_min_steps"]
+    mse = m1.history_["MSE"].to_numpy()
+    steps = m1.history_["step"].to_numpy()
+    assert info["best_step"] == steps[np.argmin(mse)]
+    assert steps[-1] == info["steps"] and np.all(mse[-2:] >= mse[:-2].min())
+    # same seed => same stop, same history, same completion
+    assert m2.train_info_["steps"] == info["steps"] and m2.train_info_["best_step"] == info["best_step"]
+    assert m1.history_.equals(m2.history_)
+    np.testing.assert_array_equal(m1.complete(a), m2.complete(a))
+    # another seed trains differently
+    m3 = sp.tl.SpackleModel(seed=4, **TINY).train(a, **kw)
+    assert not np.array_equal(m3.complete(a), m1.complete(a))
+
+
+@pytest.mark.usefixtures("_short_min_steps")
+def test_spackle_complete_records_steps_run_and_best_step():
+    a = _spackle_adata()
+    sp.tl.spackle_complete(
+        a,
+        max_steps=400,
+        batch_size=32,
+        val_check_interval=10,
+        early_stopping_patience=2,
+        lr=3e-2,
+        seed=0,
+        **TINY,
+    )
+    tr = a.uns["spackle"]["train"]
+    assert tr["stopped_early"] and tr["steps"] < tr["max_steps"] == 400
+    hist = a.uns["spackle"]["history"]
+    assert tr["best_step"] == int(hist["step"].iloc[int(np.argmin(hist["MSE"].to_numpy()))])
+    # no early stopping: every step is run
+    b = _spackle_adata()
+    sp.tl.spackle_complete(
+        b, max_steps=40, batch_size=32, val_check_interval=10, early_stopping_patience=None, seed=0, **TINY
+    )
+    assert b.uns["spackle"]["train"]["steps"] == 40 and not b.uns["spackle"]["train"]["stopped_early"]

@@ -21,6 +21,10 @@ from spared_tools.tl._spackle_use import HISTORY_COLUMNS, _SpackleUse
 
 __all__ = ["SpackleModel"]
 
+#: early stopping never ends a training before this step (chosen from validation curves:
+#: experiments/results/spackle_selection_stopping.txt)
+_MIN_STEPS = 300
+
 
 @register_model("SpaCKLE")
 class SpackleModel(_SpackleUse):
@@ -249,7 +253,9 @@ class SpackleModel(_SpackleUse):
         val_check_interval
             Validate every this many steps (and at the end).
         early_stopping_patience
-            Stop after this many validations without improvement of the validation MSE (``None``: never).
+            Stop once this many validations in a row have not lowered the validation MSE, after at least
+            300 steps (``None``: train all ``max_steps``). The best-validation weights are kept either way;
+            ``train_info_`` records the steps run, whether training stopped early and the best step.
         accelerator
             Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
         devices
@@ -280,7 +286,6 @@ class SpackleModel(_SpackleUse):
         -------
         ``self``, trained, with :attr:`history_` and :attr:`train_info_` filled in.
         """
-        import pytorch_lightning as pl
         import torch
 
         from spared_tools.models._runner import run_training, show_progress
@@ -375,17 +380,13 @@ class SpackleModel(_SpackleUse):
         )
         extra = dict(trainer_kwargs or {})
         callbacks: list = list(extra.pop("callbacks", None) or [])
-        if early_stopping_patience is not None and val_loader is not None:
-            callbacks.append(
-                pl.callbacks.EarlyStopping(
-                    monitor="val_MSE", mode="min", patience=int(early_stopping_patience)
-                )
-            )
         result = run_training(
             plan,
             train_loader,
             val_loader,
             monitor="val_MSE",
+            patience=None if early_stopping_patience is None else int(early_stopping_patience),
+            min_steps=_MIN_STEPS,
             seed=self.seed,
             validate_last=True,
             ckpt_path=ckpt_path,
@@ -429,6 +430,7 @@ class SpackleModel(_SpackleUse):
             "n_train_spots": int(is_train.sum()),
             "n_val_spots": int(is_val.sum()),
             "steps": int(result.global_step),
+            "stopped_early": bool(result.stopped_early),
             "best_step": None if best is None else int(best["record"]["step"]),
             "best_val": None
             if best is None
@@ -443,6 +445,7 @@ class SpackleModel(_SpackleUse):
             "loss_on": loss_on,
             "val_check_interval": int(val_check_interval),
             "early_stopping_patience": early_stopping_patience,
+            "early_stopping_min_steps": _MIN_STEPS,
             "accelerator": str(accelerator),
             "devices": str(devices),
             "strategy": str(strategy),
