@@ -18,7 +18,8 @@ import logging
 import os
 import random
 import sys
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -68,6 +69,55 @@ def apply_threads(n: int) -> None:
 
 
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+T = TypeVar("T")
+
+
+class _Checked(Generic[T]):
+    """A validated setting of :class:`_Settings`.
+
+    ``check`` turns an assigned value into the one stored (or raises a ``ValueError`` naming it), then
+    ``apply`` acts on it (e.g. sets the thread pools).
+    """
+
+    def __init__(self, check: Callable[[Any], T], apply: Callable[[T], None] | None = None) -> None:
+        self.check, self.apply = check, apply
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> T:
+        return getattr(obj, self.attr)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        checked = self.check(value)
+        if self.apply is not None:
+            self.apply(checked)
+        setattr(obj, self.attr, checked)
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not (
+        value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")
+    ):
+        raise ValueError(f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}.")
+    return value
+
+
+def _verbosity(value: Any) -> int:
+    if value not in _LEVELS:
+        raise ValueError(f"settings.verbosity must be one of 0, 1, 2, 3; got {value!r}.")
+    return int(value)
+
+
+def _reuse_heap(value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"settings.reuse_heap must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def _n_jobs(value: Any) -> int:
+    check_int(value, "settings.n_jobs", allow_none=True)
+    return available_cores() if value is None else int(value)
 
 
 class _Settings:
@@ -96,6 +146,11 @@ class _Settings:
         depending on the process's earlier allocations.
     """
 
+    device = _Checked(_device)
+    verbosity = _Checked(_verbosity, apply=lambda level: logger.setLevel(_LEVELS[level]))
+    reuse_heap = _Checked(_reuse_heap)
+    n_jobs = _Checked(_n_jobs, apply=apply_threads)
+
     def __init__(self) -> None:
         self._device: str = "auto"
         self._verbosity: int = 2
@@ -104,52 +159,6 @@ class _Settings:
         self.progress: bool = True
         self._reuse_heap: bool = True
         logger.setLevel(_LEVELS[self._verbosity])
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @device.setter
-    def device(self, value: str) -> None:
-        if not isinstance(value, str) or not (
-            value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")
-        ):
-            raise ValueError(
-                f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}."
-            )
-        self._device = value
-
-    @property
-    def verbosity(self) -> int:
-        return self._verbosity
-
-    @verbosity.setter
-    def verbosity(self, value: int) -> None:
-        if value not in _LEVELS:
-            raise ValueError(f"settings.verbosity must be one of 0, 1, 2, 3; got {value!r}.")
-        self._verbosity = int(value)
-        logger.setLevel(_LEVELS[self._verbosity])
-
-    @property
-    def reuse_heap(self) -> bool:
-        return self._reuse_heap
-
-    @reuse_heap.setter
-    def reuse_heap(self, value: bool) -> None:
-        if not isinstance(value, bool | np.bool_):
-            raise ValueError(f"settings.reuse_heap must be True or False, got {value!r}.")
-        self._reuse_heap = bool(value)
-
-    @property
-    def n_jobs(self) -> int:
-        return self._n_jobs
-
-    @n_jobs.setter
-    def n_jobs(self, value: int | None) -> None:
-        check_int(value, "settings.n_jobs", allow_none=True)
-        n = available_cores() if value is None else int(value)
-        apply_threads(n)
-        self._n_jobs = n
 
     def __repr__(self) -> str:
         return (
