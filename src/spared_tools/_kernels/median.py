@@ -81,6 +81,23 @@ def sort_table_by_ring(table: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.asarray(table, dtype=np.int64)[:, order]), ring[order]
 
 
+@njit(cache=True, inline="always")
+def _present_neighbours(table, i, bounds):  # pragma: no cover - numba
+    # The window positions of spot i that hold a spot, in ring order: nbs[:ends[k]] are the spots of the
+    # k-ring window (columns 0 … bounds[k] - 1, the spot itself included); ends[0] = 0.
+    n_rings = bounds.shape[0] - 1
+    nbs = np.empty(bounds[n_rings], dtype=np.int64)
+    ends = np.zeros(n_rings + 1, dtype=np.int64)
+    q = 0
+    for k in range(1, n_rings + 1):
+        for c in range(0 if k == 1 else bounds[k - 1], bounds[k]):
+            if table[i, c] >= 0:
+                nbs[q] = table[i, c]
+                q += 1
+        ends[k] = q
+    return nbs, ends
+
+
 @njit(nogil=True, cache=True)
 def _adaptive_median_kernel(
     X, missing, table, bounds, fallback, slide_codes, out, lo, hi
@@ -91,26 +108,22 @@ def _adaptive_median_kernel(
     for i in range(lo, hi):
         buf = np.empty(width, dtype=np.float64)
         s = slide_codes[i]
+        nbs, ends = _present_neighbours(table, i, bounds)
         for j in range(n_genes):
             if not missing[i, j]:
                 out[i, j] = X[i, j]
                 continue
             value = fallback[s, j]
             n = 0
-            start = 0
             for k in range(1, n_rings + 1):
-                for c in range(start, bounds[k]):
-                    nb = table[i, c]
-                    if nb < 0:
-                        continue
-                    v = np.float64(X[nb, j])
+                for c in range(ends[k - 1], ends[k]):  # insertion sort of the window's values
+                    v = np.float64(X[nbs[c], j])
                     p = n
                     while p > 0 and buf[p - 1] > v:
                         buf[p] = buf[p - 1]
                         p -= 1
                     buf[p] = v
                     n += 1
-                start = bounds[k]
                 if n == 0:
                     continue
                 h = n // 2
@@ -169,29 +182,16 @@ def _adaptive_median_kernel_nonneg(
             if missing[i, j] != invert:
                 todo[p] = j
                 p += 1
-        nbs = np.empty(width, dtype=np.int64)
-        q = 0
-        for c in range(width):
-            if table[i, c] >= 0:
-                nbs[q] = table[i, c]
-                q += 1
+        nbs, nwin = _present_neighbours(table, i, bounds)  # nwin[k]: spots in the k-ring window
         nonzero = np.zeros(n_genes, dtype=np.uint8)
         kstar = np.zeros(n_genes, dtype=np.int32)  # ring of the first non-zero median, 0: none
-        nwin = np.zeros(n_rings + 1, dtype=np.int64)
         per_ring = np.zeros(n_rings + 1, dtype=np.int64)
-        n = 0
-        start = 0
         for k in range(1, n_rings + 1):
-            for c in range(start, bounds[k]):
-                nb = table[i, c]
-                if nb < 0:
-                    continue
-                n += 1
-                row = nz[nb]
+            for c in range(nwin[k - 1], nwin[k]):
+                row = nz[nbs[c]]
                 for j in range(n_genes):
                     nonzero[j] += row[j]
-            start = bounds[k]
-            nwin[k] = n
+            n = nwin[k]
             q = 0
             for t in range(n_todo):
                 j = todo[t]
