@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
 
-from ._utils import finish, new_figure, style_axes
+from ._utils import figure_axes, finish, style_axes
 
 _X_CANDIDATES = ("step", "epoch")
 _BEST_CANDIDATES = ("val_mse", "val_loss", "MSE", "val_MSE", "loss")
@@ -135,12 +134,7 @@ def training_history(
     elif best is not None and best not in df.columns:
         raise KeyError(f"best={best!r} is not a column of the training history.")
 
-    fig: Figure | SubFigure
-    if ax is None:
-        fig = new_figure(figsize)
-        ax = fig.subplots()
-    else:
-        fig = ax.figure
+    fig, ax = figure_axes(ax, figsize)
     corr = [m for m in metrics if _is_correlation(str(m))]
     errors = [m for m in metrics if m not in corr]
     ax_corr = ax.twinx() if corr and errors else ax

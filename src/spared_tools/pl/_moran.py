@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure, SubFigure
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
 from spared_tools._validation import check_adata, check_int
 
-from ._utils import finish, new_figure, style_axes
+from ._utils import figure_axes, finish, style_axes
 
 
 @d.inject
@@ -100,12 +99,7 @@ def moran(
             raise TypeError(f"{source}[{selected_key!r}] must be boolean, got dtype {sel.dtype}.")
         selected = sel.to_numpy()[order]
 
-    fig: Figure | SubFigure
-    if ax is None:
-        fig = new_figure(figsize)
-        ax = fig.subplots()
-    else:
-        fig = ax.figure
+    fig, ax = figure_axes(ax, figsize)
     ax.plot(ranks, ranked, color="0.25", linewidth=1.2, label="Moran's I (mean over slides)")
     if adata_obj is not None and per_slide_key is not None and per_slide_key in adata_obj.varm:
         per = adata_obj.varm[per_slide_key]

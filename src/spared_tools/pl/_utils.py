@@ -85,6 +85,14 @@ def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Figure:
     return plt.figure(figsize=figsize, layout=kwargs.pop("layout", "constrained"), **kwargs)
 
 
+def figure_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure | SubFigure, Axes]:
+    """``ax`` and its figure, or a new figure of ``figsize`` with one axes when ``ax`` is ``None``."""
+    if ax is None:
+        fig = new_figure(figsize)
+        return fig, fig.subplots()
+    return ax.figure, ax
+
+
 def dense_column(X, j: int | np.ndarray) -> np.ndarray:
     """Return column(s) ``j`` of a dense or sparse matrix as a float64 dense array."""
     if sp.issparse(X):
