@@ -175,10 +175,10 @@ def part_speed(rep: Report, steps: int) -> None:
         a = _synthetic(n_slides)
         a.obs["split"] = "train"
         n = a.n_obs
-        model = sp.tl.SpackleModel(a, seed=0)
+        model = sp.tl.SpackleModel(seed=0)
         # steps/s: a short training run, every spot training, no validation => pure training steps
         t0 = time.perf_counter()
-        model.train(max_steps=steps, batch_size=256, split_key="split")
+        model.train(a, max_steps=steps, batch_size=256, split_key="split")
         dt = time.perf_counter() - t0
         rep(
             f"[speed] {n} spots x 128 genes: training {steps} steps (batch 256, {len(model.ring) - 1} neighbours) "
