@@ -179,18 +179,33 @@ def test_multi_patient_bad_input_named_errors(sections):
         sp.tl.genequery_predict(new, model=model)
 
 
+def test_unseen_gene_without_text_is_refused_before_predicting():
+    from types import SimpleNamespace
+
+    from spared_tools.tl._genequery_predict import _check_unseen_text
+
+    model = SimpleNamespace(gene_embeddings=None, organism="human", descriptions=None)
+    with pytest.raises(
+        KeyError, match=r"predicted from their text alone, but 1 genes have no .*'NOT_A_GENE_XYZ'"
+    ):
+        _check_unseen_text(model, ["ERBB2", "NOT_A_GENE_XYZ"], ad.AnnData(np.zeros((1, 0))))
+    _check_unseen_text(model, ["ERBB2"], ad.AnnData(np.zeros((1, 0))))  # in the bundled table
+    model.descriptions = {"NOT_A_GENE_XYZ": "a kinase of the cell membrane"}  # the user's own text
+    _check_unseen_text(model, ["NOT_A_GENE_XYZ"], ad.AnnData(np.zeros((1, 0))))
+
+
 # ---------------------------------------------------------------------------------------- her2st A + B + C
 @pytest.mark.slow
 def test_her2st_patients_a_b_c_at_two_resolutions():
     """Patient A (app images, ≈3.19 µm/px) with B and C (JPEGs, ≈0.69 µm/px): one model, then a new section."""
     app = shared_path("her2st_app_hne")
     raw = shared_path("her2st_raw")
-    adata = sp.io.concat_slides(
-        [sp.io.read_her2st(app, ["A1", "A2"]), sp.io.read_her2st(raw, ["B4", "C2", "C3"])]
-    )
+    # two folders (the app images of patient A, the JPEGs of B and C): one section per reader call
+    sections = [("A1", app), ("A2", app), ("B4", raw), ("C2", raw)]
+    adata = sp.io.concat_slides([sp.io.read_her2st(folder, s) for s, folder in sections])
     mpp = {k: v["scalefactors"]["microns_per_pixel"] for k, v in adata.uns["spatial"].items()}
     assert mpp["A1"] == pytest.approx(3.19, rel=0.01) and mpp["C2"] == pytest.approx(0.688, rel=0.01)
-    sp.pp.split_by(adata, key="slide_id", train=["A1", "B4", "C3"], val=["A2"], test=["C2"])
+    sp.pp.split_by(adata, key="slide_id", train=["A1", "B4"], val=["A2"], test=["C2"])
     processed = sp.pp.spared_pipeline(adata, organism="human", split_key="split")
     sp.pp.extract_patches(processed, size=32)
     info = processed.uns["patches"]
@@ -198,7 +213,8 @@ def test_her2st_patients_a_b_c_at_two_resolutions():
     np.testing.assert_allclose(list(info["crop_um"].values()), SPOT_UM, rtol=0.015)
 
     genes = list(processed.var_names)
-    model = sp.tl.GeneQueryModel(seed=0, **NET).set_params(**FIT)  # default encoders: EfficientNet, text
+    # the default encoders (EfficientNet-Lite0, the gene texts); one view per patch keeps the test short
+    model = sp.tl.GeneQueryModel(seed=0, **NET).set_params(**FIT, augment=False, tta=False)
     sp.tl.genequery_predict(processed, model=model)
     assert list(model.genes_) == genes
     metrics = processed.uns["genequery"]["metrics"]

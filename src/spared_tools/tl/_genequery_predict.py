@@ -41,6 +41,29 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
     return out
 
 
+def _check_unseen_text(model: GeneQueryModel, untrained: list[str], adata: AnnData) -> None:
+    """``KeyError`` when a gene the model did not train on has no text: it would be predicted from a bare symbol."""
+    if not untrained or model.gene_embeddings is not None:  # a precomputed table checks its own rows
+        return
+    from spared_tools.models.text import gene_descriptions
+
+    try:
+        gene_descriptions(
+            untrained,
+            organism=model.organism,
+            descriptions=model.descriptions,
+            adata=adata,
+            on_missing="raise",
+        )
+    except KeyError as err:
+        # "<n> genes have no description in the bundled <organism> table: <genes>"
+        what = str(err.args[0]).split(". Pass")[0]
+        raise KeyError(
+            f"genequery_predict: genes the model did not train on are predicted from their text alone, but {what}. "
+            "Pass descriptions={gene: text} to GeneQueryModel, or leave these genes out."
+        ) from None
+
+
 def genequery_predict(
     adata: AnnData,
     *,
@@ -67,7 +90,9 @@ def genequery_predict(
         and, to train, log1p expression in ``layer`` and a split column.
     genes
         Genes to predict (default: the training genes). Genes in ``adata.var_names`` go to
-        ``adata.layers[key_added]``; any other gene is "unseen" and predicted from its text alone.
+        ``adata.layers[key_added]``; any other gene is "unseen" and predicted from its text alone. A gene the
+        model did not train on and that has no description (bundled table or the model's ``descriptions``)
+        is a ``KeyError``: a bare symbol is no text to predict from.
     mode
         ``"gene"`` (gene-aware, the default: it scored higher on the validation sections,
         ``experiments/results/genequery_selection.txt``) or ``"spot"`` (spot-aware) GeneQuery; used when a
@@ -164,6 +189,7 @@ def genequery_predict(
         raise ValueError("genes is empty.")
     if len(set(genes)) != len(genes):
         raise ValueError("genes contains duplicates.")
+    _check_unseen_text(model, [g for g in genes if g not in set(trained)], adata)
     std = None
     if len(model.nets_) > 1:  # an ensemble: its spread goes next to the prediction
         pred, std = model.predict_with_std(adata, genes)
