@@ -33,7 +33,9 @@ def _quiet():
 
 
 def test_both_model_families_subclass_the_one_base_class():
-    for cls in (*MODELS, sp.tl.LinearHeadPredictor):
+    public = [getattr(sp.tl, n) for n in sp.tl.__all__ if inspect.isclass(getattr(sp.tl, n))]
+    assert set(public) == {*MODELS, sp.tl.LinearHeadPredictor}  # every public class is a model
+    for cls in public:
         assert issubclass(cls, BaseModel), cls
     assert issubclass(Predictor, BaseModel) and not issubclass(sp.tl.SpackleModel, Predictor)
     # one contract: keyword-only constructor without data; train(adata, ...) binds the data
