@@ -179,7 +179,7 @@ class SpackleModel(_SpackleUse):
         layer: str | None = Key.MEDIAN,
         mask_layer: str | None = Key.MASK,
         library_key: str | None = Key.SLIDE,
-        max_steps: int = 3000,
+        max_steps: int = 1200,
         batch_size: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -189,8 +189,8 @@ class SpackleModel(_SpackleUse):
         train_value: str = Key.TRAIN,
         val_value: str = Key.VAL,
         val_slides: Sequence[str] | None = None,
-        val_check_interval: int = 250,
-        early_stopping_patience: int | None = None,
+        val_check_interval: int = 50,
+        early_stopping_patience: int | None = 5,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
         strategy: str | Any = "auto",
@@ -226,7 +226,9 @@ class SpackleModel(_SpackleUse):
             ``adata.obs`` column naming each spot's slide (neighbourhoods never cross slides); ``None`` for a
             single slide.
         max_steps
-            Optimiser steps (the paper trains 10,000 at batch 256).
+            Most optimiser steps (the paper trains 10,000 at batch 256); early stopping usually ends sooner.
+            1,200 steps of batch 256 take about 3 minutes on 2 CPU cores at 10,000 spots × 128 genes
+            (``benchmarks/results/spackle_default10k.txt``).
         batch_size
             Neighbourhoods per step.
         lr

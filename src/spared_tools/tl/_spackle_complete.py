@@ -37,7 +37,7 @@ def spackle_complete(
     split_key: str | None = Key.SPLIT,
     val_slides: Sequence[str] | None = None,
     n_rings: int | None = None,
-    max_steps: int = 3000,
+    max_steps: int = 1200,
     batch_size: int = 256,
     lr: float = 1e-3,
     mask_frac: float | tuple[float, float] = 0.3,
@@ -90,7 +90,9 @@ def spackle_complete(
     n_rings
         Neighbourhood rings (``None``: 2 on Visium → 18 neighbours; 3 on square grids → 24).
     max_steps
-        Training steps.
+        Most training steps; training stops early once the validation MSE has not improved for 5 checks
+        (every 50 steps, from step 300 on; ``early_stopping_patience=None`` trains them all). The steps run
+        and the best step are recorded in ``adata.uns[key_added]["train"]``.
     batch_size
         Neighbourhoods per training step.
     lr
