@@ -87,8 +87,6 @@ class SpackleModel(_SpackleUse):
         ring of each neighbourhood position.
     layer, mask_layer, library_key
         The data keys of the last :meth:`train` (used by :meth:`complete` and :meth:`evaluate`).
-    is_trained
-        Whether :meth:`train` (or :meth:`load`) has provided weights.
     history_
         ``pandas.DataFrame`` of the validation metrics at each validation check of the last training.
     train_info_
