@@ -29,6 +29,7 @@ from _common import ROOT, Report, machine_info, peak_rss_mb
 import spared_tools as sp
 
 SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+OLD_STEPS = 3000
 
 
 def _load_avg() -> str:
@@ -42,7 +43,7 @@ def _load_avg() -> str:
 OLD_CTOR = {"d_model": 128, "n_heads": 4, "n_layers": 2, "dim_feedforward": 256, "dropout": 0.0}
 OLD_TRAIN = {
     "max_steps": 3000,
-    "val_check_interval": 250,
+    "val_check_interval": 50,
     "lr": 1e-3,
     "weight_decay": 0.0,
     "early_stopping_patience": None,
@@ -75,15 +76,33 @@ def _accuracy(rep: Report, adata, name: str, n_masks: int, seed: int = 0, old: b
     )
     rep(f"[{name}] missing entries (median pre-completed): {100 * (1 - adata.layers['mask'].mean()):.1f} %")
     runs = [("SpaCKLE defaults", {}, {})]
+    saved = ROOT / "benchmarks" / "_work" / "selection_models" / f"{name}_old_sweep1"
+    old = old and (OLD_STEPS > 0 or saved.exists())
     if old:
-        runs.append(("old defaults (3,000 steps)", OLD_CTOR, OLD_TRAIN))
+        runs.append(("old defaults (3,000 steps)", OLD_CTOR, {**OLD_TRAIN, "max_steps": OLD_STEPS}))
     out: dict = {}
     for label, ctor, train in runs:
         load0 = _load_avg()
         t0 = time.perf_counter()
-        model = _fit(adata, ctor, train, seed=seed)
+        if label.startswith("old") and saved.exists():
+            model = sp.tl.SpackleModel.load(saved, adata)
+            rep(
+                f"[{name}] {label}: the old-defaults model of experiments/spackle_selection.py (old network and "
+                f"optimiser, {model.train_info_['max_steps']} steps, validated every "
+                f"{model.train_info_['val_check_interval']} steps, best-validation weights: the old defaults at "
+                "their best training length), loaded"
+            )
+        else:
+            if label.startswith("old"):
+                rep(
+                    f"[{name}] {label}: trained {OLD_STEPS} steps (not 3,000: the shared machine's time), "
+                    f"validated every {OLD_TRAIN['val_check_interval']} steps, best-validation weights"
+                )
+            model = _fit(adata, ctor, train, seed=seed)
         t_train = time.perf_counter() - t0
         info = model.train_info_
+        if label == "SpaCKLE defaults":
+            _timing(rep, name, adata, model, t_train, load0)
         rep(f"[{name}] {label}: {model!r}")
         rep(
             f"[{name}] {label}: trained {info['steps']} of max {info['max_steps']} steps in {t_train:.0f} s "
@@ -121,6 +140,25 @@ def _accuracy(rep: Report, adata, name: str, n_masks: int, seed: int = 0, old: b
     rep(line + "; target >= 82.5 % (paper, averaged over SpaRED) and >= old - 1 point")
     rep()
     return out
+
+
+def _timing(rep: Report, name: str, adata, model, t_train: float, load0: str) -> None:
+    """Training + completion wall and CPU time and peak RSS of the defaults run (this process)."""
+    import resource
+
+    import torch
+
+    t0 = time.perf_counter()
+    model.complete(adata)
+    t_done = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime
+    rep(
+        f"[{name}] defaults: training {t_train:.0f} s + completion of all {adata.n_obs} spots {t_done:.1f} s = "
+        f"{t_train + t_done:.0f} s wall on {torch.get_num_threads()} torch threads under load avg "
+        f"{load0}->{_load_avg()} (2 cores shared); process CPU time so far {cpu:.0f} s (incl. reading the data); "
+        f"peak RSS {ru.ru_maxrss / 1024**2:.2f} GiB (whole process; target <= 4 GiB)"
+    )
 
 
 def _load_set(name: str):
@@ -420,6 +458,7 @@ def main() -> None:
         required=True,
     )
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--old-steps", type=int, default=3000, help="steps of the old-defaults peer")
     ap.add_argument("--batch-size", type=int, default=256, help="training batch (neighbourhoods per step)")
     ap.add_argument(
         "--threads",
@@ -431,8 +470,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    global BATCH
+    global BATCH, OLD_STEPS
     BATCH = args.batch_size
+    OLD_STEPS = args.old_steps
     sp.settings.progress = False
     rep = Report(f"spackle_{args.part}")
     rep(f"# bench_spackle --part {args.part}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
