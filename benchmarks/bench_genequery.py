@@ -40,6 +40,7 @@ other than 0: suffixes ``_one_view``, ``_standard``, ``_w256``, ``_seed1``...).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import inspect
 import os
@@ -65,6 +66,7 @@ from spared_tools.models.image import encode_patches, load_image_encoder
 from spared_tools.pp import image_features
 
 WORK = Path(__file__).resolve().parent / "_work"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PREP = WORK / "her2st_genequery.h5ad"
 VIEWS = WORK / "her2st_views8.npz"  # features of the 8 dihedral views of every patch (cached)
 SECTIONS = ["B4", "C2", "C3", "C4"]
@@ -433,6 +435,301 @@ def speed(report: Report, args) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# the package defaults on six sections (issue 19): held-out sections, seeds, the ensemble's spread
+
+#: test section -> (training sections, validation sections); validation = other patients only, and
+#: never a scored section (the defaults were chosen on B4, A1, A2 by experiments/genequery_selection.py)
+FOLDS6 = {
+    "C2": (["C3", "C4"], ["B4", "A1", "A2"]),
+    "C3": (["C2", "C4"], ["B4", "A1", "A2"]),
+    "C4": (["C2", "C3"], ["B4", "A1", "A2"]),
+    "B4": (["C2", "C3", "C4"], ["A1", "A2"]),
+}
+
+
+def fold6(data: ad.AnnData, test: str) -> ad.AnnData:
+    """One fold of the six-section data: its training, validation and test sections, split by section."""
+    train, val = FOLDS6[test]
+    a = data[data.obs["slide_id"].isin([test, *train, *val]).to_numpy()].copy()
+    slides = a.obs["slide_id"].astype(str).to_numpy()
+    a.obs["split"] = pd.Categorical(
+        np.where(slides == test, "test", np.where(np.isin(slides, val), "val", "train"))
+    )
+    return a
+
+
+def defaults_model(mode: str, seed: int, **settings) -> sp.tl.GeneQueryModel:
+    """``sp.tl.GeneQueryModel(mode=mode, seed=seed)`` with the package defaults, on the cached 8 views."""
+    model = sp.tl.GeneQueryModel(mode=mode, seed=seed)
+    return model.set_params(features_key="X_image_views", accelerator="cpu", **settings)
+
+
+def baselines6() -> dict[str, sp.tl.Predictor]:
+    """Mean, ridge as ``RidgePredictor()`` computes it (the patch's own view), ridge on a wider penalty grid."""
+    return {
+        "Mean": sp.tl.MeanPredictor(),
+        "Ridge (HEST-style)": sp.tl.RidgePredictor(encoder="precomputed", features_key="X_image_view0"),
+        "Ridge (HEST-style), penalties 1e-3..1e7": sp.tl.RidgePredictor(
+            encoder="precomputed", features_key="X_image_view0", alphas=tuple(10.0**k for k in range(-3, 8))
+        ),
+    }
+
+
+def _spearman_spread(std: np.ndarray, err: np.ndarray) -> tuple[float, float]:
+    """Spearman of spread and absolute error: over every test spot × gene, and the median over genes."""
+    from scipy.stats import spearmanr
+
+    pooled = float(spearmanr(std.ravel(), err.ravel()).statistic)
+    per_gene = [spearmanr(std[:, j], err[:, j]).statistic for j in range(std.shape[1]) if std[:, j].std() > 0]
+    return pooled, float(np.nanmedian(per_gene))
+
+
+def heldout(report: Report, args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from genequery_data6 import load6
+
+    data = load6(args.gene_set)
+    d = sp.tl.GeneQueryModel()
+    report(
+        f"{data.n_obs} spots × {data.n_vars} genes ({args.gene_set}-gene set, experiments/genequery_data6.py); "
+        f"package defaults: mode={d.mode!r}, width {d.width}, ff {d.ff_dim}, {d.max_epochs} epochs, "
+        f"context_rings={d.context_rings}, gene_identity={d.gene_identity}, n_models={d.n_models}, "
+        f"checkpoint={d.checkpoint!r}, augment={d.augment}, tta={d.tta}; seeds {args.seeds} (a seed s trains "
+        f"the networks of seeds s .. s + n_models - 1); spot-aware = the same defaults with mode='spot'"
+    )
+    report(
+        "folds (test: train | validation): "
+        + "; ".join(
+            f"{t}: {'+'.join(tr)} | {'+'.join(v)}" for t, (tr, v) in FOLDS6.items() if t in args.folds
+        )
+    )
+    rows, spread = [], []
+
+    def record(test: str, label: str, res: dict, extra: str = "") -> None:
+        report(f"  {label:44s} {fmt(res)}{extra}")
+        rows.append({"fold": test, "model": label, **{k: res[k] for k in ("pcc_heg", "pcc_hvg", "pcc_all")}})
+
+    for test in args.folds:
+        a = fold6(data, test)
+        te = (a.obs["split"] == "test").to_numpy()
+        t_ad = a[te].copy()
+        truth = np.asarray(
+            t_ad.layers["log1p"].todense() if sps.issparse(t_ad.layers["log1p"]) else t_ad.layers["log1p"]
+        )
+        report(f"\nfold test={test}: {dict(a.obs['split'].value_counts())}")
+        for mode in args.modes:
+            for seed in args.seeds if mode == args.modes[0] else args.seeds[:1]:
+                model = defaults_model(mode, seed)
+                t0 = time.perf_counter()
+                model.train(a)
+                t_train = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                pred, std = model.predict_with_std(t_ad)
+                t_pred = time.perf_counter() - t0
+                res = sp.tl.evaluate_prediction(truth, pred, genes=list(a.var_names))
+                label = f"GeneQuery {mode}-aware (defaults)" + (
+                    f", seed {seed}" if len(args.seeds) > 1 else ""
+                )
+                record(test, label, res, f"  train {t_train:.0f} s, predict {t_pred:.0f} s")
+                rho, rho_gene = _spearman_spread(std, np.abs(pred - truth))
+                spread.append(
+                    {
+                        "fold": test,
+                        "mode": mode,
+                        "seed": seed,
+                        "rho": rho,
+                        "rho_gene": rho_gene,
+                        "std": std,
+                        "err": np.abs(pred - truth),
+                    }
+                )
+                report(
+                    f"  {'':44s} spread vs |error|: Spearman {rho:.3f} over spots × genes, median over genes {rho_gene:.3f}"
+                )
+        for name, model in baselines6().items():
+            model.train(a)
+            record(test, name, model.evaluate(a))
+        report.save()
+    df = pd.DataFrame(rows)
+    df["base"] = df["model"].str.replace(r", seed \d+$", "", regex=True)
+    report(
+        "\nmean over folds (HEG / HVG / ALL); GeneQuery rows: mean over seeds, [min, max] of the seeds' fold means"
+    )
+    summary = {}
+    for name, g in df.groupby("base", sort=False):
+        per_seed = g.assign(seed=g["model"]).groupby("seed")[["pcc_heg", "pcc_hvg", "pcc_all"]].mean()
+        m = per_seed.mean()
+        summary[name] = m
+        rng = ""
+        if len(per_seed) > 1:
+            rng = (
+                "  [" + ", ".join(f"{per_seed[c].min():.3f}-{per_seed[c].max():.3f}" for c in per_seed) + "]"
+            )
+        report(
+            f"  {name:44s} {m.pcc_heg:.3f} / {m.pcc_hvg:.3f} / {m.pcc_all:.3f}  ({g['fold'].nunique()} folds){rng}"
+        )
+    base = pd.DataFrame({k: v for k, v in summary.items() if not k.startswith("GeneQuery")}).T
+    best = base.max()
+    report(
+        f"best baseline per score: HEG {best.pcc_heg:.3f} ({base.pcc_heg.idxmax()}), HVG {best.pcc_hvg:.3f} ({base.pcc_hvg.idxmax()}), ALL {best.pcc_all:.3f} ({base.pcc_all.idxmax()})"
+    )
+    paper = dict(zip(("pcc_heg", "pcc_hvg", "pcc_all"), PAPER["spot"]))
+    for name, m in summary.items():
+        if name.startswith("GeneQuery"):
+            margin = " / ".join(f"{m[c] - best[c]:+.3f}" for c in paper)
+            ok = all(m[c] >= best[c] + 0.03 for c in paper) and all(m[c] >= paper[c] for c in paper)
+            report(
+                f"  {name}: minus best baseline {margin}; targets (>= best baseline + 0.03 and >= paper HER2+ 0.317 / 0.315 / 0.174 on each): {'met' if ok else 'NOT met'}"
+            )
+    if spread:
+        report(
+            "\nensemble spread (std of the n_models networks, layers['genequery_std']) vs absolute error on the test section:"
+        )
+        for r in spread:
+            report(
+                f"  test {r['fold']}, {r['mode']}-aware, seed {r['seed']}: Spearman {r['rho']:.3f} (median over genes {r['rho_gene']:.3f})"
+            )
+        _spread_plot(
+            spread,
+            f"genequery_uncertainty{'' if args.gene_set == '128' else '_' + args.gene_set}.png",
+            report,
+        )
+
+
+def unseen6(report: Report, args) -> None:
+    """Defaults trained on a random 40 % of the genes; the other 60 % predicted from their text alone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from genequery_data6 import load6
+
+    data = load6(args.gene_set)
+    genes = list(data.var_names)
+    rng = np.random.default_rng(0)
+    trained = sorted(rng.choice(len(genes), size=round(0.4 * len(genes)), replace=False))
+    train_genes = [genes[i] for i in trained]
+    untrained = [g for g in genes if g not in set(train_genes)]
+    report(
+        f"{data.n_obs} spots × {len(genes)} genes; package defaults trained on {len(train_genes)} random genes "
+        f"(40 %, seed 0), scored on the other {len(untrained)} (predicted from their text; paper HER2+ unseen "
+        "HEG 0.131)"
+    )
+    for test in args.folds:
+        a = fold6(data, test)
+        t_ad = a[(a.obs["split"] == "test").to_numpy()].copy()
+        truth = t_ad[:, untrained].layers["log1p"]
+        truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)
+        report(f"\nfold test={test}")
+        for mode in args.modes:
+            model = defaults_model(mode, args.seeds[0])
+            t0 = time.perf_counter()
+            model.train(a, genes=train_genes)
+            res = sp.tl.evaluate_prediction(truth, model.predict(t_ad, untrained), genes=untrained)
+            report(
+                f"  GeneQuery {mode}-aware (defaults), untrained genes  {fmt(res)}  train {time.perf_counter() - t0:.0f} s"
+            )
+        report.save()
+
+
+def cost(report: Report, args) -> None:
+    """The defaults' cost on this CPU: feature extraction, training 1,000 spots × 128 genes, predicting 5,000 × 1,000."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from genequery_data6 import load6, raw6
+
+    from spared_tools.models.image import load_image_encoder
+
+    # feature extraction rate, measured now (the machine is shared: the load is in the header)
+    raw = raw6()
+    few = raw[raw.obs["slide_id"].isin(["C2"]).to_numpy()][:64].copy()
+    sp.pp.extract_patches(few, size=224)
+    enc = load_image_encoder("efficientnet-lite0")
+    t0 = time.perf_counter()
+    sp.pp.image_features(few, encoder=enc, key_added="one")
+    rate = few.n_obs / (time.perf_counter() - t0)
+    report(
+        f"feature extraction (EfficientNet-Lite0, 224 px, {torch.get_num_threads()} threads): {rate:.1f} patches/s; a spot with the 8 dihedral views costs 8 patches"
+    )
+    # training 1,000 spots × 128 genes from cached features, plus the extraction they would need
+    data = load6("128")
+    a = data[:1000].copy()
+    col = a.obs["array_col"].to_numpy()
+    a.obs["split"] = np.where(col > np.quantile(col, 0.9), "val", "train")
+    for label, settings, views in (
+        ("defaults (8 views: augment, tta)", {}, 8),
+        ("one view (augment=False, tta=False)", {"augment": False, "tta": False}, 1),
+    ):
+        for n_models in (3, 1):
+            model = defaults_model("gene", 0, n_models=n_models, **settings)
+            t0 = time.perf_counter()
+            model.train(a)
+            t = time.perf_counter() - t0
+            feat = 1000 * views / rate
+            report(
+                f"train {a.n_obs} spots × {a.n_vars} genes, gene-aware {label}, n_models={n_models}: {t:.0f} s; with feature extraction ({views} view(s) × 1,000 spots, {feat:.0f} s): {t + feat:.0f} s (target 180 s)"
+            )
+    # prediction 5,000 spots × 1,000 genes (synthetic features and embeddings of the real widths)
+    rng = np.random.default_rng(0)
+    n, G = 5000, 1000
+    genes = [f"g{i}" for i in range(G)]
+    table = pd.DataFrame(rng.normal(size=(G, 384)).astype(np.float32), index=genes)
+    big = ad.AnnData(np.zeros((n, G), dtype=np.float32), var=pd.DataFrame(index=genes))
+    big.obs["slide_id"] = "big"
+    side = int(np.ceil(np.sqrt(n)))
+    big.obs["array_row"], big.obs["array_col"] = np.divmod(np.arange(n), side)
+    big.obsm["spatial"] = np.column_stack(np.divmod(np.arange(n), side)).astype(float)
+    big.obsm["X_image_features"] = rng.normal(size=(n, 8, 1280)).astype(np.float32)
+    big.layers["log1p"] = np.abs(rng.normal(size=(n, G))).astype(np.float32)
+    f = args.predict_fraction
+    small = big[:64].copy()
+    small.obs["split"] = "train"
+    model = sp.tl.GeneQueryModel(gene_embeddings=table, seed=0).set_params(max_epochs=1, accelerator="cpu")
+    model.train(small, genes=genes[:8], split_key=None, progress=False)
+    target = big[: round(f * n)].copy()
+    for tta in (True, False):
+        for k in (3, 1):
+            m = copy.copy(model)
+            m.nets_ = model.nets_[:k]
+            gc.collect()
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            t0 = time.perf_counter()
+            out = m.predict(target, genes, tta=tta)
+            dt = time.perf_counter() - t0
+            rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            report(
+                f"predict gene-aware defaults, {k} network(s), tta={tta} ({m.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; "
+                f"5,000 × 1,000: {dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; peak RSS {rss1:.0f} MiB (before {rss0:.0f}) (target 120 s, 6 GiB)"
+            )
+
+
+def _spread_plot(spread: list[dict], name: str, report: Report) -> None:
+    """Mean absolute error per decile of the spread, one line per fold (first seed of the first mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    seen = set()
+    for r in spread:
+        if (r["fold"], r["mode"]) in seen or r["seed"] != spread[0]["seed"]:
+            continue
+        seen.add((r["fold"], r["mode"]))
+        std, err = r["std"].ravel(), r["err"].ravel()
+        edges = np.quantile(std, np.linspace(0, 1, 11))
+        b = np.clip(np.searchsorted(edges, std, side="right") - 1, 0, 9)
+        x = [std[b == k].mean() for k in range(10)]
+        y = [err[b == k].mean() for k in range(10)]
+        ax.plot(x, y, "o-", label=f"test {r['fold']} ({r['mode']}), ρ={r['rho']:.2f}")
+    ax.set_xlabel("ensemble spread (std of 3 networks, log1p)")
+    ax.set_ylabel("mean |prediction − truth| (log1p)")
+    ax.set_title("GeneQuery spread vs error, per decile of spread")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS_DIR / name
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    report(f"plot: benchmarks/results/{name}")
+
+
+# --------------------------------------------------------------------------------------------------
 # stages and output names
 
 
@@ -463,6 +760,8 @@ SUFFIXES: dict[str, Callable[[argparse.Namespace], str]] = {
     "context": lambda a: f"_ctx{a.context_rings}" if a.context_rings else "",
     "modes": lambda a: "_" + "_".join(a.modes) if a.modes != ["spot", "gene"] else "",
     "checkpoint": lambda a: f"_{a.checkpoint}" if a.checkpoint != "best" else "",
+    "gene_set": lambda a: f"_{a.gene_set}" if a.gene_set != "128" else "",
+    "folds6": lambda a: "" if sorted(a.folds) == sorted(FOLDS6) else "_" + "_".join(a.folds),
 }
 _HEAD_TO_HEAD = ("one_view", "scaling", "width", "seed", "identity", "context", "checkpoint")
 
@@ -470,6 +769,9 @@ STAGES: dict[str, Stage] = {
     "prep": Stage(prep, "genequery_prep", ("checkpoint",)),
     "main": Stage(main, "genequery_main", _HEAD_TO_HEAD),
     "speed": Stage(speed, "genequery_speed"),
+    "heldout": Stage(heldout, "genequery_heldout", ("gene_set", "folds6")),
+    "unseen": Stage(unseen6, "genequery_heldout_unseen", ("gene_set", "folds6")),
+    "cost": Stage(cost, "genequery_cost"),
 }
 
 
@@ -534,6 +836,12 @@ def parser(stages: Sequence[str], description: str | None = None) -> argparse.Ar
         help="GeneQuery target scaling; default: the stage's (min-max for main)",
     )
     p.add_argument("--modes", nargs="+", default=["spot", "gene"], choices=["spot", "gene"])
+    p.add_argument(
+        "--gene-set", default="128", choices=["128", "785"], help="heldout: the six sections' gene set"
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="heldout: seeds of the first mode's models"
+    )
     return p
 
 

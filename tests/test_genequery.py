@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -25,6 +27,9 @@ from spared_tools.models.genequery import (
 from spared_tools.tl import GeneQueryModel, genequery_predict
 from spared_tools.tl._predictor import Predictor
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _genequery_legacy import LEGACY
+
 SMALL = {
     "width": 32,
     "n_heads": 4,
@@ -41,7 +46,10 @@ _CTOR = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
 
 def _gq(**kw) -> GeneQueryModel:
     """A model from flat keywords: the network's to the constructor, the training / inference settings
-    through ``set_params`` (what ``train(...)`` / ``predict(...)`` would set)."""
+    through ``set_params`` (what ``train(...)`` / ``predict(...)`` would set); :data:`LEGACY` defaults."""
+    kw = {**LEGACY, **kw}
+    if kw.get("finetune") and "context_rings" not in kw:
+        kw["context_rings"] = 0
     model = GeneQueryModel(**{k: v for k, v in kw.items() if k in _CTOR})
     return model.set_params(**{k: v for k, v in kw.items() if k not in _CTOR})
 
@@ -547,7 +555,12 @@ def test_genequery_predict_writes_layer_uns_and_h5ad(data, tmp_path):
     adata, table = data
     adata = adata.copy()
     out = genequery_predict(
-        adata, mode="gene", gene_embeddings=table, max_epochs=2, batch_size=16, seed=2, **SMALL
+        adata,
+        **{**LEGACY, "mode": "gene", "max_epochs": 2},
+        gene_embeddings=table,
+        batch_size=16,
+        seed=2,
+        **SMALL,
     )
     assert out is None
     layer = adata.layers["genequery"]
@@ -577,11 +590,10 @@ def test_genequery_predict_scores_trained_and_untrained_genes_apart(data):
     train_genes = genes[: len(genes) // 2]
     genequery_predict(
         adata,
-        mode="gene",
+        **{**LEGACY, "mode": "gene", "max_epochs": 1},
         gene_embeddings=table,
         train_genes=train_genes,
         genes=genes,
-        max_epochs=1,
         batch_size=16,
         seed=0,
         **SMALL,
@@ -603,7 +615,7 @@ def test_genequery_predict_scores_trained_and_untrained_genes_apart(data):
 
 def test_target_scaling_default_depends_on_the_mode(data, tmp_path):
     adata, table = data
-    assert _gq().scaling == "minmax" and _gq(mode="gene").scaling == "standard"
+    assert _gq().scaling == "minmax" and _gq(mode="gene").scaling == "standard"  # _gq(): mode="spot"
     assert _gq(mode="gene", scaling="minmax").scaling == "minmax"
     model = _gq(mode="gene", gene_embeddings=table, max_epochs=1, seed=0, **SMALL)
     model.train(adata.copy(), genes=["G0", "G1", "G2"])
@@ -1189,7 +1201,7 @@ def test_context_rings_is_the_neighbourhood_mean_next_to_the_features(data, tmp_
     near = np.flatnonzero((slide == "s4") & (np.abs(rows - 3) + np.abs(cols - 3) <= 1))
     np.testing.assert_array_equal(changed, near)
     # defaults, save -> load
-    assert _gq().context_rings == 0  # the default: the patch's own features
+    assert GeneQueryModel().context_rings == 1  # the default: the spot and its lattice neighbours
     m1.save(tmp_path / "m")
     back = GeneQueryModel.load(tmp_path / "m", adata)
     assert back.context_rings == 1
@@ -1228,14 +1240,13 @@ def test_parameters_by_concern_and_the_old_form_names_the_new_one(data):
     m = GeneQueryModel(gene_embeddings=table, seed=0, **net)
     m.train(adata.copy(), genes=genes, max_epochs=2, lr=3e-3, accelerator="cpu", plan_kwargs={"max_len": 30})
     assert (m.max_epochs, m.lr, m.max_len) == (2, 3e-3, 30)
-    ref = _gq(gene_embeddings=table, seed=0, max_epochs=2, max_len=30, **SMALL).train(
-        adata.copy(), genes=genes
-    )
+    ref = GeneQueryModel(gene_embeddings=table, seed=0, **net)  # the package defaults, set another way
+    ref.set_params(max_epochs=2, max_len=30, lr=3e-3, accelerator="cpu").train(adata.copy(), genes=genes)
     np.testing.assert_array_equal(m.predict(adata), ref.predict(adata))
     assert m.predict(adata, inference_precision="32") is not None and m.inference_precision == "32"
     with pytest.raises(TypeError, match="Unknown plan_kwargs"):
         m.train(adata.copy(), plan_kwargs={"max_epochs": 2})
     # genequery_predict still takes every setting in one call
     out = adata.copy()
-    genequery_predict(out, gene_embeddings=table, max_epochs=1, tta=False, seed=0, **SMALL)
+    genequery_predict(out, gene_embeddings=table, max_epochs=1, tta=False, seed=0, n_models=1, **SMALL)
     assert out.uns["genequery"]["params"]["max_epochs"] == 1 and "genequery" in out.layers

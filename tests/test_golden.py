@@ -30,12 +30,14 @@ from spared_tools.models.image import load_image_encoder
 from spared_tools.tl import GeneQueryModel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _genequery_legacy import LEGACY
 from _synthetic_spackle import make_adata as spackle_adata
 
 
 def _gq(**kw) -> GeneQueryModel:
     """GeneQueryModel from flat keywords: the network's to the constructor, the settings via set_params."""
     ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+    kw = {**LEGACY, **kw}  # the settings these references were made with (before issue 19's defaults)
     model = GeneQueryModel(**{k: v for k, v in kw.items() if k in ctor})
     return model.set_params(**{k: v for k, v in kw.items() if k not in ctor})
 
@@ -179,9 +181,8 @@ def test_genequery_predict_function_golden():
     adata, table = _genequery_adata()
     sp.tl.genequery_predict(
         adata,
-        mode="spot",
+        **{**LEGACY, "max_epochs": 2},
         gene_embeddings=table,
-        max_epochs=2,
         batch_size=8,
         seed=0,
         accelerator="cpu",

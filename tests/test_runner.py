@@ -18,12 +18,14 @@ from spared_tools.models._runner import BestState, make_trainer, run_training
 from spared_tools.tl import GeneQueryModel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _genequery_legacy import LEGACY
 from _synthetic_spackle import make_adata as spackle_adata
 
 
 def _gq(**kw) -> GeneQueryModel:
     """GeneQueryModel from flat keywords: the network's to the constructor, the settings via set_params."""
     ctor = set(inspect.signature(GeneQueryModel.__init__).parameters) - {"self"}
+    kw = {**LEGACY, **kw}  # the settings these references were made with (before issue 19's defaults)
     model = GeneQueryModel(**{k: v for k, v in kw.items() if k in ctor})
     return model.set_params(**{k: v for k, v in kw.items() if k not in ctor})
 

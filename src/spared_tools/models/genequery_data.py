@@ -194,6 +194,10 @@ class SpotDataset(_SequenceDataset):
     random_views
         With ``augment``: draw the random views (random dihedral symmetries of the patches); ``False``
         keeps view 0 (the patches as they are) and only re-shuffles the blocks.
+    resample
+        With ``augment``: every epoch, split each sequence at random into ``ceil(L / resample)`` parts of
+        (nearly) equal size, so that a spot meets other spots of its slide in every epoch instead of
+        always the same ones; ``None`` keeps the sequences as given.
 
     Returns
     -------
@@ -207,18 +211,31 @@ class SpotDataset(_SequenceDataset):
         gene_embeddings: np.ndarray | torch.Tensor,
         targets: np.ndarray | torch.Tensor | None,
         sequences: Sequence[np.ndarray],
+        *,
+        resample: int | None = None,
         **base: Any,
     ) -> None:
         super().__init__(features, gene_embeddings, targets, **base)
-        self.sequences = [
-            torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)
-        ]
-        if not self.sequences:
+        if resample is not None and (isinstance(resample, bool) or int(resample) < 1):
+            raise ValueError(f"resample must be a positive integer or None, got {resample!r}.")
+        self.resample = None if resample is None else int(resample)
+        self.given = [torch.as_tensor(np.ascontiguousarray(s, dtype=np.int64)) for s in sequences if len(s)]
+        if not self.given:
             raise ValueError("SpotDataset needs at least one non-empty spot sequence.")
+        self.sequences = list(self.given)
         self._shuffle_blocks()
 
     def _shuffle_blocks(self) -> None:
         n_genes = self.genes.shape[0]
+        if self.augment and self.resample is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, 0, 2])
+            self.sequences = [
+                torch.sort(part).values
+                for seq in self.given
+                for part in torch.as_tensor(rng.permutation(seq.numpy())).tensor_split(
+                    math.ceil(len(seq) / self.resample)
+                )
+            ]
         if self.sample_genes:
             self.items = list(enumerate(self._gene_sample(len(self.sequences), self.batch_size)))
             return
@@ -250,12 +267,8 @@ class GeneDataset(_SequenceDataset):
 
     Parameters
     ----------
-    features
-        Image features ``(n_spots, d)`` or ``(n_spots, n_views, d)``.
-    gene_embeddings
-        Gene embeddings ``(n_genes, d_gene)``.
-    targets
-        Scaled targets ``(n_spots, n_genes)`` or ``None`` (prediction).
+    features, gene_embeddings, targets
+        As for :class:`SpotDataset`.
     spots
         Spot positions to iterate over (e.g. the training split).
     max_len
@@ -277,8 +290,7 @@ class GeneDataset(_SequenceDataset):
         Pair every spot block with one random gene sequence of ``max_len`` genes (re-drawn every epoch
         when augmenting, fixed otherwise) instead of all gene chunks.
     random_views
-        With ``augment``: draw the random views (random dihedral symmetries of the patches); ``False``
-        keeps view 0 (the patches as they are) and only re-shuffles the blocks.
+        As for :class:`SpotDataset`.
 
     Returns
     -------

