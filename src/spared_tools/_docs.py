@@ -115,6 +115,16 @@ d = DocFragments(
     key
         Key given to :func:`~spared_tools.pp.extract_patches` as ``key_added``.
     """,
+    crop_centre="""
+    x
+        Column of the centre, in pixels.
+    y
+        Row of the centre, in pixels.
+    side
+        Crop side in pixels.
+    fill
+        Value of pixels that fall outside the image.
+    """,
     truth_pred="""
     truth
         ``(n_spots, n_genes)`` true values.

