@@ -113,6 +113,42 @@ def _neighbourhoods(
     return np.ascontiguousarray(table[:, keep]), ring[keep], r
 
 
+#: Pseudo-count of the per-group gene means of the centring: a group with few read entries of a gene leans
+#: on the training mean.
+_CENTRE_PRIOR = 10.0
+
+
+def _observed_mean(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Per-gene mean of the observed entries (0 for a gene never observed)."""
+    k = observed.astype(np.float64)
+    cnt = k.sum(0)
+    return np.where(cnt > 0, (values * k).sum(0) / np.maximum(cnt, 1), 0.0).astype(np.float32)
+
+
+def _group_offsets(values: np.ndarray, known: np.ndarray, table: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``(n_obs, g)`` per-spot offsets: each gene's mean over the known entries of the spot's lattice group.
+
+    Groups are the connected components of the neighbour table (a slide, or the part of it on one side of
+    a split border); a gene's mean is shrunk to ``prior`` with :data:`_CENTRE_PRIOR` pseudo-entries.
+    Entries that are not ``known`` (missing, or hidden for scoring) are never read.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = table.shape[0]
+    rows = np.repeat(np.arange(n), table.shape[1])
+    cols = table.ravel()
+    ok = cols >= 0
+    adj = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (rows[ok], cols[ok])), shape=(n, n))
+    n_groups, label = connected_components(adj, directed=False)
+    member = csr_matrix((np.ones(n), (label, np.arange(n))), shape=(n_groups, n))
+    k = known.astype(np.float64)
+    sums = member @ (np.where(known, values, 0.0).astype(np.float64))
+    cnts = member @ k
+    mean = (sums + _CENTRE_PRIOR * prior.astype(np.float64)) / (cnts + _CENTRE_PRIOR)
+    return mean[label].astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
 from spared_tools._validation import check_adata, check_obs_key, check_unique_var_names, slide_labels
 from spared_tools.tl._base import FORMAT_VERSION, BaseModel, SavedModel, to_json
-from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _neighbourhoods
+from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _group_offsets, _neighbourhoods
 
 if TYPE_CHECKING:
     from spared_tools.models.spackle import SpackleEncoder
@@ -41,6 +41,7 @@ class _SpackleUse(BaseModel):
     encoder: SpackleEncoder
     gene_mean: np.ndarray
     gene_std: np.ndarray
+    centre_mean: np.ndarray | None
     _trained: bool
     train_info_: dict[str, Any]
     history_: pd.DataFrame
@@ -185,7 +186,9 @@ class _SpackleUse(BaseModel):
         """Predictions (layer units, float32, ``(len(centers), g)``) from standardised neighbourhoods."""
         from spared_tools.models.spackle import NeighbourhoodCollate, predict_centers
 
-        collate = NeighbourhoodCollate(self._standardise(values), observed, table, hidden=hidden)
+        known = observed if hidden is None else observed & ~hidden
+        offsets = self._offsets(values, known, table)
+        collate = NeighbourhoodCollate(self._standardise(values - offsets), observed, table, hidden=hidden)
         z = predict_centers(
             self.encoder,
             collate,
@@ -197,7 +200,13 @@ class _SpackleUse(BaseModel):
             progress=progress,
         )
         self.encoder.cpu()
-        return z * self.gene_std + self.gene_mean
+        return z * self.gene_std + self.gene_mean + offsets[np.asarray(centers)]
+
+    def _offsets(self, values: np.ndarray, known: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Per-slide centring offsets of the model's input (zeros for a model saved without centring)."""
+        if self.centre_mean is None:
+            return np.zeros(values.shape, dtype=np.float32)
+        return _group_offsets(values, known, table, self.centre_mean)
 
     def complete(
         self,
@@ -354,6 +363,11 @@ class _SpackleUse(BaseModel):
                 "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
                 "gene_mean": torch.from_numpy(np.asarray(self.gene_mean, dtype=np.float32)),
                 "gene_std": torch.from_numpy(np.asarray(self.gene_std, dtype=np.float32)),
+                **(
+                    {}
+                    if self.centre_mean is None
+                    else {"centre_mean": torch.from_numpy(np.asarray(self.centre_mean, dtype=np.float32))}
+                ),
             },
         )
 
@@ -374,6 +388,10 @@ class _SpackleUse(BaseModel):
         self.encoder.eval()
         self.gene_mean = weights["gene_mean"].numpy().astype(np.float32)
         self.gene_std = weights["gene_std"].numpy().astype(np.float32)
+        # models saved before per-slide centring (issue 22) complete as they did
+        self.centre_mean = (
+            weights["centre_mean"].numpy().astype(np.float32) if "centre_mean" in weights else None
+        )
         self._trained = bool(cfg["is_trained"])
         self.train_info_ = dict(cfg.get("train_info") or {})
         self.history_ = pd.DataFrame(cfg.get("history") or {}, columns=HISTORY_COLUMNS)
