@@ -264,13 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="var column with the gene symbols the text queries use (e.g. gene_symbol for Ensembl ids)",
     )
     q.add_argument("--organism", default="human", choices=["human", "mouse"], help="gene descriptions")
-    q.add_argument("--mode", default="spot", choices=["spot", "gene"], help="GeneQuery variant")
+    q.add_argument("--mode", default="gene", choices=["spot", "gene"], help="GeneQuery variant")
     q.add_argument(
         "--patch-size", type=_positive_int, default=224, help="H&E patch side in pixels (when extracted)"
     )
-    q.add_argument("--max-epochs", type=_positive_int, default=20, help="training epochs")
+    q.add_argument("--max-epochs", type=_positive_int, default=12, help="training epochs")
     q.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per training step")
-    q.add_argument("--width", type=_positive_int, default=256, help="transformer width")
+    q.add_argument("--width", type=_positive_int, default=128, help="transformer width")
     q.add_argument("--n-heads", type=_positive_int, default=8, help="attention heads")
     q.add_argument("--maps", type=Path, default=None, help="folder for one PNG map per predicted gene")
 
