@@ -252,3 +252,44 @@ def test_spackle_complete_records_steps_run_and_best_step():
         b, max_steps=40, batch_size=32, val_check_interval=10, early_stopping_patience=None, seed=0, **TINY
     )
     assert b.uns["spackle"]["train"]["steps"] == 40 and not b.uns["spackle"]["train"]["stopped_early"]
+
+
+# ------------------------------------------------------------------------------------ per-slide centring
+def test_group_offsets_match_brute_force():
+    from spared_tools.tl._spackle_data import _CENTRE_PRIOR, _group_offsets
+
+    rng = np.random.default_rng(0)
+    # two chains of spots (groups {0..4} and {5..8}) and one isolated spot (9)
+    n, g = 10, 3
+    table = np.full((n, 3), -1)
+    table[:, 0] = np.arange(n)
+    for i in list(range(4)) + list(range(5, 8)):
+        table[i, 1], table[i + 1, 2] = i + 1, i
+    values = rng.normal(size=(n, g)).astype(np.float32)
+    known = rng.random((n, g)) < 0.7
+    prior = rng.normal(size=g).astype(np.float32)
+    out = _group_offsets(values, known, table, prior)
+    for members in ([0, 1, 2, 3, 4], [5, 6, 7, 8], [9]):
+        for j in range(g):
+            k = known[members, j]
+            want = (values[members, j][k].sum() + _CENTRE_PRIOR * prior[j]) / (k.sum() + _CENTRE_PRIOR)
+            np.testing.assert_allclose(out[members, j], want, rtol=1e-5)
+    # entries that are not known never matter
+    other = np.where(known, values, 1e6).astype(np.float32)
+    np.testing.assert_allclose(_group_offsets(other, known, table, prior), out, rtol=1e-6)
+
+
+def test_centring_follows_a_slide_shift_and_leaves_observed_entries():
+    a = _spackle_adata()
+    m = sp.tl.SpackleModel(seed=0, **TINY).train(a, max_steps=30, batch_size=32, val_check_interval=10)
+    out = m.complete(a)
+    obs = a.layers["mask"]
+    np.testing.assert_array_equal(out[obs], a.layers["median"][obs])
+    # a test slide measured 2 units higher: its completions follow the shift (the offsets move by
+    # 2 * n / (n + 10) for n observed entries of a gene; the small rest reaches the network as input)
+    b = a.copy()
+    test = (b.obs["split"] == "test").to_numpy()
+    b.layers["median"] = b.layers["median"].copy()
+    b.layers["median"][test] += 2.0
+    moved = (m.complete(b)[test] - out[test])[~obs[test]]
+    assert abs(float(moved.mean()) - 2.0) < 0.5 and float(moved.min()) > 1.0
