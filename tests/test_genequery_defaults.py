@@ -1,4 +1,4 @@
-"""GeneQuery's validated defaults, the old forms of the moved settings, the ensemble's spread, spot resampling."""
+"""GeneQuery's defaults (issue 19), the old forms of the moved settings, the ensemble's spread, spot resampling."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _one_thread():
 
 
 def test_defaults_are_the_validated_configuration():
-    # experiments/results/genequery_selection.txt chose these on the validation sections B4, A1, A2
+    # the HER2+ runs' best configuration (docs/differences.md; experiments/genequery_selection.py rescores it)
     m = GeneQueryModel()
     assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 384, 3, "average")

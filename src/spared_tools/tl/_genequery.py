@@ -64,8 +64,9 @@ class GeneQueryModel(_GeneQueryFit):
     targets. Because the gene enters only through its text embedding, genes never seen in training
     can be predicted (:attr:`can_predict_unseen`).
 
-    The defaults are the configuration chosen on validation sections only
-    (``experiments/genequery_selection.py``; table in ``docs/differences.md``): gene-aware, width 128,
+    The defaults are the configuration the HER2+ runs found best and issue 19's test on unseen sections
+    confirmed (``docs/differences.md``; ``experiments/genequery_selection.py`` rescores them and their
+    alternatives on validation sections only): gene-aware, width 128,
     12 epochs, the spot's lattice neighbourhood next to its image, a per-gene identity code next to its
     text, three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of the
     second half's weights, dihedral augmentation and test-time averaging. The knobs behind them
@@ -75,8 +76,8 @@ class GeneQueryModel(_GeneQueryFit):
     Parameters
     ----------
     mode
-        ``"gene"`` (gene-aware: one sequence = the genes for one spot; the default, the stronger mode on
-        the validation sections) or ``"spot"`` (spot-aware: one sequence = the spots of a slide for one
+        ``"gene"`` (gene-aware: one sequence = the genes for one spot; the default, the stronger mode in
+        the HER2+ runs) or ``"spot"`` (spot-aware: one sequence = the spots of a slide for one
         gene).
     image_encoder
         Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
@@ -468,9 +469,8 @@ class GeneQueryModel(_GeneQueryFit):
         ``(mean, std)``, both ``float32 (n_obs, len(genes))`` in log1p units: ``mean`` is what :meth:`predict`
         returns and ``std`` the standard deviation (``ddof=1``) over the networks of each network's
         prediction (with ``tta``, its mean over the views), per spot and gene: where the networks,
-        trained from different seeds on the same data, disagree. On held-out her2st sections it ranks
-        spots by their absolute error (``benchmarks/results/genequery_uncertainty.txt``). Needs
-        ``n_models > 1`` (the default, 3).
+        trained from different seeds on the same data, disagree (``benchmarks/bench_genequery.py heldout``
+        scores it against the absolute error on held-out sections). Needs ``n_models > 1`` (the default, 3).
         """
         if len(self.nets_) < 2:
             raise ValueError(

@@ -94,8 +94,8 @@ def genequery_predict(
         model did not train on and that has no description (bundled table or the model's ``descriptions``)
         is a ``KeyError``: a bare symbol is no text to predict from.
     mode
-        ``"gene"`` (gene-aware, the default: it scored higher on the validation sections,
-        ``experiments/results/genequery_selection.txt``) or ``"spot"`` (spot-aware) GeneQuery; used when a
+        ``"gene"`` (gene-aware, the default: the stronger mode in the HER2+ runs,
+        ``docs/differences.md``) or ``"spot"`` (spot-aware) GeneQuery; used when a
         new model is created.
     model
         A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``. To keep
@@ -135,8 +135,8 @@ def genequery_predict(
     ``layers[f"{key_added}_std"]``
         When the model is an ensemble (``n_models > 1``, the default 3): the per-spot, per-gene standard
         deviation of the networks' predictions (:meth:`GeneQueryModel.predict_with_std`), log1p units,
-        NaN where nothing was predicted. On held-out her2st sections its Spearman correlation with the
-        absolute error was positive on every fold (``benchmarks/results/genequery_uncertainty.txt``).
+        NaN where nothing was predicted. ``benchmarks/bench_genequery.py heldout`` measures its Spearman
+        correlation with the absolute error on held-out sections.
     ``obsm[f"{key_added}_unseen"]``
         DataFrame (index ``obs_names``, one column per unseen gene), only when unseen genes were requested;
         with an ensemble also ``obsm[f"{key_added}_unseen_std"]`` (and ``layers[f"{key_added}_std"]`` of

@@ -11,9 +11,9 @@ changed by ``train`` / ``predict`` / ``set_params``); this module holds their de
 validation they all go through. A setting given to the constructor, as before the split, is a
 ``TypeError`` that says where it went.
 
-The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`. The first four are the validated
-defaults (``experiments/genequery_selection.py``, chosen on validation sections only; table in
-``docs/differences.md``); nobody needs to turn them:
+The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`. The first four hold the defaults the
+HER2+ runs found best (``docs/differences.md``; ``experiments/genequery_selection.py`` rescores them on
+validation sections only); nobody needs to turn them:
 
 ``context_rings``
     Neighbourhood context of the image: each spot's features are followed by their mean over the spot
@@ -137,8 +137,8 @@ TRAIN_SETTINGS: dict[str, Any] = {
     "devices": "auto",
     "strategy": "auto",
 }
-#: ``train(plan_kwargs={...})``: knobs the HER2+ benchmarks found neutral or specialised, and the validated
-#: defaults nobody needs to turn (``experiments/results/genequery_selection.txt``).
+#: ``train(plan_kwargs={...})``: knobs the HER2+ benchmarks found neutral or specialised, and the defaults
+#: nobody needs to turn (``docs/differences.md``).
 PLAN_SETTINGS: dict[str, Any] = {
     "context_rings": 1,
     "gene_identity": 384,
