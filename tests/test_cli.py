@@ -149,7 +149,7 @@ def test_help_documents_every_option_and_shows_defaults(capsys):
         text = capsys.readouterr().out
         if name != "demo":
             assert "(default: " in text
-    assert "(default: 3000)" in _help("complete") and "(default: 224)" in _help("predict")
+    assert "(default: 1200)" in _help("complete") and "(default: 224)" in _help("predict")
 
 
 def _help(name):
@@ -157,6 +157,20 @@ def _help(name):
         [sys.executable, "-m", "spared_tools.cli", name, "--help"], capture_output=True, text=True, check=True
     )
     return " ".join(res.stdout.split())
+
+
+def test_complete_defaults_equal_the_library_defaults():
+    """The CLI's SpaCKLE options default to what sp.tl.spackle_complete does (no drift after a change)."""
+    import inspect
+
+    import spared_tools as sp
+    from spared_tools.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    complete = sub.choices["complete"]
+    lib = inspect.signature(sp.tl.spackle_complete).parameters
+    for opt in ("max_steps", "batch_size", "lr", "mask_frac", "d_model", "n_heads", "n_layers"):
+        assert complete.get_default(opt) == lib[opt].default, opt
 
 
 def test_bad_usage_exits_2(capsys):
