@@ -232,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fine-tune", action="store_true", help="with a loaded --model: train it further")
     c.add_argument("--mask-layer", default=Key.MASK, help="bool layer, True where an entry was measured")
     c.add_argument(
-        "--max-steps", type=_positive_int, default=1200, help="most training steps (early stopping ends sooner)"
+        "--max-steps",
+        type=_positive_int,
+        default=1200,
+        help="most training steps (early stopping ends sooner)",
     )
     c.add_argument("--batch-size", type=_positive_int, default=256, help="neighbourhoods per training step")
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
