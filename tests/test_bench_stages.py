@@ -64,7 +64,7 @@ def test_stage_table_names_every_committed_result(scripts, folder, path):
 
 def test_ablations_moved_out_of_the_benchmark(scripts):
     bench, ablations = scripts
-    assert set(bench.STAGES) == {"prep", "main", "speed"}
+    assert set(bench.STAGES) == {"prep", "main", "speed", "heldout", "heldout_unseen", "cost"}
     assert not set(bench.STAGES) & set(ablations.STAGES)
     moved = {"unseen", "ensemble", "identity", "context", "dropout", "precision", "finetune", "rank", "floor"}
     assert moved <= set(ablations.STAGES)
