@@ -124,7 +124,7 @@ def test_load_errors_name_genes_image_size_and_version(tmp_path):
         sp.tl.SpackleModel.load(tmp_path / "s", s[:, :5].copy())
 
 
-def test_sanitisers():
+def test_sanitisers(tmp_path):
     out = to_json({"a": np.int64(3), "b": (np.float32(0.5), float("nan")), "c": np.arange(2), "d": Path("x")})
     assert out == {"a": 3, "b": [0.5, None], "c": [0, 1], "d": "x"}
     assert json.loads(json.dumps(out)) == out
@@ -133,3 +133,14 @@ def test_sanitisers():
     uns = to_uns({"x": None, "rec": [{"a": 1}, {"a": 2}], "s": ["u", "v"], "n": [1, 2.5]})
     assert set(uns) == {"rec", "s", "n"} and list(uns["rec"]["a"]) == [1, 2]
     np.testing.assert_array_equal(uns["n"], [1.0, 2.5])
+    # records that hold lists (an ensemble's per-network epoch histories) become one group each, and the
+    # result is writable to .h5ad and reads back with the same values
+    nested = to_uns(
+        {"members": [{"seed": 0, "epochs": [{"loss": 1.0}, {"loss": 0.5}]}, {"seed": 1, "epochs": []}]}
+    )
+    assert set(nested["members"]) == {"0", "1"} and nested["members"]["1"]["seed"] == 1
+    a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    a.uns["h"] = nested
+    a.write_h5ad(tmp_path / "nested.h5ad")
+    back = ad.read_h5ad(tmp_path / "nested.h5ad").uns["h"]["members"]
+    assert list(back["0"]["epochs"]["loss"]) == [1.0, 0.5] and int(back["1"]["seed"]) == 1

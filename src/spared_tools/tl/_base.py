@@ -119,13 +119,20 @@ def to_json(obj: Any) -> Any:
     raise TypeError(f"A {type(obj).__name__} cannot be written to JSON.")
 
 
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str | np.generic)
+
+
 def to_uns(obj: Any) -> Any:
-    """Make ``obj`` writable to ``.h5ad``: drop ``None``, lists of records become DataFrames."""
+    """Make ``obj`` writable to ``.h5ad``: drop ``None``, lists of flat records become DataFrames (of nested ones, groups)."""
     if isinstance(obj, Mapping):
         return {str(k): to_uns(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, list | tuple):
         if obj and all(isinstance(v, Mapping) for v in obj):
-            return pd.DataFrame(list(obj))
+            if all(_is_scalar(x) for v in obj for x in v.values()):
+                return pd.DataFrame(list(obj))
+            # records holding lists or dicts (e.g. each ensemble member's epoch history): one group each
+            return {str(i): to_uns(v) for i, v in enumerate(obj)}
         if obj and all(isinstance(v, str) for v in obj):
             return np.asarray(obj, dtype=object)
         if all(isinstance(v, bool | int | float | np.number) for v in obj):
