@@ -154,3 +154,25 @@ def test_default_checkpoint_keeps_the_mean_of_the_late_epochs_not_an_early_one()
     m = GeneQueryModel(gene_embeddings=table, seed=0, **TINY).train(a, plan_kwargs={"n_models": 1})
     assert m.history_["selected"] == "mean of the weights of epochs 6-11"
     assert m.train_params_["max_epochs"] == 12
+
+
+def test_a_model_saved_with_the_settings_in_the_constructor_still_loads(tmp_path):
+    # before the defaults moved, context_rings / gene_identity were constructor parameters and were saved
+    # among them: such a model loads with the same settings and gives the same predictions
+    import json
+
+    a, table = _data()
+    m = GeneQueryModel(gene_embeddings=table, seed=0, **TINY).train(
+        a, max_epochs=2, plan_kwargs={"n_models": 1, "context_rings": 1, "gene_identity": 4}
+    )
+    m.save(tmp_path / "new")
+    path = tmp_path / "new" / "model.json"
+    header = json.loads(path.read_text())
+    settings = header["config"]["extra"]["settings"]
+    header["config"]["params"].update(
+        context_rings=settings.pop("context_rings"), gene_identity=settings.pop("gene_identity")
+    )
+    path.write_text(json.dumps(header))
+    old = GeneQueryModel.load(tmp_path / "new")
+    assert (old.context_rings, old.gene_identity) == (1, 4)
+    np.testing.assert_array_equal(old.predict(a), m.predict(a))

@@ -363,6 +363,18 @@ class _GeneQueryBase(Predictor):
         params["gene_embeddings"] = None
         return params
 
+    @classmethod
+    def _from_saved(cls, header: dict[str, Any], weights: dict[str, Any]) -> Predictor:
+        # models saved before context_rings / gene_identity left the constructor hold them in "params"
+        config = header["config"]
+        params = dict(config["params"])
+        moved = {k: params.pop(k) for k in list(params) if k in SETTINGS}
+        if moved:
+            extra = dict(config.get("extra") or {})
+            extra["settings"] = {**moved, **(extra.get("settings") or {})}
+            header = {**header, "config": {**config, "params": params, "extra": extra}}
+        return super()._from_saved(header, weights)
+
     def _state(self) -> dict[str, Any]:
         import torch
 
