@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -364,7 +364,7 @@ class _GeneQueryBase(Predictor):
         return params
 
     @classmethod
-    def _from_saved(cls, header: dict[str, Any], weights: dict[str, Any]) -> Predictor:
+    def _from_saved(cls, header: dict[str, Any], weights: dict[str, Any]) -> _GeneQueryBase:
         # models saved before context_rings / gene_identity left the constructor hold them in "params"
         config = header["config"]
         params = dict(config["params"])
@@ -373,7 +373,7 @@ class _GeneQueryBase(Predictor):
             extra = dict(config.get("extra") or {})
             extra["settings"] = {**moved, **(extra.get("settings") or {})}
             header = {**header, "config": {**config, "params": params, "extra": extra}}
-        return super()._from_saved(header, weights)
+        return cast("_GeneQueryBase", super()._from_saved(header, weights))
 
     def _state(self) -> dict[str, Any]:
         import torch
