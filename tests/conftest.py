@@ -85,3 +85,20 @@ def spared_log(caplog):
             yield caplog
     finally:
         logger.propagate = False
+
+
+@pytest.fixture
+def quiet_one_thread():
+    """One torch thread (bit-reproducible training), no progress bars, warnings only; restored after."""
+    import torch
+
+    import spared_tools as sp
+
+    before = torch.get_num_threads()
+    prev = (sp.settings.progress, sp.settings.verbosity)
+    torch.set_num_threads(1)
+    sp.settings.progress = False
+    sp.settings.verbosity = 1
+    yield
+    torch.set_num_threads(before)
+    sp.settings.progress, sp.settings.verbosity = prev

@@ -10,17 +10,7 @@ import torch
 import spared_tools as sp
 from spared_tools.models._runner import BestState, run_training
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    before = torch.get_num_threads()
-    prev = (sp.settings.progress, sp.settings.verbosity)
-    torch.set_num_threads(1)
-    sp.settings.progress = False
-    sp.settings.verbosity = 1
-    yield
-    torch.set_num_threads(before)
-    sp.settings.progress, sp.settings.verbosity = prev
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 class _Plan(pl.LightningModule):

@@ -47,16 +47,7 @@ WRITE = os.environ.get("SPARED_GOLDEN_WRITE") == "1"
 RTOL, ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _deterministic():
-    before = torch.get_num_threads()
-    prev = (sp.settings.progress, sp.settings.verbosity)
-    torch.set_num_threads(1)
-    sp.settings.progress = False
-    sp.settings.verbosity = 1
-    yield
-    torch.set_num_threads(before)
-    sp.settings.progress, sp.settings.verbosity = prev
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def _check(name: str, **arrays: np.ndarray) -> None:

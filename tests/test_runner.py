@@ -34,16 +34,7 @@ TINY = {"d_model": 16, "n_heads": 2, "n_layers": 2, "dim_feedforward": 32}
 SMALL = {"width": 32, "n_heads": 4, "ff_dim": 64, "n_layers": 1, "dropout": 0.1, "lr": 3e-3}
 
 
-@pytest.fixture(autouse=True)
-def _settings():
-    before = torch.get_num_threads()
-    prev = (sp.settings.progress, sp.settings.verbosity)
-    torch.set_num_threads(1)
-    sp.settings.progress = False
-    sp.settings.verbosity = 1
-    yield
-    torch.set_num_threads(before)
-    sp.settings.progress, sp.settings.verbosity = prev
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 class _Interrupt(pl.Callback):
