@@ -169,17 +169,12 @@ class SpackleEncoder(nn.Module):
             ``(B, L, g)`` standardised expression; entries where ``known`` is False are ignored.
         known
             ``(B, L, g)`` bool, True where the model may read the value.
-        padding
-            ``(B, L)`` bool, True for padding tokens (absent neighbours). Column 0 must never be padding.
-        positions
-            ``(L,)`` or ``(B, L)`` integer ring id of each token.
-        center_only
-            Return only the prediction for token 0 (the centre spot), shape ``(B, g)``; the last layer then
-            updates the centre token only.
+        padding, positions, center_only
+            As in :meth:`encode`.
 
         Returns
         -------
-        ``(B, L, g)`` predictions in standardised units (``(B, g)`` with ``center_only``).
+        What :meth:`encode` returns for these tokens: :meth:`embed` followed by :meth:`encode`.
         """
         return self.encode(self.embed(values, known), padding, positions, center_only=center_only)
 
@@ -215,15 +210,16 @@ class SpackleEncoder(nn.Module):
         tokens
             ``(B, L, d_model)`` embeddings from :meth:`embed`.
         padding
-            ``(B, L)`` bool, True for padding tokens.
+            ``(B, L)`` bool, True for padding tokens (absent neighbours). Column 0 must never be padding.
         positions
-            ``(L,)`` or ``(B, L)`` ring ids.
+            ``(L,)`` or ``(B, L)`` integer ring id of each token.
         center_only
-            Only compute (and return) token 0.
+            Return only the prediction for token 0 (the centre spot), shape ``(B, g)``; the last layer then
+            updates the centre token only.
 
         Returns
         -------
-        ``(B, L, g)`` (or ``(B, g)``) predictions in standardised units.
+        ``(B, L, g)`` predictions in standardised units (``(B, g)`` with ``center_only``).
         """
         x = tokens + self.position(positions)
         attend = (~padding)[:, None, None, :]
