@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -249,24 +250,33 @@ def test_group_offsets_match_brute_force():
     from spared_tools.tl._spackle_data import _CENTRE_PRIOR, _group_offsets
 
     rng = np.random.default_rng(0)
-    # two chains of spots (groups {0..4} and {5..8}) and one isolated spot (9)
+    # three slides, the spots of each interleaved in the order (as slides of a concatenation need not be)
     n, g = 10, 3
-    table = np.full((n, 3), -1)
-    table[:, 0] = np.arange(n)
-    for i in list(range(4)) + list(range(5, 8)):
-        table[i, 1], table[i + 1, 2] = i + 1, i
+    slides = np.array([2, 0, 0, 1, 0, 1, 2, 0, 1, 5])
     values = rng.normal(size=(n, g)).astype(np.float32)
     known = rng.random((n, g)) < 0.7
     prior = rng.normal(size=g).astype(np.float32)
-    out = _group_offsets(values, known, table, prior)
-    for members in ([0, 1, 2, 3, 4], [5, 6, 7, 8], [9]):
+    out = _group_offsets(values, known, slides, prior)
+    for s in np.unique(slides):
+        members = np.flatnonzero(slides == s)
         for j in range(g):
             k = known[members, j]
             want = (values[members, j][k].sum() + _CENTRE_PRIOR * prior[j]) / (k.sum() + _CENTRE_PRIOR)
             np.testing.assert_allclose(out[members, j], want, rtol=1e-5)
     # entries that are not known never matter
     other = np.where(known, values, 1e6).astype(np.float32)
-    np.testing.assert_allclose(_group_offsets(other, known, table, prior), out, rtol=1e-6)
+    np.testing.assert_allclose(_group_offsets(other, known, slides, prior), out, rtol=1e-6)
+
+
+def test_centring_groups_are_slides_not_split_pieces():
+    """A split that cuts a slide (a band split) leaves one centring group: training and completion agree."""
+    from spared_tools.tl._spackle_data import _slide_codes
+
+    a = _spackle_adata()
+    codes = _slide_codes(a, "slide_id")
+    assert len(np.unique(codes)) == a.obs["slide_id"].nunique()
+    np.testing.assert_array_equal(pd.factorize(a.obs["slide_id"].astype(str))[0], codes)
+    np.testing.assert_array_equal(_slide_codes(a, None), np.zeros(a.n_obs, dtype=np.int64))
 
 
 def test_centring_follows_a_slide_shift_and_leaves_observed_entries():

@@ -118,9 +118,10 @@ def test_hidden_entries_are_not_visible_to_spackle(trained):
     hidden[test] = (np.random.default_rng(0).random((len(test), a.n_vars)) < 0.3) & obs[test]
     vals = a.layers["median"].copy()
     _, _, table, _ = m._arrays(a)
-    p1 = m._predict(vals, obs, table, test, hidden=hidden)
+    slides = m._slides(a)
+    p1 = m._predict(vals, obs, table, slides, test, hidden=hidden)
     vals[hidden] += 10.0
-    p2 = m._predict(vals, obs, table, test, hidden=hidden)
+    p2 = m._predict(vals, obs, table, slides, test, hidden=hidden)
     np.testing.assert_allclose(p1, p2, atol=1e-5)
 
 

@@ -215,6 +215,7 @@ def evaluate_completion(
 
     if "spackle" in methods:
         _, _, table, _ = model._arrays(adata)
+        slides = model._slides(adata)
     if "median" in methods:
         sub = _median_frame(adata, eval_idx, library_key, values.shape[1])
         nb = _neighbourhoods(sub, median_rings, getattr(model, "geometry", "auto"), library_key)[:2]
@@ -239,7 +240,14 @@ def evaluate_completion(
                     hidden = np.zeros_like(observed)
                     hidden[eval_idx] = hidden_ev
                     pred = model._predict(
-                        values, observed, table, eval_idx, hidden=hidden, batch_size=batch_size, device=device
+                        values,
+                        observed,
+                        table,
+                        slides,
+                        eval_idx,
+                        hidden=hidden,
+                        batch_size=batch_size,
+                        device=device,
                     )
                 else:
                     pred = _median_predict(

@@ -55,7 +55,7 @@ class SpackleModel(_SpackleUse):
     * genes are standardised with the training spots' observed entries, and the loss is the MSE of the
       hidden entries in the layer's own units (``loss_on``; the paper's full-matrix loss is available);
     * a learned embedding of each token's lattice ring tells the centre spot from its neighbours;
-    * per-slide centring: the input of each slide (each connected lattice group of spots) is its genes'
+    * per-slide centring: the input of each slide (each value of ``library_key``) is its genes'
       deviation from their mean over the slide's readable entries (shrunk to the training mean with 10
       pseudo-entries), and that mean is added back to the prediction. Slides of other patients or
       conditions differ mostly by such gene-wise shifts; on the validation slides of the benchmark sets
@@ -337,11 +337,11 @@ class SpackleModel(_SpackleUse):
             hidden[val_idx] = hide_entries(
                 observed[val_idx], float(np.mean(mp)), np.random.default_rng(self.seed + 1)
             )
-        # per-slide centring: each connected lattice group of spots minus its genes' mean over the entries the
-        # model may read (the training mean is the prior; experiments/results/spackle_selection.txt)
+        # per-slide centring: each slide (library_key) minus its genes' mean over the entries the model may
+        # read, the same groups in training and completion even where a split cuts a slide (the training mean is the prior; experiments/results/spackle_selection.txt)
         if not self.is_trained:
             self.centre_mean = _observed_mean(values[is_train], observed[is_train])
-        values = values - self._offsets(values, observed & ~hidden, cut)
+        values = values - self._offsets(values, observed & ~hidden, self._slides(adata))
 
         # gene standardisation from the training spots' observed entries (fixed after the first training)
         if not self.is_trained:

@@ -125,23 +125,29 @@ def _observed_mean(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return np.where(cnt > 0, (values * k).sum(0) / np.maximum(cnt, 1), 0.0).astype(np.float32)
 
 
-def _group_offsets(values: np.ndarray, known: np.ndarray, table: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """``(n_obs, g)`` per-spot offsets: each gene's mean over the known entries of the spot's lattice group.
+def _slide_codes(adata: AnnData, library_key: str | None) -> np.ndarray:
+    """``(n_obs,)`` integer code of each spot's slide (all 0 without ``library_key``)."""
+    if library_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    codes, _ = pd.factorize(adata.obs[library_key].astype(str).to_numpy())
+    return codes.astype(np.int64)
 
-    Groups are the connected components of the neighbour table (a slide, or the part of it on one side of
-    a split border); a gene's mean is shrunk to ``prior`` with :data:`_CENTRE_PRIOR` pseudo-entries.
-    Entries that are not ``known`` (missing, or hidden for scoring) are never read.
+
+def _group_offsets(
+    values: np.ndarray, known: np.ndarray, groups: np.ndarray, prior: np.ndarray
+) -> np.ndarray:
+    """``(n_obs, g)`` per-spot offsets: each gene's mean over the known entries of the spot's slide.
+
+    ``groups`` holds each spot's slide code (:func:`_slide_codes`); the offsets are the same in training
+    and in completion whatever split cuts a slide, and every tissue piece of a slide shares them. A gene's
+    mean is shrunk to ``prior`` with :data:`_CENTRE_PRIOR` pseudo-entries. Entries that are not ``known``
+    (missing, or hidden for scoring) are never read.
     """
     from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    n = table.shape[0]
-    rows = np.repeat(np.arange(n), table.shape[1])
-    cols = table.ravel()
-    ok = cols >= 0
-    adj = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (rows[ok], cols[ok])), shape=(n, n))
-    n_groups, label = connected_components(adj, directed=False)
-    member = csr_matrix((np.ones(n), (label, np.arange(n))), shape=(n_groups, n))
+    n = len(groups)
+    _, label = np.unique(groups, return_inverse=True)
+    member = csr_matrix((np.ones(n), (label, np.arange(n))), shape=(int(label.max()) + 1 if n else 0, n))
     k = known.astype(np.float64)
     sums = member @ (np.where(known, values, 0.0).astype(np.float64))
     cnts = member @ k

@@ -17,7 +17,13 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
 from spared_tools._validation import check_adata, check_obs_key, check_unique_var_names, slide_labels
 from spared_tools.tl._base import FORMAT_VERSION, BaseModel, SavedModel, to_json
-from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _group_offsets, _neighbourhoods
+from spared_tools.tl._spackle_data import (
+    _expression_arrays,
+    _gene_index,
+    _group_offsets,
+    _neighbourhoods,
+    _slide_codes,
+)
 
 if TYPE_CHECKING:
     from spared_tools.models.spackle import SpackleEncoder
@@ -175,6 +181,7 @@ class _SpackleUse(BaseModel):
         values: np.ndarray,
         observed: np.ndarray,
         table: np.ndarray,
+        slides: np.ndarray,
         centers: np.ndarray,
         *,
         hidden: np.ndarray | None = None,
@@ -187,7 +194,7 @@ class _SpackleUse(BaseModel):
         from spared_tools.models.spackle import NeighbourhoodCollate, predict_centers
 
         known = observed if hidden is None else observed & ~hidden
-        offsets = self._offsets(values, known, table)
+        offsets = self._offsets(values, known, slides)
         collate = NeighbourhoodCollate(self._standardise(values - offsets), observed, table, hidden=hidden)
         z = predict_centers(
             self.encoder,
@@ -202,11 +209,15 @@ class _SpackleUse(BaseModel):
         self.encoder.cpu()
         return z * self.gene_std + self.gene_mean + offsets[np.asarray(centers)]
 
-    def _offsets(self, values: np.ndarray, known: np.ndarray, table: np.ndarray) -> np.ndarray:
+    def _slides(self, adata: AnnData) -> np.ndarray:
+        """Each spot's slide code (``library_key``), the groups of the per-slide centring."""
+        return _slide_codes(adata, self.library_key)
+
+    def _offsets(self, values: np.ndarray, known: np.ndarray, slides: np.ndarray) -> np.ndarray:
         """Per-slide centring offsets of the model's input (zeros for a model saved without centring)."""
         if self.centre_mean is None:
             return np.zeros(values.shape, dtype=np.float32)
-        return _group_offsets(values, known, table, self.centre_mean)
+        return _group_offsets(values, known, slides, self.centre_mean)
 
     def complete(
         self,
@@ -254,6 +265,7 @@ class _SpackleUse(BaseModel):
                 values,
                 observed,
                 table,
+                self._slides(adata),
                 need,
                 batch_size=batch_size,
                 device=device,
