@@ -770,7 +770,7 @@ STAGES: dict[str, Stage] = {
     "prep": Stage(prep, "genequery_prep", ("checkpoint",)),
     "main": Stage(main, "genequery_main", _HEAD_TO_HEAD),
     "speed": Stage(speed, "genequery_speed"),
-    "heldout": Stage(heldout, "genequery_heldout", ("gene_set", "folds6")),
+    "heldout": Stage(heldout, "genequery_heldout", ("modes", "gene_set", "folds6")),
     "heldout_unseen": Stage(unseen6, "genequery_heldout_unseen", ("gene_set", "folds6")),
     "cost": Stage(cost, "genequery_cost"),
 }

@@ -54,12 +54,12 @@ def _one_thread():
 def test_defaults_are_the_validated_configuration():
     # the winner on the validation sections (experiments/results/genequery_selection*.txt, docs/differences.md)
     m = GeneQueryModel()
-    assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("spot", 128, 256, 2, 8)
+    assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
     assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (12, True, True, None)
-    assert m.scaling == "minmax"
-    assert GeneQueryModel(mode="gene").scaling == "standard"
-    assert inspect.signature(genequery_predict).parameters["mode"].default == "spot"
+    assert m.scaling == "standard"
+    assert GeneQueryModel(mode="spot").scaling == "minmax"
+    assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"
     # fine-tune mode cannot use the neighbourhood nor an ensemble: its own defaults, no error
     f = GeneQueryModel(finetune=True)
     assert (f.context_rings, f.n_models) == (0, 1)

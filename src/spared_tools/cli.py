@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="var column with the gene symbols the text queries use (e.g. gene_symbol for Ensembl ids)",
     )
     q.add_argument("--organism", default="human", choices=["human", "mouse"], help="gene descriptions")
-    q.add_argument("--mode", default="spot", choices=["spot", "gene"], help="GeneQuery variant")
+    q.add_argument("--mode", default="gene", choices=["spot", "gene"], help="GeneQuery variant")
     q.add_argument(
         "--patch-size", type=_positive_int, default=224, help="H&E patch side in pixels (when extracted)"
     )

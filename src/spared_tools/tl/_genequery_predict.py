@@ -68,7 +68,7 @@ def genequery_predict(
     adata: AnnData,
     *,
     genes: Sequence[str] | str | None = None,
-    mode: Literal["spot", "gene"] = "spot",
+    mode: Literal["spot", "gene"] = "gene",
     model: GeneQueryModel | None = None,
     train: bool = True,
     layer: str | None = Key.LOG,
@@ -94,9 +94,9 @@ def genequery_predict(
         model did not train on and that has no description (bundled table or the model's ``descriptions``)
         is a ``KeyError``: a bare symbol is no text to predict from.
     mode
-        ``"spot"`` (spot-aware, the default: the higher score on the validation sections of
-        ``experiments/genequery_selection.py``, ``docs/differences.md``) or ``"gene"`` (gene-aware)
-        GeneQuery; used when a new model is created.
+        ``"gene"`` (gene-aware, the default: level with spot-aware on the validation sections of
+        ``experiments/genequery_selection.py`` over three seeds, ahead of it within a patient;
+        ``docs/differences.md``) or ``"spot"`` (spot-aware) GeneQuery; used when a new model is created.
     model
         A trained (or untrained) :class:`GeneQueryModel`; ``None`` creates one from ``model_kwargs``. To keep
         the model, create it yourself: ``model = sp.tl.GeneQueryModel(...)``, then
