@@ -125,20 +125,12 @@ def _observed_mean(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return np.where(cnt > 0, (values * k).sum(0) / np.maximum(cnt, 1), 0.0).astype(np.float32)
 
 
-def _slide_codes(adata: AnnData, library_key: str | None) -> np.ndarray:
-    """``(n_obs,)`` integer code of each spot's slide (all 0 without ``library_key``)."""
-    if library_key is None:
-        return np.zeros(adata.n_obs, dtype=np.int64)
-    codes, _ = pd.factorize(adata.obs[library_key].astype(str).to_numpy())
-    return codes.astype(np.int64)
-
-
 def _group_offsets(
     values: np.ndarray, known: np.ndarray, groups: np.ndarray, prior: np.ndarray
 ) -> np.ndarray:
     """``(n_obs, g)`` per-spot offsets: each gene's mean over the known entries of the spot's slide.
 
-    ``groups`` holds each spot's slide code (:func:`_slide_codes`); the offsets are the same in training
+    ``groups`` holds each spot's slide code (:func:`~spared_tools._validation.slide_labels`); the offsets are the same in training
     and in completion whatever split cuts a slide, and every tissue piece of a slide shares them. A gene's
     mean is shrunk to ``prior`` with :data:`_CENTRE_PRIOR` pseudo-entries. Entries that are not ``known``
     (missing, or hidden for scoring) are never read.

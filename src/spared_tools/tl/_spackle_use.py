@@ -17,13 +17,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import resolve_device, settings
 from spared_tools._validation import check_adata, check_obs_key, check_unique_var_names, slide_labels
 from spared_tools.tl._base import FORMAT_VERSION, BaseModel, SavedModel, to_json
-from spared_tools.tl._spackle_data import (
-    _expression_arrays,
-    _gene_index,
-    _group_offsets,
-    _neighbourhoods,
-    _slide_codes,
-)
+from spared_tools.tl._spackle_data import _expression_arrays, _gene_index, _group_offsets, _neighbourhoods
 
 if TYPE_CHECKING:
     from spared_tools.models.spackle import SpackleEncoder
@@ -211,7 +205,7 @@ class _SpackleUse(BaseModel):
 
     def _slides(self, adata: AnnData) -> np.ndarray:
         """Each spot's slide code (``library_key``), the groups of the per-slide centring."""
-        return _slide_codes(adata, self.library_key)
+        return slide_labels(adata, self.library_key)
 
     def _offsets(self, values: np.ndarray, known: np.ndarray, slides: np.ndarray) -> np.ndarray:
         """Per-slide centring offsets of the model's input (zeros for a model saved without centring)."""
