@@ -121,7 +121,7 @@ def test_image_features_values_cache_and_tta(monkeypatch):
     conv = nn.Conv2d(3, 4, 3)
     torch.manual_seed(0)
     enc = load_image_encoder(nn.Sequential(conv, nn.ReLU()), name="tiny")
-    feats = image_features(a, encoder=enc, batch_size=3)
+    feats = image_features(a, encoder=enc, batch_size=3, precision="32")
     x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
     with torch.no_grad():
         ref = enc(x).numpy()
@@ -131,15 +131,15 @@ def test_image_features_values_cache_and_tta(monkeypatch):
     calls = []
     orig = image_mod.encode_patches
     monkeypatch.setattr(image_mod, "encode_patches", lambda *args, **kw: calls.append(1) or orig(*args, **kw))
-    again = image_features(a, encoder=enc)
+    again = image_features(a, encoder=enc, precision="32")
     assert calls == [] and np.array_equal(again, feats)
     # other weights -> recomputed
     with torch.no_grad():
         conv.weight.add_(1.0)
-    image_features(a, encoder=enc)
+    image_features(a, encoder=enc, precision="32")
     assert calls == [1]
     # tta = mean over the 8 symmetries
-    tta = image_features(a, encoder=enc, tta=True, key_added="tta")
+    tta = image_features(a, encoder=enc, tta=True, key_added="tta", precision="32")
     with torch.no_grad():
         ref_tta = torch.stack([enc(dihedral(x, k)) for k in range(8)]).mean(0).numpy()
     np.testing.assert_allclose(tta, ref_tta, rtol=1e-5, atol=1e-5)
@@ -150,14 +150,14 @@ def test_image_features_views_are_the_eight_symmetries(monkeypatch):
     torch.manual_seed(0)
     enc = load_image_encoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), name="tiny")
     x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
-    views = image_features(a, encoder=enc, views=True, batch_size=3)
+    views = image_features(a, encoder=enc, views=True, batch_size=3, precision="32")
     assert views.shape == (a.n_obs, 8, 4) and a.uns["X_image_features"]["params"]["views"] == 8
     with torch.no_grad():
         for k in range(8):
             np.testing.assert_allclose(views[:, k], enc(dihedral(x, k)).numpy(), rtol=1e-5, atol=1e-6)
     # the 8 views differ (the encoder is not rotation invariant) and their mean is the tta feature
     assert np.abs(views[:, 1] - views[:, 0]).max() > 1e-3
-    tta = image_features(a, encoder=enc, tta=True, key_added="tta")
+    tta = image_features(a, encoder=enc, tta=True, key_added="tta", precision="32")
     np.testing.assert_allclose(views.mean(1), tta, rtol=1e-5, atol=1e-5)
     # cached views serve every request without encoding: the views, view 0 (the patch) and their mean
     calls = []
@@ -165,18 +165,56 @@ def test_image_features_views_are_the_eight_symmetries(monkeypatch):
     monkeypatch.setattr(
         image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw)
     )
-    assert np.array_equal(image_features(a, encoder=enc, views=True), views)
-    one = image_features(a, encoder=enc)
+    assert np.array_equal(image_features(a, encoder=enc, views=True, precision="32"), views)
+    one = image_features(a, encoder=enc, precision="32")
     assert one.shape == (a.n_obs, 4) and np.array_equal(one, views[:, 0])
-    np.testing.assert_allclose(image_features(a, encoder=enc, tta=True), tta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        image_features(a, encoder=enc, tta=True, precision="32"), tta, rtol=1e-5, atol=1e-6
+    )
     assert calls == [] and a.obsm["X_image_features"].shape == (a.n_obs, 8, 4)  # the cache is kept
     # one cached view cannot serve the 8: they are computed
-    image_features(a, encoder=enc, key_added="one")
-    again = image_features(a, encoder=enc, views=True, key_added="one")
+    image_features(a, encoder=enc, key_added="one", precision="32")
+    again = image_features(a, encoder=enc, views=True, key_added="one", precision="32")
     np.testing.assert_allclose(again, views, rtol=1e-5, atol=1e-6)
     assert len(calls) == 2
     with pytest.raises(ValueError, match="at most one"):
         image_features(a, encoder=enc, views=True, tta=True, key_added="both")
+
+
+def test_image_features_precision_is_recorded_and_keys_the_cache(monkeypatch, effnet):
+    from spared_tools._settings import native_bf16
+    from spared_tools.models.image import encoder_precision
+
+    cpu = torch.device("cpu")
+    assert encoder_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "32")
+    assert encoder_precision("32", cpu) == "32" and encoder_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be"):
+        encoder_precision("fp16", cpu)
+    a = _adata_with_patches(n=4, size=40)
+    x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
+    f32 = image_features(a, encoder=effnet, precision="32", key_added="f32")
+    b16 = image_features(a, encoder=effnet, precision="bf16", key_added="b16")
+    assert a.uns["f32"]["params"]["precision"] == "32" and a.uns["b16"]["params"]["precision"] == "bf16"
+    # bf16 = the (fused) encoder under bfloat16 autocast, brute force, and within a few % of float32
+    fast = effnet.inference_module()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = fast(x).float().numpy()
+    np.testing.assert_allclose(b16, ref, rtol=1e-5, atol=1e-5)
+    assert 0 < np.linalg.norm(b16 - f32) / np.linalg.norm(f32) < 0.1
+    # "auto" resolves to one of the two and is recorded as such; another precision is recomputed
+    calls = []
+    orig = image_mod.encode_patches
+    monkeypatch.setattr(image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw))
+    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: True)
+    assert np.array_equal(image_features(a, encoder=effnet, key_added="b16"), b16) and calls == []
+    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: False)
+    assert np.array_equal(image_features(a, encoder=effnet, key_added="f32"), f32) and calls == []
+    np.testing.assert_allclose(image_features(a, encoder=effnet, key_added="b16"), f32, rtol=1e-4, atol=1e-4)
+    assert len(calls) == 1 and a.uns["b16"]["params"]["precision"] == "32"
+    # features cached before precision was recorded are float32
+    del a.uns["f32"]["params"]["precision"]
+    image_features(a, encoder=effnet, precision="32", key_added="f32")
+    assert len(calls) == 1
 
 
 def test_image_features_needs_patches():
@@ -320,7 +358,7 @@ def test_fused_inference_matches_encoder(effnet):
     # image_features uses the fused copy: same values as the plain forward pass
     from spared_tools.models.image import encode_patches
 
-    feats = encode_patches(x.permute(0, 2, 3, 1).numpy(), effnet)
+    feats = encode_patches(x.permute(0, 2, 3, 1).numpy(), effnet, precision="32")
     np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-4, atol=1e-4)
     plain = load_image_encoder(_ChannelMean())
     assert plain.inference_module() is plain

@@ -50,6 +50,14 @@ RTOL, ATOL = 1e-5, 1e-6
 pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _float32_image_features(monkeypatch):
+    """The references are float32 arithmetic on every machine: image features are encoded in float32
+    here, where ``precision="auto"`` would pick bfloat16 on CPUs with AMX / AVX-512 BF16 (that path is
+    checked against brute force in ``test_encoders.py``)."""
+    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: False)
+
+
 def _check(name: str, **arrays: np.ndarray) -> None:
     path = GOLDEN / f"{name}.npz"
     if WRITE:

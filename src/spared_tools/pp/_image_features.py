@@ -38,14 +38,15 @@ def image_features(
     tta: bool = False,
     views: bool = False,
     device: str | None = None,
+    precision: str = "auto",
     key_added: str = Key.IMAGE_FEATURES,
     recompute: bool = False,
 ) -> np.ndarray:
     """Frozen image features of every spot's patch, cached in ``adata.obsm[key_added]``.
 
     Features are recomputed only when the cached ones were made by another encoder (compared by
-    :meth:`~spared_tools.models.image.ImageEncoder.fingerprint`, i.e. name, normalisation and weights), from other patches or with
-    another ``tta`` or ``views`` setting, or when ``recompute=True``.
+    :meth:`~spared_tools.models.image.ImageEncoder.fingerprint`, i.e. name, normalisation and weights), from other patches, in
+    another precision or with another ``tta`` or ``views`` setting, or when ``recompute=True``.
 
     Parameters
     ----------
@@ -68,6 +69,11 @@ def image_features(
         :class:`spared_tools.tl.GeneQueryModel`. Not together with ``tta``.
     device
         Torch device (``None``: ``sp.settings.device``).
+    precision
+        Arithmetic of the encoder: ``"auto"`` (default: bfloat16 on a CPU that computes it in hardware,
+        AVX-512 BF16 or AMX, where it encodes about 2.5 times more patches per second; float32
+        elsewhere), ``"32"`` or ``"bf16"``. The precision used is recorded, and features cached in another
+        one are recomputed.
     key_added
         ``obsm`` key of the features; their description goes to ``uns[key_added]``.
     recompute
@@ -77,10 +83,12 @@ def image_features(
     -------
     ``float32`` features ``(n_obs, out_dim)``, or ``(n_obs, 8, out_dim)`` with ``views`` (the array
     stored in ``obsm[key_added]``). Writes ``obsm[key_added]`` and ``uns[key_added]["params"]``
-    (``encoder``, ``fingerprint``, ``patches_key``, ``patch_params``, ``tta``, ``views``, ``out_dim``);
+    (``encoder``, ``fingerprint``, ``patches_key``, ``patch_params``, ``tta``, ``views``, ``out_dim``,
+    ``precision``);
     nothing is written when ``adata`` is a view.
     """
-    from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
+    from spared_tools._settings import resolve_device
+    from spared_tools.models.image import ImageEncoder, _default_encoder, encoder_precision, load_image_encoder
 
     check_adata(adata, genes=False)  # images need no genes
     shape = patches_shape(adata, patches_key)
@@ -101,6 +109,7 @@ def image_features(
         "tta": bool(tta),
         "views": 8 if views else 1,
         "out_dim": enc.out_dim,
+        "precision": encoder_precision(precision, resolve_device(device)),
     }
     expected_shape = (adata.n_obs, 8, enc.out_dim) if views else (adata.n_obs, enc.out_dim)
     cached = adata.uns.get(key_added)
@@ -129,6 +138,7 @@ def image_features(
         tta=tta,
         all_views=views,
         device=device,
+        precision=params["precision"],
     )
     if adata.is_view:  # never turn a user's view into a copy behind their back: return without caching
         logger.debug("image_features: adata is a view; features are returned but not cached.")
@@ -141,6 +151,8 @@ def image_features(
 def _same_params(a: dict, b: dict) -> bool:
     keys = ("encoder", "fingerprint", "patches_key", "tta", "out_dim")
     if any(str(a.get(k)) != str(b.get(k)) for k in keys):
+        return False
+    if str(a.get("precision", "32")) != str(b.get("precision", "32")):  # cached before precision: float32
         return False
     if int(a.get("views", 1)) != int(b.get("views", 1)):  # cached before `views` existed: one view
         return False

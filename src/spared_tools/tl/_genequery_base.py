@@ -253,7 +253,9 @@ class _GeneQueryBase(Predictor):
         try:
             feats = np.stack(
                 [
-                    encode_patches(patches, enc, view=k, device=self.device, desc="fine-tuned features")
+                    encode_patches(
+                        patches, enc, view=k, device=self.device, precision="32", desc="fine-tuned features"
+                    )
                     for k in views
                 ],
                 axis=1,

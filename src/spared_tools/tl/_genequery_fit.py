@@ -101,6 +101,7 @@ class _GeneQueryFit(_GeneQueryBase):
                         encoder,
                         view=0,
                         device=self.device,
+                        precision="32",  # the fine-tuned encoder trains in float32
                         desc="input statistics",
                     )
                 finally:
