@@ -458,6 +458,13 @@ def fold6(data: ad.AnnData, test: str) -> ad.AnnData:
     return a
 
 
+def features_precision() -> str:
+    """The precision ``sp.pp.image_features()`` encodes in on this machine (the cached views to load)."""
+    from spared_tools.models.image import encoder_precision
+
+    return encoder_precision("auto", torch.device("cpu"))
+
+
 def defaults_model(mode: str, seed: int, **settings) -> sp.tl.GeneQueryModel:
     """``sp.tl.GeneQueryModel(mode=mode, seed=seed)`` with the package defaults, on the cached 8 views."""
     model = sp.tl.GeneQueryModel(mode=mode, seed=seed)
@@ -488,7 +495,7 @@ def heldout(report: Report, args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from genequery_data6 import load6
 
-    data = load6(args.gene_set)
+    data = load6(args.gene_set, features_precision())
     d = sp.tl.GeneQueryModel()
     report(
         f"{data.n_obs} spots × {data.n_vars} genes ({args.gene_set}-gene set, experiments/genequery_data6.py); "
@@ -601,7 +608,7 @@ def unseen6(report: Report, args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from genequery_data6 import load6
 
-    data = load6(args.gene_set)
+    data = load6(args.gene_set, features_precision())
     genes = list(data.var_names)
     rng = np.random.default_rng(0)
     trained = sorted(rng.choice(len(genes), size=round(0.4 * len(genes)), replace=False))
@@ -641,31 +648,40 @@ def cost(report: Report, args) -> None:
     few = raw[raw.obs["slide_id"].isin(["C2"]).to_numpy()][:64].copy()
     sp.pp.extract_patches(few, size=224)
     enc = load_image_encoder("efficientnet-lite0")
-    t0 = time.perf_counter()
-    sp.pp.image_features(few, encoder=enc, key_added="one")
-    rate = few.n_obs / (time.perf_counter() - t0)
+    rates = {}
+    for precision in ("32", "bf16", "32", "bf16"):  # twice, alternating: the second pair is reported
+        t0 = time.perf_counter()
+        sp.pp.image_features(few, encoder=enc, precision=precision, key_added=f"f{precision}", recompute=True)
+        rates[precision] = few.n_obs / (time.perf_counter() - t0)
+    default = features_precision()
+    rate = rates[default]
     report(
-        f"feature extraction (EfficientNet-Lite0, 224 px, {torch.get_num_threads()} threads): {rate:.1f} patches/s; a spot with the 8 dihedral views costs 8 patches"
+        f"feature extraction (EfficientNet-Lite0, 224 px, {torch.get_num_threads()} threads): float32 "
+        f"{rates['32']:.1f} patches/s, bfloat16 {rates['bf16']:.1f} patches/s ({rates['bf16'] / rates['32']:.2f}x); "
+        f"the default here: {default}; a spot with the 8 dihedral views costs 8 patches"
     )
     # training 1,000 spots × 128 genes from cached features, plus the extraction they would need
-    data = load6("128")
+    data = load6("128", default)
     a = data[:1000].copy()
     col = a.obs["array_col"].to_numpy()
     a.obs["split"] = np.where(col > np.quantile(col, 0.9), "val", "train")
-    mode = sp.tl.GeneQueryModel().mode
-    for label, settings, views in (
-        ("defaults (8 views: augment, tta)", {}, 8),
-        ("one view (augment=False, tta=False)", {"augment": False, "tta": False}, 1),
-    ):
-        for n_models in (3, 1):
-            model = defaults_model(mode, 0, n_models=n_models, **settings)
-            t0 = time.perf_counter()
-            model.train(a)
-            t = time.perf_counter() - t0
-            feat = 1000 * views / rate
-            report(
-                f"train {a.n_obs} spots × {a.n_vars} genes, {mode}-aware {label}, n_models={n_models}: {t:.0f} s; with feature extraction ({views} view(s) × 1,000 spots, {feat:.0f} s): {t + feat:.0f} s (target 180 s)"
-            )
+    d = sp.tl.GeneQueryModel()
+    mode = d.mode
+    configs = [("defaults (8 views: augment, tta)", {}, 8)]
+    configs += [(f"n_models={k}", {"n_models": k}, 8) for k in args.cost_models if k != d.n_models]
+    configs += [(f"max_epochs={e}", {"max_epochs": e}, 8) for e in args.cost_epochs if e != d.max_epochs]
+    for label, settings, views in configs:
+        model = defaults_model(mode, 0, **settings)
+        t0 = time.perf_counter()
+        model.train(a)
+        t = time.perf_counter() - t0
+        feat = 1000 * views / rate
+        report(
+            f"train {a.n_obs} spots × {a.n_vars} genes, {mode}-aware {label} ({model.n_models} network(s) × "
+            f"{model.max_epochs} epochs): {t:.0f} s; with feature extraction ({views} view(s) × 1,000 spots "
+            f"in {default}, {feat:.0f} s): {t + feat:.0f} s (target 180 s)"
+        )
+        report.save()
     # prediction 5,000 spots × 1,000 genes (synthetic features and embeddings of the real widths)
     rng = np.random.default_rng(0)
     n, G = 5000, 1000
@@ -684,8 +700,8 @@ def cost(report: Report, args) -> None:
     model = sp.tl.GeneQueryModel(gene_embeddings=table, seed=0).set_params(max_epochs=1, accelerator="cpu")
     model.train(small, genes=genes[:8], split_key=None, progress=False)
     target = big[: round(f * n)].copy()
-    for tta in (True, False):
-        for k in (3, 1):
+    for tta in ("features", "predictions", False):
+        for k in (model.n_models, 1):
             m = copy.copy(model)
             m.nets_ = model.nets_[:k]
             gc.collect()
@@ -695,9 +711,12 @@ def cost(report: Report, args) -> None:
             dt = time.perf_counter() - t0
             rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             report(
-                f"predict {model.mode}-aware defaults, {k} network(s), tta={tta} ({m.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; "
+                f"predict {model.mode}-aware, {k} network(s), tta={tta!r} ({m.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; "
                 f"5,000 × 1,000: {dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; peak RSS {rss1:.0f} MiB (before {rss0:.0f}) (target 120 s, 6 GiB)"
             )
+    report(
+        f"features of 5,000 new spots (not cached), 8 views in {default}: {8 * n / rate:.0f} s; one view: {n / rate:.0f} s"
+    )
 
 
 def _spread_plot(spread: list[dict], name: str, report: Report) -> None:
@@ -796,6 +815,12 @@ def parser(stages: Sequence[str], description: str | None = None) -> argparse.Ar
     p.add_argument("--folds", nargs="+", default=list(FOLDS))
     p.add_argument("--only", nargs="*", default=None)
     p.add_argument("--predict-fraction", type=float, default=1.0)
+    p.add_argument(
+        "--cost-models", nargs="*", type=int, default=[], help="cost: also train with these n_models"
+    )
+    p.add_argument(
+        "--cost-epochs", nargs="*", type=int, default=[], help="cost: also train with these max_epochs"
+    )
     p.add_argument("--n-genes", type=int, default=785)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="GeneQuery's seed")

@@ -204,7 +204,9 @@ def test_image_features_precision_is_recorded_and_keys_the_cache(monkeypatch, ef
     # "auto" resolves to one of the two and is recorded as such; another precision is recomputed
     calls = []
     orig = image_mod.encode_patches
-    monkeypatch.setattr(image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw))
+    monkeypatch.setattr(
+        image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw)
+    )
     monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: True)
     assert np.array_equal(image_features(a, encoder=effnet, key_added="b16"), b16) and calls == []
     monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: False)

@@ -465,8 +465,19 @@ def test_multi_view_features_and_tta_average(data):
         single.obsm["views"] = views[:, v]
         per_view.append(model.predict(single))
     np.testing.assert_allclose(model.predict(adata), per_view[0], atol=1e-6)
+    # "predictions": the mean of the views' predictions (one pass per view)
+    np.testing.assert_allclose(model.predict(adata, tta="predictions"), np.mean(per_view, 0), atol=1e-5)
+    # True = "features" (the default): one pass on the mean of the views' features, also when set directly
+    mean_view = adata.copy()
+    mean_view.obsm["views"] = views.mean(1)
+    ref = model.predict(mean_view, tta=False)
+    assert not np.allclose(ref, np.mean(per_view, 0), atol=1e-5)  # the two averages differ
+    np.testing.assert_allclose(model.predict(adata, tta=True), ref, atol=1e-6)
+    assert model.tta == "features"
     model.tta = True
-    np.testing.assert_allclose(model.predict(adata), np.mean(per_view, 0), atol=1e-5)
+    np.testing.assert_allclose(model.predict(adata), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="tta must be"):
+        model.predict(adata, tta="views")
 
 
 def test_call_order_never_degrades_augmentation(data):

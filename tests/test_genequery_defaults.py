@@ -56,7 +56,7 @@ def test_defaults_are_the_validated_configuration():
     m = GeneQueryModel()
     assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
-    assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (12, True, True, None)
+    assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (12, True, "features", None)
     assert m.scaling == "standard"
     assert GeneQueryModel(mode="spot").scaling == "minmax"
     assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"

@@ -88,7 +88,12 @@ def image_features(
     nothing is written when ``adata`` is a view.
     """
     from spared_tools._settings import resolve_device
-    from spared_tools.models.image import ImageEncoder, _default_encoder, encoder_precision, load_image_encoder
+    from spared_tools.models.image import (
+        ImageEncoder,
+        _default_encoder,
+        encoder_precision,
+        load_image_encoder,
+    )
 
     check_adata(adata, genes=False)  # images need no genes
     shape = patches_shape(adata, patches_key)

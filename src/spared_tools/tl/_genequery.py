@@ -395,7 +395,7 @@ class GeneQueryModel(_GeneQueryFit):
         adata: AnnData,
         genes: Sequence[str] | str | None = None,
         *,
-        tta: bool | None = None,
+        tta: bool | Literal["features", "predictions"] | None = None,
         use_identity: bool | None = None,
         inference_precision: Literal["auto", "32", "bf16"] | None = None,
         device: str | None = None,
@@ -412,10 +412,14 @@ class GeneQueryModel(_GeneQueryFit):
             Genes to predict (default: the trained genes); genes not trained on are predicted from their
             text (or ``gene_embeddings``).
         tta
-            Average the predictions over the views of each spot's features (test-time augmentation); frozen
-            mode computes the 8 views when they are not cached. In fine-tune mode: average over the 8
-            dihedral symmetries of each patch. Costs 8 times the prediction time; on HER2+ it raised the
-            test PCC of the same trained network (``benchmarks/results/genequery_main.txt``, rows "no tta").
+            Test-time averaging over the 8 dihedral views of each spot's patch (frozen mode computes the
+            views' features when they are not cached; fine-tune mode encodes the 8 symmetries of each
+            patch). ``True`` or ``"features"`` (the default): each network predicts once from the mean of
+            the views' features. ``"predictions"``: the mean of each view's prediction, 8 passes per
+            network. ``False``: the patch as it is. On the validation sections (B4, A1, A2; three seeds,
+            ``experiments/results/genequery_selection*.txt``) "features" scored 0.005 below
+            "predictions" and 0.02 above ``False``; "predictions" costs 8 times the prediction time
+            (5,000 spots × 1,000 genes: ``benchmarks/results/genequery_cost.txt``).
         use_identity
             At prediction, give the trained genes their identity codes (``True``) or the mean code, which
             predicts every gene from its text alone (``False``); only with ``gene_identity > 0``. Can be

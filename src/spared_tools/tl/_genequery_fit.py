@@ -14,6 +14,7 @@ from spared_tools._logging import logger
 from spared_tools._settings import native_bf16, resolve_device, settings
 
 from ._genequery_base import _GeneQueryBase
+from ._genequery_settings import check_settings
 from ._genequery_text import _TextScaler
 
 __all__: list[str] = []
@@ -248,7 +249,10 @@ class _GeneQueryFit(_GeneQueryBase):
             emb[:, -self.gene_identity :] = self.net_.gene_shift[-self.gene_identity :].cpu().numpy()
         device = resolve_device(self.device)
         nets = [n.to(device).eval() for n in (self.nets_ or [self.net_])]
-        views = range(feats.shape[1]) if self.tta else [0]
+        tta = check_settings({"tta": self.tta}, finetune=self.finetune)["tta"]  # also when set as attribute
+        if tta == "features" and feats.shape[1] > 1:  # one pass on the mean of the views' features
+            feats = feats.mean(1, keepdims=True, dtype=np.float32)
+        views = range(feats.shape[1]) if tta else [0]
         bs = max(self.batch_size, 64)
         Zall = np.zeros((adata.n_obs, len(names)), dtype=np.float64)
         # each network's prediction apart, when predict_with_std asks for the ensemble's spread

@@ -164,7 +164,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"context_rings": 0, "n_models": 1}
 ARCHITECTURE_SETTINGS = ("context_rings", "gene_identity", "n_models")
 #: ``predict(...)`` keywords.
 PREDICT_SETTINGS: dict[str, Any] = {
-    "tta": True,
+    "tta": "features",
     "use_identity": True,
     "inference_precision": "auto",
     "device": None,
@@ -210,9 +210,16 @@ def check_settings(values: Mapping[str, Any], *, finetune: bool) -> dict[str, An
     for name in ("max_len", "batch_size", "max_epochs", "n_models", "finetune_spots", "finetune_genes"):
         if name in out:
             out[name] = _positive_int(out[name], name)
-    for name in ("augment", "tta", "use_identity", "standardize"):
+    for name in ("augment", "use_identity", "standardize"):
         if name in out:
             out[name] = _flag(out[name], name)
+    if "tta" in out:
+        tta = out["tta"]
+        if isinstance(tta, bool | np.bool_):
+            tta = "features" if tta else False
+        elif tta not in ("features", "predictions"):
+            raise ValueError(f"tta must be True, False, 'features' or 'predictions', got {tta!r}.")
+        out["tta"] = tta
     if "encoder_lr" in out:
         if not out["encoder_lr"] > 0:
             raise ValueError(f"encoder_lr must be > 0, got {out['encoder_lr']!r}.")
