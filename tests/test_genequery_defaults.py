@@ -56,7 +56,7 @@ def test_defaults_are_the_validated_configuration():
     m = GeneQueryModel()
     assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
-    assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (12, True, "features", None)
+    assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (7, True, "features", None)
     assert m.scaling == "standard"
     assert GeneQueryModel(mode="spot").scaling == "minmax"
     assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"
@@ -153,8 +153,8 @@ def test_default_checkpoint_keeps_the_mean_of_the_late_epochs_not_an_early_one()
     # the issue: validation on one section kept epoch 1 on 746 genes; the default rule cannot do that
     a, table = _data()
     m = GeneQueryModel(gene_embeddings=table, seed=0, **TINY).train(a, plan_kwargs={"n_models": 1})
-    assert m.history_["selected"] == "mean of the weights of epochs 6-11"
-    assert m.train_params_["max_epochs"] == 12
+    assert m.history_["selected"] == "mean of the weights of epochs 3-6"
+    assert m.train_params_["max_epochs"] == 7
 
 
 def test_a_model_saved_with_the_settings_in_the_constructor_still_loads(tmp_path):

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--patch-size", type=_positive_int, default=224, help="H&E patch side in pixels (when extracted)"
     )
-    q.add_argument("--max-epochs", type=_positive_int, default=12, help="training epochs")
+    q.add_argument("--max-epochs", type=_positive_int, default=7, help="training epochs")
     q.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per training step")
     q.add_argument("--width", type=_positive_int, default=128, help="transformer width")
     q.add_argument("--n-heads", type=_positive_int, default=8, help="attention heads")

@@ -66,9 +66,10 @@ class GeneQueryModel(_GeneQueryFit):
 
     The defaults are the configuration chosen on validation sections only (patients A and B; training on
     patient C) by ``experiments/genequery_selection.py`` (``docs/differences.md``): gene-aware, width 128,
-    12 epochs, the spot's lattice neighbourhood next to its image, each gene from its text alone (no
+    7 epochs, the spot's lattice neighbourhood next to its image, each gene from its text alone (no
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
-    the second half's weights, dihedral augmentation and test-time averaging. The knobs behind them
+    the second half's weights, dihedral augmentation, and test-time averaging of the 8 views' features
+    (one pass per network; image features in bfloat16 where the CPU computes it in hardware). The knobs behind them
     (``context_rings``, ``gene_identity``, ``n_models``, ``checkpoint``) are in :meth:`train`'s
     ``plan_kwargs``.
 

@@ -130,7 +130,7 @@ TRAIN_SETTINGS: dict[str, Any] = {
     "patches_key": Key.PATCHES,
     "library_key": Key.SLIDE,
     "spatial_key": Key.SPATIAL,
-    "max_epochs": 12,
+    "max_epochs": 7,
     "batch_size": 8,
     "lr": 1e-3,
     "augment": True,
