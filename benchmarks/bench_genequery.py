@@ -460,9 +460,9 @@ def fold6(data: ad.AnnData, test: str) -> ad.AnnData:
 
 def features_precision() -> str:
     """The precision ``sp.pp.image_features()`` encodes in on this machine (the cached views to load)."""
-    from spared_tools.models.image import encoder_precision
+    from spared_tools._settings import resolve_precision
 
-    return encoder_precision("auto", torch.device("cpu"))
+    return resolve_precision("auto", torch.device("cpu"))
 
 
 def defaults_model(mode: str, seed: int, **settings) -> sp.tl.GeneQueryModel:

@@ -49,7 +49,8 @@ def scores(path: Path) -> dict[str, float]:
 
 def main() -> None:
     lines = [
-        "# three-seed means of the selection scores (mean over B4 and patient A of HEG/HVG/ALL means);",
+        "# genequery_selection_summary.py: three-seed means of the selection scores (mean over B4 and",
+        "# patient A of the HEG/HVG/ALL means);",
         "# rows: 3 networks, mean of the 8 views' predictions unless a variant says otherwise;",
         "# 'mean-view features' = tta='features' (one pass per network on the mean of the views' features)",
     ]

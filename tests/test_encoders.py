@@ -183,7 +183,7 @@ def test_image_features_views_are_the_eight_symmetries(monkeypatch):
 
 def test_image_features_precision_is_recorded_and_keys_the_cache(monkeypatch, effnet):
     from spared_tools._settings import native_bf16
-    from spared_tools.models.image import encoder_precision
+    from spared_tools._settings import resolve_precision as encoder_precision
 
     cpu = torch.device("cpu")
     assert encoder_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "32")
@@ -207,9 +207,9 @@ def test_image_features_precision_is_recorded_and_keys_the_cache(monkeypatch, ef
     monkeypatch.setattr(
         image_mod, "encode_patches", lambda *args, **kw: calls.append(kw) or orig(*args, **kw)
     )
-    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: True)
+    monkeypatch.setattr("spared_tools._settings.native_bf16", lambda device: True)
     assert np.array_equal(image_features(a, encoder=effnet, key_added="b16"), b16) and calls == []
-    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: False)
+    monkeypatch.setattr("spared_tools._settings.native_bf16", lambda device: False)
     assert np.array_equal(image_features(a, encoder=effnet, key_added="f32"), f32) and calls == []
     np.testing.assert_allclose(image_features(a, encoder=effnet, key_added="b16"), f32, rtol=1e-4, atol=1e-4)
     assert len(calls) == 1 and a.uns["b16"]["params"]["precision"] == "32"

@@ -55,7 +55,7 @@ def _float32_image_features(monkeypatch):
     """The references are float32 arithmetic on every machine: image features are encoded in float32
     here, where ``precision="auto"`` would pick bfloat16 on CPUs with AMX / AVX-512 BF16 (that path is
     checked against brute force in ``test_encoders.py``)."""
-    monkeypatch.setattr("spared_tools.models.image.native_bf16", lambda device: False)
+    monkeypatch.setattr("spared_tools._settings.native_bf16", lambda device: False)
 
 
 def _check(name: str, **arrays: np.ndarray) -> None:

@@ -201,6 +201,21 @@ def native_bf16(device) -> bool:
     return any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
 
 
+def resolve_precision(precision: str, device) -> str:
+    """Resolve ``precision`` (``"auto"``, ``"32"`` or ``"bf16"``) on ``device`` (a :class:`torch.device`).
+
+    ``"auto"`` is ``"bf16"`` where :func:`native_bf16` holds (there EfficientNet-Lite0 encodes 2.2 times
+    more patches per second than in float32, ``benchmarks/results/genequery_cost.txt``, and GeneQuery
+    scores the same on the validation sections, ``experiments/results/genequery_selection_bf16*.txt``)
+    and ``"32"`` everywhere else.
+    """
+    if precision not in ("auto", "32", "bf16"):
+        raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "32"
+    return precision
+
+
 def resolve_seed(seed: int | None) -> int:
     """Return ``seed`` or, when ``None``, ``settings.seed``; checks it is a non-negative integer."""
     seed = settings.seed if seed is None else seed

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spared_tools._settings import native_bf16, resolve_device, settings
+from spared_tools._settings import resolve_device, resolve_precision, settings
 
 __all__ = [
     "ImageEncoder",
@@ -445,15 +445,13 @@ def encode_patches(
     view
         Encode the ``view``-th dihedral transform of each patch (:func:`dihedral`) instead of the patch.
     all_views
-        Encode all 8 dihedral transforms of each patch and return them separately (view ``k`` is
-        ``dihedral(patch, k)``, so view 0 is the patch itself): the views for training-time augmentation
-        of models on frozen features.
+        The 8 dihedral transforms of each patch, returned apart (view ``k`` is ``dihedral(patch, k)``;
+        view 0 is the patch): the views for the augmentation of models on frozen features.
     device
         Torch device (``None``: ``sp.settings.device``).
     precision
-        Arithmetic of the encoder: ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast; the input
-        normalisation and the returned features stay float32) or ``"auto"`` (the default):
-        :func:`encoder_precision`.
+        ``"32"``, ``"bf16"`` (autocast; normalisation and output stay float32) or ``"auto"``: bf16 where
+        the CPU computes it in hardware (see :func:`spared_tools.pp.image_features`).
     desc
         Progress-bar label.
 
@@ -462,9 +460,8 @@ def encode_patches(
     ``float32`` features ``(n, encoder.out_dim)``, or ``(n, 8, encoder.out_dim)`` with ``all_views``.
     """
     dev = resolve_device(None if device is None else str(device))
-    bf16 = encoder_precision(precision, dev) == "bf16"
-    if batch_size is None:
-        batch_size = default_batch_size(dev)
+    bf16 = resolve_precision(precision, dev) == "bf16"
+    batch_size = default_batch_size(dev) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
     if sum((view is not None, bool(tta), bool(all_views))) > 1:
@@ -494,27 +491,9 @@ def encode_patches(
                     continue
                 if tta:
                     feats = sum(model(dihedral(x, k)).float() for k in range(8)) / 8.0
-                elif view is not None:
-                    feats = model(dihedral(x, view))
                 else:
-                    feats = model(x)
+                    feats = model(x if view is None else dihedral(x, view))
                 out[s : s + batch.shape[0]] = feats.float().cpu().numpy()
     finally:
         encoder.train(was_training)
     return out
-
-
-def encoder_precision(precision: str, device: torch.device) -> str:
-    """Resolve an image encoder's ``precision`` (``"auto"``, ``"32"`` or ``"bf16"``) on ``device``.
-
-    ``"auto"`` is ``"bf16"`` on a CPU that computes bfloat16 in hardware (AVX-512 BF16 or AMX on x86,
-    BF16 on Arm: :func:`spared_tools._settings.native_bf16`), where EfficientNet-Lite0 encodes 2.5 times
-    more patches per second than in float32 (``benchmarks/results/genequery_cost.txt``) and GeneQuery
-    scores the same on the validation sections (``experiments/results/genequery_selection_bf16*.txt``);
-    ``"32"`` everywhere else.
-    """
-    if precision not in ("auto", "32", "bf16"):
-        raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "32"
-    return precision

@@ -87,11 +87,10 @@ def image_features(
     ``precision``);
     nothing is written when ``adata`` is a view.
     """
-    from spared_tools._settings import resolve_device
+    from spared_tools._settings import resolve_device, resolve_precision
     from spared_tools.models.image import (
         ImageEncoder,
         _default_encoder,
-        encoder_precision,
         load_image_encoder,
     )
 
@@ -114,7 +113,7 @@ def image_features(
         "tta": bool(tta),
         "views": 8 if views else 1,
         "out_dim": enc.out_dim,
-        "precision": encoder_precision(precision, resolve_device(device)),
+        "precision": resolve_precision(precision, resolve_device(device)),
     }
     expected_shape = (adata.n_obs, 8, enc.out_dim) if views else (adata.n_obs, enc.out_dim)
     cached = adata.uns.get(key_added)
