@@ -774,13 +774,11 @@ def test_bf16_inference_close_to_float32(data, trained_spot):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_inference_precision_follows_the_hardware(data, trained_spot, monkeypatch, native):
     """'auto' (the default) is bf16 exactly when the CPU computes bfloat16 natively, float32 otherwise."""
-    import spared_tools.tl._genequery_fit as gq_module  # where predict resolves the precision
-
     adata, _ = data
     genes = [f"G{j}" for j in range(6)]
     assert _gq().inference_precision == "auto"
     expected = _predict_with(trained_spot, adata, genes, "bf16" if native else "32")
-    monkeypatch.setattr(gq_module, "native_bf16", lambda device: native)
+    monkeypatch.setattr("spared_tools._settings.native_bf16", lambda device: native)
     got = _predict_with(trained_spot, adata, genes, "auto")
     assert trained_spot.inference_precision_used_ == ("bf16" if native else "32")
     np.testing.assert_array_equal(got, expected)

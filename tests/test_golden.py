@@ -58,6 +58,12 @@ def _float32_image_features(monkeypatch):
     monkeypatch.setattr("spared_tools._settings.native_bf16", lambda device: False)
 
 
+#: GeneQuery's references were recorded with ``inference_precision="auto"`` on the CI machine's CPU, which
+#: computes bfloat16 natively (AMX), so "auto" was bf16 there; pinned so that the fixture above, which makes
+#: ``native_bf16`` false for the image features, does not change the inference arithmetic
+GENEQUERY_INFERENCE = "bf16"
+
+
 def _check(name: str, **arrays: np.ndarray) -> None:
     path = GOLDEN / f"{name}.npz"
     if WRITE:
@@ -172,7 +178,7 @@ def test_genequery_predictions_golden(mode):
     )
     model.train(adata, genes=[f"G{j}" for j in range(20)])
     genes = [f"G{j}" for j in range(24)]
-    pred = model.predict(adata, genes=genes)
+    pred = model.predict(adata, genes=genes, inference_precision=GENEQUERY_INFERENCE)
     _check(f"genequery_{mode}", prediction=pred)
 
 
@@ -181,6 +187,7 @@ def test_genequery_predict_function_golden():
     sp.tl.genequery_predict(
         adata,
         **{**LEGACY, "max_epochs": 2},
+        inference_precision=GENEQUERY_INFERENCE,
         gene_embeddings=table,
         batch_size=8,
         seed=0,

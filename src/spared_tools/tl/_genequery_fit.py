@@ -11,7 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from spared_tools._logging import logger
-from spared_tools._settings import native_bf16, resolve_device, settings
+from spared_tools._settings import resolve_device, resolve_precision, settings
 
 from ._genequery_base import _GeneQueryBase
 from ._genequery_settings import check_settings
@@ -209,12 +209,8 @@ class _GeneQueryFit(_GeneQueryBase):
     # ------------------------------------------------------------------ prediction
     def _inference_bf16(self, device: Any) -> bool:
         """Resolve ``inference_precision`` on ``device``; the value used is kept in ``inference_precision_used_``."""
-        if self.inference_precision == "auto":
-            bf16 = native_bf16(device)
-        else:
-            bf16 = self.inference_precision == "bf16"
-        self.inference_precision_used_ = "bf16" if bf16 else "32"
-        return bf16
+        self.inference_precision_used_ = resolve_precision(self.inference_precision, device)
+        return self.inference_precision_used_ == "bf16"
 
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
         import torch
