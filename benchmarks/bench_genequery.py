@@ -499,7 +499,7 @@ def heldout(report: Report, args) -> None:
     d = sp.tl.GeneQueryModel()
     report(
         f"{data.n_obs} spots × {data.n_vars} genes ({args.gene_set}-gene set, experiments/genequery_data6.py); "
-        f"package defaults: mode={d.mode!r}, width {d.width}, ff {d.ff_dim}, {d.max_epochs} epochs, "
+        f"package defaults: mode={d.mode!r}, width {d.width}, ff {d.ff_dim}, max_epochs={d.max_epochs!r}, "
         f"context_rings={d.context_rings}, gene_identity={d.gene_identity}, n_models={d.n_models}, "
         f"checkpoint={d.checkpoint!r}, augment={d.augment}, tta={d.tta}; seeds {args.seeds} (a seed s trains "
         f"the networks of seeds s .. s + n_models - 1); spot-aware = the same defaults with mode='spot'"
@@ -537,7 +537,8 @@ def heldout(report: Report, args) -> None:
                 label = f"GeneQuery {mode}-aware (defaults)" + (
                     f", seed {seed}" if len(args.seeds) > 1 else ""
                 )
-                record(test, label, res, f"  train {t_train:.0f} s, predict {t_pred:.0f} s")
+                epochs = model.train_params_["max_epochs"]
+                record(test, label, res, f"  train {t_train:.0f} s ({epochs} epochs), predict {t_pred:.0f} s")
                 rho, rho_gene = _spearman_spread(std, np.abs(pred - truth))
                 spread.append(
                     {
@@ -678,7 +679,7 @@ def cost(report: Report, args) -> None:
         feat = 1000 * views / rate
         report(
             f"train {a.n_obs} spots × {a.n_vars} genes, {mode}-aware {label} ({model.n_models} network(s) × "
-            f"{model.max_epochs} epochs): {t:.0f} s; with feature extraction ({views} view(s) × 1,000 spots "
+            f"{model.train_params_['max_epochs']} epochs): {t:.0f} s; with feature extraction ({views} view(s) × 1,000 spots "
             f"in {default}, {feat:.0f} s): {t + feat:.0f} s (target 180 s)"
         )
         report.save()

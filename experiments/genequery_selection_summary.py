@@ -6,6 +6,11 @@ reference, ``genequery_selection_identity0{,_seed10,_seed20}.txt``; writes
 ``experiments/results/genequery_selection_bf16_summary.txt``: per configuration and variant, the score
 of each seed that ran and their mean (the rule reads the mean over the seeds 0, 10, 20).
 
+The training-size run (``--train`` with two patient-C sections, files
+``genequery_selection_bf16_train<pair>_seed<S>.txt``) is summarised below them: per pair and seed, the
+default (7 epochs) against the steps rule (the epochs of as many optimisation steps as 7 epochs of the
+three sections), and their means over the pairs that ran both.
+
 ``python experiments/genequery_selection_summary.py``
 """
 
@@ -70,9 +75,37 @@ def main() -> None:
             seeds = " ".join(f"s{s} {v:.3f}" for s, v in sorted(by_seed.items()))
             mean = sum(by_seed.values()) / len(by_seed)
             lines.append(f"  {mean:.4f}  ({len(by_seed)} seed(s): {seeds})  {name}")
+    lines += training_size()
     text = "\n".join(lines) + "\n"
     (RES / "genequery_selection_bf16_summary.txt").write_text(text)
     print(text)
+
+
+def training_size() -> list[str]:
+    """The fifth run: 7 epochs against the steps rule on two training sections (rule in the script)."""
+    seven, steps = "gene, 7 epochs, mean-view features", "gene, steps of 7 epochs on C2-C4, mean-view features"
+    lines = [
+        "\ntraining on two patient-C sections (bfloat16 features, 3 networks, mean-view features); score of",
+        "7 epochs (the default) and of the steps rule (7 epochs of C2-C4 in steps: 10-11 epochs here):",
+    ]
+    pairs = []
+    for path in sorted(RES.glob("genequery_selection_bf16_train*_seed*.txt")):
+        m = re.search(r"_train(\w{4})_seed(\d+)", path.name)
+        assert m is not None
+        got = scores(path)
+        a, b = got.get(seven), got.get(steps)
+        fmt = lambda v: "not run" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"  train {m[1][:2]}+{m[1][2:]}, seed {m[2]:>2}: 7 epochs {fmt(a)}, steps rule {fmt(b)}")
+        if a is not None and b is not None:
+            pairs.append((a, b))
+    if pairs:
+        a = sum(p[0] for p in pairs) / len(pairs)
+        b = sum(p[1] for p in pairs) / len(pairs)
+        lines.append(
+            f"  mean over the {len(pairs)} runs with both: 7 epochs {a:.4f}, steps rule {b:.4f} "
+            f"({b - a:+.4f}); winner by the rule: {'steps rule' if b > a else '7 epochs'}"
+        )
+    return lines
 
 
 if __name__ == "__main__":
