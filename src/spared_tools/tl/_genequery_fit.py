@@ -30,7 +30,6 @@ class _GeneQueryFit(_GeneQueryBase):
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         *,
-        max_epochs: int | None = None,
         progress: bool | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         ckpt_path: str | os.PathLike | None = None,
@@ -38,7 +37,7 @@ class _GeneQueryFit(_GeneQueryBase):
     ) -> None:
         """Train the network (the options reach it as keywords of :meth:`train`).
 
-        ``max_epochs`` and ``progress`` override the constructor for this call. ``checkpoint_dir`` writes a
+        ``progress`` overrides ``sp.settings.progress`` for this call. ``checkpoint_dir`` writes a
         resumable checkpoint after every epoch (``<checkpoint_dir>/member<k>/last.ckpt`` for network ``k``,
         removed when it finishes); ``ckpt_path`` resumes an interrupted training (``n_models=1``) from such
         a checkpoint, to the same result as an uninterrupted run with the same data, arguments and seed.
@@ -124,7 +123,7 @@ class _GeneQueryFit(_GeneQueryBase):
             batch = self.finetune_spots if self.finetune else self.batch_size
             return GeneDataset(feats, emb, Z, idx, max_len=gene_len, batch_size=batch, **base)
 
-        epochs = self.max_epochs if max_epochs is None else int(max_epochs)
+        epochs = int(self.max_epochs)
         show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         seeds = [int(self.seed) + k for k in range(self.n_models)]
         average_from = epochs // 2 if self.checkpoint == "average" else None
