@@ -113,7 +113,11 @@ CANDIDATES: dict[str, dict] = {  # in the order they run (the old defaults, refe
     "gene, 10 epochs": {"mode": "gene", "max_epochs": 10},
     # fifth run (--train with two sections): 7 epochs and the steps of 7 epochs on C2-C4, mean-view features
     "gene, 7 epochs, mean-view features": {"mode": "gene", "max_epochs": 7, "tta": "features"},
-    "gene, steps of 7 epochs on C2-C4, mean-view features": {"mode": "gene", "tta": "features", "steps_of": 7},
+    "gene, steps of 7 epochs on C2-C4, mean-view features": {
+        "mode": "gene",
+        "tta": "features",
+        "steps_of": 7,
+    },
     "gene, old defaults": {"mode": "gene", **OLD},
     "spot, old defaults": {"mode": "spot", **OLD},
 }
@@ -230,19 +234,11 @@ def main() -> None:
     scored = a[(a.obs["split"] == "test").to_numpy()].copy()
     train_ad = a[(a.obs["split"] == "train").to_numpy()].copy()
     models = {**baselines(), **{f"GeneQuery {k}": v for k, v in CANDIDATES.items()}}
-    # the steps rule: as many optimisation steps (8 spots each) as k epochs on the three sections
-    n_train = int((train_ad.obs["slide_id"].astype(str).isin(args.train)).sum())
-    n_three = int((selection_data(args.genes, args.precision).obs["split"] == "train").sum())
-    steps, steps3 = -(-n_train // 8), -(-n_three // 8)
-    for spec in CANDIDATES.values():
-        if "steps_of" in spec:
-            k = spec.pop("steps_of")
-            spec["max_epochs"] = max(2, round(k * steps3 / steps))
-            report(f"steps rule: {n_train} training spots ({steps} steps per epoch) against {n_three} on "
-                   f"C2-C4 ({steps3}): {k} epochs there = {spec['max_epochs']} epochs here")
     for name, spec in models.items():
         if args.only and not any(o in name for o in args.only):
             continue
+        if isinstance(spec, dict) and "steps_of" in spec:
+            spec = steps_rule(spec, train_ad.n_obs, args, report)
         model = genequery(spec, args.seed) if isinstance(spec, dict) else spec
         t0 = time.perf_counter()
         try:
@@ -284,6 +280,21 @@ def main() -> None:
             if len(sub):
                 report(f"best {mode}-aware by score: {sub['score'].idxmax()} ({sub['score'].max():.3f})")
     report.save()
+
+
+def steps_rule(spec: dict, n_train: int, args, report: Report) -> dict:
+    """``spec`` with ``max_epochs`` giving as many optimisation steps (8 spots each) as ``spec["steps_of"]``
+    epochs of the three training sections C2-C4 would."""
+    n_three = int((selection_data(args.genes, args.precision).obs["split"] == "train").sum())
+    steps, steps3 = -(-n_train // 8), -(-n_three // 8)
+    k = spec["steps_of"]
+    out = {key: v for key, v in spec.items() if key != "steps_of"}
+    out["max_epochs"] = max(2, round(k * steps3 / steps))
+    report(
+        f"steps rule: {n_train} training spots ({steps} steps per epoch) against {n_three} on "
+        f"C2-C4 ({steps3}): {k} epochs there = {out['max_epochs']} epochs here"
+    )
+    return out
 
 
 def predict_variant(model: sp.tl.GeneQueryModel, a: ad.AnnData, variant: str) -> np.ndarray:

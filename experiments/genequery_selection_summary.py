@@ -83,7 +83,10 @@ def main() -> None:
 
 def training_size() -> list[str]:
     """The fifth run: 7 epochs against the steps rule on two training sections (rule in the script)."""
-    seven, steps = "gene, 7 epochs, mean-view features", "gene, steps of 7 epochs on C2-C4, mean-view features"
+    seven, steps = (
+        "gene, 7 epochs, mean-view features",
+        "gene, steps of 7 epochs on C2-C4, mean-view features",
+    )
     lines = [
         "\ntraining on two patient-C sections (bfloat16 features, 3 networks, mean-view features); score of",
         "7 epochs (the default) and of the steps rule (7 epochs of C2-C4 in steps: 10-11 epochs here):",

@@ -182,14 +182,13 @@ def test_image_features_views_are_the_eight_symmetries(monkeypatch):
 
 
 def test_image_features_precision_is_recorded_and_keys_the_cache(monkeypatch, effnet):
-    from spared_tools._settings import native_bf16
-    from spared_tools._settings import resolve_precision as encoder_precision
+    from spared_tools._settings import native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
-    assert encoder_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "32")
-    assert encoder_precision("32", cpu) == "32" and encoder_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "32")
+    assert resolve_precision("32", cpu) == "32" and resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
-        encoder_precision("fp16", cpu)
+        resolve_precision("fp16", cpu)
     a = _adata_with_patches(n=4, size=40)
     x = torch.from_numpy(a.obsm["patches"]).permute(0, 3, 1, 2)
     f32 = image_features(a, encoder=effnet, precision="32", key_added="f32")
