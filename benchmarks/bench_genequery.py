@@ -501,7 +501,7 @@ def heldout(report: Report, args) -> None:
         f"{data.n_obs} spots × {data.n_vars} genes ({args.gene_set}-gene set, experiments/genequery_data6.py); "
         f"package defaults: mode={d.mode!r}, width {d.width}, ff {d.ff_dim}, max_epochs={d.max_epochs!r}, "
         f"context_rings={d.context_rings}, gene_identity={d.gene_identity}, n_models={d.n_models}, "
-        f"checkpoint={d.checkpoint!r}, augment={d.augment}, tta={d.tta}; seeds {args.seeds} (a seed s trains "
+        f"checkpoint={d.checkpoint!r}, ridge_blend={d.ridge_blend}, augment={d.augment}, tta={d.tta}; seeds {args.seeds} (a seed s trains "
         f"the networks of seeds s .. s + n_models - 1); spot-aware = the same defaults with mode='spot'"
     )
     report(

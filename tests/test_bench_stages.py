@@ -44,6 +44,7 @@ def _cases():
             if path.name not in old_options and script[0].removesuffix(":") not in (
                 "genequery_selection.py",
                 "genequery_selection_summary.py",
+                "genequery_blend.py",
             ):
                 yield pytest.param(folder, path, id=f"{folder}/{path.name}")
 

@@ -57,6 +57,7 @@ def test_defaults_are_the_validated_configuration():
     assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
     assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (7, True, "features", None)
+    assert m.ridge_blend == 0.35  # experiments/results/genequery_blend_second.txt
     assert m.scaling == "standard"
     assert GeneQueryModel(mode="spot").scaling == "minmax"
     assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"
@@ -97,13 +98,14 @@ def test_std_is_the_spread_of_the_ensembles_networks(mode):
     genes = [f"G{j}" for j in range(6)]
     query = ["G0", "G3", "G8", "NOVEL"]  # trained, trained, not trained, text only
     ens = GeneQueryModel(mode=mode, gene_embeddings=table, seed=3, **TINY)
-    ens.train(a.copy(), genes=genes, max_epochs=2)  # n_models=3 by default
+    # the networks alone (the ridge head, calibrated to each model's networks, has its own test below)
+    ens.train(a.copy(), genes=genes, max_epochs=2, plan_kwargs={"ridge_blend": 0.0})  # n_models=3 by default
     mean, std = ens.predict_with_std(a, query)
     np.testing.assert_array_equal(mean, ens.predict(a, query))
     # brute force: member k is the single model of seed 3 + k (tests/test_genequery.py checks that)
     singles = [
         GeneQueryModel(mode=mode, gene_embeddings=table, seed=s, **TINY).train(
-            a.copy(), genes=genes, max_epochs=2, plan_kwargs={"n_models": 1}
+            a.copy(), genes=genes, max_epochs=2, plan_kwargs={"n_models": 1, "ridge_blend": 0.0}
         )
         for s in (3, 4, 5)
     ]
@@ -177,3 +179,77 @@ def test_a_model_saved_with_the_settings_in_the_constructor_still_loads(tmp_path
     old = GeneQueryModel.load(tmp_path / "new")
     assert (old.context_rings, old.gene_identity) == (1, 4)
     np.testing.assert_array_equal(old.predict(a), m.predict(a))
+
+
+@pytest.mark.parametrize("mode", ["gene", "spot"])
+def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mode, tmp_path):
+    a, table = _data(n_slides=5)
+    genes = [f"G{j}" for j in range(8)]
+    kw = dict(mode=mode, gene_embeddings=table, seed=0, **TINY)
+    model = GeneQueryModel(**kw).train(
+        a, genes=genes, max_epochs=3, accelerator="cpu", plan_kwargs={"n_models": 2}
+    )
+    assert model.ridge_blend == 0.35 and model.history_["ridge_head"]["ridge_blend"] == 0.35
+    query = ["G1", "G9", "G4", "NOVEL"]  # trained, not trained, trained, text only
+    pred, std = model.predict_with_std(a, query)
+    nets = GeneQueryModel.load(_saved(model, tmp_path), a)  # the same networks, without the head
+    nets.ridge_blend, nets.ridge_head_ = 0.0, None
+    net_pred, net_std = nets.predict_with_std(a, query)
+    net_train = nets.predict(a, genes)
+
+    # brute force: the networks' input (features, then their ring-1 neighbourhood mean), standardised with
+    # the training spots' statistics; ridge in closed form for every penalty, chosen on validation PCC
+    tr = (a.obs["split"] == "train").to_numpy()
+    va = (a.obs["split"] == "val").to_numpy()
+    F = np.asarray(sp_context(a), dtype=np.float64)
+    mu, sd = F[tr].mean(0), F[tr].std(0)
+    X = (F - mu) / sd
+    Y = np.asarray(a[:, genes].layers["log1p"], dtype=np.float64)
+    ym = Y[tr].mean(0)
+    n, p = X[tr].shape
+
+    def ridge(alpha):
+        W = np.linalg.solve(X[tr].T @ X[tr] + alpha * n * np.eye(p), X[tr].T @ (Y[tr] - ym))
+        return X @ W + ym
+
+    def pcc(u, v):
+        u, v = u - u.mean(0), v - v.mean(0)
+        return ((u * v).sum(0) / np.sqrt((u**2).sum(0) * (v**2).sum(0))).mean()
+
+    alphas = [10.0**k for k in range(-3, 8)]
+    best = alphas[int(np.argmax([pcc(ridge(al)[va], Y[va]) for al in alphas]))]
+    assert model.history_["ridge_head"]["alpha"] == best
+    R = ridge(best)
+    m_r, s_r = R[tr].mean(0), R[tr].std(0)
+    m_n, s_n = net_train[tr].mean(0), net_train[tr].std(0)
+    head = m_n + s_n / s_r * (R - m_r)  # ridge on the networks' scale (the mix is scale-free)
+    col = {g: j for j, g in enumerate(genes)}
+    for k, g in enumerate(query):
+        if g in col:
+            ref = 0.65 * net_pred[:, k] + 0.35 * head[:, col[g]]
+            np.testing.assert_allclose(pred[:, k], ref, rtol=1e-4, atol=1e-4, err_msg=g)
+            np.testing.assert_allclose(std[:, k], 0.65 * net_std[:, k], rtol=1e-4, atol=1e-5)
+        else:  # not trained on: the networks alone
+            np.testing.assert_allclose(pred[:, k], net_pred[:, k], rtol=1e-5, atol=1e-6, err_msg=g)
+            np.testing.assert_allclose(std[:, k], net_std[:, k], rtol=1e-5, atol=1e-6)
+    # the head changes the trained genes' prediction, and survives saving
+    assert np.abs(pred[:, 0] - net_pred[:, 0]).max() > 1e-3
+    again = GeneQueryModel.load(_saved(model, tmp_path, "again"), a)
+    np.testing.assert_array_equal(again.predict(a, query), model.predict(a, query))
+    with pytest.raises(ValueError, match="train again"):
+        model.set_params(ridge_blend=0.5)
+    with pytest.raises(ValueError, match=r"ridge_blend must be in \[0, 1\)"):
+        GeneQueryModel().set_params(ridge_blend=1.5)
+    with pytest.raises(ValueError, match="ridge_blend=0.35 with finetune=True"):
+        GeneQueryModel(finetune=True).set_params(ridge_blend=0.35)
+
+
+def _saved(model, tmp_path, name="m"):
+    model.save(tmp_path / name, overwrite=True)
+    return tmp_path / name
+
+
+def sp_context(a):
+    from spared_tools.pp import context_features
+
+    return context_features(a, a.obsm["X_image_features"], n_rings=1, library_key="slide_id")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +25,7 @@ from spared_tools._validation import check_nonnegative_int
 from spared_tools.tl._base import register_model
 from spared_tools.tl._predictor import Predictor, Scaling
 
-__all__ = ["MeanPredictor", "RidgePredictor", "ridge_path"]
+__all__ = ["MeanPredictor", "RidgeFit", "RidgePredictor", "fit_ridge", "ridge_path"]
 
 
 # --------------------------------------------------------------------------------------------- mean
@@ -100,6 +101,93 @@ def ridge_path(
 
 def _ridge_weights(s: np.ndarray, Vt: np.ndarray, UtY: np.ndarray, alpha: float) -> np.ndarray:
     return Vt.T @ ((s / (s**2 + alpha))[:, None] * UtY)
+
+
+@dataclass
+class RidgeFit:
+    """A ridge fit of :func:`fit_ridge`: predictions are ``(F - x_mean) / x_scale @ coef + intercept``."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    alpha: float
+    history: dict[str, Any]
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        """Predictions ``(n, g)`` for the inputs ``F`` ``(n, p)``."""
+        return (F - self.x_mean) / self.x_scale @ self.coef + self.intercept
+
+
+def fit_ridge(
+    F: np.ndarray,
+    Z: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    select: Literal["pcc", "mse"] = "pcc",
+    name: str = "ridge",
+    edge_warning: bool = True,
+) -> RidgeFit:
+    """Ridge of every column of ``Z`` on ``F``, the penalty chosen on ``val_idx`` (or by GCV without it).
+
+    Inputs are standardised with the training rows' mean and standard deviation, targets centred (the
+    intercept is not penalised), the weights for every penalty ``alpha * n_train`` come from one SVD of
+    the training inputs (:func:`ridge_path`). With validation rows the penalty maximising their mean
+    per-gene Pearson correlation (``select="pcc"``) or minimising their MSE is kept, else the one
+    minimising generalised cross-validation on the training rows. A warning (prefixed by ``name``) is
+    logged when the choice is an end of the grid (an INFO line with ``edge_warning=False``).
+    """
+    F = np.asarray(F, dtype=np.float64)
+    Xtr = F[train_idx]
+    x_mean = Xtr.mean(axis=0)
+    x_scale = Xtr.std(axis=0)
+    x_scale = np.where(x_scale > 0, x_scale, 1.0)
+    Xtr = (Xtr - x_mean) / x_scale
+    Ytr = Z[train_idx].astype(np.float64)
+    y_mean = Ytr.mean(axis=0)
+    U, s, Vt, UtY = ridge_path(Xtr, Ytr - y_mean, alphas)
+    n = Xtr.shape[0]
+    scores = []
+    if val_idx.size:
+        Xva = (F[val_idx] - x_mean) / x_scale
+        Yva = Z[val_idx].astype(np.float64)
+        for a in alphas:
+            P = Xva @ _ridge_weights(s, Vt, UtY, a * n) + y_mean
+            if select == "pcc":
+                r = pearson_per_gene(Yva, P)
+                scores.append(float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf)
+            else:
+                scores.append(-float(((Yva - P) ** 2).mean()))
+        criterion = f"validation {select}"
+    else:
+        # generalised cross-validation: n ||(I - H) y||² / (n - tr H)²
+        Yc = Ytr - y_mean
+        resid_out = (Yc**2).sum() - (UtY**2).sum()
+        for a in alphas:
+            shrink = s**2 / (s**2 + a * n)
+            rss = resid_out + (((1.0 - shrink)[:, None] * UtY) ** 2).sum()
+            dof = shrink.sum()
+            scores.append(-n * rss / max(n - dof, 1e-12) ** 2)
+        criterion = "GCV"
+    alpha = alphas[int(np.argmax(scores))]
+    history = {
+        "alphas": list(alphas),
+        "scores": [float(v) for v in scores],
+        "criterion": criterion,
+        "alpha": alpha,
+    }
+    logger.info(f"{name}: alpha={alpha:g} selected by {criterion}.")
+    if len(alphas) > 1 and alpha in (min(alphas), max(alphas)):
+        side = "largest" if alpha == max(alphas) else "smallest"
+        message = f"{name}: {criterion} picked the {side} penalty of the grid (alpha={alpha:g})"
+        if edge_warning:
+            logger.warning(f"{message}; the best penalty may lie beyond it: pass a wider alphas= grid.")
+        else:
+            logger.info(f"{message}.")
+    W = _ridge_weights(s, Vt, UtY, alpha * n)
+    return RidgeFit(W, y_mean, x_mean, x_scale, alpha, history)
 
 
 def _encoder_param(encoder: Any) -> Any:
@@ -238,55 +326,11 @@ class RidgePredictor(Predictor):
         if kwargs:
             raise TypeError(f"RidgePredictor.train got unexpected options {sorted(kwargs)}.")
         F = self._features(adata)
-        Xtr = F[train_idx]
-        x_mean = Xtr.mean(axis=0)
-        x_scale = Xtr.std(axis=0)
-        x_scale = np.where(x_scale > 0, x_scale, 1.0)
-        Xtr = (Xtr - x_mean) / x_scale
-        Ytr = Z[train_idx].astype(np.float64)
-        y_mean = Ytr.mean(axis=0)
-        U, s, Vt, UtY = ridge_path(Xtr, Ytr - y_mean, self.alphas)
-        n = Xtr.shape[0]
-        scores = []
-        if val_idx.size:
-            Xva = (F[val_idx] - x_mean) / x_scale
-            Yva = Z[val_idx].astype(np.float64)
-            for a in self.alphas:
-                P = Xva @ _ridge_weights(s, Vt, UtY, a * n) + y_mean
-                if self.select == "pcc":
-                    r = pearson_per_gene(Yva, P)
-                    scores.append(float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf)
-                else:
-                    scores.append(-float(((Yva - P) ** 2).mean()))
-            criterion = f"validation {self.select}"
-        else:
-            # generalised cross-validation: n ||(I - H) y||² / (n - tr H)²
-            Yc = Ytr - y_mean
-            resid_out = (Yc**2).sum() - (UtY**2).sum()
-            for a in self.alphas:
-                shrink = s**2 / (s**2 + a * n)
-                rss = resid_out + (((1.0 - shrink)[:, None] * UtY) ** 2).sum()
-                dof = shrink.sum()
-                scores.append(-n * rss / max(n - dof, 1e-12) ** 2)
-            criterion = "GCV"
-        best = int(np.argmax(scores))
-        self.alpha_ = self.alphas[best]
-        W = _ridge_weights(s, Vt, UtY, self.alpha_ * n)
-        self.coef_, self.intercept_ = W, y_mean
-        self.x_mean_, self.x_scale_ = x_mean, x_scale
-        self.history_ = {
-            "alphas": list(self.alphas),
-            "scores": [float(v) for v in scores],
-            "criterion": criterion,
-            "alpha": self.alpha_,
-        }
-        logger.info(f"RidgePredictor: alpha={self.alpha_:g} selected by {criterion}.")
-        if len(self.alphas) > 1 and self.alpha_ in (min(self.alphas), max(self.alphas)):
-            side = "largest" if self.alpha_ == max(self.alphas) else "smallest"
-            logger.warning(
-                f"RidgePredictor: {criterion} picked the {side} penalty of the grid (alpha={self.alpha_:g}); "
-                f"the best penalty may lie beyond it: pass a wider alphas= grid."
-            )
+        fit = fit_ridge(F, Z, train_idx, val_idx, self.alphas, select=self.select, name="RidgePredictor")
+        self.alpha_ = fit.alpha
+        self.coef_, self.intercept_ = fit.coef, fit.intercept
+        self.x_mean_, self.x_scale_ = fit.x_mean, fit.x_scale
+        self.history_ = fit.history
 
     def _predict(self, adata: AnnData, genes: list[str]) -> np.ndarray:
         assert self.coef_ is not None and self.genes_ is not None

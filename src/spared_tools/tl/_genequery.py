@@ -68,19 +68,19 @@ class GeneQueryModel(_GeneQueryFit):
     patient C) by ``experiments/genequery_selection.py`` (``docs/differences.md``): gene-aware, width 128,
     7 epochs, the spot's lattice neighbourhood next to its image, each gene from its text alone (no
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
-    the second half's weights, dihedral augmentation, and test-time averaging of the 8 views' features
-    (one pass per network; image features in bfloat16 where the CPU computes it in hardware). The knobs behind them
-    (``context_rings``, ``gene_identity``, ``n_models``, ``checkpoint``) are in :meth:`train`'s
-    ``plan_kwargs``.
+    the second half's weights, dihedral augmentation, test-time averaging of the 8 views' features (one
+    pass per network; bfloat16 image features where the CPU computes it in hardware), and a ridge head on
+    the networks' input mixed into the trained genes' prediction at 0.35 (``genequery_blend.py``). Their
+    knobs (``context_rings``, ``gene_identity``, ``n_models``, ``checkpoint``, ``ridge_blend``) are in
+    :meth:`train`'s ``plan_kwargs``.
 
     Parameters
     ----------
     mode
         ``"gene"`` (gene-aware: one sequence = the genes for one spot; the default) or ``"spot"``
-        (spot-aware: one sequence = the spots of a slide for one gene). On the validation sections the two
-        are level over three seeds (0.213 against 0.213, ``experiments/genequery_selection.py``): spot-aware
-        leads on the cross-patient section B4, gene-aware on patient A and, by about 0.1, on the held-out
-        sections of the same patient (``benchmarks/results/genequery_heldout.txt``).
+        (spot-aware: one sequence = the spots of a slide for one gene). On validation sections the two are
+        level over three seeds (``experiments/genequery_selection.py``): spot-aware leads on the
+        cross-patient B4, gene-aware on patient A and, by about 0.1, on held-out patient-C sections.
     image_encoder
         Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
     gene_encoder
@@ -338,10 +338,11 @@ class GeneQueryModel(_GeneQueryFit):
             Settings chosen by the validation runs that nobody needs to turn, and the less used
             optimisation settings, by name (defaults in parentheses; what each does and what the HER2+
             benchmarks measured: :mod:`spared_tools.tl._genequery_settings`): ``context_rings`` (1, the
-            image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (384, a per-gene code
+            image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (0; a per-gene code
             next to the text), ``n_models`` (3 networks averaged, whose spread :meth:`predict_with_std`
             returns; 1 in fine-tune mode), ``checkpoint`` (``"average"`` of the second half's weights, or
-            ``"best"`` validation epoch), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
+            ``"best"`` validation epoch), ``ridge_blend`` (0.35, weight of the ridge head; 0 off and in
+            fine-tune mode), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
             and ``finetune_genes`` (256) per fine-tune step, ``encoder_chunk`` (8, gradient
             checkpointing of the encoder; ``None`` off), ``image_dropout`` (0), ``identity_dropout``
             (0.5), ``standardize`` (``True``) and ``max_len`` (512, longest sequence; also used by
@@ -472,11 +473,11 @@ class GeneQueryModel(_GeneQueryFit):
 
         Returns
         -------
-        ``(mean, std)``, both ``float32 (n_obs, len(genes))`` in log1p units: ``mean`` is what :meth:`predict`
-        returns and ``std`` the standard deviation (``ddof=1``) over the networks of each network's
-        prediction (with ``tta``, its mean over the views), per spot and gene: where the networks,
-        trained from different seeds on the same data, disagree (``benchmarks/bench_genequery.py heldout``
-        scores it against the absolute error on held-out sections). Needs ``n_models > 1`` (the default, 3).
+        ``(mean, std)``, ``float32 (n_obs, len(genes))``, log1p units: ``mean`` is :meth:`predict`'s, ``std``
+        the standard deviation (``ddof=1``) over the networks of each network's prediction (with ``tta``
+        its mean over the views; trained genes mixed with the ridge head like ``mean``), per spot and gene:
+        where networks trained from different seeds disagree (``bench_genequery.py heldout`` scores it
+        against the absolute error). Needs ``n_models > 1`` (the default, 3).
         """
         if len(self.nets_) < 2:
             raise ValueError(

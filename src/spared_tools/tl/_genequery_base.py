@@ -56,11 +56,14 @@ class _GeneQueryBase(Predictor):
     _encoder_state: dict[str, Any] | None
     #: set to a list by predict_with_std: _predict fills it with each network's scaled prediction
     _member_preds: list[np.ndarray] | None = None
+    #: the ridge head (``ridge_blend``): coef, intercept (on the networks' scale), x_mean, x_scale
+    ridge_head_: dict[str, np.ndarray] | None = None
     # training and inference settings (defaults in _genequery_settings.SETTINGS)
     features_key: str
     spatial_key: str
     library_key: str | None
     context_rings: int
+    ridge_blend: float
     gene_identity: int
     spot_resample: int | None
     max_epochs: int
@@ -387,6 +390,11 @@ class _GeneQueryBase(Predictor):
             "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets],
             "train_emb": torch.from_numpy(np.ascontiguousarray(self.gene_embeddings_, dtype=np.float32)),
         }
+        if self.ridge_head_ is not None:
+            state["ridge_head"] = {
+                k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))
+                for k, v in self.ridge_head_.items()
+            }
         if self.gene_embeddings is not None:
             state["user_emb"] = torch.from_numpy(self.gene_embeddings.to_numpy(dtype=np.float32))
         if self.finetune:
@@ -418,6 +426,10 @@ class _GeneQueryBase(Predictor):
 
     def _set_state(self, state: dict[str, Any], extra: dict[str, Any]) -> None:
         self.__dict__.update(check_settings(extra["settings"], finetune=self.finetune))
+        head = state.get("ridge_head")
+        self.ridge_head_ = None if head is None else {k: v.numpy() for k, v in head.items()}
+        if head is None:  # saved before the ridge head (or trained without it): the networks alone
+            self.ridge_blend = 0.0
         self.image_dim_, self.gene_dim_ = int(extra["image_dim"]), int(extra["gene_dim"])
         self.gene_embeddings_ = state["train_emb"].numpy().astype(np.float32)
         if "user_emb" in state:

@@ -19,6 +19,9 @@ from ._genequery_text import _TextScaler
 
 __all__: list[str] = []
 
+#: Penalties of the ridge head (``ridge_blend``), relative to the number of training spots.
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 8))
+
 
 class _GeneQueryFit(_GeneQueryBase):
     """Training and prediction of :class:`~spared_tools.tl.GeneQueryModel` (``_fit``, ``_predict``)."""
@@ -196,6 +199,10 @@ class _GeneQueryFit(_GeneQueryBase):
         self.history_ = {k: v for k, v in members[0].items() if k != "seed"}
         if self.n_models > 1:
             self.history_["members"] = members
+        self.ridge_head_ = None
+        if self.ridge_blend > 0:
+            assert feats is not None  # no ridge head in fine-tune mode (check_settings)
+            self._fit_ridge_head(adata, feats, Z, train_idx, val_idx)
         self.train_params_.update(
             {
                 "mode": self.mode,
@@ -204,6 +211,51 @@ class _GeneQueryFit(_GeneQueryBase):
                 "finetune": self.finetune,
             }
         )
+
+    def _fit_ridge_head(
+        self, adata: AnnData, feats: np.ndarray, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
+    ) -> None:
+        """Ridge of the trained genes on the networks' input, calibrated to the networks' scale (``ridge_blend``).
+
+        Both predictions of the training spots are standardised per gene (mean, standard deviation), so
+        the head's weights and intercept are rescaled to give ``m_net + s_net / s_ridge * (ridge - m_ridge)``:
+        the mix is the same whatever the penalty's shrinkage.
+        """
+        from ._baselines import fit_ridge
+
+        assert self.genes_ is not None
+        F = feats.mean(1, dtype=np.float64)  # the mean of the views, as tta="features" predicts
+        fit = fit_ridge(
+            F, Z, train_idx, val_idx, RIDGE_ALPHAS, name="GeneQuery ridge head", edge_warning=False
+        )
+        ridge = fit.predict(F[train_idx])
+        nets = self._predict(adata, list(self.genes_)).astype(np.float64)[train_idx]  # no head yet
+        s_r, s_n = ridge.std(0), nets.std(0)
+        c = np.divide(s_n, s_r, out=np.zeros_like(s_n), where=s_r > 1e-12)
+        self.ridge_head_ = {
+            "coef": fit.coef * c,
+            "intercept": nets.mean(0) + c * (fit.intercept - ridge.mean(0)),
+            "x_mean": fit.x_mean,
+            "x_scale": fit.x_scale,
+        }
+        self.history_["ridge_head"] = {
+            "alpha": fit.alpha,
+            "criterion": fit.history["criterion"],
+            "ridge_blend": self.ridge_blend,
+        }
+
+    def _blend_ridge(self, Zs: list[np.ndarray], F: np.ndarray, names: list[str]) -> None:
+        """Mix the ridge head into the trained genes' columns of each array of ``Zs`` (in place)."""
+        head, w = self.ridge_head_, self.ridge_blend
+        if head is None or not w:
+            return
+        assert self.genes_ is not None
+        pos = {g: i for i, g in enumerate(self.genes_)}
+        cols = [j for j, g in enumerate(names) if g in pos]
+        rows = [pos[names[j]] for j in cols]
+        R = (F - head["x_mean"]) / head["x_scale"] @ head["coef"][:, rows] + head["intercept"][rows]
+        for Z in Zs:
+            Z[..., cols] = (1 - w) * Z[..., cols] + w * R
 
     # ------------------------------------------------------------------ prediction
     def _inference_bf16(self, device: Any) -> bool:
@@ -220,6 +272,7 @@ class _GeneQueryFit(_GeneQueryBase):
 
         assert self.genes_ is not None and self.gene_embeddings_ is not None and self.net_ is not None
         feats = self._tuned_features(adata) if self.finetune else self._features(adata, views=self.tta)
+        F_head = feats.mean(1, dtype=np.float64) if self.ridge_head_ is not None else None
         pos = {g: i for i, g in enumerate(self.genes_)}
         unseen = list(dict.fromkeys(g for g in genes if g not in pos))
         emb_unseen = self._embed(unseen, adata)
@@ -276,7 +329,11 @@ class _GeneQueryFit(_GeneQueryBase):
                     for k, o in enumerate(outs if Zk is not None else []):
                         Zk[k][cell] += o.T if self.mode == "spot" else o  # type: ignore[index]
         Zall /= len(views) * len(nets)
+        if Zk is not None:
+            Zk /= len(views)
+        if F_head is not None:
+            self._blend_ridge([Zall] if Zk is None else [Zall, Zk], F_head, names)
         cols = [lookup[g] for g in genes]
         if Zk is not None:
-            self._member_preds = list((Zk[:, :, cols] / len(views)).astype(np.float32))
+            self._member_preds = list(Zk[:, :, cols].astype(np.float32))
         return Zall[:, cols].astype(np.float32)

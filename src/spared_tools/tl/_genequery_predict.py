@@ -134,7 +134,8 @@ def genequery_predict(
         float32 log1p predictions aligned with ``var_names``; genes that were not predicted are NaN.
     ``layers[f"{key_added}_std"]``
         When the model is an ensemble (``n_models > 1``, the default 3): the per-spot, per-gene standard
-        deviation of the networks' predictions (:meth:`GeneQueryModel.predict_with_std`), log1p units,
+        deviation of the networks' predictions (:meth:`GeneQueryModel.predict_with_std`; of the networks'
+        part, ``1 - ridge_blend`` of the prediction, for the trained genes), log1p units,
         NaN where nothing was predicted. ``benchmarks/bench_genequery.py heldout`` measures its Spearman
         correlation with the absolute error on held-out sections.
     ``obsm[f"{key_added}_unseen"]``

@@ -11,7 +11,7 @@ changed by ``train`` / ``predict`` / ``set_params``); this module holds their de
 validation they all go through. A setting given to the constructor, as before the split, is a
 ``TypeError`` that says where it went.
 
-The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`. The first four hold the defaults
+The ``plan_kwargs`` of :meth:`~spared_tools.tl.GeneQueryModel.train`. The first five hold the defaults
 chosen on validation sections only by ``experiments/genequery_selection.py`` (``docs/differences.md``);
 nobody needs to turn them:
 
@@ -51,6 +51,20 @@ nobody needs to turn them:
     the first half. When training has not converged (validation loss lowest at the last epoch; logged)
     the average lags behind the last epoch. Earlier HER2+ runs:
     ``experiments/results/genequery_ensemble.txt`` / ``..._ensemble_average.txt``.
+``ridge_blend``
+    Weight of a ridge head in the prediction of the trained genes: after the networks, ridge regression
+    of every trained gene on the networks' own image input (the mean of the views' features, followed by
+    their neighbourhood mean with ``context_rings``) is fit on the training spots, its penalty chosen on
+    the validation spots (their mean per-gene Pearson correlation; without them by generalised
+    cross-validation) from ``1e-3`` to ``1e7`` times the number of training spots. Both predictions are
+    standardised per gene with the mean and standard deviation of their own predictions on the training
+    spots, mixed as ``(1 - ridge_blend) * networks + ridge_blend * ridge`` and put back on the networks'
+    scale (so the mix does not depend on how much the penalty shrinks ridge). Genes not trained on are
+    predicted by the networks alone; ``layers[key_added + "_std"]`` is the spread of the networks' part.
+    Default 0.35 (0 in fine-tune mode; 0 turns the head off), chosen on the validation sections only by
+    ``experiments/genequery_blend.py`` (``experiments/results/genequery_blend_second.txt``: three-seed
+    validation score 0.2296 against 0.2179 for the networks alone; weights 0.2, 0.35, 0.5, 0.65 and ridge
+    on each patch's own features were the other candidates).
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
@@ -146,6 +160,7 @@ PLAN_SETTINGS: dict[str, Any] = {
     "gene_identity": 0,
     "n_models": 3,
     "checkpoint": "average",
+    "ridge_blend": 0.35,
     "weight_decay": 1e-4,
     "encoder_lr": 1e-4,
     "finetune_spots": 64,
@@ -158,10 +173,10 @@ PLAN_SETTINGS: dict[str, Any] = {
     "spot_resample": None,
 }
 #: The defaults that differ in fine-tune mode, where the trained encoder sees each patch on its own (no
-#: neighbourhood context) and one encoder is fine-tuned (no ensemble).
-FINETUNE_DEFAULTS: dict[str, Any] = {"context_rings": 0, "n_models": 1}
+#: neighbourhood context), one encoder is fine-tuned (no ensemble) and no frozen features exist (no ridge head).
+FINETUNE_DEFAULTS: dict[str, Any] = {"context_rings": 0, "n_models": 1, "ridge_blend": 0.0}
 #: Settings that shape the network's inputs: fixed once a model is trained (train again to change them).
-ARCHITECTURE_SETTINGS = ("context_rings", "gene_identity", "n_models")
+ARCHITECTURE_SETTINGS = ("context_rings", "gene_identity", "n_models", "ridge_blend")
 #: ``predict(...)`` keywords.
 PREDICT_SETTINGS: dict[str, Any] = {
     "tta": "features",
@@ -248,7 +263,12 @@ def check_settings(values: Mapping[str, Any], *, finetune: bool) -> dict[str, An
         out["spot_resample"] = _positive_int(out["spot_resample"], "spot_resample")
     if "checkpoint" in out and out["checkpoint"] not in ("best", "average"):
         raise ValueError(f"checkpoint must be 'best' or 'average', got {out['checkpoint']!r}.")
-    for name in ("image_dropout", "identity_dropout"):
+    if out.get("ridge_blend") and finetune:
+        raise ValueError(
+            f"ridge_blend={out['ridge_blend']} with finetune=True: the ridge head regresses on frozen image "
+            "features, which fine-tune mode does not compute; use ridge_blend=0 with finetune=True."
+        )
+    for name in ("image_dropout", "identity_dropout", "ridge_blend"):
         if name in out:
             out[name] = check_rate(out[name], name)
     for name in ("lr", "weight_decay"):
