@@ -669,6 +669,7 @@ def cost(report: Report, args) -> None:
     d = sp.tl.GeneQueryModel()
     mode = d.mode
     configs = [("defaults (8 views: augment, tta)", {}, 8)]
+    configs += [("defaults without the ridge head (ridge_blend=0)", {"ridge_blend": 0.0}, 8)]
     configs += [(f"n_models={k}", {"n_models": k}, 8) for k in args.cost_models if k != d.n_models]
     configs += [(f"max_epochs={e}", {"max_epochs": e}, 8) for e in args.cost_epochs if e != d.max_epochs]
     for label, settings, views in configs:
@@ -699,22 +700,27 @@ def cost(report: Report, args) -> None:
     small = big[:64].copy()
     small.obs["split"] = "train"
     model = sp.tl.GeneQueryModel(gene_embeddings=table, seed=0).set_params(max_epochs=1, accelerator="cpu")
-    model.train(small, genes=genes[:8], split_key=None, progress=False)
+    # every predicted gene trained on, so each goes through the ridge head (ridge_blend) as well
+    model.train(small, genes=genes, split_key=None, progress=False)
     target = big[: round(f * n)].copy()
-    for tta in ("features", "predictions", False):
-        for k in (model.n_models, 1):
-            m = copy.copy(model)
-            m.nets_ = model.nets_[:k]
-            gc.collect()
-            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            t0 = time.perf_counter()
-            out = m.predict(target, genes, tta=tta)
-            dt = time.perf_counter() - t0
-            rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            report(
-                f"predict {model.mode}-aware, {k} network(s), tta={tta!r} ({m.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; "
-                f"5,000 × 1,000: {dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; peak RSS {rss1:.0f} MiB (before {rss0:.0f}) (target 120 s, 6 GiB)"
-            )
+    # the defaults, then without the ridge head, then the other test-time averaging and network counts
+    runs = [("features", model.n_models, True), ("features", model.n_models, False)]
+    runs += [(tta, k, True) for tta in ("features", "predictions", False) for k in (model.n_models, 1)][1:]
+    for tta, k, head in runs:
+        m = copy.copy(model)
+        m.nets_ = model.nets_[:k]
+        if not head:
+            m.ridge_blend = 0.0
+        gc.collect()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        out = m.predict(target, genes, tta=tta)
+        dt = time.perf_counter() - t0
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        report(
+            f"predict {model.mode}-aware, {k} network(s), tta={tta!r}{'' if head else ', no ridge head'} ({m.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; "
+            f"5,000 × 1,000: {dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; peak RSS {rss1:.0f} MiB (before {rss0:.0f}) (target 120 s, 6 GiB)"
+        )
     report(
         f"features of 5,000 new spots (not cached), 8 views in {default}: {8 * n / rate:.0f} s; one view: {n / rate:.0f} s"
     )

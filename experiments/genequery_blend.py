@@ -35,8 +35,14 @@ tests within patient C are never scored here):
   ring-1 neighbourhood mean: ``ridge ctx``). Weights 0.2, 0.35, 0.5, 0.65; same rule (the highest
   three-seed mean of all rows of both runs; at least 0.005 above GeneQuery alone).
 
-``python experiments/genequery_blend.py [--seeds 0 10 20] [--second]`` →
-``experiments/results/genequery_blend[_second].txt``.
+* spot-aware mode (``--second --mode spot``, after the gene-aware runs chose ``ridge_blend=0.35``, before
+  any spot-aware score): the same candidates with ``GeneQueryModel(mode="spot")``'s defaults. Rule fixed
+  before the run: spot mode keeps 0.35 unless another weight beats it by at least 0.005 on the
+  three-seed mean (then that weight becomes spot mode's default), or the networks alone (``w = 0``) beat
+  it by at least 0.005 (then spot mode's default is 0).
+
+``python experiments/genequery_blend.py [--seeds 0 10 20] [--second] [--mode gene|spot]`` →
+``experiments/results/genequery_blend[_second][_spot].txt``.
 """
 
 from __future__ import annotations
@@ -91,10 +97,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--second", action="store_true", help="z-blend and ridge on the networks' input")
+    p.add_argument("--mode", default="gene", choices=["gene", "spot"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sp.settings.verbosity = 1
-    report = ExperimentReport("genequery_blend" + ("_second" if args.second else ""))
+    suffix = ("_second" if args.second else "") + ("_spot" if args.mode == "spot" else "")
+    report = ExperimentReport("genequery_blend" + suffix)
     report(f"# genequery_blend.py {' '.join(sys.argv[1:])}")
     report(
         f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
@@ -113,12 +121,13 @@ def main() -> None:
         report(f"  {name}: penalty {r.alpha_!r}  score {score(per_section(scored, ridge_pred[name])):.3f}")
     table: dict[tuple[str, float], list[float]] = {}
     for seed in args.seeds:
-        model = sp.tl.GeneQueryModel(seed=seed).set_params(accelerator="cpu", features_key="X_image_views")
+        model = sp.tl.GeneQueryModel(mode=args.mode, seed=seed)
+        model.set_params(accelerator="cpu", features_key="X_image_views")
         t0 = time.perf_counter()
-        model.train(a)
+        model.train(a, plan_kwargs={"ridge_blend": 0.0})  # the networks alone; the mix is computed here
         gq = model.predict(scored)
         gq_fit = model.predict(train_ad)
-        report(f"seed {seed}: GeneQuery trained in {time.perf_counter() - t0:.0f} s")
+        report(f"seed {seed}: GeneQuery ({args.mode}-aware) trained in {time.perf_counter() - t0:.0f} s")
         for rname, rp in ridge_pred.items():
             for w in WEIGHTS2 if args.second else WEIGHTS:
                 if args.second:  # z-blend, back on GeneQuery's scale

@@ -236,6 +236,13 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     assert np.abs(pred[:, 0] - net_pred[:, 0]).max() > 1e-3
     again = GeneQueryModel.load(_saved(model, tmp_path, "again"), a)
     np.testing.assert_array_equal(again.predict(a, query), model.predict(a, query))
+    # genequery_predict records the weight and the head's penalty, and the AnnData still writes
+    out = a.copy()
+    genequery_predict(out, genes=genes, model=model, train=False)
+    np.testing.assert_allclose(out.layers["genequery"][:, :8], model.predict(a, genes), rtol=1e-6)
+    assert out.uns["genequery"]["params"]["ridge_blend"] == 0.35
+    assert out.uns["genequery"]["history"]["ridge_head"]["alpha"] == best
+    out.write_h5ad(tmp_path / "out.h5ad")
     with pytest.raises(ValueError, match="train again"):
         model.set_params(ridge_blend=0.5)
     with pytest.raises(ValueError, match=r"ridge_blend must be in \[0, 1\)"):
