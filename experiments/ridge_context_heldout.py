@@ -39,7 +39,9 @@ def ridges() -> dict[str, sp.tl.RidgePredictor]:
     pre = {"encoder": "precomputed"}
     return {
         "Ridge (HEST-style), own view": sp.tl.RidgePredictor(**pre, features_key="X_image_view0"),
-        "Ridge, views' mean + context": sp.tl.RidgePredictor(**pre, features_key="X_image_tta", context_rings=1),
+        "Ridge, views' mean + context": sp.tl.RidgePredictor(
+            **pre, features_key="X_image_tta", context_rings=1
+        ),
         "Ridge, views' mean + context, to 1e7": sp.tl.RidgePredictor(
             **pre, features_key="X_image_tta", context_rings=1, alphas=WIDE
         ),

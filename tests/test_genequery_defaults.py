@@ -58,6 +58,9 @@ def test_defaults_are_the_validated_configuration():
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
     assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (7, True, "features", None)
     assert m.ridge_blend == 0.35  # experiments/results/genequery_blend_second.txt
+    # spot mode's own weight (genequery_blend_second_spot.txt); fine-tune mode has no ridge head
+    assert GeneQueryModel(mode="spot").ridge_blend == 0.65
+    assert GeneQueryModel(mode="spot", finetune=True).ridge_blend == 0.0
     assert m.scaling == "standard"
     assert GeneQueryModel(mode="spot").scaling == "minmax"
     assert inspect.signature(genequery_predict).parameters["mode"].default == "gene"
@@ -189,7 +192,8 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     model = GeneQueryModel(**kw).train(
         a, genes=genes, max_epochs=3, accelerator="cpu", plan_kwargs={"n_models": 2}
     )
-    assert model.ridge_blend == 0.35 and model.history_["ridge_head"]["ridge_blend"] == 0.35
+    w = {"gene": 0.35, "spot": 0.65}[mode]  # the validated defaults of each mode
+    assert model.ridge_blend == w and model.history_["ridge_head"]["ridge_blend"] == w
     query = ["G1", "G9", "G4", "NOVEL"]  # trained, not trained, trained, text only
     pred, std = model.predict_with_std(a, query)
     nets = GeneQueryModel.load(_saved(model, tmp_path), a)  # the same networks, without the head
@@ -226,9 +230,9 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     col = {g: j for j, g in enumerate(genes)}
     for k, g in enumerate(query):
         if g in col:
-            ref = 0.65 * net_pred[:, k] + 0.35 * head[:, col[g]]
+            ref = (1 - w) * net_pred[:, k] + w * head[:, col[g]]
             np.testing.assert_allclose(pred[:, k], ref, rtol=1e-4, atol=1e-4, err_msg=g)
-            np.testing.assert_allclose(std[:, k], 0.65 * net_std[:, k], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(std[:, k], (1 - w) * net_std[:, k], rtol=1e-4, atol=1e-5)
         else:  # not trained on: the networks alone
             np.testing.assert_allclose(pred[:, k], net_pred[:, k], rtol=1e-5, atol=1e-6, err_msg=g)
             np.testing.assert_allclose(std[:, k], net_std[:, k], rtol=1e-5, atol=1e-6)
@@ -240,11 +244,11 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     out = a.copy()
     genequery_predict(out, genes=genes, model=model, train=False)
     np.testing.assert_allclose(out.layers["genequery"][:, :8], model.predict(a, genes), rtol=1e-6)
-    assert out.uns["genequery"]["params"]["ridge_blend"] == 0.35
+    assert out.uns["genequery"]["params"]["ridge_blend"] == w
     assert out.uns["genequery"]["history"]["ridge_head"]["alpha"] == best
     out.write_h5ad(tmp_path / "out.h5ad")
     with pytest.raises(ValueError, match="train again"):
-        model.set_params(ridge_blend=0.5)
+        model.set_params(ridge_blend=0.2)
     with pytest.raises(ValueError, match=r"ridge_blend must be in \[0, 1\)"):
         GeneQueryModel().set_params(ridge_blend=1.5)
     with pytest.raises(ValueError, match="ridge_blend=0.35 with finetune=True"):

@@ -24,10 +24,10 @@ from ._base import register_model
 from ._genequery_fit import _GeneQueryFit
 from ._genequery_settings import (
     ARCHITECTURE_SETTINGS,
-    FINETUNE_DEFAULTS,
     PLAN_SETTINGS,
     SETTINGS,
     check_settings,
+    default_settings,
     moved_message,
 )
 from ._genequery_text import _embedding_table
@@ -70,7 +70,7 @@ class GeneQueryModel(_GeneQueryFit):
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
     the second half's weights, dihedral augmentation, test-time averaging of the 8 views' features (one
     pass per network; bfloat16 image features where the CPU computes it in hardware), and a ridge head on
-    the networks' input mixed into the trained genes' prediction at 0.35 (``genequery_blend.py``). Their
+    the networks' input mixed into the trained genes' prediction (0.35; spot mode 0.65). Their
     knobs (``context_rings``, ``gene_identity``, ``n_models``, ``checkpoint``, ``ridge_blend``) are in
     :meth:`train`'s ``plan_kwargs``.
 
@@ -202,7 +202,7 @@ class GeneQueryModel(_GeneQueryFit):
         )
         self.dropout = float(dropout)
         # training and inference settings: attributes with their defaults (train / predict / set_params)
-        defaults = {**SETTINGS, **(FINETUNE_DEFAULTS if self.finetune else {})}
+        defaults = default_settings(self.mode, self.finetune)
         self.__dict__.update(check_settings(defaults, finetune=self.finetune))
         self.inference_precision_used_: str | None = None  # resolved by the last predict
         self.net_: Any = None
@@ -341,8 +341,8 @@ class GeneQueryModel(_GeneQueryFit):
             image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (0; a per-gene code
             next to the text), ``n_models`` (3 networks averaged, whose spread :meth:`predict_with_std`
             returns; 1 in fine-tune mode), ``checkpoint`` (``"average"`` of the second half's weights, or
-            ``"best"`` validation epoch), ``ridge_blend`` (0.35, weight of the ridge head; 0 off and in
-            fine-tune mode), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
+            ``"best"`` validation epoch), ``ridge_blend`` (weight of the ridge head: 0.35, spot mode 0.65;
+            0 off and in fine-tune mode), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
             and ``finetune_genes`` (256) per fine-tune step, ``encoder_chunk`` (8, gradient
             checkpointing of the encoder; ``None`` off), ``image_dropout`` (0), ``identity_dropout``
             (0.5), ``standardize`` (``True``) and ``max_len`` (512, longest sequence; also used by

@@ -61,10 +61,12 @@ nobody needs to turn them:
     spots, mixed as ``(1 - ridge_blend) * networks + ridge_blend * ridge`` and put back on the networks'
     scale (so the mix does not depend on how much the penalty shrinks ridge). Genes not trained on are
     predicted by the networks alone; ``layers[key_added + "_std"]`` is the spread of the networks' part.
-    Default 0.35 (0 in fine-tune mode; 0 turns the head off), chosen on the validation sections only by
-    ``experiments/genequery_blend.py`` (``experiments/results/genequery_blend_second.txt``: three-seed
-    validation score 0.2296 against 0.2179 for the networks alone; weights 0.2, 0.35, 0.5, 0.65 and ridge
-    on each patch's own features were the other candidates).
+    Default 0.35 in gene mode and 0.65 in spot mode (0 in fine-tune mode; 0 turns the head off), chosen on
+    the validation sections only by ``experiments/genequery_blend.py``
+    (``experiments/results/genequery_blend_second.txt``: gene-aware three-seed validation score 0.2296
+    against 0.2179 for the networks alone; weights 0.2, 0.35, 0.5, 0.65 and ridge on each patch's own
+    features were the other candidates; ``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65,
+    the largest weight tried, against 0.2224 at 0.35 and 0.2025 for the networks alone).
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
@@ -133,8 +135,10 @@ __all__ = [
     "PLAN_SETTINGS",
     "PREDICT_SETTINGS",
     "SETTINGS",
+    "SPOT_DEFAULTS",
     "TRAIN_SETTINGS",
     "check_settings",
+    "default_settings",
     "moved_message",
 ]
 
@@ -172,6 +176,9 @@ PLAN_SETTINGS: dict[str, Any] = {
     "max_len": 512,
     "spot_resample": None,
 }
+#: The defaults that differ in spot mode, chosen there on the validation sections
+#: (``experiments/results/genequery_blend_second_spot.txt``).
+SPOT_DEFAULTS: dict[str, Any] = {"ridge_blend": 0.65}
 #: The defaults that differ in fine-tune mode, where the trained encoder sees each patch on its own (no
 #: neighbourhood context), one encoder is fine-tuned (no ensemble) and no frozen features exist (no ridge head).
 FINETUNE_DEFAULTS: dict[str, Any] = {"context_rings": 0, "n_models": 1, "ridge_blend": 0.0}
@@ -185,6 +192,15 @@ PREDICT_SETTINGS: dict[str, Any] = {
     "device": None,
 }
 SETTINGS: dict[str, Any] = {**TRAIN_SETTINGS, **PLAN_SETTINGS, **PREDICT_SETTINGS}
+
+
+def default_settings(mode: str, finetune: bool) -> dict[str, Any]:
+    """:data:`SETTINGS` with spot mode's (:data:`SPOT_DEFAULTS`) and fine-tune mode's own defaults."""
+    return {
+        **SETTINGS,
+        **(SPOT_DEFAULTS if mode == "spot" else {}),
+        **(FINETUNE_DEFAULTS if finetune else {}),
+    }
 
 
 def moved_message(names: list[str]) -> str:
