@@ -704,8 +704,9 @@ def cost(report: Report, args) -> None:
     model.train(small, genes=genes, split_key=None, progress=False)
     target = big[: round(f * n)].copy()
     # the defaults, then without the ridge head, then the other test-time averaging and network counts
-    runs = [("features", model.n_models, True), ("features", model.n_models, False)]
-    runs += [(tta, k, True) for tta in ("features", "predictions", False) for k in (model.n_models, 1)][1:]
+    K = model.n_models
+    runs = [("features", K, True), ("features", K, False), ("features", 1, True)]
+    runs += [(tta, k, True) for tta in ("predictions", False) for k in (K, 1)]
     for tta, k, head in runs:
         m = copy.copy(model)
         m.nets_ = model.nets_[:k]

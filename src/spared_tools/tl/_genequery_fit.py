@@ -229,7 +229,9 @@ class _GeneQueryFit(_GeneQueryBase):
             F, Z, train_idx, val_idx, RIDGE_ALPHAS, name="GeneQuery ridge head", edge_warning=False
         )
         ridge = fit.predict(F[train_idx])
-        nets = self._predict(adata, list(self.genes_)).astype(np.float64)[train_idx]  # no head yet
+        # the networks (no head yet) on the whole AnnData, so every training spot gets the image context
+        # and spot sequences it trained with; only the training rows are used
+        nets = self._predict(adata, list(self.genes_)).astype(np.float64)[train_idx]
         s_r, s_n = ridge.std(0), nets.std(0)
         c = np.divide(s_n, s_r, out=np.zeros_like(s_n), where=s_r > 1e-12)
         self.ridge_head_ = {
@@ -244,13 +246,16 @@ class _GeneQueryFit(_GeneQueryBase):
             "ridge_blend": self.ridge_blend,
         }
 
-    def _blend_ridge(self, Zs: list[np.ndarray], F: np.ndarray, names: list[str]) -> None:
-        """Mix the ridge head into the trained genes' columns of each array of ``Zs`` (in place)."""
+    def _blend_ridge(
+        self, Zs: list[np.ndarray], F: np.ndarray, names: list[str], pos: dict[str, int]
+    ) -> None:
+        """Mix the ridge head into the trained genes' columns of each array of ``Zs`` (in place).
+
+        ``names`` are the columns of ``Zs``, ``pos`` each trained gene's index in ``genes_``.
+        """
         head, w = self.ridge_head_, self.ridge_blend
         if head is None or not w:
             return
-        assert self.genes_ is not None
-        pos = {g: i for i, g in enumerate(self.genes_)}
         cols = [j for j, g in enumerate(names) if g in pos]
         rows = [pos[names[j]] for j in cols]
         R = (F - head["x_mean"]) / head["x_scale"] @ head["coef"][:, rows] + head["intercept"][rows]
@@ -332,7 +337,7 @@ class _GeneQueryFit(_GeneQueryBase):
         if Zk is not None:
             Zk /= len(views)
         if F_head is not None:
-            self._blend_ridge([Zall] if Zk is None else [Zall, Zk], F_head, names)
+            self._blend_ridge([Zall] if Zk is None else [Zall, Zk], F_head, names, pos)
         cols = [lookup[g] for g in genes]
         if Zk is not None:
             self._member_preds = list(Zk[:, :, cols].astype(np.float32))
