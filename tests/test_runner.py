@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 import spared_tools as sp
-from spared_tools.models._runner import BestState, make_trainer, run_training
+from spared_tools.models._runner import BestState, RunOptions, make_trainer, run_training
 from spared_tools.tl import GeneQueryModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -214,6 +214,45 @@ def test_make_trainer_is_the_one_trainer_and_checks_its_budget():
     ]
     assert [p.relative_to(root).as_posix() for p in builders] == ["models/_runner.py"]
     assert isinstance(BestState(), pl.Callback)
+
+
+def test_run_options_are_the_runners_share_of_train(tmp_path):
+    cb = _Interrupt(epoch=1)
+    sp.settings.progress, sp.settings.verbosity = True, 2
+    run = RunOptions(None, tmp_path, tmp_path / "last.ckpt", {"callbacks": [cb], "log_every_n_steps": 3})
+    assert run.runner_kwargs() == {
+        "callbacks": [cb],
+        "log_every_n_steps": 3,
+        "progress": True,
+        "checkpoint_dir": tmp_path,
+        "ckpt_path": tmp_path / "last.ckpt",
+    }
+    # network k of an ensemble: its own checkpoint folder; only network 0 resumes
+    assert run.runner_kwargs(member=0)["checkpoint_dir"] == tmp_path / "member0"
+    assert run.runner_kwargs(member=0)["ckpt_path"] == tmp_path / "last.ckpt"
+    assert run.runner_kwargs(member=2)["checkpoint_dir"] == tmp_path / "member2"
+    assert run.runner_kwargs(member=2)["ckpt_path"] is None
+    sp.settings.verbosity = 0  # progress=True never speaks at verbosity 0; None follows the settings
+    assert RunOptions(progress=True).runner_kwargs()["progress"] is False
+    sp.settings.verbosity = 2
+    assert RunOptions().runner_kwargs() == {
+        "callbacks": [],
+        "progress": True,
+        "checkpoint_dir": None,
+        "ckpt_path": None,
+    }
+    assert RunOptions.from_keywords({"progress": False}, "M") == RunOptions(progress=False)
+    with pytest.raises(TypeError, match=r"M.train got unexpected options \['epochs'\]; it takes"):
+        RunOptions.from_keywords({"epochs": 3, "progress": False}, "M")
+    from spared_tools.models.image import load_image_encoder
+
+    a, _ = _genequery_data()
+    a.obsm["patches"] = np.zeros((a.n_obs, 8, 8, 3), dtype=np.uint8)
+    a.uns["patches"] = {"params": {"size": 8}, "store": "memory"}
+    head = sp.tl.LinearHeadPredictor(encoder=load_image_encoder(_TinyConv(), name="tiny"), max_epochs=1)
+    with pytest.raises(TypeError, match=r"LinearHeadPredictor.train got unexpected options \['max_epoch'\]"):
+        head.train(a, max_epoch=3)
+    assert head.genes_ is None  # nothing half-trained is left behind
 
 
 # ------------------------------------------------------------------------------------ progress bars

@@ -25,7 +25,7 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,15 @@ from spared_tools._settings import seed_everything, settings
 
 from ._callbacks import BestState, UnitProgressBar, _EpochCheckpoint, _HandOver
 
-__all__ = ["BestState", "TrainResult", "UnitProgressBar", "make_trainer", "run_training", "show_progress"]
+__all__ = [
+    "BestState",
+    "RunOptions",
+    "TrainResult",
+    "UnitProgressBar",
+    "make_trainer",
+    "run_training",
+    "show_progress",
+]
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
 
@@ -47,6 +55,67 @@ def show_progress(progress: bool | None = None) -> bool:
     if progress is not None:
         return bool(progress) and settings.verbosity > 0
     return bool(settings.progress and settings.verbosity >= 2)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one training run is carried out, never what it learns: the runner's share of ``train(...)``.
+
+    Every model's ``train`` hands these to its ``_fit`` as one object, and :meth:`runner_kwargs` turns
+    them into the keywords of :func:`run_training`.
+
+    Attributes
+    ----------
+    progress
+        Progress bar (``None``: ``sp.settings.progress`` with verbosity ≥ 2; see :func:`show_progress`).
+    checkpoint_dir
+        Write a resumable ``last.ckpt`` there after every epoch (removed when training finishes).
+    ckpt_path
+        Resume an interrupted training from such a checkpoint, to the result of an uninterrupted run.
+    trainer_kwargs
+        Further keywords of :class:`pytorch_lightning.Trainer` (``callbacks`` join the runner's own).
+    """
+
+    progress: bool | None = None
+    checkpoint_dir: str | os.PathLike | None = None
+    ckpt_path: str | os.PathLike | None = None
+    trainer_kwargs: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_keywords(cls, options: Mapping[str, Any], owner: str) -> RunOptions:
+        """The options given to ``owner.train`` as keywords; a ``TypeError`` names any other keyword."""
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(
+                f"{owner}.train got unexpected options {unknown}; it takes {sorted(cls.__dataclass_fields__)}."
+            )
+        return cls(**options)
+
+    def runner_kwargs(self, member: int | None = None) -> dict[str, Any]:
+        """Keywords of :func:`run_training` for this run.
+
+        Parameters
+        ----------
+        member
+            Network ``k`` of an ensemble: it writes its checkpoints to ``checkpoint_dir/member<k>``, and
+            only network 0 resumes from ``ckpt_path``. ``None``: a single network, writing to
+            ``checkpoint_dir`` itself.
+
+        Returns
+        -------
+        ``progress``, ``checkpoint_dir``, ``ckpt_path``, ``callbacks`` and the other Trainer keywords.
+        """
+        extra = dict(self.trainer_kwargs or {})
+        checkpoint_dir = self.checkpoint_dir
+        if member is not None and checkpoint_dir is not None:
+            checkpoint_dir = Path(checkpoint_dir) / f"member{member}"
+        return {
+            **extra,
+            "callbacks": list(extra.get("callbacks") or []),
+            "progress": show_progress(self.progress),
+            "checkpoint_dir": checkpoint_dir,
+            "ckpt_path": self.ckpt_path if not member else None,
+        }
 
 
 @contextlib.contextmanager

@@ -378,6 +378,9 @@ class GeneQueryModel(_GeneQueryFit):
         self.__dict__.update(check_settings({**settings, **plan}, finetune=self.finetune))
         if ckpt_path is not None and self.n_models > 1:
             raise ValueError("ckpt_path resumes one network; it needs n_models=1.")
+        from spared_tools.models._runner import RunOptions
+
+        run = RunOptions(progress, checkpoint_dir, ckpt_path, trainer_kwargs)
         super().train(
             adata,
             layer=layer,
@@ -385,10 +388,7 @@ class GeneQueryModel(_GeneQueryFit):
             split_key=split_key,
             train_value=train_value,
             val_value=val_value,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            ckpt_path=ckpt_path,
-            trainer_kwargs=trainer_kwargs,
+            run=run,
         )
         return self
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
@@ -17,6 +14,9 @@ from ._genequery_base import _GeneQueryBase
 from ._genequery_settings import check_settings
 from ._genequery_text import _TextScaler
 
+if TYPE_CHECKING:
+    from spared_tools.models._runner import RunOptions
+
 __all__: list[str] = []
 
 #: Penalties of the ridge head (``ridge_blend``), relative to the number of training spots.
@@ -27,27 +27,14 @@ class _GeneQueryFit(_GeneQueryBase):
     """Training and prediction of :class:`~spared_tools.tl.GeneQueryModel` (``_fit``, ``_predict``)."""
 
     def _fit(  # type: ignore[override]
-        self,
-        adata: AnnData,
-        Z: np.ndarray,
-        train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        *,
-        progress: bool | None = None,
-        checkpoint_dir: str | os.PathLike | None = None,
-        ckpt_path: str | os.PathLike | None = None,
-        trainer_kwargs: Mapping[str, Any] | None = None,
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, run: RunOptions
     ) -> None:
-        """Train the network (the options reach it as keywords of :meth:`train`).
+        """Train the networks; ``run`` holds how (progress bar, checkpoints, Trainer keywords of :meth:`train`).
 
-        ``progress`` overrides ``sp.settings.progress`` for this call. ``checkpoint_dir`` writes a
-        resumable checkpoint after every epoch (``<checkpoint_dir>/member<k>/last.ckpt`` for network ``k``,
-        removed when it finishes); ``ckpt_path`` resumes an interrupted training (``n_models=1``) from such
-        a checkpoint, to the same result as an uninterrupted run with the same data, arguments and seed.
-        ``trainer_kwargs`` go to :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
+        Network ``k`` of the ensemble writes its resumable checkpoints to ``<checkpoint_dir>/member<k>``;
+        ``ckpt_path`` resumes an interrupted training of one network (``n_models=1``, checked by
+        :meth:`train`) to the same result as an uninterrupted run with the same data, arguments and seed.
         """
-        if ckpt_path is not None and self.n_models > 1:
-            raise ValueError("ckpt_path resumes one network; it needs n_models=1.")
         import pytorch_lightning as pl
         import torch
         from torch.utils.data import DataLoader
@@ -127,7 +114,6 @@ class _GeneQueryFit(_GeneQueryBase):
             return GeneDataset(feats, emb, Z, idx, max_len=gene_len, batch_size=batch, **base)
 
         epochs = int(self.max_epochs)
-        show = (settings.progress and settings.verbosity >= 2) if progress is None else bool(progress)
         seeds = [int(self.seed) + k for k in range(self.n_models)]
         average_from = epochs // 2 if self.checkpoint == "average" else None
         nets: list[Any] = []
@@ -154,16 +140,13 @@ class _GeneQueryFit(_GeneQueryBase):
                 average_from=average_from,
                 validate_restored=average_from is not None,
                 eval_modules=encoder is not None,
-                ckpt_path=ckpt_path if k == 0 else None,
-                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / f"member{k}",
                 max_epochs=epochs,
                 accelerator=self.accelerator,
                 devices=self.devices,
                 strategy=self.strategy,
                 precision=self.precision,
-                progress=show,
                 desc="GeneQuery" if self.n_models == 1 else f"GeneQuery {k + 1}/{self.n_models}",
-                **dict(trainer_kwargs or {}),
+                **run.runner_kwargs(member=k),
             )
             best = fit.best
             average_val = fit.restored_metrics.get("val_loss")

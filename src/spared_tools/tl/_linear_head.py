@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import numpy as np
@@ -236,26 +235,21 @@ class LinearHeadPredictor(Predictor):
             return _LinearHeadNet(copy.deepcopy(enc), enc.out_dim, n_genes)
         return _LinearHeadNet(None, enc.out_dim, n_genes)
 
-    def _fit(  # type: ignore[override]
-        self,
-        adata: AnnData,
-        Z: np.ndarray,
-        train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        *,
-        checkpoint_dir: str | os.PathLike | None = None,
-        ckpt_path: str | os.PathLike | None = None,
-        trainer_kwargs: dict[str, Any] | None = None,
+    def _fit(
+        self, adata: AnnData, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, **options: Any
     ) -> None:
-        """Train the head (and the encoder when fine-tuning); the options reach it through :meth:`train`.
+        """Train the head (and the encoder when fine-tuning).
 
+        ``options`` are the runner's keywords of :meth:`train` (:class:`~spared_tools.models._runner.RunOptions`):
         ``checkpoint_dir`` writes a resumable checkpoint after every epoch (``last.ckpt``, removed when
         training finishes); ``ckpt_path`` resumes an interrupted training from it, to the same result as an
-        uninterrupted run. ``trainer_kwargs`` go to :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
+        uninterrupted run; ``progress`` shows a bar; ``trainer_kwargs`` go to
+        :class:`pytorch_lightning.Trainer` (e.g. ``callbacks``).
         """
-        from spared_tools.models._runner import run_training, show_progress
+        from spared_tools.models._runner import RunOptions, run_training
         from spared_tools.pp._patches import PatchDataset
 
+        run = RunOptions.from_keywords(options, type(self).__name__)
         enc = self._image_encoder()
         # Seed after the encoder is in hand: loading the default encoder draws from the global generator
         # the first time only (it is cached per process), which made the head's initialisation, and so
@@ -294,16 +288,13 @@ class LinearHeadPredictor(Predictor):
             train_dl,
             val_dl,
             monitor="val_loss",
-            ckpt_path=ckpt_path,
-            checkpoint_dir=checkpoint_dir,
             max_epochs=self.max_epochs,
             accelerator=self.accelerator,
             devices=self.devices,
             strategy=self.strategy,
-            progress=show_progress(),
             desc="LinearHead",
             deterministic=True if not torch.cuda.is_available() else "warn",
-            **dict(trainer_kwargs or {}),
+            **run.runner_kwargs(),
         )
         self.net_ = net.cpu().eval()
         self.history_ = {

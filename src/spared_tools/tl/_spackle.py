@@ -295,7 +295,7 @@ class SpackleModel(_SpackleUse):
         """
         import torch
 
-        from spared_tools.models._runner import run_training, show_progress
+        from spared_tools.models._runner import RunOptions, run_training
         from spared_tools.models.spackle import (
             IndexDataset,
             NeighbourhoodCollate,
@@ -392,8 +392,7 @@ class SpackleModel(_SpackleUse):
             weight_decay=float(weight_decay),
             seed=self.seed,
         )
-        extra = dict(trainer_kwargs or {})
-        callbacks: list = list(extra.pop("callbacks", None) or [])
+        run = RunOptions(enable_progress_bar, checkpoint_dir, ckpt_path, trainer_kwargs)
         result = run_training(
             plan,
             train_loader,
@@ -403,9 +402,6 @@ class SpackleModel(_SpackleUse):
             min_steps=_MIN_STEPS,
             seed=self.seed,
             validate_last=True,
-            ckpt_path=ckpt_path,
-            checkpoint_dir=checkpoint_dir,
-            callbacks=callbacks,
             max_steps=int(max_steps),
             val_check_interval=int(val_check_interval),
             accelerator=accelerator,
@@ -413,9 +409,8 @@ class SpackleModel(_SpackleUse):
             strategy=strategy,
             num_nodes=int(num_nodes),
             precision=precision,
-            progress=show_progress(enable_progress_bar),
             desc="SpaCKLE",
-            **extra,
+            **run.runner_kwargs(),
         )
         elapsed = result.seconds
         history = [
