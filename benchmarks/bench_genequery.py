@@ -64,6 +64,7 @@ from _common import HER2ST, Report, machine_info, write_text_atomic
 import spared_tools as sp
 from spared_tools.models.image import encode_patches, load_image_encoder
 from spared_tools.pp import image_features
+from spared_tools.tl._genequery_settings import SPOT_DEFAULTS
 
 WORK = Path(__file__).resolve().parent / "_work"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -497,12 +498,14 @@ def heldout(report: Report, args) -> None:
 
     data = load6(args.gene_set, features_precision())
     d = sp.tl.GeneQueryModel()
+    spot_own = {k: getattr(sp.tl.GeneQueryModel(mode="spot"), k) for k in SPOT_DEFAULTS}
     report(
         f"{data.n_obs} spots × {data.n_vars} genes ({args.gene_set}-gene set, experiments/genequery_data6.py); "
         f"package defaults: mode={d.mode!r}, width {d.width}, ff {d.ff_dim}, max_epochs={d.max_epochs!r}, "
         f"context_rings={d.context_rings}, gene_identity={d.gene_identity}, n_models={d.n_models}, "
         f"checkpoint={d.checkpoint!r}, ridge_blend={d.ridge_blend}, augment={d.augment}, tta={d.tta}; seeds {args.seeds} (a seed s trains "
-        f"the networks of seeds s .. s + n_models - 1); spot-aware = the same defaults with mode='spot'"
+        f"the networks of seeds s .. s + n_models - 1); spot-aware = the same defaults with mode='spot', "
+        f"except its own {spot_own}"
     )
     report(
         "folds (test: train | validation): "
@@ -599,7 +602,10 @@ def heldout(report: Report, args) -> None:
             )
         _spread_plot(
             spread,
-            f"genequery_uncertainty{'' if args.gene_set == '128' else '_' + args.gene_set}.png",
+            "genequery_uncertainty"
+            + ("" if args.gene_set == "128" else "_" + args.gene_set)
+            + ("_spot" if spread[0]["mode"] == "spot" else "")  # the plot shows the first mode
+            + ".png",
             report,
         )
 
