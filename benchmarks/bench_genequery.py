@@ -796,6 +796,8 @@ SUFFIXES: dict[str, Callable[[argparse.Namespace], str]] = {
     "checkpoint": lambda a: f"_{a.checkpoint}" if a.checkpoint != "best" else "",
     "gene_set": lambda a: f"_{a.gene_set}" if a.gene_set != "128" else "",
     "folds6": lambda a: "" if sorted(a.folds) == sorted(FOLDS6) else "_" + "_".join(a.folds),
+    # a held-out run without seed 0 adds seeds to an earlier run's file instead of replacing it
+    "seeds": lambda a: "" if 0 in a.seeds else "_seeds" + "_".join(map(str, a.seeds)),
 }
 _HEAD_TO_HEAD = ("one_view", "scaling", "width", "seed", "identity", "context", "checkpoint")
 
@@ -803,7 +805,7 @@ STAGES: dict[str, Stage] = {
     "prep": Stage(prep, "genequery_prep", ("checkpoint",)),
     "main": Stage(main, "genequery_main", _HEAD_TO_HEAD),
     "speed": Stage(speed, "genequery_speed"),
-    "heldout": Stage(heldout, "genequery_heldout", ("modes", "gene_set", "folds6")),
+    "heldout": Stage(heldout, "genequery_heldout", ("modes", "gene_set", "folds6", "seeds")),
     "heldout_unseen": Stage(unseen6, "genequery_heldout_unseen", ("gene_set", "folds6")),
     "cost": Stage(cost, "genequery_cost"),
 }
