@@ -119,6 +119,10 @@ class LinearHeadPredictor(Predictor):
     (``accelerator``, ``devices`` and ``strategy`` are passed to the Trainer, so the same code runs on
     CPU, one GPU or DDP). Training patches get random dihedral augmentation (fine-tune mode); the
     weights of the epoch with the lowest validation loss are kept (the last epoch without validation).
+    Besides the data keywords, :meth:`train` takes the runner's options: ``progress`` (a bar over the
+    epochs), ``checkpoint_dir`` (a resumable ``last.ckpt`` after every epoch), ``ckpt_path`` (resume from
+    it, to the result of an uninterrupted run) and ``trainer_kwargs`` (e.g. ``callbacks``); any other
+    keyword raises a ``TypeError`` that names it.
 
     Parameters
     ----------
