@@ -172,7 +172,9 @@ def read_means(path: Path) -> dict[tuple[str, float], float]:
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[0][:1].isdigit() and parts[1].startswith("w=") and parts[2] == "z":
-            out[(f"z {parts[3]}" + (" ctx" if parts[4] == "ctx" else ""), float(parts[1][2:]))] = float(parts[0])
+            out[(f"z {parts[3]}" + (" ctx" if parts[4] == "ctx" else ""), float(parts[1][2:]))] = float(
+                parts[0]
+            )
     return out
 
 
@@ -185,7 +187,9 @@ def both_gene_sets(table: dict, report) -> None:
         if key in m128:
             both[key] = (m128[key] + float(np.mean(v))) / 2
     for (rname, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
-        report(f"  {v:.4f}  w={w:<4} {rname:11s} (128: {m128[(rname, w)]:.4f}, 785: {np.mean(table[(rname, w)]):.4f})")
+        report(
+            f"  {v:.4f}  w={w:<4} {rname:11s} (128: {m128[(rname, w)]:.4f}, 785: {np.mean(table[(rname, w)]):.4f})"
+        )
     best = max(both, key=both.get)
     gain = both[best] - both[("z ridge ctx", 0.35)]
     keep = best == ("z ridge ctx", 0.35) or gain < 0.005
