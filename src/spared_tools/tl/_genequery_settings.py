@@ -21,7 +21,9 @@ nobody needs to turn them:
     (:func:`~spared_tools.pp.context_features`; needs ``obs['array_row']`` / ``obs['array_col']``), so
     the image input is twice as wide. Default 1 (0 in fine-tune mode, where the trained encoder sees
     each patch on its own). Predicting on a subset of a slide averages over the neighbours in that
-    subset only. Earlier HER2+ runs: ``experiments/results/genequery_context_average.txt``.
+    subset only. Two rings scored below one on the validation sections (``genequery_context_rings.txt``:
+    0.2000 against 0.2011 over the 128 and 785 genes). Earlier HER2+ runs:
+    ``experiments/results/genequery_context_average.txt``.
 ``gene_identity``
     Width of a fixed random identity code appended to each training gene's text embedding
     (:func:`~spared_tools.models.genequery.gene_identity_codes`, a function of the gene symbol alone;
@@ -66,7 +68,10 @@ nobody needs to turn them:
     (``experiments/results/genequery_blend_second.txt``: gene-aware three-seed validation score 0.2296
     against 0.2179 for the networks alone; weights 0.2, 0.35, 0.5, 0.65 and ridge on each patch's own
     features were the other candidates; ``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65,
-    the largest weight tried, against 0.2224 at 0.35 and 0.2025 for the networks alone).
+    the largest weight tried, against 0.2224 at 0.35 and 0.2025 for the networks alone). On the 785-gene
+    set 0.35 scored highest too (``genequery_blend_second_785.txt``: 0.1725 against 0.1717 at 0.5 and
+    0.1588 for the networks alone), and a head on a two-ring neighbourhood did not gain the 0.005 its
+    rule asked for (``genequery_head_rings.txt``: +0.0039 over both gene sets).
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
