@@ -41,12 +41,31 @@ def _cases():
     for folder in ("benchmarks", "experiments"):
         for path in sorted((ROOT / folder / "results").glob("genequery_*.txt")):
             script = path.read_text().split(maxsplit=2)[1:2]  # the selection runs have their own scripts
-            if path.name not in old_options and script[0].removesuffix(":") not in (
-                "genequery_selection.py",
-                "genequery_selection_summary.py",
-                "genequery_blend.py",
-            ):
+            if path.name not in old_options and script[0].removesuffix(":") not in OWN_SCRIPTS:
                 yield pytest.param(folder, path, id=f"{folder}/{path.name}")
+
+
+#: experiments whose results their own script writes (not a stage of bench_genequery / genequery_ablations)
+OWN_SCRIPTS = (
+    "genequery_selection.py",
+    "genequery_selection_summary.py",
+    "genequery_blend.py",
+    "genequery_head_rings.py",
+    "genequery_context_rings.py",
+)
+
+
+def test_results_of_own_scripts_name_a_committed_script_and_its_output():
+    seen = set()
+    for path in sorted((ROOT / "experiments" / "results").glob("genequery_*.txt")):
+        script = path.read_text().split(maxsplit=2)[1].removesuffix(":")
+        if script in OWN_SCRIPTS:
+            seen.add(script)
+            assert (ROOT / "experiments" / script).is_file(), path.name
+            # each writes results/<its stem>[_suffix].txt; the summary writes <the runs' name>_summary.txt
+            stem = "genequery_selection" if script == "genequery_selection_summary.py" else Path(script).stem
+            assert path.stem.startswith(stem), (path.name, script)
+    assert {"genequery_blend.py", "genequery_head_rings.py", "genequery_context_rings.py"} <= seen
 
 
 @pytest.mark.parametrize(("folder", "path"), list(_cases()))
