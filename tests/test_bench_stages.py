@@ -52,6 +52,7 @@ OWN_SCRIPTS = (
     "genequery_blend.py",
     "genequery_head_rings.py",
     "genequery_context_rings.py",
+    "genequery_slide_norm.py",
 )
 
 
