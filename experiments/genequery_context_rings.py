@@ -22,22 +22,16 @@ of the two gene sets' three-seed scores beats today's default by at least 0.005.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
-from _common import machine_info  # noqa: E402
-from genequery_blend import score, zscore  # noqa: E402
-from genequery_head_rings import WEIGHTS, WIDE, head_inputs  # noqa: E402
-from genequery_selection import ExperimentReport, per_section, selection_data  # noqa: E402
+from genequery_head_rings import WEIGHTS, WIDE, blend_rows, head_inputs, networks, start  # noqa: E402
+from genequery_selection import selection_data  # noqa: E402
 
 import spared_tools as sp  # noqa: E402
 
@@ -54,18 +48,7 @@ def today(path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    sp.settings.verbosity = 1
-    report = ExperimentReport("genequery_context_rings")
-    report(f"# genequery_context_rings.py {' '.join(sys.argv[1:])}")
-    report(
-        f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
-        f"(2 cores) | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
+    args, report = start("genequery_context_rings")
     base = today(HERE / "results" / "genequery_head_rings.txt")
     report(f"today's default (one ring, weight 0.35), three-seed means from genequery_head_rings.txt: {base}")
     means: dict[str, dict[float, float]] = {}
@@ -79,22 +62,12 @@ def main() -> None:
         r.train(a)
         rp, rf = r.predict(scored), r.predict(train_ad)
         table: dict[float, list[float]] = {}
+        weights = (0.0, *WEIGHTS)
         for seed in args.seeds:
-            model = sp.tl.GeneQueryModel(seed=seed)
-            model.set_params(accelerator="cpu", features_key="X_image_views")
-            t0 = time.perf_counter()
-            model.train(a, plan_kwargs={"ridge_blend": 0.0, "context_rings": 2})
-            gq, gq_fit = model.predict(scored), model.predict(train_ad)
-            report(f" seed {seed}: networks (context_rings=2) trained in {time.perf_counter() - t0:.0f} s")
-            for w in (0.0, *WEIGHTS):
-                z = (1 - w) * zscore(gq, gq_fit) + w * zscore(rp, rf)
-                s = per_section(scored, gq_fit.mean(0) + gq_fit.std(0) * z)
-                table.setdefault(w, []).append(score(s))
-                report(
-                    f"  rings 2 w={w:<4} "
-                    + "  ".join(f"{k} {v['heg']:.3f}/{v['hvg']:.3f}/{v['all']:.3f}" for k, v in s.items())
-                    + f"  | score {table[w][-1]:.4f}"
-                )
+            nets = networks(a, scored, train_ad, seed, report, "networks (context_rings=2)", context_rings=2)
+            blend_rows(
+                report, "rings 2", nets, (rp, rf), scored, weights, [table.setdefault(w, []) for w in weights]
+            )
             report.save()
         means[genes] = {w: float(np.mean(v)) for w, v in table.items()}
     report("\nmean of the two gene sets' three-seed scores, ranked (two rings):")

@@ -54,19 +54,55 @@ def head_inputs(a) -> None:
         a.obsm[f"ring{r}"] = sp.pp.context_features(a, X, n_rings=r, library_key="slide_id")
 
 
-def main() -> None:
+def start(name: str) -> tuple[argparse.Namespace, ExperimentReport]:
+    """Parse ``--seeds`` / ``--threads``; ``results/<name>.txt`` opens with the command and the machine."""
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sp.settings.verbosity = 1
-    report = ExperimentReport("genequery_head_rings")
-    report(f"# genequery_head_rings.py {' '.join(sys.argv[1:])}")
+    report = ExperimentReport(name)
+    report(f"# {name}.py {' '.join(sys.argv[1:])}")
     report(
         f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
         f"(2 cores) | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+    return args, report
+
+
+def networks(a, scored, train_ad, seed: int, report, label: str = "networks", **plan) -> tuple:
+    """GeneQuery's default networks alone (no head; the mix is computed here): predictions of both parts."""
+    model = sp.tl.GeneQueryModel(seed=seed)
+    model.set_params(accelerator="cpu", features_key="X_image_views")
+    t0 = time.perf_counter()
+    model.train(a, plan_kwargs={"ridge_blend": 0.0, **plan})
+    gq, gq_fit = model.predict(scored), model.predict(train_ad)
+    report(f" seed {seed}: {label} trained in {time.perf_counter() - t0:.0f} s")
+    return gq, gq_fit
+
+
+def blend_rows(
+    report, label: str, nets: tuple, ridge: tuple, scored, weights, scores: list[list[float]]
+) -> None:
+    """Score the z-blend of the networks' and ridge's predictions at each weight; one line per weight.
+
+    ``nets`` / ``ridge`` are (scored, training) predictions; ``scores[i]`` collects weight i's score.
+    """
+    (gq, gq_fit), (rp, rf) = nets, ridge
+    for w, out in zip(weights, scores, strict=True):
+        z = (1 - w) * zscore(gq, gq_fit) + w * zscore(rp, rf)
+        s = per_section(scored, gq_fit.mean(0) + gq_fit.std(0) * z)
+        out.append(score(s))
+        report(
+            f"  {label} w={w:<4} "
+            + "  ".join(f"{k} {v['heg']:.3f}/{v['hvg']:.3f}/{v['all']:.3f}" for k, v in s.items())
+            + f"  | score {out[-1]:.4f}"
+        )
+
+
+def main() -> None:
+    args, report = start("genequery_head_rings")
     means: dict[str, dict[tuple[str, float], float]] = {}
     for genes in ("128", "785"):
         a = selection_data(genes, "bf16")
@@ -84,22 +120,10 @@ def main() -> None:
             )
         table: dict[tuple[str, float], list[float]] = {}
         for seed in args.seeds:
-            model = sp.tl.GeneQueryModel(seed=seed)
-            model.set_params(accelerator="cpu", features_key="X_image_views")
-            t0 = time.perf_counter()
-            model.train(a, plan_kwargs={"ridge_blend": 0.0})  # the networks alone; the mix is computed here
-            gq, gq_fit = model.predict(scored), model.predict(train_ad)
-            report(f" seed {seed}: networks trained in {time.perf_counter() - t0:.0f} s")
+            nets = networks(a, scored, train_ad, seed, report)
             for name in ridge_pred:
-                for w in WEIGHTS:
-                    z = (1 - w) * zscore(gq, gq_fit) + w * zscore(ridge_pred[name], ridge_fit[name])
-                    s = per_section(scored, gq_fit.mean(0) + gq_fit.std(0) * z)
-                    table.setdefault((name, w), []).append(score(s))
-                    report(
-                        f"  {name} w={w:<4} "
-                        + "  ".join(f"{k} {v['heg']:.3f}/{v['hvg']:.3f}/{v['all']:.3f}" for k, v in s.items())
-                        + f"  | score {table[(name, w)][-1]:.4f}"
-                    )
+                rows = [table.setdefault((name, w), []) for w in WEIGHTS]
+                blend_rows(report, name, nets, (ridge_pred[name], ridge_fit[name]), scored, WEIGHTS, rows)
             report.save()
         means[genes] = {k: float(np.mean(v)) for k, v in table.items()}
     report("\nmean of the two gene sets' three-seed scores, ranked:")

@@ -25,23 +25,18 @@ weight, the mean of the two gene sets' three-seed scores beats today's default b
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
-from _common import machine_info  # noqa: E402
-from genequery_blend import score, zscore  # noqa: E402
+from genequery_blend import score  # noqa: E402
 from genequery_context_rings import today  # noqa: E402
-from genequery_head_rings import WEIGHTS, WIDE, head_inputs  # noqa: E402
-from genequery_selection import ExperimentReport, per_section, selection_data  # noqa: E402
+from genequery_head_rings import WEIGHTS, WIDE, blend_rows, head_inputs, networks, start  # noqa: E402
+from genequery_selection import per_section, selection_data  # noqa: E402
 
 import spared_tools as sp  # noqa: E402
 
@@ -60,18 +55,7 @@ def slide_standardise(a) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    sp.settings.verbosity = 1
-    report = ExperimentReport("genequery_slide_norm")
-    report(f"# genequery_slide_norm.py {' '.join(sys.argv[1:])}")
-    report(
-        f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
-        f"(2 cores) | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
+    args, report = start("genequery_slide_norm")
     base = today(HERE / "results" / "genequery_head_rings.txt")
     report(f"today's default (features as they are, weight 0.35), three-seed means: {base}")
     means: dict[str, dict[float, float]] = {}
@@ -89,22 +73,18 @@ def main() -> None:
             f"  ridge on the networks' input alone: penalty {r.alpha_!r}  score {score(per_section(scored, rp)):.4f}"
         )
         table: dict[float, list[float]] = {}
+        weights = (0.0, *WEIGHTS)
         for seed in args.seeds:
-            model = sp.tl.GeneQueryModel(seed=seed)
-            model.set_params(accelerator="cpu", features_key="X_image_views")
-            t0 = time.perf_counter()
-            model.train(a, plan_kwargs={"ridge_blend": 0.0})
-            gq, gq_fit = model.predict(scored), model.predict(train_ad)
-            report(f" seed {seed}: networks trained in {time.perf_counter() - t0:.0f} s")
-            for w in (0.0, *WEIGHTS):
-                z = (1 - w) * zscore(gq, gq_fit) + w * zscore(rp, rf)
-                s = per_section(scored, gq_fit.mean(0) + gq_fit.std(0) * z)
-                table.setdefault(w, []).append(score(s))
-                report(
-                    f"  slide-standardised w={w:<4} "
-                    + "  ".join(f"{k} {v['heg']:.3f}/{v['hvg']:.3f}/{v['all']:.3f}" for k, v in s.items())
-                    + f"  | score {table[w][-1]:.4f}"
-                )
+            nets = networks(a, scored, train_ad, seed, report)
+            blend_rows(
+                report,
+                "slide-standardised",
+                nets,
+                (rp, rf),
+                scored,
+                weights,
+                [table.setdefault(w, []) for w in weights],
+            )
             report.save()
         means[genes] = {w: float(np.mean(v)) for w, v in table.items()}
     report("\nmean of the two gene sets' three-seed scores, ranked (slide-standardised features):")
