@@ -116,6 +116,7 @@ def main() -> None:
         )
         for name, parts in inputs.items():
             a.obsm["probe"] = np.concatenate([feats[p][pos] for p in parts], 1)
+            scored.obsm["probe"] = a.obsm["probe"][(a.obs["split"] == "test").to_numpy()]
             r = sp.tl.RidgePredictor(
                 encoder="precomputed", features_key="probe", alphas=WIDE, context_rings=1
             )
