@@ -358,7 +358,7 @@ def speed(report: Report, args) -> None:
     side = int(np.ceil(np.sqrt(n)))
     big.obsm["spatial"] = np.column_stack(np.divmod(np.arange(n), side)).astype(float)
     big.obs["array_row"], big.obs["array_col"] = np.divmod(np.arange(n), side)  # a square grid: context
-    big.obsm["X_image_features"] = rng.normal(size=(n, 1280)).astype(np.float32)
+    big.obsm["X_image_features"] = rng.normal(size=(n, load_image_encoder().out_dim)).astype(np.float32)
     big.layers["log1p"] = np.abs(rng.normal(size=(n, G))).astype(np.float32)
     f = args.predict_fraction
     report(
@@ -654,7 +654,7 @@ def cost(report: Report, args) -> None:
     raw = raw6()
     few = raw[raw.obs["slide_id"].isin(["C2"]).to_numpy()][:64].copy()
     sp.pp.extract_patches(few, size=224)
-    enc = load_image_encoder("efficientnet-lite0")
+    enc = load_image_encoder()  # the default encoder
     rates = {}
     for precision in ("32", "bf16", "32", "bf16"):  # twice, alternating: the second pair is reported
         t0 = time.perf_counter()
@@ -663,7 +663,7 @@ def cost(report: Report, args) -> None:
     default = features_precision()
     rate = rates[default]
     report(
-        f"feature extraction (EfficientNet-Lite0, 224 px, {torch.get_num_threads()} threads): float32 "
+        f"feature extraction ({enc.name}, 224 px, {torch.get_num_threads()} threads): float32 "
         f"{rates['32']:.1f} patches/s, bfloat16 {rates['bf16']:.1f} patches/s ({rates['bf16'] / rates['32']:.2f}x); "
         f"the default here: {default}; a spot with the 8 dihedral views costs 8 patches"
     )
@@ -700,7 +700,7 @@ def cost(report: Report, args) -> None:
     side = int(np.ceil(np.sqrt(n)))
     big.obs["array_row"], big.obs["array_col"] = np.divmod(np.arange(n), side)
     big.obsm["spatial"] = np.column_stack(np.divmod(np.arange(n), side)).astype(float)
-    big.obsm["X_image_features"] = rng.normal(size=(n, 8, 1280)).astype(np.float32)
+    big.obsm["X_image_features"] = rng.normal(size=(n, 8, load_image_encoder().out_dim)).astype(np.float32)
     big.layers["log1p"] = np.abs(rng.normal(size=(n, G))).astype(np.float32)
     f = args.predict_fraction
     small = big[:64].copy()

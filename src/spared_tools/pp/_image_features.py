@@ -55,7 +55,9 @@ def image_features(
     patches_key
         Key of the patches.
     encoder
-        ``None`` (default EfficientNet-Lite0), a registered encoder's name, or a module (see
+        ``None`` (default: ``"efficientnet-lite0-stages"``, EfficientNet-Lite0's pooled last layer followed
+        by the spatial mean and standard deviation of its later stages, 2,768 features), a registered
+        encoder's name (``"efficientnet-lite0"``: the last layer alone, 1,280), or a module (see
         :func:`spared_tools.models.image.load_image_encoder`). Patches smaller than the encoder's minimum
         input size (32 px for EfficientNet-Lite0) are a ``ValueError`` that says so.
     batch_size
@@ -91,6 +93,7 @@ def image_features(
     from spared_tools.models.image import (
         ImageEncoder,
         _default_encoder,
+        is_registered_name,
         load_image_encoder,
     )
 
@@ -98,6 +101,8 @@ def image_features(
     shape = patches_shape(adata, patches_key)
     if encoder is None:
         enc = _default_encoder()
+    elif is_registered_name(encoder):
+        enc = _default_encoder(str(encoder))  # loaded once per process
     elif isinstance(encoder, ImageEncoder):
         enc = encoder
     else:

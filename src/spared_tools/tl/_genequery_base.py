@@ -202,7 +202,12 @@ class _GeneQueryBase(Predictor):
 
     def _fresh_encoder(self) -> Any:
         """A trainable copy of ``image_encoder`` (the process-wide default encoder is never modified)."""
-        from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
+        from spared_tools.models.image import (
+            ImageEncoder,
+            _default_encoder,
+            is_registered_name,
+            load_image_encoder,
+        )
 
         enc = self.image_encoder
         if enc is None:
@@ -210,8 +215,8 @@ class _GeneQueryBase(Predictor):
                 "This fine-tuned GeneQueryModel was trained with a custom image encoder that is not saved "
                 "with it: set model.image_encoder to a module of the same architecture first."
             )
-        if isinstance(enc, str) and enc.lower() in ("efficientnet-lite0", "efficientnet_lite0"):
-            return copy.deepcopy(_default_encoder())
+        if is_registered_name(enc):
+            return copy.deepcopy(_default_encoder(enc))
         if isinstance(enc, ImageEncoder):
             return copy.deepcopy(enc)
         if isinstance(enc, str) or hasattr(enc, "forward"):

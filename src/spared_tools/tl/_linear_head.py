@@ -127,7 +127,9 @@ class LinearHeadPredictor(Predictor):
     Parameters
     ----------
     encoder
-        ``"efficientnet-lite0"`` or a torch module (see :func:`spared_tools.models.image.load_image_encoder`).
+        A registered encoder name (default ``"efficientnet-lite0-stages"``, the features of
+        :func:`spared_tools.pp.image_features`; ``"efficientnet-lite0"`` for the last layer alone) or a torch
+        module (see :func:`spared_tools.models.image.load_image_encoder`).
     finetune
         Train the encoder too (``True``) or a head on frozen, cached features (``False``).
     max_epochs
@@ -166,7 +168,7 @@ class LinearHeadPredictor(Predictor):
     def __init__(
         self,
         *,
-        encoder: str | nn.Module = "efficientnet-lite0",
+        encoder: str | nn.Module = "efficientnet-lite0-stages",
         finetune: bool = True,
         max_epochs: int = 10,
         batch_size: int = 32,
@@ -211,15 +213,17 @@ class LinearHeadPredictor(Predictor):
         return params
 
     def _image_encoder(self):
-        from spared_tools.models.image import ImageEncoder, _default_encoder, load_image_encoder
+        from spared_tools.models.image import (
+            ImageEncoder,
+            _default_encoder,
+            is_registered_name,
+            load_image_encoder,
+        )
 
         if isinstance(self.encoder, ImageEncoder):
             return self.encoder
-        if isinstance(self.encoder, str) and self.encoder.lower() in (
-            "efficientnet-lite0",
-            "efficientnet_lite0",
-        ):
-            return _default_encoder()  # loaded once per process; fine-tuning works on a deep copy
+        if is_registered_name(self.encoder):
+            return _default_encoder(self.encoder)  # loaded once per process; fine-tuning works on a deep copy
         return load_image_encoder(self.encoder)
 
     def _frozen_features(self, adata: AnnData, tta: bool) -> np.ndarray:
