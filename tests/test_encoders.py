@@ -127,7 +127,7 @@ def test_stages_encoder_is_last_layer_then_stage_means_and_stds_from_hooks(effne
         for h in hooks:
             h.remove()
     means = torch.cat([seen[i].mean(dim=(2, 3)) for i in STAGE_ENDS], 1)
-    stds = torch.cat([seen[i].std(dim=(2, 3)) for i in STAGE_ENDS], 1)
+    stds = torch.cat([seen[i].std(dim=(2, 3), correction=0) for i in STAGE_ENDS], 1)
     with torch.no_grad():
         out = stages(x)
         fused = stages.inference_module()(x)
@@ -135,6 +135,10 @@ def test_stages_encoder_is_last_layer_then_stage_means_and_stds_from_hooks(effne
     torch.testing.assert_close(out, torch.cat([head, means, stds], 1))
     torch.testing.assert_close(fused, out, atol=1e-3, rtol=1e-3)  # batch norms folded: same features
     assert (out[:, 1280 + 744 :] > 0).all()  # spatial standard deviations of real feature maps
+    # the smallest patch: 1 x 1 maps at the last stages, whose spread is 0 (not NaN)
+    with torch.no_grad():
+        small = stages(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert torch.isfinite(small).all() and (small[0, -320:] == 0).all()
 
 
 def test_load_image_encoder_errors(tmp_path):

@@ -63,7 +63,8 @@ class EfficientNetStages(EfficientNetFeatures):
 
     Returns ``(B, 2768)``: ``[head mean (1280) | stage means (744) | stage standard deviations (744)]``,
     the stages in the order of :data:`STAGE_CHANNELS`. Statistics are computed in float32 (also under
-    bfloat16 autocast). The trunk runs as ``extract_features`` does, block by block, with the same drop
+    bfloat16 autocast); the standard deviation is the population one (0 on the 1 × 1 maps of a 32 px
+    patch, the smallest the encoder takes). The trunk runs as ``extract_features`` does, block by block, with the same drop
     connect in training mode (fine-tuning).
     """
 
@@ -79,7 +80,7 @@ class EfficientNetStages(EfficientNetFeatures):
             if idx in STAGE_ENDS:
                 f = h.float()
                 means.append(f.mean(dim=(2, 3)))
-                stds.append(f.std(dim=(2, 3)))
+                stds.append(f.std(dim=(2, 3), correction=0))
         head = net._swish(net._bn1(net._conv_head(h))).float().mean(dim=(2, 3))
         return torch.cat([head, *means, *stds], dim=1)
 
