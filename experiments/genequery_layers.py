@@ -21,25 +21,24 @@ they are. The cost budgets of issue 19 apply after the choice (measured by
 ``benchmarks/bench_genequery.py cost``).
 
 ``python experiments/genequery_layers.py [--seeds 0 10 20]`` → ``experiments/results/genequery_layers.txt``
-(the 8 views' features cached in ``benchmarks/_work/her2st6_stages_views8.npz``).
+(the 8 views' features: ``python experiments/genequery_data6.py --stages`` first, the package's
+``"efficientnet-lite0-stages"`` encoder). The committed run computed them with this script's own copy of
+that encoder, which took the sample standard deviation where the package takes the population one: a
+constant factor per stage, removed by the per-feature standardisation of the networks and of ridge.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
 from genequery_blend import score  # noqa: E402
-from genequery_data6 import VIEWS6, WORK  # noqa: E402
+from genequery_data6 import load6  # noqa: E402
 from genequery_head_rings import WIDE, blend_rows, head_inputs, networks, start  # noqa: E402
 from genequery_selection import per_section, selection_data  # noqa: E402
 
@@ -47,78 +46,19 @@ import spared_tools as sp  # noqa: E402
 
 WEIGHTS = (0.2, 0.35, 0.5, 0.65)
 TODAY = {"128": 0.2296, "785": 0.1725}
-STAGE_ENDS = (4, 7, 10, 14, 15)
-CACHE = WORK / "her2st6_stages_views8.npz"
-
-
-class Stages(nn.Module):
-    """Last layer's mean, then each stage's mean and standard deviation (2,768 features)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        h = net._swish(net._bn0(net._conv_stem(x)))
-        means, stds = [], []
-        for idx, block in enumerate(net._blocks):
-            h = block(h)
-            if idx in STAGE_ENDS:
-                f = h.float()
-                means.append(f.mean((2, 3)))
-                stds.append(f.std((2, 3)))
-        head = net._swish(net._bn1(net._conv_head(h))).float().mean((2, 3))
-        return torch.cat([head, *means, *stds], 1)
-
-
-def stages_encoder() -> sp.models.image.ImageEncoder:
-    from spared_tools.models.image import (
-        EFFICIENTNET_LITE_MEAN,
-        EFFICIENTNET_LITE_STD,
-        ImageEncoder,
-        load_image_encoder,
-    )
-
-    fused = load_image_encoder("efficientnet-lite0").inference_module()
-    return ImageEncoder(
-        Stages(fused.backbone.net),
-        2768,
-        mean=EFFICIENTNET_LITE_MEAN,
-        std=EFFICIENTNET_LITE_STD,
-        name="efficientnet-lite0-stages",
-    ).eval()
-
-
-def stage_views(report) -> np.ndarray:
-    from spared_tools.models.image import encode_patches
-
-    if CACHE.exists():
-        return np.load(CACHE)["views"]
-    patches = np.load(WORK / "her2st6_patches.npy", mmap_mode="r")
-    t0 = time.perf_counter()
-    views = encode_patches(patches, stages_encoder(), all_views=True, precision="bf16")
-    dt = time.perf_counter() - t0
-    report(
-        f"features of 8 views of {len(patches)} patches (bf16): {dt:.0f} s = {8 * len(patches) / dt:.1f} patches/s"
-    )
-    np.savez(CACHE, views=views)
-    return views
 
 
 def main() -> None:
     args, report = start("genequery_layers")
-    views = stage_views(report)
-    names = np.load(VIEWS6, allow_pickle=True)["names"]
     means: dict[str, dict[float, float]] = {}
     for genes in ("128", "785"):
         a = selection_data(genes, "bf16")
-        pos = pd.Index(names).get_indexer(a.obs_names)
-        v0 = views[pos, 0, :1280]
+        stages = load6(genes, "bf16", "efficientnet-lite0-stages")  # genequery_data6.py --stages
+        views = stages.obsm["X_image_views"][stages.obs_names.get_indexer(a.obs_names)]
+        v0 = views[:, 0, :1280]
         rel = np.linalg.norm(v0 - a.obsm["X_image_view0"]) / np.linalg.norm(a.obsm["X_image_view0"])
-        a.obsm["X_image_views"] = views[pos]
-        a.obsm["X_image_tta"] = views[pos].mean(1)
-        a.uns["X_image_views"]["params"].update(encoder="efficientnet-lite0-stages", out_dim=2768)
+        a.obsm["X_image_views"], a.obsm["X_image_tta"] = views, views.mean(1)
+        a.uns["X_image_views"] = stages.uns["X_image_views"]
         head_inputs(a)
         train_ad = a[(a.obs["split"] == "train").to_numpy()].copy()
         scored = a[(a.obs["split"] == "test").to_numpy()].copy()

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,35 +48,23 @@ from genequery_selection import per_section, selection_data  # noqa: E402
 
 import spared_tools as sp  # noqa: E402
 
-STAGE_ENDS = (4, 7, 10, 14, 15)  # last block of the stages with 40, 80, 112, 192, 320 channels
 CACHE = WORK / "her2st6_layers_view0.npz"
 WIDE = tuple(10.0**k for k in range(-3, 8))
 
 
-@torch.inference_mode()
-def layer_features(patches: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-    """Per patch: ``head`` (1,280), the stage means (744) and the stage standard deviations (744)."""
-    from spared_tools.models.image import load_image_encoder
+def layer_features(patches: np.ndarray) -> dict[str, np.ndarray]:
+    """Per patch: ``head`` (1,280), the stage means (744) and the stage standard deviations (744).
 
-    enc = load_image_encoder("efficientnet-lite0").inference_module().eval()
-    net = enc.backbone.net
-    out: dict[str, list] = {"head": [], "mean": [], "std": []}
-    for i in range(0, len(patches), batch):
-        x = torch.from_numpy(np.ascontiguousarray(patches[i : i + batch])).permute(0, 3, 1, 2)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            h = net._swish(net._bn0(net._conv_stem(enc.preprocess(x))))
-            means, stds = [], []
-            for idx, block in enumerate(net._blocks):
-                h = block(h)
-                if idx in STAGE_ENDS:
-                    f = h.float()
-                    means.append(f.mean((2, 3)))
-                    stds.append(f.std((2, 3)))
-            head = net._swish(net._bn1(net._conv_head(h))).float().mean((2, 3))
-        out["head"].append(head.numpy())
-        out["mean"].append(torch.cat(means, 1).numpy())
-        out["std"].append(torch.cat(stds, 1).numpy())
-    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    The package's ``"efficientnet-lite0-stages"`` encoder, split into its three parts. The committed run
+    used this script's own copy, with the sample standard deviation where the package takes the
+    population one: a constant factor per stage, which ridge's standardisation removes.
+    """
+    from spared_tools.models._efficientnet import HEAD_CHANNELS, STAGE_CHANNELS
+    from spared_tools.models.image import encode_patches, load_image_encoder
+
+    f = encode_patches(patches, load_image_encoder("efficientnet-lite0-stages"), precision="bf16")
+    cut = (HEAD_CHANNELS, HEAD_CHANNELS + sum(STAGE_CHANNELS))
+    return dict(zip(("head", "mean", "std"), np.split(f, cut, axis=1), strict=True))
 
 
 def main() -> None:
