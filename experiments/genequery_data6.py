@@ -41,6 +41,9 @@ VIEWS6 = WORK / "her2st6_views8.npz"
 VIEWS6_BF16 = WORK / "her2st6_views8_bf16.npz"
 #: the 8 views' features of the package's default encoder (EfficientNet-Lite0's last layer and stages)
 VIEWS6_STAGES_BF16 = WORK / "her2st6_stages_views8_bf16.npz"
+#: the same in float32 (``--stages --fp32``: for CPUs without bfloat16 in hardware, where autocast
+#: emulates it about 20x slower than float32)
+VIEWS6_STAGES = WORK / "her2st6_stages_views8.npz"
 
 
 def raw6() -> ad.AnnData:
@@ -120,8 +123,8 @@ def load6(genes: str = "128", precision: str = "32", encoder: str | None = None)
     ``precision="bf16"``: the features as the encoder computes them in bfloat16 autocast
     (``her2st6_views8_bf16.npz``, written by ``python experiments/genequery_data6.py --bf16``).
     ``encoder``: ``"efficientnet-lite0"`` (the last layer, the features of every experiment before
-    ``genequery_layers.py``) or ``"efficientnet-lite0-stages"`` (bf16 only; ``python
-    experiments/genequery_data6.py --stages``); ``None``: the package's default encoder.
+    ``genequery_layers.py``) or ``"efficientnet-lite0-stages"`` (``python experiments/genequery_data6.py --stages``, and
+    ``--stages --fp32`` for ``precision="32"``); ``None``: the package's default encoder.
     """
     from spared_tools.models.image import DEFAULT_IMAGE_ENCODER, load_image_encoder
 
@@ -129,8 +132,8 @@ def load6(genes: str = "128", precision: str = "32", encoder: str | None = None)
     a = ad.read_h5ad(WORK / f"her2st6_{genes}.h5ad")
     if encoder == "efficientnet-lite0":
         path = VIEWS6 if precision == "32" else VIEWS6_BF16
-    elif encoder == "efficientnet-lite0-stages" and precision == "bf16":
-        path = VIEWS6_STAGES_BF16
+    elif encoder == "efficientnet-lite0-stages":
+        path = VIEWS6_STAGES if precision == "32" else VIEWS6_STAGES_BF16
     else:
         raise ValueError(f"no cached features of {encoder!r} in precision {precision!r}")
     z = np.load(path, allow_pickle=True)
@@ -171,8 +174,9 @@ def prep_bf16(log=print) -> None:
     np.savez(VIEWS6_BF16, views=views, names=z["names"], fingerprint=enc.fingerprint())
 
 
-def prep_stages(log=print) -> None:
-    """``her2st6_stages_views8_bf16.npz``: the default encoder's 8 views' features, bfloat16 autocast."""
+def prep_stages(log=print, precision: str = "bf16") -> None:
+    """``her2st6_stages_views8_bf16.npz``: the stages encoder's 8 views' features, bfloat16 autocast
+    (``precision="32"``: ``her2st6_stages_views8.npz``, float32)."""
     import torch
 
     from spared_tools.models.image import load_image_encoder
@@ -182,16 +186,17 @@ def prep_stages(log=print) -> None:
     a.obsm["patches"] = np.load(WORK / "her2st6_patches.npy", mmap_mode="r")
     enc = load_image_encoder("efficientnet-lite0-stages")
     t0 = time.perf_counter()
-    views = sp.pp.image_features(a, encoder=enc, views=True, precision="bf16", key_added="X_views")
+    views = sp.pp.image_features(a, encoder=enc, views=True, precision=precision, key_added="X_views")
     dt = time.perf_counter() - t0
     log(
-        f"stages features of 8 views (bf16): {8 * a.n_obs / dt:.1f} patches/s ({torch.get_num_threads()} threads)"
+        f"stages features of 8 views ({precision}): {8 * a.n_obs / dt:.1f} patches/s ({torch.get_num_threads()} threads)"
     )
-    np.savez(VIEWS6_STAGES_BF16, views=views, names=names, fingerprint=enc.fingerprint())
+    path = VIEWS6_STAGES_BF16 if precision == "bf16" else VIEWS6_STAGES
+    np.savez(path, views=views, names=names, fingerprint=enc.fingerprint())
 
 
 if __name__ == "__main__":
     if "--stages" in sys.argv:
-        prep_stages()
+        prep_stages(precision="32" if "--fp32" in sys.argv else "bf16")
     else:
         prep_bf16() if "--bf16" in sys.argv else prep()
