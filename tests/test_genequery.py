@@ -1170,7 +1170,8 @@ def test_gene_identity_unseen_genes_get_the_mean_code_and_round_trip(data, tmp_p
     assert np.abs(z(P[:, 1]) - z(P[:, 0])).max() > 1e-2  # the trained gene's own code matters
     m.use_identity = False  # every gene from its text: G3 as with the mean code, and NOVEL's twin
     P_text = m.predict(adata, ["G3", "NOVEL"])
-    np.testing.assert_allclose(P_text[:, 0], g3_mean_code, rtol=1e-6, atol=1e-6)
+    # float32 networks on differently shaped batches: equal up to rounding (1.4e-6 seen on an AMD EPYC)
+    np.testing.assert_allclose(P_text[:, 0], g3_mean_code, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z(P_text[:, 0]), z(P_text[:, 1]), atol=1e-4)
     m.use_identity = True
     m.save(tmp_path / "gq")

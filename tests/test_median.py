@@ -297,15 +297,18 @@ def test_median_complete_errors():
 # ---------------------------------------------------------------- real her2st sections
 
 
-def read_her2st_section(name: str, n_genes: int = 60) -> ad.AnnData:
+def read_her2st_section(name: str, n_genes: int = 60, genes=None) -> ad.AnnData:
+    """One section's counts of ``genes`` (absent ones 0), by default ``n_genes`` of its own."""
     path = shared_path("her2st_raw", "ST-cnts", f"{name}.tsv.gz")
     with gzip.open(path, "rt") as fh:
         df = pd.read_csv(fh, sep="\t", index_col=0)
-    # genes spanning detection rates: the most, middling and rarely detected ones
-    det = (df > 0).mean(0).sort_values(ascending=False)
-    pick = det.index[np.linspace(0, min(len(det) - 1, 3000), n_genes).astype(int)]
+    if genes is None:  # genes spanning detection rates: the most, middling and rarely detected ones
+        det = (df > 0).mean(0).sort_values(ascending=False, kind="stable")
+        pick = det.index[np.linspace(0, min(len(det) - 1, 3000), n_genes).astype(int)]
+    else:
+        pick = pd.Index(genes)
     xy = df.index.str.split("x", expand=True).to_frame().astype(int).to_numpy()
-    counts = df[pick].to_numpy(dtype=np.float64)
+    counts = df.reindex(columns=pick, fill_value=0).to_numpy(dtype=np.float64)
     a = ad.AnnData(X=counts)
     a.obs_names = [f"{name}_{i}" for i in df.index]
     a.var_names = list(pick)
@@ -318,8 +321,11 @@ def read_her2st_section(name: str, n_genes: int = 60) -> ad.AnnData:
 
 @pytest.mark.parametrize("sections", [("A1",), ("B3", "E2")])
 def test_median_complete_equals_brute_force_on_her2st(sections):
-    parts = [read_her2st_section(s) for s in sections]
+    # the first section's genes in every section (picked per section, two sections may share none)
+    parts = [read_her2st_section(sections[0])]
+    parts += [read_her2st_section(s, genes=parts[0].var_names) for s in sections[1:]]
     a = ad.concat(parts, merge="same")
+    assert a.n_vars == 60
     a.obs["slide_id"] = pd.Categorical(a.obs["slide_id"])
     rows, cols = a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy()
     slides = a.obs["slide_id"].cat.codes.to_numpy()
