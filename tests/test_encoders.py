@@ -99,12 +99,12 @@ def test_efficientnet_normalisation_and_imagenet_weights(effnet):
 
 
 def test_stages_encoder_is_last_layer_then_stage_means_and_stds_from_hooks(effnet):
-    """The stages encoder against a brute-force reference: forward hooks on the unmodified network."""
+    """The default encoder against a brute-force reference: forward hooks on the unmodified network."""
     from spared_tools.models._efficientnet import STAGE_CHANNELS, STAGE_ENDS
     from spared_tools.models.image import DEFAULT_IMAGE_ENCODER
 
     stages = load_image_encoder("efficientnet_lite0_stages")
-    assert stages.name == "efficientnet-lite0-stages" and DEFAULT_IMAGE_ENCODER == "efficientnet-lite0"
+    assert DEFAULT_IMAGE_ENCODER == stages.name == "efficientnet-lite0-stages"
     assert stages.out_dim == 1280 + 2 * sum(STAGE_CHANNELS) == 2768
     assert STAGE_CHANNELS == tuple(
         effnet.backbone.net._blocks[i]._block_args.output_filters for i in STAGE_ENDS

@@ -715,7 +715,7 @@ def test_real_encoders_end_to_end_on_her2st_block(her2st_c2_block, tmp_path, mon
     model = _gq(max_epochs=1, batch_size=4, seed=0, **SMALL)
     unseen = genequery_predict(a, model=model, train_genes=genes, genes=[*genes, new], val_value=None)
     # computed from the patches and cached: the 8 dihedral views (augment=True)
-    assert a.obsm["X_image_features"].shape == (a.n_obs, 8, 1280)
+    assert a.obsm["X_image_features"].shape == (a.n_obs, 8, 2768)  # last layer and stages
     assert model.gene_dim_ == 384 and tuple(model.image_size_) == (64, 64)
     layer = a.layers["genequery"]
     assert np.isfinite(layer[:, :12]).all() and np.isnan(layer[:, 12:]).all()

@@ -58,9 +58,9 @@ def test_defaults_are_the_validated_configuration():
     assert (m.mode, m.width, m.ff_dim, m.n_layers, m.n_heads) == ("gene", 128, 256, 2, 8)
     assert (m.context_rings, m.gene_identity, m.n_models, m.checkpoint) == (1, 0, 3, "average")
     assert (m.max_epochs, m.augment, m.tta, m.spot_resample) == (7, True, "features", None)
-    assert m.ridge_blend == 0.35  # experiments/results/genequery_blend_second.txt
-    # the last layer of EfficientNet-Lite0 (its stages won on validation, lost on the held-out sections)
-    assert m.image_encoder == "efficientnet-lite0"
+    assert m.ridge_blend == 0.5  # experiments/results/genequery_layers.txt
+    # the image features of the same run: EfficientNet-Lite0's last layer and its stages
+    assert m.image_encoder == "efficientnet-lite0-stages"
     assert sp.tl.RidgePredictor().encoder == sp.tl.LinearHeadPredictor().encoder == m.image_encoder
     # spot mode's own weight (genequery_blend_second_spot.txt); fine-tune mode has no ridge head
     assert GeneQueryModel(mode="spot").ridge_blend == 0.65
@@ -196,7 +196,7 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     model = GeneQueryModel(**kw).train(
         a, genes=genes, max_epochs=3, accelerator="cpu", plan_kwargs={"n_models": 2}
     )
-    w = {"gene": 0.35, "spot": 0.65}[mode]  # the validated defaults of each mode
+    w = {"gene": 0.5, "spot": 0.65}[mode]  # the validated defaults of each mode
     assert model.ridge_blend == w and model.history_["ridge_head"]["ridge_blend"] == w
     query = ["G1", "G9", "G4", "NOVEL"]  # trained, not trained, trained, text only
     pred, std = model.predict_with_std(a, query)
@@ -257,6 +257,49 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
         GeneQueryModel().set_params(ridge_blend=1.5)
     with pytest.raises(ValueError, match="ridge_blend=0.35 with finetune=True"):
         GeneQueryModel(finetune=True).set_params(ridge_blend=0.35)
+
+
+def test_networks_read_the_last_layer_and_the_ridge_head_every_column(tmp_path):
+    """Features of the stages encoder: the networks see its first columns (its last layer), the head all."""
+    from spared_tools.models.image import NETWORK_COLUMNS
+
+    a, table = _data(n_slides=5)
+    genes = [f"G{j}" for j in range(8)]
+    last = a.obsm["X_image_features"]  # 8 columns: the "last layer"
+    extra = np.random.default_rng(1).normal(size=(a.n_obs, 3)).astype(np.float32)
+    b = a.copy()  # as sp.pp.image_features(b, encoder="efficientnet-lite0-stages") records them
+    b.obsm["X_image_features"] = np.hstack([last, a.obsm["spatial"][:, :1].astype(np.float32) / 5, extra])
+    b.uns["X_image_features"] = {"params": {"encoder": "efficientnet-lite0-stages", "views": 1}}
+    kw = dict(gene_embeddings=table, seed=0, **TINY)
+    old = NETWORK_COLUMNS["efficientnet-lite0-stages"]
+    NETWORK_COLUMNS["efficientnet-lite0-stages"] = 8
+    try:
+        m = GeneQueryModel(**kw).train(b, genes=genes, max_epochs=2, accelerator="cpu")
+    finally:
+        NETWORK_COLUMNS["efficientnet-lite0-stages"] = old
+    assert (m.feature_dim_, m.network_columns_, m.image_dim_) == (12, 8, 16)  # features + ring-1 mean
+    assert m.ridge_head_ is not None and m.ridge_head_["coef"].shape == (24, 8)
+    # the networks are those of a model trained on the last layer alone (same seed, no head) ...
+    ref = GeneQueryModel(**kw).train(
+        a, genes=genes, max_epochs=2, accelerator="cpu", plan_kwargs={"ridge_blend": 0.0}
+    )
+    nets = GeneQueryModel.load(_saved(m, tmp_path), b)
+    assert (nets.feature_dim_, nets.network_columns_) == (12, 8)
+    np.testing.assert_array_equal(nets.predict(b, genes), m.predict(b, genes))
+    nets.ridge_blend, nets.ridge_head_ = 0.0, None
+    np.testing.assert_allclose(nets.predict(b, genes), ref.predict(a, genes), rtol=1e-6, atol=1e-6)
+    # ... and the head reads every column (the 4 the networks do not see move the prediction)
+    head = sp.tl.RidgePredictor(
+        encoder="precomputed", context_rings=1, alphas=[10.0**k for k in range(-3, 8)]
+    )
+    assert not np.allclose(m.predict(b, genes), ref.predict(a, genes), atol=1e-3)
+    head.train(b, genes=genes)
+    assert m.history_["ridge_head"]["alpha"] == head.alpha_  # the same choice on the same 24 columns
+    with pytest.raises(ValueError, match="has 8 features per spot but the model was trained on 12"):
+        m.predict(a, genes)
+    # fine-tune mode (no head) trains the networks' part of the default encoder: its last layer
+    tuned = GeneQueryModel(finetune=True)._fresh_encoder()
+    assert (tuned.name, tuned.out_dim) == ("efficientnet-lite0", 1280)
 
 
 def _saved(model, tmp_path, name="m"):

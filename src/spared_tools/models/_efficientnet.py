@@ -2,17 +2,17 @@
 
 Two read-outs of the same ImageNet network:
 
-* :class:`EfficientNetFeatures` (``"efficientnet-lite0"``, the package default): the last feature map
-  (1,280 channels after the head convolution), global-average-pooled by
-  :class:`~spared_tools.models.image.ImageEncoder`;
-* :class:`EfficientNetStages` (``"efficientnet-lite0-stages"``): that pooled last layer followed by the
-  spatial mean and the spatial standard deviation of the output of the last block of each later stage
-  (40, 80, 112, 192 and 320 channels): 1,280 + 744 + 744 = 2,768 features, texture (nuclei, stroma,
-  density) that the last layer, tuned to ImageNet's object classes, keeps little of. On the HER2+
-  sections ridge regression gains on them, on the validation sections
-  (``experiments/results/genequery_layers_probe.txt``) and on the held-out ones; GeneQuery gained on the
-  validation sections (``experiments/results/genequery_layers.txt``) and lost on the held-out ones,
-  so they are not the default (``docs/differences.md``).
+* :class:`EfficientNetFeatures` (``"efficientnet-lite0"``): the last feature map (1,280 channels after the
+  head convolution), global-average-pooled by :class:`~spared_tools.models.image.ImageEncoder`;
+* :class:`EfficientNetStages` (``"efficientnet-lite0-stages"``, the package default): that pooled last
+  layer followed by the spatial mean and the spatial standard deviation of the output of the last block
+  of each later stage (40, 80, 112, 192 and 320 channels): 1,280 + 744 + 744 = 2,768 features. The
+  earlier stages describe texture (nuclei, stroma, density) that the last layer, tuned to ImageNet's
+  object classes, keeps little of. On the HER2+ sections ridge regression gains on them, on the
+  validation sections (``experiments/results/genequery_layers_probe.txt``) and on the held-out ones;
+  GeneQuery's networks read only the first 1,280 columns (the last layer: as the networks' input the
+  stages lost on the held-out sections, ``genequery_layers.txt`` and ``docs/differences.md``) and its
+  ridge head all of them (``experiments/results/genequery_head_stages.txt``).
 """
 
 from __future__ import annotations

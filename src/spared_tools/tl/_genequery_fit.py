@@ -45,6 +45,7 @@ class _GeneQueryFit(_GeneQueryBase):
             GeneQueryPlan,
             SpotDataset,
         )
+        from spared_tools.models.image import NETWORK_COLUMNS
 
         assert self.genes_ is not None and self.scaler_ is not None
         self.image_dim_ = None
@@ -57,7 +58,12 @@ class _GeneQueryFit(_GeneQueryBase):
             feats = None
             image_dim = int(encoder.out_dim)
         else:
-            feats = self._features(adata, views=self.augment)
+            self.feature_dim_ = self.network_columns_ = None
+            self.feature_dim_ = int(self._frozen_features(adata, views=self.augment).shape[-1])
+            made = adata.uns.get(self.features_key)
+            made = made.get("params", {}) if isinstance(made, dict) else {}
+            self.network_columns_ = NETWORK_COLUMNS.get(str(made.get("encoder")))  # None: all columns
+            feats, head_input = self._features(adata, views=self.augment)
             image_dim = int(feats.shape[-1])
             if self.augment and feats.shape[1] == 1:
                 logger.info(
@@ -185,7 +191,7 @@ class _GeneQueryFit(_GeneQueryBase):
         self.ridge_head_ = None
         if self.ridge_blend > 0:
             assert feats is not None  # no ridge head in fine-tune mode (check_settings)
-            self._fit_ridge_head(adata, feats, Z, train_idx, val_idx)
+            self._fit_ridge_head(adata, head_input, Z, train_idx, val_idx)
         self.train_params_.update(
             {
                 "mode": self.mode,
@@ -196,9 +202,13 @@ class _GeneQueryFit(_GeneQueryBase):
         )
 
     def _fit_ridge_head(
-        self, adata: AnnData, feats: np.ndarray, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
+        self, adata: AnnData, F: np.ndarray, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
     ) -> None:
-        """Ridge of the trained genes on the networks' input, calibrated to the networks' scale (``ridge_blend``).
+        """Ridge of the trained genes on ``F``, calibrated to the networks' scale (``ridge_blend``).
+
+        ``F`` is the mean of the views' features, all columns (the networks may read fewer, see
+        ``network_columns_``), followed by their mean over the ``context_rings``, as ``tta="features"``
+        predicts.
 
         Both predictions of the training spots are standardised per gene (mean, standard deviation), so
         the head's weights and intercept are rescaled to give ``m_net + s_net / s_ridge * (ridge - m_ridge)``:
@@ -207,7 +217,7 @@ class _GeneQueryFit(_GeneQueryBase):
         from ._baselines import fit_ridge
 
         assert self.genes_ is not None
-        F = feats.mean(1, dtype=np.float64)  # the mean of the views, as tta="features" predicts
+        F = F.astype(np.float64)
         fit = fit_ridge(
             F, Z, train_idx, val_idx, RIDGE_ALPHAS, name="GeneQuery ridge head", edge_warning=False
         )
@@ -259,8 +269,11 @@ class _GeneQueryFit(_GeneQueryBase):
         from spared_tools.models.genequery import GeneDataset, SpotDataset
 
         assert self.genes_ is not None and self.gene_embeddings_ is not None and self.net_ is not None
-        feats = self._tuned_features(adata) if self.finetune else self._features(adata, views=self.tta)
-        F_head = feats.mean(1, dtype=np.float64) if self.ridge_head_ is not None else None
+        if self.finetune:
+            feats, F_head = self._tuned_features(adata), None
+        else:
+            feats, F_head = self._features(adata, views=self.tta)
+        F_head = F_head.astype(np.float64) if F_head is not None and self.ridge_head_ is not None else None
         pos = {g: i for i, g in enumerate(self.genes_)}
         unseen = list(dict.fromkeys(g for g in genes if g not in pos))
         emb_unseen = self._embed(unseen, adata)

@@ -55,25 +55,26 @@ nobody needs to turn them:
     ``experiments/results/genequery_ensemble.txt`` / ``..._ensemble_average.txt``.
 ``ridge_blend``
     Weight of a ridge head in the prediction of the trained genes: after the networks, ridge regression
-    of every trained gene on the networks' own image input (the mean of the views' features, followed by
-    their neighbourhood mean with ``context_rings``) is fit on the training spots, its penalty chosen on
-    the validation spots (their mean per-gene Pearson correlation; without them by generalised
-    cross-validation) from ``1e-3`` to ``1e7`` times the number of training spots. Both predictions are
-    standardised per gene with the mean and standard deviation of their own predictions on the training
-    spots, mixed as ``(1 - ridge_blend) * networks + ridge_blend * ridge`` and put back on the networks'
-    scale (so the mix does not depend on how much the penalty shrinks ridge). Genes not trained on are
-    predicted by the networks alone; ``layers[key_added + "_std"]`` is the spread of the networks' part.
-    Default 0.35 in gene mode and 0.65 in spot mode (0 in fine-tune mode; 0 turns the head off), chosen on
-    the validation sections only by ``experiments/genequery_blend.py``
-    (``experiments/results/genequery_blend_second.txt``: gene-aware three-seed validation score 0.2296
-    against 0.2179 for the networks alone; weights 0.2, 0.35, 0.5, 0.65 and ridge on each patch's own
-    features were the other candidates; ``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65,
-    the largest weight tried, against 0.2224 at 0.35 and 0.2025 for the networks alone). On the 785-gene
-    set 0.35 scored highest too (``genequery_blend_second_785.txt``: 0.1725 against 0.1717 at 0.5 and
-    0.1588 for the networks alone), and a head on a two-ring neighbourhood did not gain the 0.005 its
-    rule asked for (``genequery_head_rings.txt``: +0.0039 over both gene sets). The image encoder's
-    stages with 0.5 (``genequery_layers.txt``) won on the validation sections and lost on the held-out
-    patient-C sections, so they are not the default (``docs/differences.md``).
+    of every trained gene on the image features (the mean of the views' features, all their columns,
+    followed by their neighbourhood mean with ``context_rings``; with the default encoder the networks
+    read only its last layer, the head also its stages' statistics) is fit on the training spots, its
+    penalty chosen on the validation spots (their mean per-gene Pearson correlation; without them by
+    generalised cross-validation) from ``1e-3`` to ``1e7`` times the number of training spots. Both
+    predictions are standardised per gene with the mean and standard deviation of their own predictions
+    on the training spots, mixed as ``(1 - ridge_blend) * networks + ridge_blend * ridge`` and put back
+    on the networks' scale (so the mix does not depend on how much the penalty shrinks ridge). Genes not
+    trained on are predicted by the networks alone; ``layers[key_added + "_std"]`` is the spread of the
+    networks' part. Default 0.5 in gene mode and 0.65 in spot mode (0 in fine-tune mode; 0 turns the
+    head off). Gene mode's weight and the head's input were chosen on the validation sections only by
+    ``experiments/genequery_head_stages.py`` (``experiments/results/genequery_head_stages.txt``:
+    three-seed score 0.2380 on the 128 genes and 0.1783 on the 785 against 0.2295 / 0.1740 for the head
+    on the last layer at 0.35; the stages head at 0.35, 0.2365 / 0.1798, tied). Before it, the head read the networks' input (the last layer) at 0.35 (``genequery_blend_second.txt``:
+    0.2296 against 0.2179 for the networks alone; ``genequery_blend_second_785.txt``: 0.1725), a head on a
+    two-ring neighbourhood had not gained the 0.005 its rule asked for (``genequery_head_rings.txt``), and
+    the networks on the stages too had won on validation and lost on the held-out sections
+    (``genequery_layers.txt``, ``docs/differences.md``). Spot mode's 0.65 was chosen with the head on the
+    last layer (``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65, the largest weight tried,
+    against 0.2224 at 0.35 and 0.2025 for the networks alone) and has not been re-chosen since.
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
@@ -171,7 +172,7 @@ PLAN_SETTINGS: dict[str, Any] = {
     "gene_identity": 0,
     "n_models": 3,
     "checkpoint": "average",
-    "ridge_blend": 0.35,
+    "ridge_blend": 0.5,
     "weight_decay": 1e-4,
     "encoder_lr": 1e-4,
     "finetune_spots": 64,

@@ -127,8 +127,8 @@ class LinearHeadPredictor(Predictor):
     Parameters
     ----------
     encoder
-        A registered encoder name (default ``"efficientnet-lite0"``, the features of
-        :func:`spared_tools.pp.image_features`; ``"efficientnet-lite0-stages"`` adds the stages) or a torch
+        A registered encoder name (default ``"efficientnet-lite0-stages"``, the features of
+        :func:`spared_tools.pp.image_features`; ``"efficientnet-lite0"`` for the last layer alone) or a torch
         module (see :func:`spared_tools.models.image.load_image_encoder`).
     finetune
         Train the encoder too (``True``) or a head on frozen, cached features (``False``).
@@ -168,7 +168,7 @@ class LinearHeadPredictor(Predictor):
     def __init__(
         self,
         *,
-        encoder: str | nn.Module = "efficientnet-lite0",
+        encoder: str | nn.Module = "efficientnet-lite0-stages",
         finetune: bool = True,
         max_epochs: int = 10,
         batch_size: int = 32,
