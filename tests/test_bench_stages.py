@@ -55,6 +55,7 @@ OWN_SCRIPTS = (
     "genequery_slide_norm.py",
     "genequery_layers_probe.py",
     "genequery_layers.py",
+    "genequery_head_stages.py",
 )
 
 
@@ -74,6 +75,7 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_context_rings.py",
         "genequery_layers_probe.py",
         "genequery_layers.py",
+        "genequery_head_stages.py",
     } <= seen
 
 
