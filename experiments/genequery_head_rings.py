@@ -101,6 +101,17 @@ def blend_rows(
         )
 
 
+def ranked(report, means: dict[str, dict[tuple[str, float], float]]) -> dict[tuple[str, float], float]:
+    """Report the (input, weight) candidates ranked by the mean of the two gene sets' scores; return it."""
+    report("\nmean of the two gene sets' three-seed scores, ranked:")
+    both = {k: (means["128"][k] + means["785"][k]) / 2 for k in means["128"]}
+    for (name, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
+        report(
+            f"  {v:.4f}  {name} w={w:<4} (128: {means['128'][(name, w)]:.4f}, 785: {means['785'][(name, w)]:.4f})"
+        )
+    return both
+
+
 def main() -> None:
     args, report = start("genequery_head_rings")
     means: dict[str, dict[tuple[str, float], float]] = {}
@@ -126,12 +137,7 @@ def main() -> None:
                 blend_rows(report, name, nets, (ridge_pred[name], ridge_fit[name]), scored, WEIGHTS, rows)
             report.save()
         means[genes] = {k: float(np.mean(v)) for k, v in table.items()}
-    report("\nmean of the two gene sets' three-seed scores, ranked:")
-    both = {k: (means["128"][k] + means["785"][k]) / 2 for k in means["128"]}
-    for (name, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
-        report(
-            f"  {v:.4f}  {name} w={w:<4} (128: {means['128'][(name, w)]:.4f}, 785: {means['785'][(name, w)]:.4f})"
-        )
+    both = ranked(report, means)
     best = max(both, key=both.get)
     gain = both[best] - both[("ring1", 0.35)]
     change = best[0] == "ring2" and gain >= 0.005

@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
 from genequery_blend import score  # noqa: E402
 from genequery_data6 import load6  # noqa: E402
-from genequery_head_rings import WIDE, blend_rows, networks, start  # noqa: E402
+from genequery_head_rings import WIDE, blend_rows, networks, ranked, start  # noqa: E402
 from genequery_selection import per_section, selection_data  # noqa: E402
 
 import spared_tools as sp  # noqa: E402
@@ -88,12 +88,7 @@ def main() -> None:
                 blend_rows(report, name, nets, ridge[name], scored, weights, rows)
             report.save()
         means[genes] = {k: float(np.mean(v)) for k, v in table.items()}
-    report("\nmean of the two gene sets' three-seed scores, ranked:")
-    both = {k: (means["128"][k] + means["785"][k]) / 2 for k in means["128"]}
-    for (name, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
-        report(
-            f"  {v:.4f}  {name} w={w:<4} (128: {means['128'][(name, w)]:.4f}, 785: {means['785'][(name, w)]:.4f})"
-        )
+    both = ranked(report, means)
     best = max((k for k in both if k[0] == "stages"), key=both.get)
     gain = both[best] - both[TODAY]
     worst = min(means[g][best] - means[g][TODAY] for g in means)
