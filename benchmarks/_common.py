@@ -131,8 +131,12 @@ def machine_info() -> str:
         sq = squidpy.__version__
     except Exception:  # pragma: no cover - squidpy is a dependency, but keep the helper robust
         sq = "n/a"
+    from spared_tools._settings import native_bf16
+
+    # the CPU's vector extension and bfloat16 support decide most timings (and bf16's default)
+    cpu = f"{torch.backends.cpu.get_cpu_capability()}, bf16 in hardware: {native_bf16(torch.device('cpu'))}"
     return (
-        f"{platform.platform()} | python {platform.python_version()} | cpus {os.cpu_count()} | "
+        f"{platform.platform()} | python {platform.python_version()} | cpus {os.cpu_count()} ({cpu}) | "
         f"numpy {np.__version__} scipy {scipy.__version__} numba {numba.__version__} "
         f"torch {torch.__version__} squidpy {sq}"
     )

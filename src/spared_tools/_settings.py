@@ -204,10 +204,11 @@ def native_bf16(device) -> bool:
 def resolve_precision(precision: str, device) -> str:
     """Resolve ``precision`` (``"auto"``, ``"32"`` or ``"bf16"``) on ``device`` (a :class:`torch.device`).
 
-    ``"auto"`` is ``"bf16"`` where :func:`native_bf16` holds (there EfficientNet-Lite0 encodes 2.2 times
-    more patches per second than in float32, ``benchmarks/results/genequery_cost.txt``, and GeneQuery
-    scores the same on the validation sections, ``experiments/results/genequery_selection_bf16*.txt``)
-    and ``"32"`` everywhere else.
+    ``"auto"`` is ``"bf16"`` where :func:`native_bf16` holds (there EfficientNet-Lite0 encoded 1.7 to 2.5
+    times more patches per second than in float32, ``benchmarks/results/avx512/genequery_cost.txt``, and
+    GeneQuery scores the same on the validation sections, ``experiments/results/genequery_selection_bf16*.txt``)
+    and ``"32"`` everywhere else (on a CPU with AVX2 only, emulated bfloat16 encoded 10 to 15 times fewer patches
+    per second than float32, ``benchmarks/results/genequery_cost.txt``).
     """
     if precision not in ("auto", "32", "bf16"):
         raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
