@@ -150,9 +150,12 @@ class _GeneQueryBase(Predictor):
         The networks read the first :attr:`network_columns_` columns of the frozen features (all when
         ``None``), the head all of them; both followed by their mean over the ``context_rings``.
         """
+        return self._split_features(adata, self._frozen_features(adata, views))
+
+    def _split_features(self, adata: AnnData, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_features` of frozen features ``raw`` already read by :meth:`_frozen_features`."""
         from spared_tools.pp import context_features
 
-        raw = self._frozen_features(adata, views)
         nets = raw[..., : self.network_columns_] if self.network_columns_ else raw
         head = raw.mean(1, dtype=np.float64)
         if self.context_rings:

@@ -59,11 +59,12 @@ class _GeneQueryFit(_GeneQueryBase):
             image_dim = int(encoder.out_dim)
         else:
             self.feature_dim_ = self.network_columns_ = None
-            self.feature_dim_ = int(self._frozen_features(adata, views=self.augment).shape[-1])
+            raw = self._frozen_features(adata, views=self.augment)  # read and checked once
+            self.feature_dim_ = int(raw.shape[-1])
             made = adata.uns.get(self.features_key)
             made = made.get("params", {}) if isinstance(made, dict) else {}
             self.network_columns_ = NETWORK_COLUMNS.get(str(made.get("encoder")))  # None: all columns
-            feats, head_input = self._features(adata, views=self.augment)
+            feats, head_input = self._split_features(adata, raw)
             image_dim = int(feats.shape[-1])
             if self.augment and feats.shape[1] == 1:
                 logger.info(
@@ -217,7 +218,7 @@ class _GeneQueryFit(_GeneQueryBase):
         from ._baselines import fit_ridge
 
         assert self.genes_ is not None
-        F = F.astype(np.float64)
+        F = F.astype(np.float64, copy=False)
         fit = fit_ridge(
             F, Z, train_idx, val_idx, RIDGE_ALPHAS, name="GeneQuery ridge head", edge_warning=False
         )
@@ -273,7 +274,7 @@ class _GeneQueryFit(_GeneQueryBase):
             feats, F_head = self._tuned_features(adata), None
         else:
             feats, F_head = self._features(adata, views=self.tta)
-        F_head = F_head.astype(np.float64) if F_head is not None and self.ridge_head_ is not None else None
+        F_head = F_head if self.ridge_head_ is not None else None  # float64 already (_split_features)
         pos = {g: i for i, g in enumerate(self.genes_)}
         unseen = list(dict.fromkeys(g for g in genes if g not in pos))
         emb_unseen = self._embed(unseen, adata)
