@@ -54,11 +54,13 @@ def head_inputs(a) -> None:
         a.obsm[f"ring{r}"] = sp.pp.context_features(a, X, n_rings=r, library_key="slide_id")
 
 
-def start(name: str) -> tuple[argparse.Namespace, ExperimentReport]:
-    """Parse ``--seeds`` / ``--threads``; ``results/<name>.txt`` opens with the command and the machine."""
+def start(name: str, extra=None) -> tuple[argparse.Namespace, ExperimentReport]:
+    """Parse ``--seeds`` / ``--threads`` (and what ``extra(parser)`` adds); ``results/<name>.txt`` opens with the command and the machine."""
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
     p.add_argument("--threads", type=int, default=2)
+    if extra is not None:
+        extra(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sp.settings.verbosity = 1
@@ -71,9 +73,11 @@ def start(name: str) -> tuple[argparse.Namespace, ExperimentReport]:
     return args, report
 
 
-def networks(a, scored, train_ad, seed: int, report, label: str = "networks", **plan) -> tuple:
+def networks(
+    a, scored, train_ad, seed: int, report, label: str = "networks", mode: str = "gene", **plan
+) -> tuple:
     """GeneQuery's default networks alone (no head; the mix is computed here): predictions of both parts."""
-    model = sp.tl.GeneQueryModel(seed=seed)
+    model = sp.tl.GeneQueryModel(mode=mode, seed=seed)
     model.set_params(accelerator="cpu", features_key="X_image_views")
     t0 = time.perf_counter()
     model.train(a, plan_kwargs={"ridge_blend": 0.0, **plan})

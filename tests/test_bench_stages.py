@@ -56,6 +56,8 @@ OWN_SCRIPTS = (
     "genequery_layers_probe.py",
     "genequery_layers.py",
     "genequery_head_stages.py",
+    "genequery_head_stages_spot.py",
+    "genequery_unseen_context.py",
 )
 
 
@@ -76,6 +78,8 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_layers_probe.py",
         "genequery_layers.py",
         "genequery_head_stages.py",
+        "genequery_head_stages_spot.py",
+        "genequery_unseen_context.py",
     } <= seen
 
 

@@ -189,7 +189,11 @@ class GeneQueryNet(nn.Module):
             getattr(self, f"{name}_scale").copy_(torch.from_numpy(sd))
 
     def forward(
-        self, image: torch.Tensor, gene: torch.Tensor, padding_mask: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        gene: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        context: int = 0,
     ) -> torch.Tensor:
         """Predict one value per token.
 
@@ -201,6 +205,10 @@ class GeneQueryNet(nn.Module):
             Gene embeddings ``(B or 1, L or 1, gene_dim)``.
         padding_mask
             Boolean ``(B, L)``, ``True`` at padded tokens (PyTorch's key-padding convention), or ``None``.
+        context
+            The first ``context`` tokens are a shared context: every token attends to them and to itself
+            only, so a token's output does not depend on the other tokens after the context, and the
+            context's outputs are those of the context alone. 0 (default): full attention.
 
         Returns
         -------
@@ -227,14 +235,17 @@ class GeneQueryNet(nn.Module):
             padding_mask = padding_mask.to(torch.bool)
             if bool(padding_mask.all(dim=1).any()):
                 raise ValueError("padding_mask masks every token of a sequence.")
+        context = int(context)
+        if not 0 <= context <= h.shape[1]:
+            raise ValueError(f"context={context} must be between 0 and the sequence length {h.shape[1]}.")
         if self.encoder is not None:
-            h = self._encode(h, padding_mask)
+            h = self._encode(h, padding_mask, context)
         out = self.regressor(h).squeeze(-1)
         if padding_mask is not None:
             out = out.masked_fill(padding_mask, 0.0)
         return out
 
-    def _encode(self, h: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def _encode(self, h: torch.Tensor, padding_mask: torch.Tensor | None, context: int = 0) -> torch.Tensor:
         """The pre-norm encoder layers, written out around :func:`~torch.nn.functional.scaled_dot_product_attention`.
 
         Same parameters and arithmetic as ``nn.TransformerEncoder`` with ``norm_first=True`` (its
@@ -245,6 +256,10 @@ class GeneQueryNet(nn.Module):
         assert isinstance(self.encoder, nn.TransformerEncoder)
         B, L, D = h.shape
         keep = None if padding_mask is None else (~padding_mask)[:, None, None, :]
+        if context:  # (query, key) allowed: the key is in the context or is the query itself
+            pos = torch.arange(L, device=h.device)
+            shared = (pos[None, :] < context) | (pos[:, None] == pos[None, :])
+            keep = shared[None, None] if keep is None else keep & shared[None, None]
         for layer in self.encoder.layers:
             attn = layer.self_attn
             n_heads = attn.num_heads

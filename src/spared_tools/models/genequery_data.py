@@ -291,11 +291,18 @@ class GeneDataset(_SequenceDataset):
         when augmenting, fixed otherwise) instead of all gene chunks.
     random_views
         As for :class:`SpotDataset`.
+    n_known
+        Prediction with genes the network was not trained on: the first ``n_known`` genes are the
+        trained ones, in the chunks they would form alone; each chunk of the others follows the first
+        trained chunk, which is their *context*: a gene not trained on attends to the context and to
+        itself only (``GeneQueryNet.forward(context=...)``). So no gene's prediction depends on which
+        other genes are asked for. ``None``: every gene is a trained one.
 
     Returns
     -------
     Items are dicts with ``image`` ``(B, 1, d)``, ``gene`` ``(1, L, d_gene)``, ``spots`` ``(B,)``,
-    ``genes`` ``(L,)`` and, with targets, ``target`` ``(B, L)``.
+    ``genes`` ``(L,)``, ``context`` (the number of leading context genes whose outputs are not this
+    item's, 0 without) and, with targets, ``target`` ``(B, L)``.
     """
 
     def __init__(
@@ -306,6 +313,7 @@ class GeneDataset(_SequenceDataset):
         spots: np.ndarray,
         *,
         max_len: int = 1024,
+        n_known: int | None = None,
         **base: Any,
     ) -> None:
         super().__init__(features, gene_embeddings, targets, **base)
@@ -315,6 +323,12 @@ class GeneDataset(_SequenceDataset):
         if self.spots.size == 0:
             raise ValueError("GeneDataset needs at least one spot.")
         self.max_len = int(max_len)
+        n_genes = self.genes.shape[0]
+        if n_known is not None and not 1 <= n_known <= n_genes:
+            raise ValueError(f"n_known must be between 1 and the {n_genes} genes, got {n_known}.")
+        if n_known is not None and n_known < n_genes and (self.augment or self.sample_genes):
+            raise ValueError("n_known (genes not trained on) is for prediction: no augment, no sample_genes.")
+        self.n_known = n_genes if n_known is None else int(n_known)
         self._shuffle_blocks()
 
     def _shuffle_blocks(self) -> None:
@@ -327,22 +341,31 @@ class GeneDataset(_SequenceDataset):
             torch.as_tensor(spots[i : i + self.batch_size]) for i in range(0, len(spots), self.batch_size)
         ]
         if self.sample_genes:
-            self.items = list(zip(blocks, self._gene_sample(len(blocks), self.max_len), strict=True))
+            self.items = [
+                (b, g, 0) for b, g in zip(blocks, self._gene_sample(len(blocks), self.max_len), strict=True)
+            ]
             return
-        n_chunks = math.ceil(n_genes / self.max_len)
-        chunks = [torch.as_tensor(c) for c in np.array_split(genes, n_chunks)]
-        self.items = [(b, c) for b in blocks for c in chunks]
+        known, new = genes[: self.n_known], genes[self.n_known :]  # no shuffling here when n_known < n_genes
+        chunks = [(c, 0) for c in np.array_split(known, math.ceil(known.size / self.max_len))]
+        if new.size:  # each chunk of the others after the first trained chunk, their context
+            ctx = chunks[0][0]
+            chunks += [
+                (np.concatenate([ctx, c]), ctx.size)
+                for c in np.array_split(new, math.ceil(new.size / self.max_len))
+            ]
+        self.items = [(b, torch.as_tensor(c), n) for b in blocks for c, n in chunks]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        spots, genes = self.items[k]
+        spots, genes, context = self.items[k]
         out = {
             **self._tokens(spots, k, False),
             "gene": self.genes[genes][None],
             "spots": spots,
             "genes": genes,
+            "context": torch.tensor(context),
         }
         if self.targets is not None:
             out["target"] = self.targets[spots][:, genes].contiguous()

@@ -151,10 +151,11 @@ def fit_ridge(
     n = Xtr.shape[0]
     scores = []
     if val_idx.size:
-        Xva = (F[val_idx] - x_mean) / x_scale
+        # the validation rows in the SVD's basis, once: each penalty then costs (n_val x r) @ (r x g)
+        XvaV = ((F[val_idx] - x_mean) / x_scale) @ Vt.T
         Yva = Z[val_idx].astype(np.float64)
         for a in alphas:
-            P = Xva @ _ridge_weights(s, Vt, UtY, a * n) + y_mean
+            P = XvaV @ ((s / (s**2 + a * n))[:, None] * UtY) + y_mean
             if select == "pcc":
                 r = pearson_per_gene(Yva, P)
                 scores.append(float(np.nanmean(r)) if np.isfinite(r).any() else -np.inf)

@@ -88,8 +88,7 @@ class GeneQueryModel(_GeneQueryFit):
     organism
         ``"human"`` or ``"mouse"``: which bundled gene-text table to use.
     descriptions
-        Per-gene text overriding the bundled table: a dict gene → text, or the name of an ``adata.var``
-        column.
+        Per-gene text overriding the bundled table: a dict gene → text, or an ``adata.var`` column name.
     gene_embeddings
         Precomputed gene embeddings (a DataFrame indexed by gene or a dict gene → vector) used instead of
         the text encoder; every trained or queried gene must be present.
@@ -411,8 +410,9 @@ class GeneQueryModel(_GeneQueryFit):
         adata
             Spots with image features (or patches) and, in spot mode, coordinates.
         genes
-            Genes to predict (default: the trained genes); genes not trained on are predicted from their
-            text (or ``gene_embeddings``).
+            Genes to predict (default: trained genes); others from their text (or ``gene_embeddings``),
+            attending to the first chunk of trained genes and themselves only (gene mode), so no
+            prediction depends on the other genes asked for.
         tta
             Test-time averaging over the 8 dihedral views of each spot's patch (frozen mode computes the
             views' features when they are not cached; fine-tune mode encodes the 8 symmetries of each

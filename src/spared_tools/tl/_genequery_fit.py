@@ -316,16 +316,25 @@ class _GeneQueryFit(_GeneQueryBase):
                     feats, emb, None, self._sequences(adata, np.arange(adata.n_obs)), batch_size=bs, view=v
                 )
             else:
+                # the trained genes in the chunks they form alone; the others after their context
                 ds = GeneDataset(
-                    feats, emb, None, np.arange(adata.n_obs), max_len=self.max_len, batch_size=bs, view=v
+                    feats,
+                    emb,
+                    None,
+                    np.arange(adata.n_obs),
+                    max_len=self.max_len,
+                    batch_size=bs,
+                    view=v,
+                    n_known=len(self.genes_),
                 )
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for batch in tqdm(
                     DataLoader(ds, batch_size=None), disable=not show, desc="GeneQuery predict"
                 ):
                     image, gene = batch["image"].to(device), batch["gene"].to(device)
-                    outs = [net(image, gene).double().cpu().numpy() for net in nets]
-                    s, g = batch["spots"].numpy(), batch["genes"].numpy()
+                    c = int(batch.get("context", 0))  # outputs of the context are those of its own chunk
+                    outs = [net(image, gene, context=c)[:, c:].double().cpu().numpy() for net in nets]
+                    s, g = batch["spots"].numpy(), batch["genes"].numpy()[c:]
                     cell = np.ix_(s, g)
                     Zall[cell] += sum(o.T if self.mode == "spot" else o for o in outs)
                     for k, o in enumerate(outs if Zk is not None else []):

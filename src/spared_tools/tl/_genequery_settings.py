@@ -74,7 +74,9 @@ nobody needs to turn them:
     the networks on the stages too had won on validation and lost on the held-out sections
     (``genequery_layers.txt``, ``docs/differences.md``). Spot mode's 0.65 was chosen with the head on the
     last layer (``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65, the largest weight tried,
-    against 0.2224 at 0.35 and 0.2025 for the networks alone) and has not been re-chosen since.
+    against 0.2224 at 0.35 and 0.2025 for the networks alone) and re-chosen with the head on the stages
+    (``genequery_head_stages_spot.txt``: 0.2060 over the two gene sets at 0.65, 0.2071 at 0.5, under
+    the 0.002 gain its rule asked; 0.65 stays).
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
@@ -121,8 +123,9 @@ nobody needs to turn them:
     ``benchmarks/results/genequery_inputs.txt``).
 ``max_len``
     Longest sequence: slides with more spots (spot mode) are split into spatially compact chunks of at
-    most ``max_len`` spots; longer gene lists (gene mode) into chunks of at most ``max_len`` genes.
-    Nothing is truncated. Attention costs ``O(max_len)`` per token, so this sets the prediction speed:
+    most ``max_len`` spots; longer gene lists (gene mode) into chunks of at most ``max_len`` genes
+    (at prediction, genes not trained on follow the first chunk of trained genes, which they attend to:
+    ``experiments/results/genequery_unseen_context.txt``). Nothing is truncated. Attention costs ``O(max_len)`` per token, so this sets the prediction speed:
     512 spots (about 23 × 23 Visium spots, 2.3 mm) keeps whole legacy-ST sections in one sequence and
     predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU.
 """
