@@ -125,7 +125,8 @@ nobody needs to turn them:
     Longest sequence: slides with more spots (spot mode) are split into spatially compact chunks of at
     most ``max_len`` spots; longer gene lists (gene mode) into chunks of at most ``max_len`` genes
     (at prediction, genes not trained on follow the first chunk of trained genes, which they attend to:
-    ``experiments/results/genequery_unseen_context.txt``). Nothing is truncated. Attention costs ``O(max_len)`` per token, so this sets the prediction speed:
+    ``experiments/results/genequery_unseen_context.txt``). Nothing is truncated. Attention costs
+    ``O(max_len)`` per token, so this sets the prediction speed:
     512 spots (about 23 × 23 Visium spots, 2.3 mm) keeps whole legacy-ST sections in one sequence and
     predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU.
 """
