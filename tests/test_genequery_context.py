@@ -15,13 +15,7 @@ from spared_tools.models.genequery import GeneDataset, GeneQueryNet
 sys.path.insert(0, str(Path(__file__).parent))
 from test_genequery import SMALL, _gq, _synthetic
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
