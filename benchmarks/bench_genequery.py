@@ -738,14 +738,39 @@ def cost(report: Report, args) -> None:
     t0 = time.perf_counter()
     out = part.predict(target, genes)
     dt = time.perf_counter() - t0
+    # the same with the context attention written as attention over the whole chunk under an L x L mask
+    # (the kernel before 2026-12-07): same values, O(chunk) instead of O(context) per gene not trained on
+    import spared_tools.models.genequery as gq_net
+
+    fast = gq_net._context_attention
+    gq_net._context_attention = _masked_context_attention
+    try:
+        t0 = time.perf_counter()
+        ref = part.predict(target, genes)
+        dt_ref = time.perf_counter() - t0
+    finally:
+        gq_net._context_attention = fast
     report(
         f"predict {part.mode}-aware, {part.n_models} network(s), tta={part.tta!r}, trained on 128 of the 1,000 genes "
         f"({part.inference_precision_used_}): {out.shape[0]} × {out.shape[1]} in {dt:.1f} s; 5,000 × 1,000: "
-        f"{dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}"
+        f"{dt * n * G / out.size:.0f} s{' (extrapolated)' if out.size < n * G else ''}; with the masked "
+        f"full-chunk attention: {dt_ref * n * G / out.size:.0f} s ({dt_ref / dt:.2f}x the time; largest "
+        f"difference {np.abs(out - ref).max():.1e})"
     )
     report(
         f"features of 5,000 new spots (not cached), 8 views in {default}: {8 * n / rate:.0f} s; one view: {n / rate:.0f} s"
     )
+
+
+def _masked_context_attention(q, k, v, c, keep):
+    """``GeneQueryNet``'s context attention as one fused attention call over the whole chunk under the
+    ``L x L`` mask (key in the context, or the query itself): the reference for the O(context) kernel."""
+    L = q.shape[2]
+    pos = torch.arange(L, device=q.device)
+    allowed = ((pos[None, :] < c) | (pos[:, None] == pos[None, :]))[None, None]
+    if keep is not None:
+        allowed = allowed & torch.cat([keep, keep.new_ones(keep.shape[:-1] + (L - c,))], -1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
 def _spread_plot(spread: list[dict], name: str, report: Report) -> None:

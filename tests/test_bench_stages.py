@@ -58,6 +58,7 @@ OWN_SCRIPTS = (
     "genequery_head_stages.py",
     "genequery_head_stages_spot.py",
     "genequery_unseen_context.py",
+    "genequery_max_len.py",
 )
 
 
@@ -80,6 +81,7 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_head_stages.py",
         "genequery_head_stages_spot.py",
         "genequery_unseen_context.py",
+        "genequery_max_len.py",
     } <= seen
 
 

@@ -40,6 +40,28 @@ def test_context_attention_against_brute_force(n_layers):
         net(img, gen, context=10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_context_kernel_against_masked_attention_in_float64(dtype):
+    """The O(context) kernel against attention with the explicit L x L mask (key in the context or the
+    query itself; padded context keys excluded), in float64; inputs strided as the encoder passes them."""
+    from spared_tools.models.genequery import _context_attention
+
+    torch.manual_seed(1)
+    B, H, L, d, c = 5, 4, 23, 8, 9
+    q, k, v = torch.randn(B, L, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+    keep = torch.ones(B, 1, 1, c, dtype=torch.bool)
+    keep[1, ..., 6:] = False  # a sequence whose context has 3 padded tokens
+    out = _context_attention(q.to(dtype), k.to(dtype), v.to(dtype), c, keep).double()
+    pos = torch.arange(L)
+    allowed = ((pos[None, :] < c) | (pos[:, None] == pos[None, :]))[None, None].expand(B, 1, L, L).clone()
+    allowed[:, :, :, :c] &= keep
+    qd, kd, vd = (x.to(dtype).double() for x in (q, k, v))
+    scores = (qd @ kd.transpose(-1, -2) / d**0.5).masked_fill(~allowed, float("-inf"))
+    ref = torch.softmax(scores, -1) @ vd
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16 output: 8 bits of mantissa
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
 def test_gene_dataset_chunks_trained_genes_as_alone_and_the_others_after_the_first_chunk():
     feats = np.zeros((5, 1, 4), dtype=np.float32)
     emb = np.zeros((11, 3), dtype=np.float32)

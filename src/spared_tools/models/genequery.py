@@ -208,7 +208,8 @@ class GeneQueryNet(nn.Module):
         context
             The first ``context`` tokens are a shared context: every token attends to them and to itself
             only, so a token's output does not depend on the other tokens after the context, and the
-            context's outputs are those of the context alone. 0 (default): full attention.
+            context's outputs are those of the context alone; each later token's attention costs
+            ``O(context)``, not ``O(L)``. 0 (default): full attention.
 
         Returns
         -------
@@ -256,17 +257,17 @@ class GeneQueryNet(nn.Module):
         assert isinstance(self.encoder, nn.TransformerEncoder)
         B, L, D = h.shape
         keep = None if padding_mask is None else (~padding_mask)[:, None, None, :]
-        if context:  # (query, key) allowed: the key is in the context or is the query itself
-            pos = torch.arange(L, device=h.device)
-            shared = (pos[None, :] < context) | (pos[:, None] == pos[None, :])
-            keep = shared[None, None] if keep is None else keep & shared[None, None]
+        c = context if 0 < context < L else 0
         for layer in self.encoder.layers:
             attn = layer.self_attn
             n_heads = attn.num_heads
             x = layer.norm1(h)
             qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
             q, k, v = qkv.view(B, L, 3, n_heads, D // n_heads).permute(2, 0, 3, 1, 4).unbind(0)
-            o = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            if c:
+                o = _context_attention(q, k, v, c, None if keep is None else keep[..., :c])
+            else:
+                o = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
             o = o.transpose(1, 2).reshape(B, L, D)
             h = h + layer.dropout1(attn.out_proj(o))
             x = layer.norm2(h)
@@ -274,6 +275,30 @@ class GeneQueryNet(nn.Module):
         if self.encoder.norm is not None:
             h = self.encoder.norm(h)
         return h
+
+
+def _context_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: int, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention where the first ``c`` tokens attend to each other and every later token to them and itself.
+
+    ``q``, ``k``, ``v`` are ``(B, H, L, d)``; ``keep`` is ``None`` or a boolean ``(B, 1, 1, c)``, ``False``
+    at padded context keys. Equal to masked attention over all ``L`` tokens, but the later tokens cost
+    ``O(c)`` each (a softmax over the ``c`` context scores and the token's own) rather than ``O(L)``, and
+    no ``L x L`` mask is built.
+    """
+    ctx = nn.functional.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c], attn_mask=keep)
+    # the later tokens in float32, as the fused kernel accumulates in float32 under bfloat16 autocast
+    qn, kn, vn = (x[:, :, c:].float() for x in (q, k, v))
+    kc, vc = k[:, :, :c].float(), v[:, :, :c].float()
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(qn, kc.transpose(-1, -2)) * scale
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    own = (qn * kn).sum(-1, keepdim=True) * scale
+    p = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
+    new = torch.matmul(p[..., :c], vc) + p[..., c:] * vn
+    return torch.cat([ctx, new.to(v.dtype)], dim=2)
 
 
 def gene_identity_codes(genes: Sequence[str], dim: int) -> np.ndarray:

@@ -128,7 +128,10 @@ nobody needs to turn them:
     ``experiments/results/genequery_unseen_context.txt``). Nothing is truncated. Attention costs
     ``O(max_len)`` per token, so this sets the prediction speed:
     512 spots (about 23 × 23 Visium spots, 2.3 mm) keeps whole legacy-ST sections in one sequence and
-    predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU.
+    predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU. In gene mode, chunks of
+    128 genes scored below 512 on the validation sections on the 785 genes
+    (``experiments/results/genequery_max_len.txt``: 0.1727 against 0.1783, three seeds); genes not
+    trained on cost ``O(len(context))`` each, whatever ``max_len``.
 """
 
 from __future__ import annotations
