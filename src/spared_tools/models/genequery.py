@@ -288,16 +288,17 @@ def _context_attention(
     no ``L x L`` mask is built.
     """
     ctx = nn.functional.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c], attn_mask=keep)
-    # the later tokens in float32, as the fused kernel accumulates in float32 under bfloat16 autocast
-    qn, kn, vn = (x[:, :, c:].float() for x in (q, k, v))
-    kc, vc = k[:, :, :c].float(), v[:, :, :c].float()
-    scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(qn, kc.transpose(-1, -2)) * scale
-    if keep is not None:
-        scores = scores.masked_fill(~keep, float("-inf"))
-    own = (qn * kn).sum(-1, keepdim=True) * scale
-    p = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
-    new = torch.matmul(p[..., :c], vc) + p[..., c:] * vn
+    # the later tokens in float32 (autocast off), as the fused kernel accumulates in float32 under bfloat16
+    with torch.autocast(q.device.type, enabled=False):
+        qn, kn, vn = (x[:, :, c:].float() for x in (q, k, v))
+        kc, vc = k[:, :, :c].float(), v[:, :, :c].float()
+        scale = q.shape[-1] ** -0.5
+        scores = torch.matmul(qn, kc.transpose(-1, -2)) * scale
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        own = (qn * kn).sum(-1, keepdim=True) * scale
+        p = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
+        new = torch.matmul(p[..., :c], vc) + p[..., c:] * vn
     return torch.cat([ctx, new.to(v.dtype)], dim=2)
 
 
