@@ -54,8 +54,9 @@ def head_inputs(a) -> None:
         a.obsm[f"ring{r}"] = sp.pp.context_features(a, X, n_rings=r, library_key="slide_id")
 
 
-def start(name: str, extra=None) -> tuple[argparse.Namespace, ExperimentReport]:
-    """Parse ``--seeds`` / ``--threads`` (and what ``extra(parser)`` adds); ``results/<name>.txt`` opens with the command and the machine."""
+def start(name: str, extra=None, script: str | None = None) -> tuple[argparse.Namespace, ExperimentReport]:
+    """Parse ``--seeds`` / ``--threads`` (and what ``extra(parser)`` adds); ``results/<name>.txt`` opens with the
+    command (``script``, default ``<name>.py``) and the machine."""
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20])
     p.add_argument("--threads", type=int, default=2)
@@ -65,7 +66,7 @@ def start(name: str, extra=None) -> tuple[argparse.Namespace, ExperimentReport]:
     torch.set_num_threads(args.threads)
     sp.settings.verbosity = 1
     report = ExperimentReport(name)
-    report(f"# {name}.py {' '.join(sys.argv[1:])}")
+    report(f"# {script or name + '.py'} {' '.join(sys.argv[1:])}")
     report(
         f"# {machine_info()} | torch threads {torch.get_num_threads()} | load average {os.getloadavg()[0]:.1f} "
         f"(2 cores) | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"

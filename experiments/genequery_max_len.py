@@ -75,7 +75,9 @@ def main() -> None:
     pre = argparse.ArgumentParser(add_help=False)
     _options(pre)
     cand = pre.parse_known_args()[0].candidate
-    args, report = start("genequery_max_len" + ("" if cand == 128 else f"_{cand}"), _options)
+    args, report = start(
+        "genequery_max_len" + ("" if cand == 128 else f"_{cand}"), _options, "genequery_max_len.py"
+    )
     base = today(HERE / "results" / "genequery_head_stages.txt")
     report(
         f"today's default (max_len=512), 785 genes, seeds 0 / 10 / 20 from genequery_head_stages.txt: {base}"

@@ -130,7 +130,8 @@ nobody needs to turn them:
     512 spots (about 23 × 23 Visium spots, 2.3 mm) keeps whole legacy-ST sections in one sequence and
     predicts 5,000 spots × 1,000 genes about 1.3–1.4× faster than 1,024 on CPU. In gene mode, chunks of
     128 genes scored below 512 on the validation sections on the 785 genes
-    (``experiments/results/genequery_max_len.txt``: 0.1727 against 0.1783, three seeds); genes not
+    (``experiments/results/genequery_max_len.txt``: 0.1727 against 0.1783, three seeds), and so did one
+    sequence of all 785 (``genequery_max_len_1024.txt``: 0.1770 against 0.1818, seed 0); genes not
     trained on cost ``O(len(context))`` each, whatever ``max_len``.
 """
 
