@@ -45,6 +45,27 @@ WEIGHTS = (0.35, 0.5, 0.65, 0.8)
 TODAY = 0.65
 
 
+def stages_head(genes: str, report) -> tuple:
+    """The selection data of ``genes`` with the default head's input (``obsm['stages']``: the stages' views
+    mean followed by its ring-1 mean), its training / scored parts, and the head's (scored, training)
+    predictions (ridge on the stages, penalty chosen on the validation block)."""
+    a = selection_data(genes, "32")
+    stages = load6(genes, "32", "efficientnet-lite0-stages")  # genequery_data6.py --stages --fp32
+    views = stages.obsm["X_image_views"][stages.obs_names.get_indexer(a.obs_names)]
+    a.obsm["stages"] = sp.pp.context_features(a, views.mean(1), n_rings=1, library_key="slide_id")
+    train_ad = a[(a.obs["split"] == "train").to_numpy()].copy()
+    scored = a[(a.obs["split"] == "test").to_numpy()].copy()
+    report(f"\n{genes} genes: {a.n_obs} spots; training C2 + C3 + C4; scored B4, A1, A2 (each alone)")
+    r = sp.tl.RidgePredictor(encoder="precomputed", features_key="stages", alphas=WIDE)
+    r.train(a)
+    ridge = (r.predict(scored), r.predict(train_ad))
+    report(
+        f"  ridge head on the stages alone ({a.obsm['stages'].shape[1]} features): penalty {r.alpha_!r}  "
+        f"score {score(per_section(scored, ridge[0])):.4f}"
+    )
+    return a, train_ad, scored, ridge
+
+
 def main() -> None:
     args, report = start(
         "genequery_head_stages_spot",
@@ -52,20 +73,7 @@ def main() -> None:
     )
     means: dict[str, dict[float, float]] = {}
     for genes, seeds in (("128", args.seeds), ("785", args.seeds785)):
-        a = selection_data(genes, "32")
-        stages = load6(genes, "32", "efficientnet-lite0-stages")  # genequery_data6.py --stages --fp32
-        views = stages.obsm["X_image_views"][stages.obs_names.get_indexer(a.obs_names)]
-        a.obsm["stages"] = sp.pp.context_features(a, views.mean(1), n_rings=1, library_key="slide_id")
-        train_ad = a[(a.obs["split"] == "train").to_numpy()].copy()
-        scored = a[(a.obs["split"] == "test").to_numpy()].copy()
-        report(f"\n{genes} genes: {a.n_obs} spots; training C2 + C3 + C4; scored B4, A1, A2 (each alone)")
-        r = sp.tl.RidgePredictor(encoder="precomputed", features_key="stages", alphas=WIDE)
-        r.train(a)
-        ridge = (r.predict(scored), r.predict(train_ad))
-        report(
-            f"  ridge head on the stages alone ({a.obsm['stages'].shape[1]} features): penalty {r.alpha_!r}  "
-            f"score {score(per_section(scored, ridge[0])):.4f}"
-        )
+        a, train_ad, scored, ridge = stages_head(genes, report)
         table: list[list[float]] = [[] for _ in WEIGHTS]
         for seed in seeds:
             nets = networks(a, scored, train_ad, seed, report, label="spot-aware networks", mode="spot")

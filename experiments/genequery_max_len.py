@@ -45,12 +45,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
-from genequery_blend import score  # noqa: E402
-from genequery_data6 import load6  # noqa: E402
-from genequery_head_rings import WIDE, blend_rows, networks, start  # noqa: E402
-from genequery_selection import per_section, selection_data  # noqa: E402
-
-import spared_tools as sp  # noqa: E402
+from genequery_head_rings import blend_rows, networks, start  # noqa: E402
+from genequery_head_stages_spot import stages_head  # noqa: E402
 
 WEIGHT = 0.5  # gene mode's ridge_blend
 
@@ -82,19 +78,7 @@ def main() -> None:
     report(
         f"today's default (max_len=512), 785 genes, seeds 0 / 10 / 20 from genequery_head_stages.txt: {base}"
     )
-    a = selection_data("785", "32")
-    stages = load6("785", "32", "efficientnet-lite0-stages")  # genequery_data6.py --stages --fp32
-    views = stages.obsm["X_image_views"][stages.obs_names.get_indexer(a.obs_names)]
-    a.obsm["stages"] = sp.pp.context_features(a, views.mean(1), n_rings=1, library_key="slide_id")
-    train_ad = a[(a.obs["split"] == "train").to_numpy()].copy()
-    scored = a[(a.obs["split"] == "test").to_numpy()].copy()
-    report(f"\n785 genes: {a.n_obs} spots; training C2 + C3 + C4; scored B4, A1, A2 (each alone)")
-    r = sp.tl.RidgePredictor(encoder="precomputed", features_key="stages", alphas=WIDE)
-    r.train(a)
-    ridge = (r.predict(scored), r.predict(train_ad))
-    report(
-        f"  ridge head on the stages alone: penalty {r.alpha_!r}  score {score(per_section(scored, ridge[0])):.4f}"
-    )
+    a, train_ad, scored, ridge = stages_head("785", report)
     rows: dict[int, list[float]] = {cand: [], 512: []}
     for seed in args.seeds:
         nets = networks(a, scored, train_ad, seed, report, f"networks max_len={cand}", max_len=cand)
