@@ -2,8 +2,7 @@
 
 Why: in gene mode a spot's genes are one attention sequence, split into chunks of at most ``max_len``
 (512) genes, re-drawn every epoch in training. Attention costs ``O(max_len)`` per token, and on this
-AVX2 CPU it is most of the prediction time (profile of one batch of 32 spots × 500 genes: 60 % in the
-attention kernel; 5,000 spots × 1,000 genes take 227 s against a 120 s target,
+AVX2 CPU prediction misses its target (5,000 spots × 1,000 genes take 227 s against 120 s,
 ``benchmarks/results/genequery_cost.txt``). The 128 genes of the pipeline already form one sequence of
 128, where every gene-mode default was chosen; only longer gene lists (the 785) see longer sequences,
 and nobody chose 512 for them. Written before any score of gene mode with ``max_len=128``.
