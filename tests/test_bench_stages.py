@@ -59,6 +59,7 @@ OWN_SCRIPTS = (
     "genequery_head_stages_spot.py",
     "genequery_unseen_context.py",
     "genequery_max_len.py",
+    "genequery_head_views.py",
 )
 
 
@@ -82,6 +83,7 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_head_stages_spot.py",
         "genequery_unseen_context.py",
         "genequery_max_len.py",
+        "genequery_head_views.py",
     } <= seen
 
 
