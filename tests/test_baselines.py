@@ -174,6 +174,48 @@ def test_ridge_gcv_without_validation():
     assert m.alpha_ == alphas[int(np.argmin(gcv))]
 
 
+@pytest.mark.parametrize("d", [6, 200])  # more stacked rows than inputs, and fewer (a rank-deficient Gram)
+def test_ridge_on_stacked_views_equals_closed_form(d):
+    """fit_ridge(views=...): every view of a training spot a sample, validation and prediction on the mean."""
+    from spared_tools.tl._baselines import fit_ridge
+
+    rng = np.random.default_rng(1)
+    n, k, g = 30, 8, 4
+    V = rng.normal(size=(n, k, d)) + 3.0 * rng.normal(size=(n, 1, d))  # views share a spot part
+    Y = V.mean(1) @ rng.normal(size=(d, g)) + 0.1 * rng.normal(size=(n, g))
+    tr, va = np.arange(20), np.arange(20, 30)
+    F = V.mean(1)
+    alphas = [1e-3, 0.1, 10.0]
+    fit = fit_ridge(F, Y, tr, va, alphas, views=(k, lambda j: V[:, j]), edge_warning=False)
+    # brute force: the stacked training rows (standardised on their own mean and std), the closed form
+    X = V[tr].reshape(-1, d)  # spot-major: row i * k + j is view j of spot i
+    Ys = np.repeat(Y[tr], k, axis=0)
+    scores = []
+    for al in alphas:
+        P = _ridge_reference(X, Ys, al * X.shape[0])(F[va])
+        scores.append(np.mean([np.corrcoef(Y[va][:, j], P[:, j])[0, 1] for j in range(g)]))
+    np.testing.assert_allclose(fit.history["scores"], scores, rtol=1e-6)
+    assert fit.alpha == alphas[int(np.argmax(scores))]
+    ref = _ridge_reference(X, Ys, fit.alpha * X.shape[0])
+    np.testing.assert_allclose(fit.predict(F), ref(F), rtol=1e-6, atol=1e-8)
+    # for a linear map the views' mean predicts the mean of the views' predictions
+    np.testing.assert_allclose(
+        fit.predict(F), np.mean([fit.predict(V[:, j]) for j in range(k)], 0), atol=1e-10
+    )
+    # GCV on the stacked rows, with the explicit hat matrix
+    gcv_fit = fit_ridge(F, Y, tr, np.array([], dtype=int), alphas, views=(k, lambda j: V[:, j]))
+    Xs = (X - X.mean(0)) / X.std(0)
+    Yc = Ys - Ys.mean(0)
+    N = X.shape[0]
+    gcv = []
+    for al in alphas:
+        H = Xs @ np.linalg.solve(Xs.T @ Xs + al * N * np.eye(d), Xs.T)
+        gcv.append(N * ((Yc - H @ Yc) ** 2).sum() / (N - np.trace(H)) ** 2)
+    np.testing.assert_allclose(-np.asarray(gcv_fit.history["scores"]), gcv, rtol=1e-6)
+    with pytest.raises(ValueError, match="View 0 has inputs of shape"):
+        fit_ridge(F, Y, tr, va, alphas, views=(k, lambda j: V[:, j, :-1]))
+
+
 def test_ridge_on_image_features_save_load(tmp_path):
     a = make_adata()
     enc = load_image_encoder(_ChannelMean(), name="channel-mean")

@@ -188,9 +188,15 @@ def test_a_model_saved_with_the_settings_in_the_constructor_still_loads(tmp_path
     np.testing.assert_array_equal(old.predict(a), m.predict(a))
 
 
-@pytest.mark.parametrize("mode", ["gene", "spot"])
-def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mode, tmp_path):
+@pytest.mark.parametrize(("mode", "n_views"), [("gene", 1), ("spot", 1), ("gene", 8)])
+def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mode, n_views, tmp_path):
     a, table = _data(n_slides=5)
+    if n_views > 1:  # the 8 views' features (n_obs, 8, d), as image_features(views=True) stores them
+        rng = np.random.default_rng(3)
+        f = a.obsm["X_image_features"]
+        a.obsm["X_image_features"] = (f[:, None] + 0.3 * rng.normal(size=(a.n_obs, 8, f.shape[1]))).astype(
+            np.float32
+        )
     genes = [f"G{j}" for j in range(8)]
     kw = dict(mode=mode, gene_embeddings=table, seed=0, **TINY)
     model = GeneQueryModel(**kw).train(
@@ -205,19 +211,22 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     net_pred, net_std = nets.predict_with_std(a, query)
     net_train = nets.predict(a, genes)
 
-    # brute force: the networks' input (features, then their ring-1 neighbourhood mean), standardised with
-    # the training spots' statistics; ridge in closed form for every penalty, chosen on validation PCC
+    # brute force: the networks' input (features, then their ring-1 neighbourhood mean) of the views'
+    # mean; with 8 views the training samples are each view's input (stacked), standardised with their
+    # statistics; ridge in closed form for every penalty, chosen on validation PCC of the views' mean
     tr = (a.obs["split"] == "train").to_numpy()
     va = (a.obs["split"] == "val").to_numpy()
-    F = np.asarray(sp_context(a), dtype=np.float64)
-    mu, sd = F[tr].mean(0), F[tr].std(0)
-    X = (F - mu) / sd
+    V = np.asarray(sp_context(a), dtype=np.float64).reshape(a.n_obs, n_views, -1)
+    Xtr = V[tr].reshape(-1, V.shape[-1])
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    X, Xtr = (V.mean(1) - mu) / sd, (Xtr - mu) / sd
     Y = np.asarray(a[:, genes].layers["log1p"], dtype=np.float64)
-    ym = Y[tr].mean(0)
-    n, p = X[tr].shape
+    Ytr = np.repeat(Y[tr], n_views, axis=0)
+    ym = Ytr.mean(0)
+    n, p = Xtr.shape
 
     def ridge(alpha):
-        W = np.linalg.solve(X[tr].T @ X[tr] + alpha * n * np.eye(p), X[tr].T @ (Y[tr] - ym))
+        W = np.linalg.solve(Xtr.T @ Xtr + alpha * n * np.eye(p), Xtr.T @ (Ytr - ym))
         return X @ W + ym
 
     def pcc(u, v):

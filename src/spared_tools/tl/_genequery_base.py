@@ -157,12 +157,17 @@ class _GeneQueryBase(Predictor):
         from spared_tools.pp import context_features
 
         nets = raw[..., : self.network_columns_] if self.network_columns_ else raw
-        head = raw.mean(1, dtype=np.float64)
         if self.context_rings:
-            rings, lib = self.context_rings, self.library_key
-            nets = context_features(adata, nets, n_rings=rings, library_key=lib)
-            head = context_features(adata, head, n_rings=rings, library_key=lib)
-        return nets, head
+            nets = context_features(adata, nets, n_rings=self.context_rings, library_key=self.library_key)
+        return nets, self._head_input(adata, raw.mean(1, dtype=np.float64))
+
+    def _head_input(self, adata: AnnData, x: np.ndarray) -> np.ndarray:
+        """The ridge head's input of features ``x`` ``(n_obs, d)``: followed by their ring means, if any."""
+        from spared_tools.pp import context_features
+
+        if not self.context_rings:
+            return x
+        return context_features(adata, x, n_rings=self.context_rings, library_key=self.library_key)
 
     def _frozen_features(self, adata: AnnData, views: bool = False) -> np.ndarray:
         """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent.

@@ -192,7 +192,7 @@ class _GeneQueryFit(_GeneQueryBase):
         self.ridge_head_ = None
         if self.ridge_blend > 0:
             assert feats is not None  # no ridge head in fine-tune mode (check_settings)
-            self._fit_ridge_head(adata, head_input, Z, train_idx, val_idx)
+            self._fit_ridge_head(adata, head_input, Z, train_idx, val_idx, raw)
         self.train_params_.update(
             {
                 "mode": self.mode,
@@ -203,13 +203,23 @@ class _GeneQueryFit(_GeneQueryBase):
         )
 
     def _fit_ridge_head(
-        self, adata: AnnData, F: np.ndarray, Z: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
+        self,
+        adata: AnnData,
+        F: np.ndarray,
+        Z: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        raw: np.ndarray,
     ) -> None:
         """Ridge of the trained genes on ``F``, calibrated to the networks' scale (``ridge_blend``).
 
-        ``F`` is the mean of the views' features, all columns (the networks may read fewer, see
-        ``network_columns_``), followed by their mean over the ``context_rings``, as ``tta="features"``
-        predicts.
+        ``F`` is the mean of the views' features ``raw`` ``(n_obs, views, d)``, all columns (the networks
+        may read fewer, see ``network_columns_``), followed by their mean over the ``context_rings``, as
+        ``tta="features"`` predicts. In gene mode, with several views, each view of a training spot is a
+        sample (that view's features followed by their ring mean), as the networks train on one view at a
+        time: the map is then fitted to be the same whatever the tissue's orientation (chosen on
+        validation sections, ``experiments/results/genequery_head_views.txt``; spot mode, not asked,
+        keeps the fit on the mean); the penalty is chosen on the validation spots' views' mean.
 
         Both predictions of the training spots are standardised per gene (mean, standard deviation), so
         the head's weights and intercept are rescaled to give ``m_net + s_net / s_ridge * (ridge - m_ridge)``:
@@ -219,8 +229,18 @@ class _GeneQueryFit(_GeneQueryBase):
 
         assert self.genes_ is not None
         F = F.astype(np.float64, copy=False)
+        views = None
+        if raw.shape[1] > 1 and self.mode == "gene":  # validated in gene mode; spot mode keeps the mean
+            views = (raw.shape[1], lambda j: self._head_input(adata, raw[:, j].astype(np.float64)))
         fit = fit_ridge(
-            F, Z, train_idx, val_idx, RIDGE_ALPHAS, name="GeneQuery ridge head", edge_warning=False
+            F,
+            Z,
+            train_idx,
+            val_idx,
+            RIDGE_ALPHAS,
+            name="GeneQuery ridge head",
+            edge_warning=False,
+            views=views,
         )
         ridge = fit.predict(F[train_idx])
         # the networks (no head yet) on the whole AnnData, so every training spot gets the image context
