@@ -236,6 +236,7 @@ def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mod
     alphas = [10.0**k for k in range(-3, 8)]
     best = alphas[int(np.argmax([pcc(ridge(al)[va], Y[va]) for al in alphas]))]
     assert model.history_["ridge_head"]["alpha"] == best
+    assert model.history_["ridge_head"]["samples_per_spot"] == n_views
     R = ridge(best)
     m_r, s_r = R[tr].mean(0), R[tr].std(0)
     m_n, s_n = net_train[tr].mean(0), net_train[tr].std(0)

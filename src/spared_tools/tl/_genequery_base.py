@@ -154,20 +154,15 @@ class _GeneQueryBase(Predictor):
 
     def _split_features(self, adata: AnnData, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_features` of frozen features ``raw`` already read by :meth:`_frozen_features`."""
-        from spared_tools.pp import context_features
-
         nets = raw[..., : self.network_columns_] if self.network_columns_ else raw
-        if self.context_rings:
-            nets = context_features(adata, nets, n_rings=self.context_rings, library_key=self.library_key)
-        return nets, self._head_input(adata, raw.mean(1, dtype=np.float64))
+        return self._with_context(adata, nets), self._with_context(adata, raw.mean(1, dtype=np.float64))
 
-    def _head_input(self, adata: AnnData, x: np.ndarray) -> np.ndarray:
-        """The ridge head's input of features ``x`` ``(n_obs, d)``: followed by their ring means, if any."""
+    def _with_context(self, adata: AnnData, x: np.ndarray) -> np.ndarray:
+        """Features ``x`` ``(n_obs, [views,] d)`` followed by their mean over the ``context_rings``, if any."""
         from spared_tools.pp import context_features
 
-        if not self.context_rings:
-            return x
-        return context_features(adata, x, n_rings=self.context_rings, library_key=self.library_key)
+        rings = self.context_rings
+        return context_features(adata, x, n_rings=rings, library_key=self.library_key) if rings else x
 
     def _frozen_features(self, adata: AnnData, views: bool = False) -> np.ndarray:
         """Image features ``(n_obs, n_views, d)`` float32, computed from the patches when absent.

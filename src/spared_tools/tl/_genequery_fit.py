@@ -231,7 +231,7 @@ class _GeneQueryFit(_GeneQueryBase):
         F = F.astype(np.float64, copy=False)
         views = None
         if raw.shape[1] > 1 and self.mode == "gene":  # validated in gene mode; spot mode keeps the mean
-            views = (raw.shape[1], lambda j: self._head_input(adata, raw[:, j].astype(np.float64)))
+            views = (raw.shape[1], lambda j: self._with_context(adata, raw[:, j].astype(np.float64)))
         fit = fit_ridge(
             F,
             Z,
@@ -258,6 +258,7 @@ class _GeneQueryFit(_GeneQueryBase):
             "alpha": fit.alpha,
             "criterion": fit.history["criterion"],
             "ridge_blend": self.ridge_blend,
+            "samples_per_spot": views[0] if views else 1,  # the views fitted as samples
         }
 
     def _blend_ridge(
