@@ -144,8 +144,8 @@ def fit_ridge(
     with its spot's targets; ``view(j)`` returns view ``j``'s inputs for all rows of ``F``, and ``F``
     must be the views' mean (the validation rows and :meth:`RidgeFit.predict` use it; for a linear map
     that is the mean of the views' predictions). Compared with a fit on the mean, the penalty then also
-    shrinks the directions in which a spot's views differ. Solved from the ``p x p`` Gram matrix,
-    accumulated one view at a time (:func:`_views_basis`).
+    shrinks the directions in which a spot's views differ. Solved from one eigendecomposition of a Gram
+    matrix, of the stacked rows or of the inputs (:func:`_views_basis`).
     """
     F = np.asarray(F, dtype=np.float64)
     Ytr = Z[train_idx].astype(np.float64)
@@ -213,8 +213,7 @@ def _views_basis(
     thin SVD comes from the eigendecomposition of the rows' ``(kn x kn)`` Gram matrix; else from the inputs'
     ``(p x p)`` one, centred, summed one view at a time (memory: one view and ``p x p``) and standardised,
     with ``UtY = diag(1/s) Vt Xᵀ Yc`` where ``Xᵀ Yc = k X̄ᵀ Yc`` (every view of a spot has its targets).
-    Directions with an eigenvalue below ``size * eps`` of the largest are dropped. Either way 3-5x faster
-    than ``np.linalg.svd`` of the stacked rows.
+    Directions with an eigenvalue below ``size * eps`` of the largest are dropped.
     """
     x_mean = F[train_idx].mean(axis=0)
     n, p = train_idx.size, F.shape[1]
