@@ -60,6 +60,7 @@ OWN_SCRIPTS = (
     "genequery_unseen_context.py",
     "genequery_max_len.py",
     "genequery_head_views.py",
+    "genequery_head_views_spot.py",
 )
 
 
@@ -84,6 +85,7 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_unseen_context.py",
         "genequery_max_len.py",
         "genequery_head_views.py",
+        "genequery_head_views_spot.py",
     } <= seen
 
 

@@ -188,7 +188,7 @@ def test_a_model_saved_with_the_settings_in_the_constructor_still_loads(tmp_path
     np.testing.assert_array_equal(old.predict(a), m.predict(a))
 
 
-@pytest.mark.parametrize(("mode", "n_views"), [("gene", 1), ("spot", 1), ("gene", 8)])
+@pytest.mark.parametrize(("mode", "n_views"), [("gene", 1), ("spot", 1), ("gene", 8), ("spot", 8)])
 def test_ridge_head_equals_a_brute_force_ridge_blended_on_the_networks_scale(mode, n_views, tmp_path):
     a, table = _data(n_slides=5)
     if n_views > 1:  # the 8 views' features (n_obs, 8, d), as image_features(views=True) stores them

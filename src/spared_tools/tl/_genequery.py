@@ -69,7 +69,7 @@ class GeneQueryModel(_GeneQueryFit):
     identity code), three networks averaged (whose spread :meth:`predict_with_std` returns), the mean of
     the second half's weights, dihedral augmentation, test-time averaging of the 8 views' features (one
     pass per network; bfloat16 where the CPU computes it in hardware), and a ridge head mixed into the
-    trained genes' prediction (0.5, fitted on the 8 views as samples; spot mode 0.65, on their mean); the
+    trained genes' prediction (0.5, spot mode 0.65; fitted on the 8 views as samples); the
     networks read EfficientNet-Lite0's last layer, the head also its stages. Knobs (``context_rings``,
     ``gene_identity``, ``n_models``, ``checkpoint``, ``ridge_blend``) are in :meth:`train`'s ``plan_kwargs``.
 

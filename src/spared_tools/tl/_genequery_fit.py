@@ -215,11 +215,11 @@ class _GeneQueryFit(_GeneQueryBase):
 
         ``F`` is the mean of the views' features ``raw`` ``(n_obs, views, d)``, all columns (the networks
         may read fewer, see ``network_columns_``), followed by their mean over the ``context_rings``, as
-        ``tta="features"`` predicts. In gene mode, with several views, each view of a training spot is a
-        sample (that view's features followed by their ring mean), as the networks train on one view at a
-        time: the map is then fitted to be the same whatever the tissue's orientation (chosen on
-        validation sections, ``experiments/results/genequery_head_views.txt``; spot mode, not asked,
-        keeps the fit on the mean); the penalty is chosen on the validation spots' views' mean.
+        ``tta="features"`` predicts. With several views, each view of a training spot is a sample (that
+        view's features followed by their ring mean), as the networks train on one view at a time: the map
+        is then fitted to be the same whatever the tissue's orientation (chosen on validation sections,
+        ``experiments/results/genequery_head_views.txt`` for gene mode, ``..._views_spot.txt`` for spot
+        mode); the penalty is chosen on the validation spots' views' mean.
 
         Both predictions of the training spots are standardised per gene (mean, standard deviation), so
         the head's weights and intercept are rescaled to give ``m_net + s_net / s_ridge * (ridge - m_ridge)``:
@@ -230,7 +230,7 @@ class _GeneQueryFit(_GeneQueryBase):
         assert self.genes_ is not None
         F = F.astype(np.float64, copy=False)
         views = None
-        if raw.shape[1] > 1 and self.mode == "gene":  # validated in gene mode; spot mode keeps the mean
+        if raw.shape[1] > 1:
             views = (raw.shape[1], lambda j: self._with_context(adata, raw[:, j].astype(np.float64)))
         fit = fit_ridge(
             F,

@@ -57,11 +57,12 @@ nobody needs to turn them:
     Weight of a ridge head in the prediction of the trained genes: after the networks, ridge regression
     of every trained gene on the image features (the mean of the views' features, all their columns,
     followed by their neighbourhood mean with ``context_rings``; with the default encoder the networks
-    read only its last layer, the head also its stages' statistics) is fit on the training spots (in
-    gene mode each of a training spot's 8 views is a sample, its own features followed by their
-    neighbourhood mean, so the map is fitted to hold whatever the tissue's orientation, as the networks'
-    augmentation asks of them: ``experiments/genequery_head_views.py``, validation score 0.2410 / 0.1828
-    on the 128 / 785 genes against 0.2380 / 0.1818 for the fit on the views' mean, which spot mode keeps),
+    read only its last layer, the head also its stages' statistics) is fit on the training spots (each
+    of a training spot's 8 views is a sample, its own features followed by their neighbourhood mean, so
+    the map is fitted to hold whatever the tissue's orientation, as the networks' augmentation asks of
+    them: ``experiments/genequery_head_views.py``, validation score 0.2410 / 0.1828 on the 128 / 785
+    genes against 0.2380 / 0.1818 for the fit on the views' mean in gene mode;
+    ``genequery_head_views_spot.py``, 0.2424 / 0.1744 against 0.2388 / 0.1732 in spot mode),
     its penalty chosen on the validation spots (their mean per-gene Pearson correlation; without them by
     generalised cross-validation) from ``1e-3`` to ``1e7`` times the number of training spots. Both
     predictions are standardised per gene with the mean and standard deviation of their own predictions
@@ -80,7 +81,8 @@ nobody needs to turn them:
     last layer (``genequery_blend_second_spot.txt``: spot-aware 0.2298 at 0.65, the largest weight tried,
     against 0.2224 at 0.35 and 0.2025 for the networks alone) and re-chosen with the head on the stages
     (``genequery_head_stages_spot.txt``: 0.2060 over the two gene sets at 0.65, 0.2071 at 0.5, under
-    the 0.002 gain its rule asked; 0.65 stays).
+    the 0.002 gain its rule asked; 0.65 stays), and again with the head fitted on the views
+    (``genequery_head_views_spot.txt``: 0.2084 at 0.65, 0.2082 at 0.5, 0.2022 at 0.8).
 ``spot_resample``
     Spot mode: every epoch, split each training slide's spots at random into sequences of at most this
     many spots (re-drawn each epoch), so a spot meets different neighbours in every step instead of the
