@@ -83,36 +83,45 @@ def heads(genes: str, report) -> tuple:
     return a, train_ad, scored, out
 
 
-def main() -> None:
-    args, report = start(
-        "genequery_head_views", lambda p: p.add_argument("--seeds785", type=int, nargs="+", default=[0])
-    )
+def compare(name: str, weights: tuple[float, ...], today: tuple[str, float], mode: str = "gene") -> None:
+    """Run the comparison (``results/<name>.txt``): ``mode``'s networks, today's head against the views head at
+    ``weights``, the rule on the mean of the two gene sets' scores (gain >= 0.002, neither set below by > 0.002)."""
+    args, report = start(name, lambda p: p.add_argument("--seeds785", type=int, nargs="+", default=[0]))
+    whose, label = ("the", "networks") if mode == "gene" else ("spot mode's", "spot-aware networks")
     means: dict[str, dict[tuple[str, float], float]] = {}
     for genes, seeds in (("128", args.seeds), ("785", args.seeds785)):
         a, train_ad, scored, ridge = heads(genes, report)
         table: dict[tuple[str, float], list[float]] = {}
         for seed in seeds:
-            nets = networks(a, scored, train_ad, seed, report)
-            for name, weights in (("mean", (0.5,)), ("views", WEIGHTS)):
-                rows = [table.setdefault((name, w), []) for w in weights]
-                blend_rows(report, name, nets, ridge[name], scored, weights, rows)
+            nets = networks(a, scored, train_ad, seed, report, label=label, mode=mode)
+            for kind, ws in (("mean", (today[1],)), ("views", weights)):
+                rows = [table.setdefault((kind, w), []) for w in ws]
+                blend_rows(report, kind, nets, ridge[kind], scored, ws, rows)
             report.save()
         means[genes] = {k: float(np.mean(v)) for k, v in table.items()}
     report("\nmean of the two gene sets' seed-mean scores, ranked:")
     both = {k: (means["128"][k] + means["785"][k]) / 2 for k in means["128"]}
-    for (name, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
+    for (kind, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
         report(
-            f"  {v:.4f}  {name} w={w:<4} (128: {means['128'][(name, w)]:.4f}, 785: {means['785'][(name, w)]:.4f})"
+            f"  {v:.4f}  {kind} w={w:<4} (128: {means['128'][(kind, w)]:.4f}, 785: {means['785'][(kind, w)]:.4f})"
         )
     best = max((k for k in both if k[0] == "views"), key=both.get)
-    gain = both[best] - both[TODAY]
-    worst = min(means[g][best] - means[g][TODAY] for g in means)
+    gain = both[best] - both[today]
+    worst = min(means[g][best] - means[g][today] for g in means)
     change = gain >= 0.002 and worst >= -0.002
+    verdict = (
+        f"{whose} head is fitted on the views, ridge_blend={best[1]}"
+        if change
+        else f"{whose} head stays (views mean, {today[1]})"
+    )
     report(
-        f"rule: {f'the head is fitted on the views, ridge_blend={best[1]}' if change else 'the head stays (views mean, 0.5)'}"
-        f" (best views w={best[1]}: {gain:+.4f} against today's head, worst gene set {worst:+.4f})"
+        f"rule: {verdict} (best views w={best[1]}: {gain:+.4f} against today's head, worst gene set {worst:+.4f})"
     )
     report.save()
+
+
+def main() -> None:
+    compare("genequery_head_views", WEIGHTS, TODAY)
 
 
 if __name__ == "__main__":

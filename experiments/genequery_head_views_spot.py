@@ -34,53 +34,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
-from genequery_head_rings import blend_rows, networks, start  # noqa: E402
-from genequery_head_views import heads  # noqa: E402
+from genequery_head_views import compare  # noqa: E402
 
 WEIGHTS = (0.5, 0.65, 0.8)
 TODAY = ("mean", 0.65)
 
 
 def main() -> None:
-    args, report = start(
-        "genequery_head_views_spot", lambda p: p.add_argument("--seeds785", type=int, nargs="+", default=[0])
-    )
-    means: dict[str, dict[tuple[str, float], float]] = {}
-    for genes, seeds in (("128", args.seeds), ("785", args.seeds785)):
-        a, train_ad, scored, ridge = heads(genes, report)
-        table: dict[tuple[str, float], list[float]] = {}
-        for seed in seeds:
-            nets = networks(a, scored, train_ad, seed, report, label="spot-aware networks", mode="spot")
-            for name, weights in (("mean", (TODAY[1],)), ("views", WEIGHTS)):
-                rows = [table.setdefault((name, w), []) for w in weights]
-                blend_rows(report, name, nets, ridge[name], scored, weights, rows)
-            report.save()
-        means[genes] = {k: float(np.mean(v)) for k, v in table.items()}
-    report("\nmean of the two gene sets' seed-mean scores, ranked:")
-    both = {k: (means["128"][k] + means["785"][k]) / 2 for k in means["128"]}
-    for (name, w), v in sorted(both.items(), key=lambda kv: -kv[1]):
-        report(
-            f"  {v:.4f}  {name} w={w:<4} (128: {means['128'][(name, w)]:.4f}, 785: {means['785'][(name, w)]:.4f})"
-        )
-    best = max((k for k in both if k[0] == "views"), key=both.get)
-    gain = both[best] - both[TODAY]
-    worst = min(means[g][best] - means[g][TODAY] for g in means)
-    change = gain >= 0.002 and worst >= -0.002
-    report(
-        "rule: "
-        + (
-            f"spot mode's head is fitted on the views, ridge_blend={best[1]}"
-            if change
-            else "spot mode's head stays (views mean, 0.65)"
-        )
-        + f" (best views w={best[1]}: {gain:+.4f} against today's head, worst gene set {worst:+.4f})"
-    )
-    report.save()
+    compare("genequery_head_views_spot", WEIGHTS, TODAY, mode="spot")
 
 
 if __name__ == "__main__":
