@@ -53,8 +53,9 @@ WEIGHTS = (0.35, 0.5, 0.65)
 TODAY = ("mean", 0.5)
 
 
-def heads(genes: str, report) -> tuple:
-    """The selection data, its training / scored parts, and both heads' (scored, training) predictions."""
+def head_inputs(genes: str) -> tuple:
+    """The selection data ``a``, the head's inputs of each view (stages + ring-1 mean) and of their mean, the
+    training / validation / scored rows and the targets."""
     a = selection_data(genes, "32")
     stages = load6(genes, "32", "efficientnet-lite0-stages")  # genequery_data6.py --stages --fp32
     views = stages.obsm["X_image_views"][stages.obs_names.get_indexer(a.obs_names)]
@@ -62,7 +63,13 @@ def heads(genes: str, report) -> tuple:
     mean_in = np.mean(ctx, axis=0)  # the ring mean is linear: this is context_features of the views' mean
     split = a.obs["split"].astype(str).to_numpy()
     tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
-    Y = dense(a).astype(np.float64)
+    return a, ctx, mean_in, tr, va, te, dense(a).astype(np.float64)
+
+
+def heads(genes: str, report) -> tuple:
+    """The selection data, its training / scored parts, and both heads' (scored, training) predictions."""
+    a, ctx, mean_in, tr, va, te, Y = head_inputs(genes)
+    split = a.obs["split"].astype(str).to_numpy()
     report(f"\n{genes} genes: {a.n_obs} spots; training C2 + C3 + C4; scored B4, A1, A2 (each alone)")
     out = {}
     t0 = time.perf_counter()

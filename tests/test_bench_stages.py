@@ -61,6 +61,7 @@ OWN_SCRIPTS = (
     "genequery_max_len.py",
     "genequery_head_views.py",
     "genequery_head_views_spot.py",
+    "genequery_head_alpha.py",
 )
 
 
@@ -86,6 +87,7 @@ def test_results_of_own_scripts_name_a_committed_script_and_its_output():
         "genequery_max_len.py",
         "genequery_head_views.py",
         "genequery_head_views_spot.py",
+        "genequery_head_alpha.py",
     } <= seen
 
 
