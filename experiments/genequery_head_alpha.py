@@ -39,7 +39,7 @@ from genequery_head_views import head_inputs  # noqa: E402
 from genequery_selection import per_section  # noqa: E402
 
 from spared_tools._kernels.metrics import pearson_per_gene  # noqa: E402
-from spared_tools.tl._baselines import ridge_path  # noqa: E402
+from spared_tools.tl._baselines import _views_basis  # noqa: E402
 
 
 def choices(R: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,14 +58,10 @@ def run(genes: str, report) -> dict[str, float]:
     """The three candidates' head-alone scores on the validation sections for one gene set."""
     a, ctx, mean_in, tr, va, te, Y = head_inputs(genes)
     t0 = time.perf_counter()
-    X = np.concatenate([c[tr] for c in ctx]).astype(np.float64)  # the 8 views of each training spot
-    Ytr = np.concatenate([Y[tr]] * 8)
-    x_mean, x_scale = X.mean(axis=0), X.std(axis=0)
-    x_scale = np.where(x_scale > 0, x_scale, 1.0)
-    y_mean = Ytr.mean(axis=0)
-    _, s, Vt, UtY = ridge_path((X - x_mean) / x_scale, Ytr - y_mean, WIDE)
-    del X
-    n = Ytr.shape[0]
+    # the basis the default head uses (fit_ridge(views=...)): each of the 8 views of a training spot a sample
+    y_mean = Y[tr].mean(axis=0)
+    x_mean, x_scale, s, Vt, UtY = _views_basis(mean_in, Y[tr] - y_mean, tr, 8, lambda j: ctx[j])
+    n = 8 * tr.size
     XvaV = ((mean_in[va] - x_mean) / x_scale) @ Vt.T
     XteV = ((mean_in[te] - x_mean) / x_scale) @ Vt.T
     R = np.array(
