@@ -8,15 +8,18 @@ C2's spots with small jitter (the size of a Visium slide).
   (``Image.open(...).convert("RGB")`` once per slide, then ``img.crop(box).resize((224, 224))`` and
   ``np.asarray`` per spot,
   ``np.stack`` at the end); the outputs are checked to be identical.
-* features: EfficientNet-Lite0 (ImageNet weights) on 224 px patches, batched
-  (``models.image.encode_patches``, used by ``sp.pp.image_features``) vs one patch per forward pass; with and
-  without 8-fold TTA. Every measurement runs in a fresh subprocess so that peak RSS is its own.
+* features: the default encoder (EfficientNet-Lite0, ImageNet weights, with stage statistics) on 224 px
+  patches, batched (``models.image.encode_patches``, used by ``sp.pp.image_features``) with
+  ``sp.settings.reuse_heap`` on and off, against the plain module in batches of 8 and one patch per
+  forward pass; and the 8 dihedral views per patch. Every measurement runs in a fresh subprocess so that
+  peak RSS is its own.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/bench_features.py`` (writes results/features.txt).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import sys
@@ -155,46 +158,86 @@ def run_case(case: str, data: str) -> None:
     )
 
 
-def run_features(threads: int | None) -> None:
+def _previous_fused(self):
+    """The fused copy as it was until 2026-12-07: pads as separate zero-padded copies, ReLU6 out of place."""
+    from torch import nn
+
+    out = _LEAN_FUSED(self)
+    net = out.net
+    net._swish = nn.ReLU6()
+    for block, orig in zip(net._blocks, self.net._blocks, strict=True):
+        block._swish = nn.ReLU6()
+        conv = block._depthwise_conv
+        if type(conv) is nn.Conv2d:  # padded inside: back to the package's padded module, same weights
+            old = copy.deepcopy(orig._depthwise_conv)
+            old.weight, old.bias = conv.weight, conv.bias
+            block._depthwise_conv = old
+    return out
+
+
+_LEAN_FUSED = None
+
+
+def run_features(threads: int | None, heap: bool, previous: bool = False) -> None:
+    """One child's feature measurements; the plain-module ones first (glibc's own malloc thresholds)."""
     import json
 
+    if previous:  # the encode path before 2026-12-07, to time against in the same run
+        global _LEAN_FUSED
+        from spared_tools.models._efficientnet import EfficientNetFeatures
+
+        _LEAN_FUSED = EfficientNetFeatures.fused
+        EfficientNetFeatures.fused = _previous_fused
     if threads:
         torch.set_num_threads(threads)
     sp.settings.progress = False
     sp.settings.verbosity = 1
+    sp.settings.reuse_heap = heap
     a = section_adata("C2")
     sp.pp.extract_patches(a, size=SIZE)
     P = a.obsm["patches"]
-    enc = load_image_encoder("efficientnet-lite0")
     m = min(128, len(P))
-    sub = P[:m]
+    sub = np.ascontiguousarray(P[:m])
+    # what a user writes: the plain module (batch norms unfolded, default memory format), in batches of
+    # 8 and one patch per call, before any encode_patches call could change malloc's thresholds
+    plain = load_image_encoder().eval()
+    x = torch.from_numpy(sub).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        plain(x[:8])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, m, 8):
+            plain(x[s : s + 8])
+        t_plain8 = time.perf_counter() - t0
+        k = 16
+        t0 = time.perf_counter()
+        for i in range(k):
+            plain(x[i : i + 1])
+        t_single = (time.perf_counter() - t0) / k
+    enc = load_image_encoder()  # the package default ("efficientnet-lite0-stages")
     encode_patches(sub[:8], enc, batch_size=8)  # warm-up
     base = current_rss_mb()
     t0 = time.perf_counter()
     encode_patches(sub, enc)  # default: 8 per forward on CPU, fused batch norms, channels-last
     t_batched = time.perf_counter() - t0
+    peak_default = rss_mb()  # before the batch-64 call below, whose activations are 8x larger
     t0 = time.perf_counter()
     encode_patches(sub, enc, batch_size=64)
     t_b64 = time.perf_counter() - t0
-    k = 16
-    plain = load_image_encoder("efficientnet-lite0")  # what a user writes: plain module, one patch at a time
+    v = 16  # the 8 dihedral views of 16 patches, as GeneQuery's training reads them: 128 forward passes
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(k):
-            plain(torch.from_numpy(sub[i].copy()).permute(2, 0, 1)[None])
-    t_single = (time.perf_counter() - t0) / k
-    t0 = time.perf_counter()
-    encode_patches(sub[:16], enc, tta=True)
-    t_tta = (time.perf_counter() - t0) / 16
+    encode_patches(sub[:v], enc, all_views=True)
+    t_views = time.perf_counter() - t0
     print(
         json.dumps(
             {
                 "m": m,
                 "batched": m / t_batched,
                 "b64": m / t_b64,
+                "views": 8 * v / t_views,
+                "plain8": m / t_plain8,
                 "single": 1 / t_single,
-                "tta": 1 / t_tta,
                 "peak": rss_mb(),
+                "peak_default": peak_default,
                 "base": base,
             }
         )
@@ -262,20 +305,56 @@ def main() -> None:
         f"(5,000 patches of {SIZE} px are {5000 * SIZE * SIZE * 3 / 2**20:.0f} MiB: the disk store keeps RAM at one decoded slide)"
     )
 
-    rep("\n## Image features: EfficientNet-Lite0 (ImageNet weights), 224 px patches of C2, CPU")
+    rep(
+        "\n## Image features: the default encoder (EfficientNet-Lite0, ImageNet weights, last layer + stage"
+        " statistics: 2,768 features), 224 px patches of C2, CPU"
+    )
+    rep(
+        "heap reuse = sp.settings.reuse_heap (default on): encode_patches keeps freed activations in the heap"
+        " between batches; 'off' is glibc's default (blocks over its threshold unmapped when freed and faulted in"
+        " again by the next batch). Each row of a block runs in one fresh process; the plain-module rows run"
+        " before any encode_patches call, so with glibc's own thresholds."
+    )
     for threads in (1, 2):
-        f = child(["--case", "features", "--threads", str(threads)])
+        res = {
+            h: child(["--case", "features", "--threads", str(threads), "--heap", h]) for h in ("on", "off")
+        }
+        on, off = res["on"], res["off"]
+        prev = child(["--case", "features", "--threads", str(threads), "--heap", "off", "--previous"])
         rep(f"torch threads = {threads}:")
-        rep(f"  encode_patches (default 8): {f['batched']:7.1f} patches/s")
-        rep(f"  encode_patches (64)       : {f['b64']:7.1f} patches/s")
         rep(
-            f"  plain module, 1 per call  : {f['single']:7.1f} patches/s   "
-            f"(ours/plain = {f['batched'] / f['single']:.2f}x)"
+            f"  encode_patches (default 8), heap reuse on : {on['batched']:7.1f} patches/s"
+            f"   (on/off = {on['batched'] / off['batched']:.2f}x)"
         )
-        rep(f"  default + 8-fold TTA      : {f['tta']:7.1f} patches/s")
-        rep(f"  peak RSS {f['peak']:.0f} MiB (+{f['peak'] - f['base']:.0f} over base)")
+        rep(f"  encode_patches (default 8), heap reuse off: {off['batched']:7.1f} patches/s")
         rep(
-            f"  extrapolated: 840 her2st spots in {840 / f['batched']:.0f} s; 5,000 in {5000 / f['batched']:.0f} s"
+            f"  the same before 2026-12-07 (pads copied, ReLU6 out of place, heap reuse off): "
+            f"{prev['batched']:.1f} patches/s; 8 views {prev['views']:.1f} patches/s"
+            f"   (now/before = {on['batched'] / prev['batched']:.2f}x, 8 views {on['views'] / prev['views']:.2f}x)"
+        )
+        rep(f"  encode_patches (64), on / off             : {on['b64']:7.1f} / {off['b64']:.1f} patches/s")
+        rep(
+            f"  8 views per patch (all_views), on / off   : {on['views']:7.1f} / {off['views']:.1f} patches/s"
+            f"   (on/off = {on['views'] / off['views']:.2f}x)"
+        )
+        plain8 = (on["plain8"] + off["plain8"]) / 2
+        single = (on["single"] + off["single"]) / 2
+        rep(
+            f"  plain module, batches of 8                : {plain8:7.1f} patches/s   "
+            f"(ours/plain = {on['batched'] / plain8:.2f}x)"
+        )
+        rep(
+            f"  plain module, 1 per call                  : {single:7.1f} patches/s   "
+            f"(ours/plain = {on['batched'] / single:.2f}x)"
+        )
+        rep(
+            f"  peak RSS after the default call, heap reuse on / off: {on['peak_default']:.0f} / "
+            f"{off['peak_default']:.0f} MiB; after all calls (batch 64 included): {on['peak']:.0f} / "
+            f"{off['peak']:.0f} MiB (base {on['base']:.0f})"
+        )
+        rep(
+            f"  extrapolated (heap reuse on): 840 her2st spots in {840 / on['batched']:.0f} s; 5,000 in "
+            f"{5000 / on['batched']:.0f} s; with the 8 views {8 * 5000 / on['views']:.0f} s"
         )
     rep(f"load average at end (1/5/15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     rep(f"written to {rep.save().relative_to(Path(__file__).resolve().parents[1])}")
@@ -288,9 +367,11 @@ if __name__ == "__main__":
     ap.add_argument("--case", choices=["naive", "memory", "disk", "features"])
     ap.add_argument("--data", choices=["her2st", "big"], default="her2st")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--heap", choices=["on", "off"], default="on")
+    ap.add_argument("--previous", action="store_true", help="time the encode path before 2026-12-07")
     ns = ap.parse_args()
     if ns.case == "features":
-        run_features(ns.threads or None)
+        run_features(ns.threads or None, ns.heap == "on", ns.previous)
     elif ns.case:
         run_case(ns.case, ns.data)
     else:

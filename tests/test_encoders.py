@@ -408,6 +408,41 @@ def test_fused_inference_matches_encoder(effnet):
     assert plain.inference_module() is plain
 
 
+def test_fused_copy_pads_inside_convolutions_and_activates_in_place(effnet):
+    from spared_tools.models._efficientnet import _pad_inside
+
+    net = effnet.backbone.net
+    fast = effnet.inference_module().backbone.net
+    assert fast._swish.inplace and not net._swish.inplace  # the original keeps its modules
+    for orig, block in zip(net._blocks, fast._blocks, strict=True):
+        conv = block._depthwise_conv
+        assert block._swish.inplace
+        if orig._depthwise_conv.stride[0] == 1:  # symmetric "same" pad: inside the convolution
+            assert type(conv) is nn.Conv2d and conv.padding == (conv.kernel_size[0] // 2,) * 2
+        else:  # stride 2 pads (0, 1) or (1, 2): kept as the package's own module
+            assert conv is not orig._depthwise_conv and isinstance(conv.static_padding, nn.ZeroPad2d)
+    # each replaced convolution against the package's padded one, brute force, at odd and even sizes
+    for orig in net._blocks:
+        conv = orig._depthwise_conv
+        c = conv.in_channels
+        for size in (7, 12):
+            x = torch.randn(2, c, size, size).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                torch.testing.assert_close(_pad_inside(conv)(x), conv(x), rtol=1e-6, atol=1e-6)
+                explicit = nn.functional.conv2d(
+                    nn.functional.pad(x, list(conv.static_padding.padding)),
+                    conv.weight,
+                    conv.bias,
+                    conv.stride,
+                    groups=conv.groups,
+                )
+                torch.testing.assert_close(conv(x), explicit, rtol=1e-6, atol=1e-6)
+    # the whole fused encoder against the plain one at a size the 224 px padding was not computed for
+    x = torch.randint(0, 256, (2, 3, 45, 45), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(effnet.inference_module()(x), effnet(x), rtol=1e-4, atol=1e-4)
+
+
 def test_registered_encoders_state_their_minimum_input_size(effnet):
     assert "efficientnet-lite0" in image_encoder_names() and effnet.min_size == 32
     a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))

@@ -97,3 +97,52 @@ def test_no_glibc_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_heap, "_glibc", lambda: None)
     with _heap.reuse_heap(True) as on:
         assert not on
+
+
+def test_image_features_run_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """encode_patches (image features for every model and ``sp.pp.image_features``) reuses the heap."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from spared_tools.models.image import encode_patches, load_image_encoder
+
+    calls: list[tuple[str, int, int]] = []
+    depth_seen: list[int] = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("trim", pad, 0))
+            return 1
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            depth_seen.append(_heap._depth)
+            return x.mean(dim=(2, 3))
+
+    enc = load_image_encoder(Probe(), out_dim=3)
+    patches = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    monkeypatch.setattr(_heap, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(sp.settings, "reuse_heap", True)
+    on = encode_patches(patches, enc, batch_size=2)
+    assert depth_seen == [1, 1, 1]  # every batch inside the scope
+    assert calls == [
+        ("mallopt", -3, 1 << 30),
+        ("mallopt", -1, 1 << 30),
+        ("mallopt", -1, 64 * MB),
+        ("mallopt", -3, 32 * MB),
+        ("trim", 0, 0),
+    ]
+    monkeypatch.setattr(sp.settings, "reuse_heap", False)
+    off = encode_patches(patches, enc, batch_size=2)
+    assert depth_seen[3:] == [0, 0, 0] and len(calls) == 5
+    # the setting changes where memory comes from, never the values
+    np.testing.assert_array_equal(on, off)
+    ref = (
+        patches.astype(np.float32) / 255.0 - enc.mean.numpy().reshape(1, 1, 1, 3)
+    ) / enc.std.numpy().reshape(1, 1, 1, 3)
+    np.testing.assert_allclose(on, ref.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)

@@ -42,13 +42,23 @@ class EfficientNetFeatures(nn.Module):
 
     @torch.no_grad()
     def fused(self) -> nn.Module:
-        """Copy with every batch norm folded into the preceding convolution (inference only, ~15 % faster)."""
+        """Copy for frozen inference: the same features, with less memory traffic per forward pass.
+
+        Every batch norm is folded into the preceding convolution (~15 % faster); each stride-1
+        depthwise convolution pads inside the convolution instead of through a separate zero-padded copy
+        of its input (the TensorFlow "same" padding of a stride-1 convolution is symmetric: the same
+        arithmetic, bit-identical on the CPU's channels-last path at every size checked, else equal up to
+        float rounding); and the ReLU6 activations run in place. Together the
+        last two took the 224 px encoder from about 69 to 74 patches/s on 2 AVX2 cores
+        (``benchmarks/bench_features.py``).
+        """
         out = copy.deepcopy(self)
         net: Any = out.net
         _fold_bn(net._conv_stem, net._bn0)
         net._bn0 = nn.Identity()
         _fold_bn(net._conv_head, net._bn1)
         net._bn1 = nn.Identity()
+        net._swish = nn.ReLU6(inplace=True)
         for block in net._blocks:
             if hasattr(block, "_expand_conv"):
                 _fold_bn(block._expand_conv, block._bn0)
@@ -57,6 +67,8 @@ class EfficientNetFeatures(nn.Module):
             block._bn1 = nn.Identity()
             _fold_bn(block._project_conv, block._bn2)
             block._bn2 = nn.Identity()
+            block._depthwise_conv = _pad_inside(block._depthwise_conv)
+            block._swish = nn.ReLU6(inplace=True)
         return out.eval()
 
 
@@ -94,3 +106,32 @@ def _fold_bn(conv: Any, bn: nn.BatchNorm2d) -> None:
     conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+def _pad_inside(conv: Any) -> nn.Module:
+    """``conv`` as a plain ``nn.Conv2d`` padding inside the convolution, when its static padding is symmetric.
+
+    The efficientnet-lite package pads with a separate ``nn.ZeroPad2d`` (TensorFlow's "same" padding,
+    computed for 224 px): a full copy of the input per convolution. A symmetric pad of ``p`` is a
+    convolution's own ``padding=p``; asymmetric ones (stride 2) are kept as they are.
+    """
+    pad = getattr(conv, "static_padding", None)
+    if not isinstance(pad, nn.ZeroPad2d):
+        return conv
+    left, right, top, bottom = pad.padding
+    if not left == right == top == bottom or any(int(p) != 0 for p in conv.padding):
+        return conv
+    plain = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=int(left),
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    plain.weight = conv.weight
+    if conv.bias is not None:
+        plain.bias = conv.bias
+    return plain
