@@ -40,6 +40,7 @@ from spared_tools.models.image import encode_patches, load_image_encoder
 from spared_tools.pp._patches import _allow_large_images
 
 SECTIONS = ["B4", "C2", "C3", "C4"]
+REPEATS = 3  # interleaved runs of each image-feature path per thread count
 MPP = 0.6880980175902472  # µm per full-resolution pixel (her2st README)
 SPOT_DIAMETER = 100.0 / MPP
 SIZE = 224
@@ -180,6 +181,7 @@ _LEAN_FUSED = None
 
 def run_features(threads: int | None, heap: bool, previous: bool = False) -> None:
     """One child's feature measurements; the plain-module ones first (glibc's own malloc thresholds)."""
+    import hashlib
     import json
 
     if previous:  # the encode path before 2026-12-07, to time against in the same run
@@ -225,12 +227,14 @@ def run_features(threads: int | None, heap: bool, previous: bool = False) -> Non
     t_b64 = time.perf_counter() - t0
     v = 16  # the 8 dihedral views of 16 patches, as GeneQuery's training reads them: 128 forward passes
     t0 = time.perf_counter()
-    encode_patches(sub[:v], enc, all_views=True)
+    views = encode_patches(sub[:v], enc, all_views=True)
     t_views = time.perf_counter() - t0
+    sha = hashlib.sha1(views.tobytes()).hexdigest()  # compared between the paths: the same features?
     print(
         json.dumps(
             {
                 "m": m,
+                "sha": sha,
                 "batched": m / t_batched,
                 "b64": m / t_b64,
                 "views": 8 * v / t_views,
@@ -316,12 +320,20 @@ def main() -> None:
         " before any encode_patches call, so with glibc's own thresholds."
     )
     for threads in (1, 2):
-        res = {
-            h: child(["--case", "features", "--threads", str(threads), "--heap", h]) for h in ("on", "off")
-        }
-        on, off = res["on"], res["off"]
-        prev = child(["--case", "features", "--threads", str(threads), "--heap", "off", "--previous"])
-        rep(f"torch threads = {threads}:")
+        # the three paths interleaved, REPEATS times: page-fault costs vary between processes and runs
+        runs: dict[str, list[dict]] = {"on": [], "off": [], "prev": []}
+        for _ in range(REPEATS):
+            for key, extra in (("on", ["--heap", "on"]), ("prev", ["--heap", "off", "--previous"])):
+                runs[key].append(child(["--case", "features", "--threads", str(threads), *extra]))
+            runs["off"].append(child(["--case", "features", "--threads", str(threads), "--heap", "off"]))
+        same = len({r["sha"] for h in runs for r in runs[h]}) == 1
+        on, off, prev = (
+            {k: float(np.mean([r[k] for r in runs[h]])) for k in runs[h][0] if k != "sha"} for h in runs
+        )
+        ratios = ", ".join(
+            f"{a['batched'] / b['batched']:.2f}x" for a, b in zip(runs["on"], runs["prev"], strict=True)
+        )
+        rep(f"torch threads = {threads} (means of {REPEATS} interleaved runs):")
         rep(
             f"  encode_patches (default 8), heap reuse on : {on['batched']:7.1f} patches/s"
             f"   (on/off = {on['batched'] / off['batched']:.2f}x)"
@@ -330,8 +342,10 @@ def main() -> None:
         rep(
             f"  the same before 2026-12-07 (pads copied, ReLU6 out of place, heap reuse off): "
             f"{prev['batched']:.1f} patches/s; 8 views {prev['views']:.1f} patches/s"
-            f"   (now/before = {on['batched'] / prev['batched']:.2f}x, 8 views {on['views'] / prev['views']:.2f}x)"
+            f"   (now/before = {on['batched'] / prev['batched']:.2f}x, 8 views {on['views'] / prev['views']:.2f}x;"
+            f" per run {ratios})"
         )
+        rep(f"  the 8 views' features of 16 patches bit-identical over every run of the three paths: {same}")
         rep(f"  encode_patches (64), on / off             : {on['b64']:7.1f} / {off['b64']:.1f} patches/s")
         rep(
             f"  8 views per patch (all_views), on / off   : {on['views']:7.1f} / {off['views']:.1f} patches/s"

@@ -6,7 +6,8 @@ the next batch gets fresh pages and pays one page fault per 4 KiB on its first w
 virtual machine reuse saved 5–30 % of GeneQuery's spot-aware prediction time for 5,000 spots × 1,000
 genes (148 s instead of 156 s, 152 s instead of 199 s and 155 s instead of 216 s in three runs of
 ``benchmarks/bench_genequery.py speed``: where glibc places the blocks depends on what the process did
-before).
+before); the image encoder's activations (up to ~40 MB a tensor for 8 patches of 224 px) the same way,
+1.3-1.6x the one-view patches/s with it, 1.0-1.1x the 8 views' (``benchmarks/bench_features.py``).
 Inside :func:`reuse_heap` large blocks come from the heap and freed memory stays there for the next
 batch; on exit the free memory is returned to the system (``malloc_trim``) and the thresholds are set
 to the values glibc's own dynamic threshold settles at once large blocks have been freed (``mmap``

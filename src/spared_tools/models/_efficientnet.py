@@ -47,10 +47,10 @@ class EfficientNetFeatures(nn.Module):
         Every batch norm is folded into the preceding convolution (~15 % faster); each stride-1
         depthwise convolution pads inside the convolution instead of through a separate zero-padded copy
         of its input (the TensorFlow "same" padding of a stride-1 convolution is symmetric: the same
-        arithmetic, bit-identical on the CPU's channels-last path at every size checked, else equal up to
-        float rounding); and the ReLU6 activations run in place. Together the
-        last two took the 224 px encoder from about 69 to 74 patches/s on 2 AVX2 cores
-        (``benchmarks/bench_features.py``).
+        arithmetic; bit-identical features on the CPU's channels-last path in
+        ``benchmarks/results/features.txt``, equal to float rounding in ``tests/test_encoders.py``); and
+        the ReLU6 activations run in place. Together the last two took the 224 px encoder from 47.0 to
+        57.5 patches/s on 2 AVX2 cores (25.9 to 28.6 on one) without ``reuse_heap`` (``features.txt``).
         """
         out = copy.deepcopy(self)
         net: Any = out.net

@@ -437,7 +437,7 @@ def encode_patches(
     encoder
         The image encoder.
     batch_size
-        Patches per forward pass (``None``: 8 on CPU, 1.1-1.7x the patches/s of 64 and an eighth of
+        Patches per forward pass (``None``: 8 on CPU, 1.4-2.1x the patches/s of 64 and an eighth of
         the memory in ``benchmarks/bench_features.py``; 64 on GPU).
     tta
         Average the features of the 8 dihedral transforms of each patch.
@@ -480,7 +480,7 @@ def encode_patches(
 
         starts = tqdm(starts, desc=desc, leave=False)
     try:
-        # the activations (~40 MB a tensor) stay in the heap between batches: 1.2-1.4x (bench_features.py)
+        # the activations (~40 MB a tensor) stay in the heap between batches: up to 1.6x (bench_features)
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
         with reuse_heap(), torch.inference_mode(), amp:
             for s in starts:
