@@ -64,19 +64,25 @@ def test_large_blocks_are_reused_inside() -> None:
     assert sum(f < pages // 20 for f in on[1:]) >= 4, (on, pages)
 
 
+class _FakeLibc:
+    """Records ``mallopt`` / ``malloc_trim`` calls instead of making them."""
+
+    def __init__(self, calls: list[tuple[str, int, int]]) -> None:
+        self.calls = calls
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad, 0))
+        return 1
+
+
 def test_setting_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, int, int]] = []
 
-    class FakeLibc:
-        def mallopt(self, param: int, value: int) -> int:
-            calls.append(("mallopt", param, value))
-            return 1
-
-        def malloc_trim(self, pad: int) -> int:
-            calls.append(("trim", pad, 0))
-            return 1
-
-    monkeypatch.setattr(_heap, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(_heap, "_glibc", lambda: _FakeLibc(calls))
     monkeypatch.setattr(sp.settings, "reuse_heap", False)
     with _heap.reuse_heap() as on:
         assert not on
@@ -110,15 +116,6 @@ def test_image_features_run_inside(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, int, int]] = []
     depth_seen: list[int] = []
 
-    class FakeLibc:
-        def mallopt(self, param: int, value: int) -> int:
-            calls.append(("mallopt", param, value))
-            return 1
-
-        def malloc_trim(self, pad: int) -> int:
-            calls.append(("trim", pad, 0))
-            return 1
-
     class Probe(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             depth_seen.append(_heap._depth)
@@ -126,7 +123,7 @@ def test_image_features_run_inside(monkeypatch: pytest.MonkeyPatch) -> None:
 
     enc = load_image_encoder(Probe(), out_dim=3)
     patches = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    monkeypatch.setattr(_heap, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(_heap, "_glibc", lambda: _FakeLibc(calls))
     monkeypatch.setattr(sp.settings, "reuse_heap", True)
     on = encode_patches(patches, enc, batch_size=2)
     assert depth_seen == [1, 1, 1]  # every batch inside the scope
