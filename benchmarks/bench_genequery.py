@@ -665,7 +665,7 @@ def cost(report: Report, args) -> None:
         rates[precision] = few.n_obs / (time.perf_counter() - t0)
     default = features_precision()
     # the 8 dihedral views of each spot, as GeneQuery's defaults compute them (views=True): timed, not
-    # extrapolated from one view (the two rates differed by up to 2x on this CPU)
+    # extrapolated from one view (the previous encoder path ran one view 1.3x slower, features.txt)
     t0 = time.perf_counter()
     sp.pp.image_features(few[:32], encoder=enc, precision=default, views=True, key_added="fv", recompute=True)
     rate = 32 * 8 / (time.perf_counter() - t0)

@@ -437,7 +437,7 @@ def encode_patches(
     encoder
         The image encoder.
     batch_size
-        Patches per forward pass (``None``: 8 on CPU, 1.4-2.1x the patches/s of 64 and an eighth of
+        Patches per forward pass (``None``: 8 on CPU, 1.4-2.2x the patches/s of 64 and an eighth of
         the memory in ``benchmarks/bench_features.py``; 64 on GPU).
     tta
         Average the features of the 8 dihedral transforms of each patch.
